@@ -1,0 +1,41 @@
+// swift-tools-version: 6.0
+// Tessera: a distributed GPT training runtime in Swift over MPI and OpenBLAS.
+import PackageDescription
+
+// Release-only code generation flags for the runtime's own targets (see docs/architecture.md, "Build").
+let fast: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-target-cpu", "haswell", "-cross-module-optimization"],
+                 .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "Tessera",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "tessera", targets: ["tessera"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // C libraries, bound through pkg-config; shim.h exposes Open MPI's handle macros as inline getters.
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        // MPI bindings and the process mesh.
+        .target(name: "TesseraComm", dependencies: ["CMPI"], swiftSettings: fast),
+        // CPU kernels: thread pool, SIMD math, forward/backward of every op, blockwise attention.
+        .target(name: "TesseraKernels", dependencies: ["COpenBLAS"], swiftSettings: fast),
+        // The GPT-2 model: named global parameters, their initialisation, forward and backward.
+        .target(name: "TesseraModel", dependencies: ["TesseraKernels"], swiftSettings: fast),
+        // Training: config, data, optimizer, schedule, loop, metrics, sampling.
+        .target(name: "TesseraTraining",
+                dependencies: ["TesseraModel", "TesseraKernels", "TesseraComm", "TOMLKit"],
+                swiftSettings: fast),
+        // The `tessera` command.
+        .executableTarget(name: "tessera", dependencies: ["TesseraTraining"], swiftSettings: fast),
+        .testTarget(name: "TesseraTests",
+                    dependencies: ["TesseraTraining", "TesseraModel", "TesseraKernels", "TesseraComm", "tessera"]),
+    ]
+)

@@ -1,0 +1,189 @@
+import Foundation
+
+// Blockwise ("flash") attention for one or many heads, forward and backward.
+//
+// Forward, per (batch, head, query block): loop over key/value blocks with an online softmax
+//   S = scale · Q Kᵀ;  m' = max(m, rowmax S);  P = exp(S - m');  l = l·e^(m-m') + rowsum P
+//   acc = acc·e^(m-m') + P V;   at the end  O = acc / l,  lse = m + log l.
+// Only O and the per-row log-sum-exp are kept: memory is linear in sequence length.
+// Backward, per (batch, head), key blocks outer, query blocks inner, recomputing P = exp(S - lse):
+//   dV += Pᵀ dO;  dP = dO Vᵀ;  dS = P ∘ (dP - D),  D = rowsum(dO ∘ O);  dQ += scale·dS K;  dK += scale·dSᵀ Q.
+// With the *global* O and lse this is exact also when keys arrive block by block from other ranks
+// (ring attention), which is why both are inputs to the backward.
+//
+// Positions are explicit: query row i sits at global position qOffset + i, key row j at kOffset + j;
+// with `causal`, key j is visible to query i iff kOffset + j <= qOffset + i. A query row that sees no key
+// gets O = 0 and lse = -inf (so that a log-sum-exp merge ignores it).
+
+/// Shapes, positions and strides of one attention call. Tensors are row-major [batch, tokens, ...] with
+/// head h at columns h*headDim ..< (h+1)*headDim of each token row, so q, k and v can live inside one
+/// fused qkv buffer (row stride 3C) without copies.
+public struct AttentionLayout: Sendable {
+    public var batch: Int, heads: Int, headDim: Int
+    public var tq: Int, tk: Int
+    public var qOffset: Int = 0, kOffset: Int = 0
+    public var causal: Bool = true
+    public var qRow: Int, kRow: Int, vRow: Int, oRow: Int
+    public var qBatch: Int, kBatch: Int, vBatch: Int, oBatch: Int
+    public var blockQ: Int = 64, blockK: Int = 64
+
+    public var scale: Float { 1 / Float(headDim).squareRoot() }
+
+    /// Self-attention over a fused qkv buffer [batch, t, 3·heads·headDim] with output [batch, t, heads·headDim].
+    public static func fused(batch: Int, t: Int, heads: Int, headDim: Int, causal: Bool = true) -> AttentionLayout {
+        let c = heads * headDim
+        return AttentionLayout(batch: batch, heads: heads, headDim: headDim, tq: t, tk: t, causal: causal,
+                               qRow: 3 * c, kRow: 3 * c, vRow: 3 * c, oRow: c,
+                               qBatch: t * 3 * c, kBatch: t * 3 * c, vBatch: t * 3 * c, oBatch: t * c)
+    }
+
+    /// Number of keys (from 0) that query row i may see.
+    @inlinable func visibleKeys(_ i: Int) -> Int {
+        causal ? max(0, min(tk, qOffset + i - kOffset + 1)) : tk
+    }
+
+    /// Multiply-adds of the forward actually performed (visible query-key pairs × headDim × 2 products).
+    public var forwardPairs: Int {
+        var pairs = 0
+        for i in 0..<tq { pairs += visibleKeys(i) }
+        return pairs * batch * heads
+    }
+}
+
+public enum Attention {
+    /// O [batch, tq, heads*hd] (strided by oRow/oBatch) and lse [batch, heads, tq] are written.
+    public static func forward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                               q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                               layout g: AttentionLayout, scratch: Scratch) {
+        let bq = g.blockQ, bk = g.blockK, hd = g.headDim
+        let nqb = (g.tq + bq - 1) / bq
+        let tasks = g.batch * g.heads * nqb
+        let workers = min(Threads.count, max(tasks, 1))
+        let per = bq * bk + bq * hd + 2 * bq
+        let ws = SendPtr(scratch.floats(workers * per))
+        let O = SendPtr(out), LSE = SendPtr(lse), Q = SendConstPtr(q), K = SendConstPtr(k), V = SendConstPtr(v)
+        let scale = g.scale
+        Threads.parallelTasks(tasks) { w, task in
+            // Heaviest (latest) query blocks first for causal balance.
+            let qb = nqb - 1 - task % nqb
+            let bh = task / nqb, h = bh % g.heads, b = bh / g.heads
+            let s = ws.p + w * per, acc = s + bq * bk, m = acc + bq * hd, l = m + bq
+            let q0 = qb * bq, nq = min(bq, g.tq - q0)
+            let qp = Q.p + b * g.qBatch + q0 * g.qRow + h * hd
+            let kp = K.p + b * g.kBatch + h * hd
+            let vp = V.p + b * g.vBatch + h * hd
+            for i in 0..<nq { m[i] = -.infinity; l[i] = 0 }
+            acc.update(repeating: 0, count: nq * hd)
+            let kLimit = g.visibleKeys(q0 + nq - 1)
+            var k0 = 0
+            while k0 < kLimit {
+                let nk = min(bk, kLimit - k0)
+                BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: scale, a: qp, lda: g.qRow,
+                           b: kp + k0 * g.kRow, ldb: g.kRow, beta: 0, c: s, ldc: bk)
+                for i in 0..<nq {
+                    let row = s + i * bk
+                    let valid = min(nk, g.visibleKeys(q0 + i) - k0)
+                    if valid <= 0 { row.update(repeating: 0, count: nk); continue }
+                    let mx = vmax(row, valid)
+                    let mOld = m[i], mNew = Swift.max(mOld, mx)
+                    let corr: Float = mOld == -.infinity ? 0 : Foundation.exp(mOld - mNew)
+                    let mv = F16(repeating: mNew)
+                    var sum = F16(), j = 0
+                    while j + 16 <= valid { let p = vexp(load16(row, j) - mv); store16(row, j, p); sum += p; j += 16 }
+                    var tail: Float = 0
+                    while j < valid { let p = Foundation.exp(row[j] - mNew); row[j] = p; tail += p; j += 1 }
+                    while j < nk { row[j] = 0; j += 1 }
+                    l[i] = l[i] * corr + sum.sum() + tail
+                    if corr != 1 { vscale(acc + i * hd, corr, hd) }
+                    m[i] = mNew
+                }
+                BLAS.sgemm(transA: false, transB: false, m: nq, n: hd, k: nk, alpha: 1, a: s, lda: bk,
+                           b: vp + k0 * g.vRow, ldb: g.vRow, beta: 1, c: acc, ldc: hd)
+                k0 += bk
+            }
+            let op = O.p + b * g.oBatch + q0 * g.oRow + h * hd
+            let lp = LSE.p + (b * g.heads + h) * g.tq + q0
+            for i in 0..<nq {
+                let o = op + i * g.oRow
+                if l[i] > 0 {
+                    let inv = 1 / l[i]
+                    for d in 0..<hd { o[d] = acc[i * hd + d] * inv }
+                    lp[i] = m[i] + Foundation.log(l[i])
+                } else {
+                    o.update(repeating: 0, count: hd)
+                    lp[i] = -.infinity
+                }
+            }
+        }
+    }
+
+    /// Accumulates dq, dk, dv (same strides as q, k, v) from dout (strides of out), the saved output and lse.
+    public static func backward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+                                dv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
+                                out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
+                                q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                layout g: AttentionLayout, scratch: Scratch) {
+        let bq = g.blockQ, bk = g.blockK, hd = g.headDim
+        let tasks = g.batch * g.heads
+        let workers = min(Threads.count, max(tasks, 1))
+        let per = 2 * bq * bk + g.tq
+        let ws = SendPtr(scratch.floats(workers * per))
+        let DQ = SendPtr(dq), DK = SendPtr(dk), DV = SendPtr(dv), DO = SendConstPtr(dout), O = SendConstPtr(out)
+        let LSE = SendConstPtr(lse), Q = SendConstPtr(q), K = SendConstPtr(k), V = SendConstPtr(v)
+        let scale = g.scale
+        Threads.parallelTasks(tasks) { w, task in
+            let h = task % g.heads, b = task / g.heads
+            let p = ws.p + w * per, dp = p + bq * bk, dsum = dp + bq * bk
+            let qp = Q.p + b * g.qBatch + h * hd, kp = K.p + b * g.kBatch + h * hd, vp = V.p + b * g.vBatch + h * hd
+            let dqp = DQ.p + b * g.qBatch + h * hd, dkp = DK.p + b * g.kBatch + h * hd, dvp = DV.p + b * g.vBatch + h * hd
+            let dop = DO.p + b * g.oBatch + h * hd, op = O.p + b * g.oBatch + h * hd
+            let lp = LSE.p + (b * g.heads + h) * g.tq
+            for i in 0..<g.tq { dsum[i] = vdot(dop + i * g.oRow, op + i * g.oRow, hd) }
+            var k0 = 0
+            while k0 < g.tk {
+                let nk = min(bk, g.tk - k0)
+                // First query row that sees key k0 (causal), rounded down to a query block.
+                var qStart = g.causal ? Swift.max(0, g.kOffset + k0 - g.qOffset) : 0
+                qStart = (qStart / bq) * bq
+                var q0 = qStart
+                while q0 < g.tq {
+                    let nq = min(bq, g.tq - q0)
+                    BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: scale, a: qp + q0 * g.qRow,
+                               lda: g.qRow, b: kp + k0 * g.kRow, ldb: g.kRow, beta: 0, c: p, ldc: bk)
+                    for i in 0..<nq {
+                        let row = p + i * bk
+                        let valid = min(nk, g.visibleKeys(q0 + i) - k0)
+                        let li = lp[q0 + i]
+                        if valid <= 0 || li == -.infinity { row.update(repeating: 0, count: nk); continue }
+                        let lv = F16(repeating: li)
+                        var j = 0
+                        while j + 16 <= valid { store16(row, j, vexp(load16(row, j) - lv)); j += 16 }
+                        while j < valid { row[j] = Foundation.exp(row[j] - li); j += 1 }
+                        while j < nk { row[j] = 0; j += 1 }
+                    }
+                    // dV[k] += Pᵀ dO
+                    BLAS.sgemm(transA: true, transB: false, m: nk, n: hd, k: nq, alpha: 1, a: p, lda: bk,
+                               b: dop + q0 * g.oRow, ldb: g.oRow, beta: 1, c: dvp + k0 * g.vRow, ldc: g.vRow)
+                    // dP = dO Vᵀ
+                    BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: 1, a: dop + q0 * g.oRow,
+                               lda: g.oRow, b: vp + k0 * g.vRow, ldb: g.vRow, beta: 0, c: dp, ldc: bk)
+                    // dS = P ∘ (dP - D), into p
+                    for i in 0..<nq {
+                        let row = p + i * bk, drow = dp + i * bk
+                        let dv = F16(repeating: dsum[q0 + i])
+                        var j = 0
+                        while j + 16 <= nk { store16(row, j, load16(row, j) * (load16(drow, j) - dv)); j += 16 }
+                        while j < nk { row[j] = row[j] * (drow[j] - dsum[q0 + i]); j += 1 }
+                    }
+                    // dQ += scale dS K;  dK += scale dSᵀ Q
+                    BLAS.sgemm(transA: false, transB: false, m: nq, n: hd, k: nk, alpha: scale, a: p, lda: bk,
+                               b: kp + k0 * g.kRow, ldb: g.kRow, beta: 1, c: dqp + q0 * g.qRow, ldc: g.qRow)
+                    BLAS.sgemm(transA: true, transB: false, m: nk, n: hd, k: nq, alpha: scale, a: p, lda: bk,
+                               b: qp + q0 * g.qRow, ldb: g.qRow, beta: 1, c: dkp + k0 * g.kRow, ldc: g.kRow)
+                    q0 += bq
+                }
+                k0 += bk
+            }
+        }
+    }
+}

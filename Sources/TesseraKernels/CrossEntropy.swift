@@ -1,0 +1,75 @@
+import Foundation
+
+// LM head (tied to wte) fused with softmax cross-entropy. Rows are processed in chunks so the full
+// [N, V] logits never exist: for each chunk
+//   logits = x · wteᵀ;  p = softmax(logits);  loss_i = logsumexp(logits_i) - logits_i[target_i]
+//   dlogits = gradScale * (p - onehot(target))      (overwrites the logits chunk)
+//   dx = dlogits · wte;  dwte += dlogitsᵀ · x
+// `gradScale` is the loss normaliser (1 / global token count), applied here and nowhere else.
+// Targets < 0 are ignored (no loss, no gradient).
+
+public enum CrossEntropy {
+    /// Rows per chunk: about 2M logits, at least 16 rows.
+    static func chunkRows(vocab: Int) -> Int { max(16, (1 << 21) / max(vocab, 1)) }
+
+    /// Returns the sum of per-row losses (in Double) over rows with a target >= 0.
+    /// When `dx` is given, also writes dx [N, C] and accumulates dwte [V, C].
+    @discardableResult
+    public static func fused(x: UnsafePointer<Float>, wte: UnsafePointer<Float>, targets: UnsafePointer<Int32>,
+                             n: Int, c: Int, vocab v: Int, gradScale: Float,
+                             dx: UnsafeMutablePointer<Float>?, dwte: UnsafeMutablePointer<Float>?,
+                             rowLosses: UnsafeMutablePointer<Float>? = nil, scratch: Scratch) -> Double {
+        let rowsPer = min(n, chunkRows(vocab: v))
+        let logits = scratch.floats(rowsPer * v + rowsPer)
+        let losses = logits + rowsPer * v
+        let L = SendPtr(logits), LS = SendPtr(losses), T = SendConstPtr(targets)
+        let wantGrad = dx != nil
+        var total = 0.0
+        var r0 = 0
+        while r0 < n {
+            let nr = min(rowsPer, n - r0)
+            let xr = x + r0 * c
+            BLAS.gemm(transB: true, m: nr, n: v, k: c, a: xr, lda: c, b: wte, ldb: c, beta: 0, c: logits, ldc: v)
+            let base = r0
+            Threads.parallelRanges(nr, grain: 1) { _, lo, hi in
+                for i in lo..<hi {
+                    let row = L.p + i * v
+                    let t = Int(T.p[base + i])
+                    let mx = vmax(row, v)
+                    let targetLogit = t >= 0 ? row[t] - mx : 0
+                    let mv = F16(repeating: mx)
+                    var acc = F16(), j = 0
+                    while j + 16 <= v { let e = vexp(load16(row, j) - mv); store16(row, j, e); acc += e; j += 16 }
+                    var sum = acc.sum()
+                    while j < v { let e = Foundation.exp(row[j] - mx); row[j] = e; sum += e; j += 1 }
+                    if t < 0 {
+                        LS.p[i] = 0
+                        if wantGrad { row.update(repeating: 0, count: v) }
+                        continue
+                    }
+                    LS.p[i] = Foundation.log(sum) - targetLogit
+                    if wantGrad {
+                        vscale(row, gradScale / sum, v)
+                        row[t] -= gradScale
+                    }
+                }
+            }
+            for i in 0..<nr {
+                total += Double(losses[i])
+                rowLosses?[r0 + i] = losses[i]
+            }
+            if let dx, let dwte {
+                BLAS.gemm(m: nr, n: c, k: v, a: logits, lda: v, b: wte, ldb: c, beta: 0, c: dx + r0 * c, ldc: c)
+                BLAS.gemm(transA: true, m: v, n: c, k: nr, a: logits, lda: v, b: xr, ldb: c, beta: 1, c: dwte, ldc: c)
+            }
+            r0 += nr
+        }
+        return total
+    }
+
+    /// Full logits [N, V] = x · wteᵀ (for evaluation of single positions, sampling and tests).
+    public static func logits(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, wte: UnsafePointer<Float>,
+                              n: Int, c: Int, vocab v: Int) {
+        BLAS.gemm(transB: true, m: n, n: v, k: c, a: x, lda: c, b: wte, ldb: c, beta: 0, c: out, ldc: v)
+    }
+}

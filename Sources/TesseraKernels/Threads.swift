@@ -1,0 +1,76 @@
+import Foundation
+import Dispatch
+import Synchronization
+
+/// The kernel thread count of this rank (`training.threads`). Non-BLAS kernels split their rows,
+/// heads or blocks into this many chunks; large matrix products are split the same way, with
+/// OpenBLAS itself kept single-threaded so that exactly `count` threads compute.
+public enum Threads {
+    nonisolated(unsafe) private static var _count = 1
+
+    public static var count: Int { _count }
+
+    /// Sets the kernel thread count and pins OpenBLAS to one internal thread.
+    public static func configure(_ n: Int) {
+        _count = max(1, n)
+        BLAS.setThreads(1)
+    }
+
+    /// Cores this process may run on (sched_getaffinity), never less than 1.
+    public static func availableCores() -> Int {
+        ProcessInfo.processInfo.activeProcessorCount
+    }
+
+    /// Runs `body(chunk, lo, hi)` over `[0, n)` cut into at most `count` contiguous chunks whose sizes are
+    /// multiples of `grain` (except the last). Chunk 0 runs on the calling thread.
+    @inlinable
+    public static func parallelRanges(_ n: Int, grain: Int = 1, _ body: (Int, Int, Int) -> Void) {
+        if n <= 0 { return }
+        let g = max(1, grain)
+        let units = (n + g - 1) / g
+        let chunks = min(count, units)
+        if chunks <= 1 { body(0, 0, n); return }
+        withoutActuallyEscaping(body) { body in
+            let box = UncheckedBox(body)
+            DispatchQueue.concurrentPerform(iterations: chunks) { c in
+                let lo = (units * c / chunks) * g
+                let hi = min(n, (units * (c + 1) / chunks) * g)
+                if lo < hi { box.value(c, lo, hi) }
+            }
+        }
+    }
+
+    /// Runs `body(i)` for every i in `[0, n)`, spread over the threads (static interleaving of tasks,
+    /// for tasks of similar cost). `body` receives the worker index as its first argument.
+    @inlinable
+    public static func parallelTasks(_ n: Int, _ body: (_ worker: Int, _ task: Int) -> Void) {
+        if n <= 0 { return }
+        let workers = min(count, n)
+        if workers <= 1 { for i in 0..<n { body(0, i) }; return }
+        withoutActuallyEscaping(body) { body in
+            let box = UncheckedBox(body)
+            let next = AtomicCounter()
+            DispatchQueue.concurrentPerform(iterations: workers) { w in
+                while true {
+                    let i = next.increment()
+                    if i >= n { break }
+                    box.value(w, i)
+                }
+            }
+        }
+    }
+}
+
+/// Carries a non-Sendable closure into `concurrentPerform`; callers guarantee the closure is safe to run concurrently.
+public struct UncheckedBox<T>: @unchecked Sendable {
+    public let value: T
+    @inlinable public init(_ v: T) { value = v }
+}
+
+/// An atomic counter handing out task indices (dynamic scheduling for uneven tasks such as causal attention).
+public final class AtomicCounter: @unchecked Sendable {
+    private let value = Atomic<Int>(0)
+    public init() {}
+    @inlinable public func increment() -> Int { _increment() }
+    @usableFromInline func _increment() -> Int { value.wrappingAdd(1, ordering: .relaxed).oldValue }
+}

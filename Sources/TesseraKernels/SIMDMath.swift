@@ -59,7 +59,7 @@ public func hmax(_ v: F16) -> Float {
     var e = c.lowHalf
     let f = c.highHalf
     e.replace(with: f, where: f .> e)
-    return Swift.max(Swift.max(e[0], e[1]), Swift.max(e[2], e[3]))
+    return Swift.max(e[0], e[1])
 }
 
 /// Sum of n floats with 16 SIMD partial sums.

@@ -1,0 +1,163 @@
+// GPT-2 forward and backward over the kernels. The model holds parameters and gradients (one
+// contiguous buffer each, same layout); activations of a micro-batch live in `Activations`.
+// Attention goes through `AttentionOp`, the seam where ring and Ulysses attention plug in.
+
+import TesseraKernels
+
+/// How a block computes attention over its fused qkv. The single-rank implementation is `LocalAttention`.
+public protocol AttentionOp: AnyObject {
+    func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                 batch: Int, tokens: Int, layer: Int, scratch: Scratch)
+    /// Accumulates into dqkv (zeroed by the caller).
+    func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
+                  lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int,
+                  scratch: Scratch)
+}
+
+/// Causal self-attention over the whole local sequence with the blockwise kernel.
+public final class LocalAttention: AttentionOp {
+    public let heads: Int, headDim: Int
+    public var blockQ = 64, blockK = 64
+    public init(heads: Int, headDim: Int) { self.heads = heads; self.headDim = headDim }
+
+    func layout(_ batch: Int, _ tokens: Int) -> AttentionLayout {
+        var g = AttentionLayout.fused(batch: batch, t: tokens, heads: heads, headDim: headDim)
+        g.blockQ = blockQ; g.blockK = blockK
+        return g
+    }
+
+    public func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                        batch: Int, tokens: Int, layer: Int, scratch: Scratch) {
+        let c = heads * headDim
+        Attention.forward(out: out, lse: lse, q: qkv, k: qkv + c, v: qkv + 2 * c, layout: layout(batch, tokens),
+                          scratch: scratch)
+    }
+
+    public func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
+                         lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int,
+                         scratch: Scratch) {
+        let c = heads * headDim
+        Attention.backward(dq: dqkv, dk: dqkv + c, dv: dqkv + 2 * c, dout: dout, out: out, lse: lse,
+                           q: qkv, k: qkv + c, v: qkv + 2 * c, layout: layout(batch, tokens), scratch: scratch)
+    }
+}
+
+public final class GPT: @unchecked Sendable {
+    public let config: GPTConfig
+    public let params: ParameterSet
+    public let grads: ParameterSet
+    public var attention: AttentionOp
+
+    /// Pointers of one block's parameters (or gradients).
+    struct BlockTensors {
+        let ln1w, ln1b, attnW, attnB, projW, projB, ln2w, ln2b, fcW, fcB, fcProjW, fcProjB: UnsafeMutablePointer<Float>
+        init(_ p: ParameterSet, _ l: Int) {
+            let s = "transformer.h.\(l)."
+            ln1w = p[s + "ln_1.weight"]; ln1b = p[s + "ln_1.bias"]
+            attnW = p[s + "attn.c_attn.weight"]; attnB = p[s + "attn.c_attn.bias"]
+            projW = p[s + "attn.c_proj.weight"]; projB = p[s + "attn.c_proj.bias"]
+            ln2w = p[s + "ln_2.weight"]; ln2b = p[s + "ln_2.bias"]
+            fcW = p[s + "mlp.c_fc.weight"]; fcB = p[s + "mlp.c_fc.bias"]
+            fcProjW = p[s + "mlp.c_proj.weight"]; fcProjB = p[s + "mlp.c_proj.bias"]
+        }
+    }
+    private let pBlocks: [BlockTensors], gBlocks: [BlockTensors]
+
+    public init(config: GPTConfig, seed: UInt64) {
+        self.config = config
+        let p = ParameterSet(specs: GPTParameters.specs(config)), g = p.sameLayout()
+        p.initialize(seed: seed)
+        params = p; grads = g
+        attention = LocalAttention(heads: config.nHead, headDim: config.headDim)
+        pBlocks = (0..<config.nLayer).map { BlockTensors(p, $0) }
+        gBlocks = (0..<config.nLayer).map { BlockTensors(g, $0) }
+    }
+
+    // MARK: forward
+
+    /// Runs the blocks and ln_f on the ids in `a` (tokenIds, positions). Leaves ln_f output in `a.lnf`.
+    public func forwardBody(_ a: Activations) {
+        let c = config.dModel, n = a.n
+        Embedding.forward(out: a.residual[0], tokens: a.tokenIds, positions: a.positions,
+                          wte: params["transformer.wte.weight"], wpe: params["transformer.wpe.weight"], n: n, c: c)
+        for l in 0..<config.nLayer {
+            let p = pBlocks[l], s = a.layers[l], x = a.residual[l]
+            LayerNorm.forward(out: s.ln1, mean: s.ln1Mean, rstd: s.ln1Rstd, x: x, weight: p.ln1w, bias: p.ln1b, n: n, c: c)
+            Linear.forward(out: s.qkv, inp: s.ln1, weight: p.attnW, bias: p.attnB, n: n, inDim: c, outDim: 3 * c)
+            attention.forward(qkv: s.qkv, out: s.atty, lse: s.lse, batch: a.batch, tokens: a.tokens, layer: l,
+                              scratch: a.scratch)
+            Linear.forward(out: a.tmp, inp: s.atty, weight: p.projW, bias: p.projB, n: n, inDim: c, outDim: c)
+            Residual.forward(out: s.resid2, a: x, b: a.tmp, n: n * c)
+            LayerNorm.forward(out: s.ln2, mean: s.ln2Mean, rstd: s.ln2Rstd, x: s.resid2, weight: p.ln2w, bias: p.ln2b,
+                              n: n, c: c)
+            Linear.forward(out: s.fch, inp: s.ln2, weight: p.fcW, bias: p.fcB, n: n, inDim: c, outDim: 4 * c)
+            GELU.forward(out: s.fchGelu, x: s.fch, n: n * 4 * c)
+            Linear.forward(out: a.tmp, inp: s.fchGelu, weight: p.fcProjW, bias: p.fcProjB, n: n, inDim: 4 * c, outDim: c)
+            Residual.forward(out: a.residual[l + 1], a: s.resid2, b: a.tmp, n: n * c)
+        }
+        LayerNorm.forward(out: a.lnf, mean: a.lnfMean, rstd: a.lnfRstd, x: a.residual[config.nLayer],
+                          weight: params["transformer.ln_f.weight"], bias: params["transformer.ln_f.bias"], n: n, c: c)
+    }
+
+    /// Sum of the cross-entropy over the micro-batch's targets (forward only).
+    public func lossSum(_ a: Activations) -> Double {
+        forwardBody(a)
+        return CrossEntropy.fused(x: a.lnf, wte: params["transformer.wte.weight"], targets: a.targets, n: a.n,
+                                  c: config.dModel, vocab: config.vocabSize, gradScale: 0, dx: nil, dwte: nil,
+                                  scratch: a.scratch)
+    }
+
+    /// Logits [N, V] of the last forward (a.lnf must be current).
+    public func logits(_ a: Activations, into out: UnsafeMutablePointer<Float>) {
+        CrossEntropy.logits(out: out, x: a.lnf, wte: params["transformer.wte.weight"], n: a.n, c: config.dModel,
+                            vocab: config.vocabSize)
+    }
+
+    // MARK: forward + backward
+
+    /// Forward, loss and backward of one micro-batch; gradients are *accumulated* into `grads`, each
+    /// token's loss weighted by `gradScale` (1 / global token count: the one place the loss is normalised).
+    /// Returns the unnormalised loss sum of this micro-batch.
+    @discardableResult
+    public func forwardBackward(_ a: Activations, gradScale: Float) -> Double {
+        forwardBody(a)
+        let c = config.dModel, n = a.n, L = config.nLayer
+        let wte = params["transformer.wte.weight"], dwte = grads["transformer.wte.weight"]
+        let loss = CrossEntropy.fused(x: a.lnf, wte: wte, targets: a.targets, n: n, c: c, vocab: config.vocabSize,
+                                      gradScale: gradScale, dx: a.dln, dwte: dwte, scratch: a.scratch)
+        a.dres.update(repeating: 0, count: n * c)
+        LayerNorm.backward(dx: a.dres, dweight: grads["transformer.ln_f.weight"], dbias: grads["transformer.ln_f.bias"],
+                           dout: a.dln, x: a.residual[L], weight: params["transformer.ln_f.weight"],
+                           mean: a.lnfMean, rstd: a.lnfRstd, n: n, c: c, scratch: a.scratch)
+        for l in stride(from: L - 1, through: 0, by: -1) {
+            backwardBlock(l, a)
+        }
+        Embedding.backward(dwte: dwte, dwpe: grads["transformer.wpe.weight"], dout: a.dres, tokens: a.tokenIds,
+                           positions: a.positions, n: n, c: c)
+        return loss
+    }
+
+    /// On entry a.dres holds d(loss)/d(block output); on exit d(loss)/d(block input).
+    func backwardBlock(_ l: Int, _ a: Activations) {
+        let c = config.dModel, n = a.n
+        let p = pBlocks[l], g = gBlocks[l], s = a.layers[l]
+        // MLP: out = resid2 + c_proj(gelu(c_fc(ln_2(resid2))))
+        Linear.backward(dinp: a.dfch, dweight: g.fcProjW, dbias: g.fcProjB, dout: a.dres, inp: s.fchGelu,
+                        weight: p.fcProjW, n: n, inDim: 4 * c, outDim: c, accumulateInput: false)
+        GELU.backward(dx: a.dfch, dout: a.dfch, x: s.fch, n: n * 4 * c)
+        Linear.backward(dinp: a.dln, dweight: g.fcW, dbias: g.fcB, dout: a.dfch, inp: s.ln2, weight: p.fcW,
+                        n: n, inDim: c, outDim: 4 * c, accumulateInput: false)
+        LayerNorm.backward(dx: a.dres, dweight: g.ln2w, dbias: g.ln2b, dout: a.dln, x: s.resid2, weight: p.ln2w,
+                           mean: s.ln2Mean, rstd: s.ln2Rstd, n: n, c: c, scratch: a.scratch)
+        // Attention: resid2 = x + c_proj(attn(c_attn(ln_1(x))))
+        Linear.backward(dinp: a.datty, dweight: g.projW, dbias: g.projB, dout: a.dres, inp: s.atty, weight: p.projW,
+                        n: n, inDim: c, outDim: c, accumulateInput: false)
+        a.dqkv.update(repeating: 0, count: n * 3 * c)
+        attention.backward(dqkv: a.dqkv, dout: a.datty, out: s.atty, lse: s.lse, qkv: s.qkv, batch: a.batch,
+                           tokens: a.tokens, layer: l, scratch: a.scratch)
+        Linear.backward(dinp: a.dln, dweight: g.attnW, dbias: g.attnB, dout: a.dqkv, inp: s.ln1, weight: p.attnW,
+                        n: n, inDim: c, outDim: 3 * c, accumulateInput: false)
+        LayerNorm.backward(dx: a.dres, dweight: g.ln1w, dbias: g.ln1b, dout: a.dln, x: a.residual[l], weight: p.ln1w,
+                           mean: s.ln1Mean, rstd: s.ln1Rstd, n: n, c: c, scratch: a.scratch)
+    }
+}

@@ -1,0 +1,42 @@
+import Foundation
+import XCTest
+@testable import TesseraKernels
+@testable import TesseraModel
+
+/// The repository root (this file is Tests/TesseraTests/TestSupport.swift).
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
+
+/// ../shared/reference beside the repository (CI clones the repository with shared/ beside it).
+let referenceDir = repoRoot.deletingLastPathComponent().appendingPathComponent("shared/reference/gpt2-tiny")
+
+/// ||a - b|| / max(||b||, tiny)
+func relErr(_ a: [Float], _ b: [Float]) -> Double {
+    precondition(a.count == b.count, "size mismatch \(a.count) vs \(b.count)")
+    var num = 0.0, den = 0.0
+    for i in 0..<a.count {
+        let d = Double(a[i]) - Double(b[i]); num += d * d; den += Double(b[i]) * Double(b[i])
+    }
+    return (num / max(den, 1e-30)).squareRoot()
+}
+
+func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float {
+    zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1)) }
+}
+
+/// Deterministic pseudo-random floats in [-scale, scale).
+func randomFloats(_ n: Int, seed: UInt64, scale: Float = 1) -> [Float] {
+    (0..<n).map { i in
+        let h = Initializer.mix(seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(i))
+        return (Float(h >> 40) / Float(1 << 24) * 2 - 1) * scale
+    }
+}
+
+extension Array where Element == Float {
+    /// Runs body with a mutable pointer to the array's storage.
+    mutating func ptr<R>(_ body: (UnsafeMutablePointer<Float>) throws -> R) rethrows -> R {
+        try withUnsafeMutableBufferPointer { try body($0.baseAddress!) }
+    }
+}
+
+func copyArray(_ p: UnsafePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }

@@ -1,0 +1,55 @@
+import Foundation
+import XCTest
+@testable import TesseraKernels
+
+/// The blockwise attention kernel against naive full-matrix attention (Double): forward output and
+/// log-sum-exp, and the backward against finite differences of the naive version; with and without
+/// causal masking, odd block boundaries, position offsets, and rows that see no key at all.
+final class AttentionTests: XCTestCase {
+    struct Case { var b = 2, h = 2, hd = 8, tq = 13, tk = 11, qOff = 0, kOff = 0, causal = true, bq = 4, bk = 5 }
+
+    func run(_ k: Case, threads: Int = 2, checkBackward: Bool = true, file: StaticString = #filePath, line: UInt = #line) {
+        Threads.configure(threads)
+        let c = k.h * k.hd
+        let q = randomFloats(k.b * k.tq * c, seed: 21), kk = randomFloats(k.b * k.tk * c, seed: 22)
+        let v = randomFloats(k.b * k.tk * c, seed: 23), w = randomFloats(k.b * k.tq * c, seed: 24)
+        let g = AttentionLayout(batch: k.b, heads: k.h, headDim: k.hd, tq: k.tq, tk: k.tk, qOffset: k.qOff,
+                                kOffset: k.kOff, causal: k.causal, qRow: c, kRow: c, vRow: c, oRow: c,
+                                qBatch: k.tq * c, kBatch: k.tk * c, vBatch: k.tk * c, oBatch: k.tq * c,
+                                blockQ: k.bq, blockK: k.bk)
+        var out = [Float](repeating: 0, count: k.b * k.tq * c), lse = [Float](repeating: 0, count: k.b * k.h * k.tq)
+        let scratch = Scratch()
+        out.ptr { o in lse.ptr { l in Attention.forward(out: o, lse: l, q: q, k: kk, v: v, layout: g, scratch: scratch) } }
+        func naive(_ q: [Double], _ kk: [Double], _ v: [Double]) -> ([Double], [Double]) {
+            Ref.attention(q: q, k: kk, v: v, b: k.b, h: k.h, hd: k.hd, tq: k.tq, tk: k.tk, qOffset: k.qOff,
+                          kOffset: k.kOff, causal: k.causal)
+        }
+        let (ro, rl) = naive(q.d, kk.d, v.d)
+        XCTAssertLessThan(relErr(out, ro.f), 1e-6, "output", file: file, line: line)
+        for i in 0..<lse.count {
+            if rl[i] == -.infinity { XCTAssertEqual(lse[i], -.infinity, "lse[\(i)] of a row with no visible key", file: file, line: line) }
+            else { XCTAssertEqual(Double(lse[i]), rl[i], accuracy: 1e-5, "lse[\(i)]", file: file, line: line) }
+        }
+        guard checkBackward else { return }
+        var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: kk.count), dv = dk
+        dq.ptr { a in dk.ptr { b in dv.ptr { d in out.ptr { o in lse.ptr { l in
+            Attention.backward(dq: a, dk: b, dv: d, dout: w, out: o, lse: l, q: q, k: kk, v: v, layout: g, scratch: scratch)
+        } } } } }
+        let gq = Ref.numericGradient(q.d) { Ref.dot(naive($0, kk.d, v.d).0, w.d) }
+        let gk = Ref.numericGradient(kk.d) { Ref.dot(naive(q.d, $0, v.d).0, w.d) }
+        let gv = Ref.numericGradient(v.d) { Ref.dot(naive(q.d, kk.d, $0).0, w.d) }
+        XCTAssertLessThan(relErr(dq, gq.f), 1e-5, "dq", file: file, line: line)
+        XCTAssertLessThan(relErr(dk, gk.f), 1e-5, "dk", file: file, line: line)
+        XCTAssertLessThan(relErr(dv, gv.f), 1e-5, "dv", file: file, line: line)
+        XCTAssertFalse(dq.contains { !$0.isFinite } || dk.contains { !$0.isFinite }, "non-finite gradient", file: file, line: line)
+    }
+
+    func testCausalSelfAttentionOddBlocks() { run(Case(tq: 13, tk: 13)) }
+    func testNonCausal() { run(Case(causal: false)) }
+    func testQueryOffsetAfterKeys() { run(Case(tq: 9, tk: 11, qOff: 11, kOff: 0)) }      // a later query chunk: sees all keys
+    func testKeysPartlyInFuture() { run(Case(tq: 10, tk: 12, qOff: 4, kOff: 6)) }        // rows 0, 1 see no key
+    func testDiagonalCrossingOffsets() { run(Case(tq: 12, tk: 12, qOff: 5, kOff: 2, bq: 3, bk: 7)) }
+    func testOneThread() { run(Case(), threads: 1) }
+    func testLongerForwardManyBlocks() { run(Case(hd: 16, tq: 70, tk: 70, bq: 16, bk: 32), checkBackward: false) }
+    func testHeadDimOfTheModels() { run(Case(b: 1, h: 1, hd: 32, tq: 24, tk: 24, bq: 8, bk: 16)) }
+}

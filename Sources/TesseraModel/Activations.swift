@@ -16,14 +16,16 @@ public final class Activations: @unchecked Sendable {
         public let ln1, ln1Mean, ln1Rstd, qkv, atty, lse, resid2, ln2, ln2Mean, ln2Rstd, fch, fchGelu: UnsafeMutablePointer<Float>
     }
 
-    public let batch: Int, tokens: Int, config: GPTConfig
+    public let batch: Int, config: GPTConfig
+    /// Tokens per sequence of the current micro-batch (at most `capacity`).
+    public private(set) var tokens: Int
+    public let capacity: Int
     public let store = ActivationStore()
     public let residual: [UnsafeMutablePointer<Float>]
     public let layers: [Layer]
     public let lnf, lnfMean, lnfRstd: UnsafeMutablePointer<Float>
     public let tokenIds: UnsafeMutablePointer<Int32>, positions: UnsafeMutablePointer<Int32>,
                 targets: UnsafeMutablePointer<Int32>
-    private let ids: [Int32]
     // Backward workspace (one of each, reused by every layer).
     public let dres, dln, dqkv, datty, dfch, tmp: UnsafeMutablePointer<Float>
     public let scratch = Scratch()
@@ -31,7 +33,7 @@ public final class Activations: @unchecked Sendable {
     public var n: Int { batch * tokens }
 
     public init(config: GPTConfig, batch: Int, tokens: Int, training: Bool = true) {
-        self.batch = batch; self.tokens = tokens; self.config = config
+        self.batch = batch; self.tokens = tokens; self.capacity = tokens; self.config = config
         let n = batch * tokens, c = config.dModel, s = store
         let lseCount = batch * config.nHead * tokens
         residual = (0...config.nLayer).map { _ in s.saved(n * c) }
@@ -42,7 +44,6 @@ public final class Activations: @unchecked Sendable {
                   fch: s.saved(n * 4 * c), fchGelu: s.saved(n * 4 * c))
         }
         lnf = s.saved(n * c); lnfMean = s.saved(n); lnfRstd = s.saved(n)
-        ids = [Int32](repeating: 0, count: 3 * n)
         let idBuf = UnsafeMutablePointer<Int32>.allocate(capacity: max(3 * n, 1))
         idBuf.initialize(repeating: 0, count: max(3 * n, 1))
         tokenIds = idBuf; positions = idBuf + n; targets = idBuf + 2 * n
@@ -53,6 +54,13 @@ public final class Activations: @unchecked Sendable {
     }
 
     deinit { tokenIds.deallocate() }
+
+    /// Uses the first `tokens` positions of each buffer (for inference on shorter sequences; batch 1 only,
+    /// so that rows stay contiguous).
+    public func resize(tokens t: Int) {
+        precondition(t >= 1 && t <= capacity && (batch == 1 || t == capacity), "Activations.resize(\(t)) beyond capacity \(capacity)")
+        tokens = t
+    }
 
     /// Positions 0..<tokens for every sequence (the single-rank layout).
     public func setContiguousPositions(start: Int = 0) {

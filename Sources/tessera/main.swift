@@ -1,1 +1,82 @@
-print("tessera")
+import Foundation
+import TesseraComm
+import TesseraKernels
+import TesseraTraining
+
+// The `tessera` command. Subcommands: train, config show, prepare, bench.
+
+let usage = """
+usage: tessera <command> [arguments]
+
+  train CONFIG.toml [--section.key VALUE ...]   train a model as the config describes
+  config show CONFIG.toml [--section.key VALUE ...]   print the effective config
+  prepare --input FILE... --out DIR [--val-fraction F]   turn text into llm.c token shards
+  bench [--sizes S,M,L] [--threads N] [--steps N] [--warmup N] [--json]   sgemm ceiling, tokens/s and MFU
+
+Any config key can be overridden on the command line, e.g. --training.steps 50.
+"""
+
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("tessera: \(message)\n".utf8))
+    exit(2)
+}
+
+func option(_ args: [String], _ name: String) -> String? {
+    guard let i = args.firstIndex(of: name), i + 1 < args.count else { return nil }
+    return args[i + 1]
+}
+
+let coreTypeNote = MachineCheck.reexecWithoutNarrowCoreType()
+var args = Array(CommandLine.arguments.dropFirst())
+guard let command = args.first else { print(usage); exit(0) }
+args.removeFirst()
+
+do {
+    switch command {
+    case "train":
+        let (overrides, rest) = try ConfigLoader.splitOverrides(args)
+        guard let path = rest.first else { fail("train needs a config file\n\n" + usage) }
+        let config = try ConfigLoader.load(path: path, overrides: overrides)
+        let runtime = MPIRuntime()
+        if runtime.rank == 0, let note = coreTypeNote { print("tessera: note: \(note)") }
+        let trainer: Trainer
+        do { trainer = try Trainer(config: config, runtime: runtime) } catch {
+            runtime.rank == 0 ? fail("\(error)") : exit(2)
+        }
+        var metrics: MetricsSink? = nil
+        if runtime.rank == 0 {
+            let out = config.job.outputDir
+            let mpath = config.metrics.path.isEmpty ? out + "/metrics.jsonl" : config.metrics.path
+            let tb = config.metrics.tensorboard ? (config.metrics.tensorboardDir.isEmpty ? out + "/tensorboard" : config.metrics.tensorboardDir) : nil
+            metrics = try MetricsSink(metricsPath: mpath, tensorboardDir: tb)
+        }
+        trainer.run(metrics: metrics)
+        metrics?.close()
+        if runtime.rank == 0 && config.sample.tokens > 0 {
+            print("\n--- sample (\(config.sample.tokens) tokens, temperature \(config.sample.temperature)) ---")
+            print(trainer.sample())
+            print("---")
+        }
+        runtime.finalize()
+    case "config":
+        guard args.first == "show" else { fail("usage: tessera config show CONFIG.toml [--section.key VALUE ...]") }
+        let (overrides, rest) = try ConfigLoader.splitOverrides(Array(args.dropFirst()))
+        guard let path = rest.first else { fail("config show needs a config file") }
+        print(ConfigLoader.render(try ConfigLoader.load(path: path, overrides: overrides)), terminator: "")
+    case "prepare":
+        print(try Prepare.command(arguments: args))
+    case "bench":
+        let names = (option(args, "--sizes") ?? "S,M,L").split(separator: ",").map { String($0).uppercased() }
+        let threads = Int(option(args, "--threads") ?? "") ?? Threads.availableCores()
+        let steps = Int(option(args, "--steps") ?? "") ?? 5
+        let warmup = Int(option(args, "--warmup") ?? "") ?? 2
+        if let note = coreTypeNote { print("note: \(note)") }
+        print(Bench.run(names: names, threads: threads, steps: steps, warmup: warmup, json: args.contains("--json")))
+    case "help", "--help", "-h":
+        print(usage)
+    default:
+        fail("unknown command '\(command)'\n\n" + usage)
+    }
+} catch {
+    fail("\(error)")
+}

@@ -1,0 +1,94 @@
+import Foundation
+import TesseraComm
+import TesseraKernels
+import TesseraModel
+
+/// `tessera bench`: the machine's sgemm ceiling and training throughput/MFU of the standard model sizes.
+public enum Bench {
+    public struct Size: Sendable {
+        public let name: String, vocab: Int, d: Int, layers: Int, heads: Int, seq: Int, batch: Int
+        public var gpt: GPTConfig { GPTConfig(vocabSize: vocab, nLayer: layers, nHead: heads, dModel: d, blockSize: seq) }
+    }
+
+    public static let sizes: [Size] = [
+        Size(name: "S", vocab: 256, d: 128, layers: 4, heads: 4, seq: 256, batch: 8),
+        Size(name: "M", vocab: 256, d: 256, layers: 6, heads: 8, seq: 512, batch: 8),
+        Size(name: "L", vocab: 8192, d: 512, layers: 8, heads: 8, seq: 1024, batch: 4),
+    ]
+
+    public struct Row: Sendable {
+        public let size: Size, parameters: Int, stepSeconds: Double, tokensPerSecond: Double, mfu: Double
+        public let activationBytes: Int
+    }
+
+    /// Median step time of `steps` timed steps after `warmup` steps on synthetic tokens.
+    public static func measure(_ s: Size, threads: Int, steps: Int, warmup: Int, peak: Double) -> Row {
+        Threads.configure(threads)
+        let cfg = s.gpt
+        let model = GPT(config: cfg, seed: 1)
+        let acts = Activations(config: cfg, batch: s.batch, tokens: s.seq)
+        let opt = AdamWOptimizer(params: model.params, grads: model.grads, beta1: 0.9, beta2: 0.95, eps: 1e-8,
+                                 weightDecay: 0.1, clip: 1)
+        var rng = SplitMix64(seed: 7)
+        for i in 0..<acts.n {
+            acts.tokenIds[i] = Int32(rng.next() % UInt64(s.vocab))
+            acts.targets[i] = Int32(rng.next() % UInt64(s.vocab))
+        }
+        acts.setContiguousPositions()
+        let tokens = s.batch * s.seq
+        var times: [Double] = []
+        for i in 0..<(warmup + steps) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            model.grads.zero()
+            model.forwardBackward(acts, gradScale: 1 / Float(tokens))
+            opt.step(lr: 3e-4)
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            if i >= warmup { times.append(dt) }
+        }
+        times.sort()
+        let med = times[times.count / 2]
+        let flops = cfg.flopsPerToken(seqLen: s.seq) * Double(tokens)
+        return Row(size: s, parameters: cfg.parameterCount, stepSeconds: med, tokensPerSecond: Double(tokens) / med,
+                   mfu: flops / med / peak, activationBytes: acts.store.totalBytes)
+    }
+
+    /// Runs the whole benchmark and returns the report text.
+    public static func run(names: [String], threads: Int, steps: Int, warmup: Int, json: Bool) -> String {
+        var out: [String] = []
+        let cores = Threads.availableCores()
+        out.append("tessera bench — \(cores) core(s), OpenBLAS core \(BLAS.coreName), OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "(unset)")")
+        if let w = MachineCheck.coreTypeWarning { out.append("WARNING: \(w)") }
+        out.append("Open MPI single-copy mechanism: \(MPIRuntime.singleCopyMechanism)")
+        let p1 = SgemmProbe.measure(threads: 1)
+        let p2 = SgemmProbe.measure(threads: min(2, max(cores, 1)))
+        let pt = threads == p2.threads ? p2 : threads == 1 ? p1 : SgemmProbe.measure(threads: threads)
+        out.append("sgemm ceiling (\(p1.n)³, OpenBLAS threads): 1 thread \(fmt(p1.flops / 1e9, 1)) GFLOP/s, "
+                   + "\(p2.threads) threads \(fmt(p2.flops / 1e9, 1)) GFLOP/s; MFU below is against \(pt.threads) thread(s): \(fmt(pt.flops / 1e9, 1)) GFLOP/s")
+        out.append("")
+        out.append("size  params      batch×seq  step ms   tokens/s   MFU     activations")
+        var rows: [Row] = []
+        for s in sizes where names.contains(s.name) {
+            let r = measure(s, threads: threads, steps: steps, warmup: warmup, peak: pt.flops)
+            rows.append(r)
+            out.append("\(s.name.padding(toLength: 6, withPad: " ", startingAt: 0))"
+                       + "\(fmt(Double(r.parameters) / 1e6, 2))M".padding(toLength: 12, withPad: " ", startingAt: 0)
+                       + "\(s.batch)×\(s.seq)".padding(toLength: 11, withPad: " ", startingAt: 0)
+                       + fmt(1000 * r.stepSeconds, 1).padding(toLength: 10, withPad: " ", startingAt: 0)
+                       + fmt(r.tokensPerSecond, 0).padding(toLength: 11, withPad: " ", startingAt: 0)
+                       + (fmt(100 * r.mfu, 1) + "%").padding(toLength: 8, withPad: " ", startingAt: 0)
+                       + "\(fmt(Double(r.activationBytes) / 1_048_576, 0)) MiB")
+        }
+        out.append("\nMFU = (6N + 12·n_layer·d·seq) FLOPs/token × tokens/s ÷ sgemm ceiling; median of \(steps) steps after \(warmup) warm-up; \(threads) kernel thread(s).")
+        if json {
+            for r in rows {
+                let o: [String: Any] = ["size": r.size.name, "params": r.parameters, "step_s": r.stepSeconds,
+                                        "tokens_per_s": r.tokensPerSecond, "mfu": r.mfu, "threads": threads,
+                                        "sgemm_flops": pt.flops, "sgemm_1t_flops": p1.flops, "sgemm_2t_flops": p2.flops]
+                if let d = try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]) {
+                    out.append(String(decoding: d, as: UTF8.self))
+                }
+            }
+        }
+        return out.joined(separator: "\n")
+    }
+}

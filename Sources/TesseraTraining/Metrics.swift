@@ -1,0 +1,86 @@
+import Foundation
+
+/// One logged step: what the progress line shows, the metrics file records and TensorBoard plots.
+public struct StepRecord: Sendable {
+    public var step: Int, steps: Int
+    public var loss: Double, lr: Double, gradNorm: Double
+    public var tokensPerSecond: Double, mfu: Double, stepSeconds: Double
+    public var peakRSSBytes: Int
+    public var etaSeconds: Double
+    public var valLoss: Double?
+}
+
+/// Rank 0's outputs: the progress line, the JSON-lines metrics file and TensorBoard scalars.
+public final class MetricsSink {
+    let file: FileHandle?
+    let tensorboard: TensorBoardWriter?
+
+    public init(metricsPath: String?, tensorboardDir: String?) throws {
+        if let path = metricsPath {
+            let url = URL(fileURLWithPath: path)
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            guard FileManager.default.createFile(atPath: path, contents: nil),
+                  let h = FileHandle(forWritingAtPath: path) else {
+                throw TrainingError("metrics.path = '\(path)': cannot create the metrics file")
+            }
+            file = h
+        } else { file = nil }
+        tensorboard = try tensorboardDir.map { try TensorBoardWriter(directory: $0) }
+    }
+
+    public func record(_ r: StepRecord) {
+        var obj: [String: Any] = [
+            "step": r.step, "loss": r.loss, "lr": r.lr, "grad_norm": r.gradNorm, "tokens_per_s": r.tokensPerSecond,
+            "mfu": r.mfu, "step_s": r.stepSeconds, "peak_rss_bytes": r.peakRSSBytes,
+        ]
+        if let v = r.valLoss { obj["val_loss"] = v }
+        if let file, let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
+            file.write(data + Data("\n".utf8))
+        }
+        var scalars: [(String, Double)] = [("train/loss", r.loss), ("train/lr", r.lr), ("train/grad_norm", r.gradNorm),
+                                           ("perf/tokens_per_s", r.tokensPerSecond), ("perf/mfu", r.mfu),
+                                           ("perf/step_s", r.stepSeconds)]
+        if let v = r.valLoss { scalars.append(("val/loss", v)) }
+        tensorboard?.scalars(scalars, step: r.step)
+        tensorboard?.flush()
+    }
+
+    public func close() {
+        try? file?.close()
+        tensorboard?.close()
+    }
+
+    /// The progress line printed at each log interval.
+    public static func line(_ r: StepRecord) -> String {
+        let width = String(r.steps).count
+        var s = "step \(String(r.step).leftPad(width))/\(r.steps)  loss \(fmt(r.loss, 4))"
+        if let v = r.valLoss { s += "  val \(fmt(v, 4))" }
+        s += "  lr \(sci(r.lr))  norm \(fmt(r.gradNorm, 3))  \(fmt(r.tokensPerSecond, 0)) tok/s"
+        s += "  MFU \(fmt(100 * r.mfu, 1))%  \(fmt(1000 * r.stepSeconds, 0)) ms/step"
+        s += "  mem \(fmt(Double(r.peakRSSBytes) / 1_048_576, 0)) MiB  ETA \(duration(r.etaSeconds))"
+        return s
+    }
+}
+
+/// Peak resident set size of this process, in bytes.
+public func peakRSSBytes() -> Int {
+    var u = rusage()
+    getrusage(RUSAGE_SELF, &u)
+    return Int(u.ru_maxrss) * 1024
+}
+
+public struct TrainingError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+func fmt(_ x: Double, _ digits: Int) -> String { String(format: "%.\(digits)f", x) }
+func sci(_ x: Double) -> String { String(format: "%.2e", x) }
+func duration(_ s: Double) -> String {
+    guard s.isFinite else { return "?" }
+    let t = Int(s.rounded())
+    return t >= 3600 ? "\(t / 3600)h\(String(format: "%02d", t % 3600 / 60))m" : t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
+}
+extension String {
+    func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
+}

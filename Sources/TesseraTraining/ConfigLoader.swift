@@ -83,7 +83,7 @@ public enum ConfigLoader {
     /// The files a data path names: the sorted matches of a glob (`*`, `?`, `[`), otherwise the path itself
     /// if it exists. Relative paths resolve against the current working directory.
     public static func expandDataPath(_ path: String) -> [String] {
-        DataPaths.expand(path)
+        ConfigDataPaths.expand(path)
     }
 
     /// `--section.key[=value]` → ("section.key", value?); nil when the argument is not an override.

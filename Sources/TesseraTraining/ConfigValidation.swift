@@ -147,7 +147,7 @@ struct ConfigChecks {
 
     mutating func checkDataFiles() {
         for (key, path) in [("data.train", config.data.train), ("data.val", config.data.val)] where !path.isEmpty {
-            guard let problem = DataPaths.problem(path) else { continue }
+            guard let problem = ConfigDataPaths.problem(path) else { continue }
             var message = "\(key) = '\(path)' in \(source([key])): \(problem)"
             if !path.hasPrefix("/") {
                 message += " (relative paths resolve against the working directory "

@@ -7,7 +7,7 @@ import Glibc
 import Darwin
 #endif
 
-enum DataPaths {
+enum ConfigDataPaths {
     /// Whether a path is a glob pattern (contains `*`, `?` or `[`).
     static func isGlob(_ path: String) -> Bool {
         path.contains { $0 == "*" || $0 == "?" || $0 == "[" }

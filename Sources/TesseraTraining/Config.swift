@@ -1,0 +1,289 @@
+// The configuration schema: one struct per TOML section, every field with its default.
+// The TOML key of a field is the snake_case of its Swift name (see ConfigKeys.swift for the mapping
+// and docs/config.md for the meaning of every key). Defaults live only in the initialisers below.
+
+/// The root of a Tessera configuration. `TesseraConfig()` is the all-defaults configuration.
+public struct TesseraConfig: Sendable, Equatable {
+    public var job: JobConfig
+    public var model: ModelConfig
+    public var training: TrainingConfig
+    public var optimizer: OptimizerConfig
+    public var data: DataConfig
+    public var sample: SampleConfig
+    public var parallelism: ParallelismConfig
+    public var checkpoint: CheckpointConfig
+    public var memory: MemoryConfig
+    public var metrics: MetricsConfig
+
+    public init(job: JobConfig = .init(), model: ModelConfig = .init(), training: TrainingConfig = .init(),
+                optimizer: OptimizerConfig = .init(), data: DataConfig = .init(), sample: SampleConfig = .init(),
+                parallelism: ParallelismConfig = .init(), checkpoint: CheckpointConfig = .init(),
+                memory: MemoryConfig = .init(), metrics: MetricsConfig = .init()) {
+        self.job = job
+        self.model = model
+        self.training = training
+        self.optimizer = optimizer
+        self.data = data
+        self.sample = sample
+        self.parallelism = parallelism
+        self.checkpoint = checkpoint
+        self.memory = memory
+        self.metrics = metrics
+    }
+}
+
+/// `[job]`: naming and output location of a run.
+public struct JobConfig: Sendable, Equatable {
+    /// Human-readable run name.
+    public var name: String
+    /// Directory for metrics, TensorBoard files and other run outputs.
+    public var outputDir: String
+
+    public init(name: String = "tessera", outputDir: String = "runs/default") {
+        self.name = name
+        self.outputDir = outputDir
+    }
+}
+
+/// `[model]`: GPT-2 shape.
+public struct ModelConfig: Sendable, Equatable {
+    public var vocabSize: Int
+    public var nLayer: Int
+    public var nHead: Int
+    public var dModel: Int
+    /// Maximum number of positions (rows of the position embedding `wpe`).
+    public var blockSize: Int
+
+    public init(vocabSize: Int = 256, nLayer: Int = 4, nHead: Int = 4, dModel: Int = 128, blockSize: Int = 256) {
+        self.vocabSize = vocabSize
+        self.nLayer = nLayer
+        self.nHead = nHead
+        self.dModel = dModel
+        self.blockSize = blockSize
+    }
+}
+
+/// `[training]`: the training loop.
+public struct TrainingConfig: Sendable, Equatable {
+    public var steps: Int
+    /// Global batch in sequences, summed over data-parallel ranks and microbatches.
+    public var batchSize: Int
+    public var seqLen: Int
+    /// Gradient-accumulation steps per optimizer step.
+    public var microbatches: Int
+    public var seed: Int
+    /// Compute threads per rank; 0 = the cores available to this rank.
+    public var threads: Int
+    public var logEvery: Int
+    /// Evaluate every this many steps; 0 = never.
+    public var evalEvery: Int
+    public var evalBatches: Int
+
+    public init(steps: Int = 100, batchSize: Int = 8, seqLen: Int = 256, microbatches: Int = 1, seed: Int = 1337,
+                threads: Int = 0, logEvery: Int = 10, evalEvery: Int = 50, evalBatches: Int = 4) {
+        self.steps = steps
+        self.batchSize = batchSize
+        self.seqLen = seqLen
+        self.microbatches = microbatches
+        self.seed = seed
+        self.threads = threads
+        self.logEvery = logEvery
+        self.evalEvery = evalEvery
+        self.evalBatches = evalBatches
+    }
+}
+
+/// `[optimizer]`: AdamW and the learning-rate schedule.
+public struct OptimizerConfig: Sendable, Equatable {
+    /// Allowed values of `decay`.
+    public static let decayValues = ["cosine", "linear", "constant"]
+
+    /// Peak learning rate.
+    public var lr: Double
+    /// Final learning rate as a fraction of `lr`.
+    public var minLrRatio: Double
+    public var warmupSteps: Int
+    /// One of `decayValues`.
+    public var decay: String
+    public var beta1: Double
+    public var beta2: Double
+    public var eps: Double
+    public var weightDecay: Double
+    /// Global gradient-norm clip; 0 = off.
+    public var gradClip: Double
+
+    public init(lr: Double = 1e-3, minLrRatio: Double = 0.1, warmupSteps: Int = 10, decay: String = "cosine",
+                beta1: Double = 0.9, beta2: Double = 0.95, eps: Double = 1e-8, weightDecay: Double = 0.1,
+                gradClip: Double = 1.0) {
+        self.lr = lr
+        self.minLrRatio = minLrRatio
+        self.warmupSteps = warmupSteps
+        self.decay = decay
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.weightDecay = weightDecay
+        self.gradClip = gradClip
+    }
+}
+
+/// `[data]`: training and validation tokens.
+public struct DataConfig: Sendable, Equatable {
+    /// Allowed values of `format`.
+    public static let formatValues = ["auto", "text", "bin"]
+
+    /// One of `formatValues`.
+    public var format: String
+    /// Path of the training data; for `bin` data also a glob such as `data/x/train_*.bin`.
+    public var train: String
+    /// Path (or glob) of the validation data; empty = hold out the tail of `train`.
+    public var val: String
+    /// Fraction of `train` held out for validation when `val` is empty.
+    public var valFraction: Double
+
+    public init(format: String = "auto", train: String = "", val: String = "", valFraction: Double = 0.1) {
+        self.format = format
+        self.train = train
+        self.val = val
+        self.valFraction = valFraction
+    }
+}
+
+/// `[sample]`: text generated at the end of a run.
+public struct SampleConfig: Sendable, Equatable {
+    /// Tokens to generate; 0 = no sample.
+    public var tokens: Int
+    public var prompt: String
+    public var temperature: Double
+    /// Sample from the k most likely tokens; 0 = off.
+    public var topK: Int
+
+    public init(tokens: Int = 200, prompt: String = "\n", temperature: Double = 0.8, topK: Int = 0) {
+        self.tokens = tokens
+        self.prompt = prompt
+        self.temperature = temperature
+        self.topK = topK
+    }
+}
+
+/// `[parallelism]`: how ranks are arranged.
+public struct ParallelismConfig: Sendable, Equatable {
+    /// Allowed values of `pipelineSchedule`.
+    public static let pipelineScheduleValues = ["gpipe", "1f1b", "interleaved"]
+
+    /// Pipeline stages.
+    public var pp: Int
+    /// Data-parallel replicas.
+    public var dp: Int
+    /// Ring-attention (context-parallel) degree.
+    public var ring: Int
+    /// Ulysses sequence-parallel degree.
+    public var ulysses: Int
+    /// ZeRO stage: 0 = off, 1 = shard optimizer state.
+    public var zero: Int
+    /// One of `pipelineScheduleValues`.
+    public var pipelineSchedule: String
+    /// Model chunks per pipeline rank (interleaved schedule).
+    public var virtualStages: Int
+    /// Gradient all-reduce bucket size in MiB.
+    public var bucketMb: Double
+    /// Seconds before a stalled collective is reported.
+    public var timeoutS: Double
+
+    public init(pp: Int = 1, dp: Int = 1, ring: Int = 1, ulysses: Int = 1, zero: Int = 0,
+                pipelineSchedule: String = "1f1b", virtualStages: Int = 1, bucketMb: Double = 25,
+                timeoutS: Double = 300) {
+        self.pp = pp
+        self.dp = dp
+        self.ring = ring
+        self.ulysses = ulysses
+        self.zero = zero
+        self.pipelineSchedule = pipelineSchedule
+        self.virtualStages = virtualStages
+        self.bucketMb = bucketMb
+        self.timeoutS = timeoutS
+    }
+}
+
+/// `[checkpoint]`: saving and restoring state.
+public struct CheckpointConfig: Sendable, Equatable {
+    /// Allowed values of `mode`.
+    public static let modeValues = ["lazy", "sync"]
+
+    /// Checkpoint directory; empty = `<job.output_dir>/checkpoints`.
+    public var dir: String
+    /// Save every this many steps; 0 = never.
+    public var every: Int
+    /// One of `modeValues`.
+    public var mode: String
+    /// Checkpoints kept on disk.
+    public var keep: Int
+
+    public init(dir: String = "", every: Int = 0, mode: String = "lazy", keep: Int = 3) {
+        self.dir = dir
+        self.every = every
+        self.mode = mode
+        self.keep = keep
+    }
+}
+
+/// `[memory]`: activation memory policy.
+public struct MemoryConfig: Sendable, Equatable {
+    /// Allowed values of `policy`.
+    public static let policyValues = ["keep", "full", "selective", "offload", "auto"]
+
+    /// One of `policyValues`.
+    public var policy: String
+    /// Activation memory budget in bytes; 0 = unlimited.
+    public var activationBudget: Int
+    /// Directory for offloaded activations; empty = `<job.output_dir>/offload`.
+    public var offloadDir: String
+
+    public init(policy: String = "keep", activationBudget: Int = 0, offloadDir: String = "") {
+        self.policy = policy
+        self.activationBudget = activationBudget
+        self.offloadDir = offloadDir
+    }
+}
+
+/// `[metrics]`: where metrics are written.
+public struct MetricsConfig: Sendable, Equatable {
+    /// JSON-lines metrics file; empty = `<job.output_dir>/metrics.jsonl`.
+    public var path: String
+    public var tensorboard: Bool
+    /// TensorBoard event directory; empty = `<job.output_dir>/tensorboard`.
+    public var tensorboardDir: String
+
+    public init(path: String = "", tensorboard: Bool = true, tensorboardDir: String = "") {
+        self.path = path
+        self.tensorboard = tensorboard
+        self.tensorboardDir = tensorboardDir
+    }
+}
+
+extension TesseraConfig {
+    /// `metrics.path`, or `<job.output_dir>/metrics.jsonl` when it is empty.
+    public var metricsPath: String {
+        metrics.path.isEmpty ? Self.join(job.outputDir, "metrics.jsonl") : metrics.path
+    }
+
+    /// `metrics.tensorboard_dir`, or `<job.output_dir>/tensorboard` when it is empty.
+    public var tensorboardDir: String {
+        metrics.tensorboardDir.isEmpty ? Self.join(job.outputDir, "tensorboard") : metrics.tensorboardDir
+    }
+
+    /// `checkpoint.dir`, or `<job.output_dir>/checkpoints` when it is empty.
+    public var checkpointDir: String {
+        checkpoint.dir.isEmpty ? Self.join(job.outputDir, "checkpoints") : checkpoint.dir
+    }
+
+    /// `memory.offload_dir`, or `<job.output_dir>/offload` when it is empty.
+    public var offloadDir: String {
+        memory.offloadDir.isEmpty ? Self.join(job.outputDir, "offload") : memory.offloadDir
+    }
+
+    private static func join(_ dir: String, _ name: String) -> String {
+        if dir.isEmpty { return name }
+        return dir.hasSuffix("/") ? dir + name : dir + "/" + name
+    }
+}

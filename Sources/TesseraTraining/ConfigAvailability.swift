@@ -1,0 +1,26 @@
+// Features the configuration can describe but this build cannot run yet.
+// Remove a line here when the feature lands.
+
+extension TesseraConfig {
+    /// Rejects settings for features not built yet; throws a ConfigError listing each one.
+    public func validateForThisBuild() throws {
+        var errors: [String] = []
+        let p = parallelism
+        let degrees = [("pp", p.pp, "pipeline parallelism"), ("dp", p.dp, "data parallelism"),
+                       ("ring", p.ring, "ring attention"), ("ulysses", p.ulysses, "Ulysses sequence parallelism")]
+        for (key, degree, feature) in degrees where degree > 1 {
+            errors.append("parallelism.\(key) = \(degree): \(feature) is not available in this build yet")
+        }
+        if p.zero == 1 {
+            errors.append("parallelism.zero = 1: ZeRO optimizer-state sharding is not available in this build yet")
+        }
+        if checkpoint.every > 0 {
+            errors.append("checkpoint.every = \(checkpoint.every): checkpointing is not available in this build yet")
+        }
+        if memory.policy != "keep" {
+            errors.append("memory.policy = \(String(reflecting: memory.policy)): activation memory policies other"
+                + " than \"keep\" are not available in this build yet")
+        }
+        guard errors.isEmpty else { throw ConfigError(lines: errors) }
+    }
+}

@@ -1,0 +1,47 @@
+// Data paths in the configuration: plain files or globs, resolved against the current working directory.
+
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+enum ConfigDataPaths {
+    /// Whether a path is a glob pattern (contains `*`, `?` or `[`).
+    static func isGlob(_ path: String) -> Bool {
+        path.contains { $0 == "*" || $0 == "?" || $0 == "[" }
+    }
+
+    /// The regular files a path names: the sorted matches of a glob, otherwise the path itself if it is a file.
+    static func expand(_ path: String) -> [String] {
+        if isGlob(path) { return globFiles(path) }
+        return isRegularFile(path) ? [path] : []
+    }
+
+    /// Why a data path names no file, or nil when it names at least one.
+    static func problem(_ path: String) -> String? {
+        if isGlob(path) {
+            return globFiles(path).isEmpty ? "no file matches this glob" : nil
+        }
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return "file not found" }
+        return isDirectory.boolValue ? "is a directory, expected a file" : nil
+    }
+
+    private static func isRegularFile(_ path: String) -> Bool {
+        var isDirectory: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && !isDirectory.boolValue
+    }
+
+    private static func globFiles(_ pattern: String) -> [String] {
+        var matches = glob_t()
+        defer { globfree(&matches) }
+        guard glob(pattern, 0, nil, &matches) == 0 else { return [] }
+        var paths: [String] = []
+        for i in 0..<Int(matches.gl_pathc) {
+            if let path = matches.gl_pathv[i] { paths.append(String(cString: path)) }
+        }
+        return paths.filter(isRegularFile).sorted()
+    }
+}

@@ -1,0 +1,214 @@
+// Validation of a decoded configuration: value ranges, allowed strings, relations between keys,
+// and the existence of data files. Every message names its source, the full key(s), what was expected
+// and what was found.
+
+import Foundation
+
+extension TesseraConfig {
+    /// Checks every value and that the data files exist; throws a ConfigError listing all problems.
+    /// `source` names this configuration in messages (`load` does this itself, naming file or command line).
+    public func validate(source: String = "configuration") throws {
+        try validate(origins: [:], fallbackSource: source)
+    }
+
+    /// `origins` maps explicitly set keys to their source; other keys are attributed to `fallbackSource`.
+    func validate(origins: [String: String], fallbackSource: String) throws {
+        var checks = ConfigChecks(config: self, origins: origins, fallbackSource: fallbackSource)
+        checks.checkModel()
+        checks.checkTraining()
+        checks.checkOptimizer()
+        checks.checkData()
+        checks.checkSample()
+        checks.checkParallelism()
+        checks.checkCheckpointAndMemory()
+        checks.checkShapes()
+        checks.checkDataFiles()
+        guard checks.errors.isEmpty else { throw ConfigError(lines: checks.errors) }
+    }
+}
+
+/// The individual checks; each appends to `errors` instead of stopping at the first problem.
+struct ConfigChecks {
+    let config: TesseraConfig
+    let origins: [String: String]
+    let fallbackSource: String
+    var errors: [String] = []
+
+    init(config: TesseraConfig, origins: [String: String], fallbackSource: String) {
+        self.config = config
+        self.origins = origins
+        self.fallbackSource = fallbackSource
+    }
+
+    // MARK: Sections
+
+    mutating func checkModel() {
+        let m = config.model
+        integer("model.vocab_size", m.vocabSize, in: 1...65536, why: " (tokens are stored as uint16)")
+        integer("model.n_layer", m.nLayer, atLeast: 1)
+        integer("model.n_head", m.nHead, atLeast: 1)
+        integer("model.d_model", m.dModel, atLeast: 1)
+        integer("model.block_size", m.blockSize, atLeast: 1)
+    }
+
+    mutating func checkTraining() {
+        let t = config.training
+        integer("training.steps", t.steps, atLeast: 1)
+        integer("training.batch_size", t.batchSize, atLeast: 1)
+        integer("training.seq_len", t.seqLen, atLeast: 1)
+        integer("training.microbatches", t.microbatches, atLeast: 1)
+        integer("training.threads", t.threads, atLeast: 0)
+        integer("training.log_every", t.logEvery, atLeast: 1)
+        integer("training.eval_every", t.evalEvery, atLeast: 0)
+        if t.evalEvery > 0 { integer("training.eval_batches", t.evalBatches, atLeast: 1) }
+    }
+
+    mutating func checkOptimizer() {
+        let o = config.optimizer
+        number("optimizer.lr", o.lr, o.lr > 0, expected: "> 0")
+        number("optimizer.min_lr_ratio", o.minLrRatio, (0...1).contains(o.minLrRatio), expected: "in [0, 1]")
+        integer("optimizer.warmup_steps", o.warmupSteps, atLeast: 0)
+        oneOf("optimizer.decay", o.decay, OptimizerConfig.decayValues)
+        number("optimizer.beta1", o.beta1, (0..<1).contains(o.beta1), expected: "in [0, 1)")
+        number("optimizer.beta2", o.beta2, (0..<1).contains(o.beta2), expected: "in [0, 1)")
+        number("optimizer.eps", o.eps, o.eps > 0, expected: "> 0")
+        number("optimizer.weight_decay", o.weightDecay, o.weightDecay >= 0, expected: ">= 0")
+        number("optimizer.grad_clip", o.gradClip, o.gradClip >= 0, expected: ">= 0 (0 = off)")
+    }
+
+    mutating func checkData() {
+        let d = config.data
+        oneOf("data.format", d.format, DataConfig.formatValues)
+        if d.train.isEmpty {
+            fail(["data.train"], "key 'data.train' expects the path of the training data, found an empty string")
+        }
+        let fraction = d.valFraction
+        number("data.val_fraction", fraction, fraction > 0 && fraction < 1, expected: "in (0, 1)")
+    }
+
+    mutating func checkSample() {
+        let s = config.sample
+        integer("sample.tokens", s.tokens, atLeast: 0)
+        number("sample.temperature", s.temperature, s.temperature > 0, expected: "> 0")
+        integer("sample.top_k", s.topK, atLeast: 0)
+    }
+
+    mutating func checkParallelism() {
+        let p = config.parallelism
+        for (key, degree) in [("pp", p.pp), ("dp", p.dp), ("ring", p.ring), ("ulysses", p.ulysses)] {
+            integer("parallelism." + key, degree, atLeast: 1)
+        }
+        integer("parallelism.zero", p.zero, in: 0...1, why: " (0 = off, 1 = shard optimizer state)")
+        oneOf("parallelism.pipeline_schedule", p.pipelineSchedule, ParallelismConfig.pipelineScheduleValues)
+        integer("parallelism.virtual_stages", p.virtualStages, atLeast: 1)
+        if p.virtualStages > 1, p.pipelineSchedule != "interleaved" {
+            fail(["parallelism.virtual_stages", "parallelism.pipeline_schedule"],
+                 "parallelism.virtual_stages = \(p.virtualStages) needs parallelism.pipeline_schedule = "
+                 + "\"interleaved\", found \(String(reflecting: p.pipelineSchedule))")
+        }
+        number("parallelism.bucket_mb", p.bucketMb, p.bucketMb > 0, expected: "> 0")
+        number("parallelism.timeout_s", p.timeoutS, p.timeoutS > 0, expected: "> 0")
+    }
+
+    mutating func checkCheckpointAndMemory() {
+        let c = config.checkpoint, m = config.memory
+        integer("checkpoint.every", c.every, atLeast: 0)
+        oneOf("checkpoint.mode", c.mode, CheckpointConfig.modeValues)
+        integer("checkpoint.keep", c.keep, atLeast: 1)
+        oneOf("memory.policy", m.policy, MemoryConfig.policyValues)
+        integer("memory.activation_budget", m.activationBudget, atLeast: 0)
+    }
+
+    /// Relations between keys; each is checked only when the keys involved are individually valid.
+    mutating func checkShapes() {
+        let m = config.model, t = config.training, p = config.parallelism
+        if m.nHead >= 1, m.dModel >= 1 { divisible("model.d_model", m.dModel, by: [("model.n_head", m.nHead)]) }
+        if t.seqLen > m.blockSize, m.blockSize >= 1 {
+            fail(["training.seq_len", "model.block_size"],
+                 "training.seq_len = \(t.seqLen) exceeds model.block_size = \(m.blockSize)"
+                 + "; expected seq_len <= block_size (block_size is the number of learned positions)")
+        }
+        if t.batchSize >= 1, t.microbatches >= 1, p.dp >= 1 {
+            let divisors = p.dp > 1 ? [("parallelism.dp", p.dp), ("training.microbatches", t.microbatches)]
+                                    : [("training.microbatches", t.microbatches)]
+            divisible("training.batch_size", t.batchSize, by: divisors)
+        }
+        if p.ulysses > 1, m.nHead >= 1 { divisible("model.n_head", m.nHead, by: [("parallelism.ulysses", p.ulysses)]) }
+        if p.ring > 1 || p.ulysses > 1, p.ring >= 1, p.ulysses >= 1, t.seqLen >= 1 {
+            divisible("training.seq_len", t.seqLen, by: [("parallelism.ring", p.ring), ("parallelism.ulysses", p.ulysses)])
+        }
+        let (stages, overflow) = p.pp.multipliedReportingOverflow(by: p.virtualStages)
+        if p.pp >= 1, p.virtualStages >= 1, m.nLayer >= 1, overflow || m.nLayer < stages {
+            fail(["model.n_layer", "parallelism.pp", "parallelism.virtual_stages"],
+                 "model.n_layer = \(m.nLayer) is less than parallelism.pp × parallelism.virtual_stages = "
+                 + "\(p.pp) × \(p.virtualStages) = \(overflow ? "(too large)" : String(stages)); expected at least one layer per pipeline stage")
+        }
+    }
+
+    mutating func checkDataFiles() {
+        for (key, path) in [("data.train", config.data.train), ("data.val", config.data.val)] where !path.isEmpty {
+            guard let problem = ConfigDataPaths.problem(path) else { continue }
+            var message = "\(key) = '\(path)' in \(source([key])): \(problem)"
+            if !path.hasPrefix("/") {
+                message += " (relative paths resolve against the working directory "
+                    + "\(FileManager.default.currentDirectoryPath))"
+            }
+            errors.append(message)
+        }
+    }
+
+    // MARK: Helpers
+
+    /// The distinct sources of the explicitly set keys among `keys`, or the fallback source.
+    func source(_ keys: [String]) -> String {
+        var sources: [String] = []
+        for key in keys {
+            if let s = origins[key], !sources.contains(s) { sources.append(s) }
+        }
+        return sources.isEmpty ? fallbackSource : sources.joined(separator: ", ")
+    }
+
+    mutating func fail(_ keys: [String], _ message: String) {
+        errors.append("\(source(keys)): \(message)")
+    }
+
+    mutating func integer(_ key: String, _ value: Int, atLeast minimum: Int) {
+        if value < minimum { fail([key], "key '\(key)' expects an integer >= \(minimum), found \(value)") }
+    }
+
+    mutating func integer(_ key: String, _ value: Int, in range: ClosedRange<Int>, why: String = "") {
+        if !range.contains(value) {
+            fail([key], "key '\(key)' expects an integer in \(range.lowerBound)...\(range.upperBound)\(why), found \(value)")
+        }
+    }
+
+    /// `ok` is the condition written so that NaN fails it.
+    mutating func number(_ key: String, _ value: Double, _ ok: Bool, expected: String) {
+        if !ok { fail([key], "key '\(key)' expects a number \(expected), found \(value)") }
+    }
+
+    mutating func oneOf(_ key: String, _ value: String, _ allowed: [String]) {
+        guard !allowed.contains(value) else { return }
+        let list = allowed.map { String(reflecting: $0) }.joined(separator: ", ")
+        let hint = ConfigSchema.closest(to: value, among: allowed).map { "; did you mean \(String(reflecting: $0))?" } ?? ""
+        fail([key], "key '\(key)' expects one of \(list), found \(String(reflecting: value))\(hint)")
+    }
+
+    /// Requires `value` to be a multiple of the product of `divisors`, showing the arithmetic when it is not.
+    mutating func divisible(_ key: String, _ value: Int, by divisors: [(key: String, value: Int)]) {
+        let (product, overflow) = divisors.reduce((1, false)) { acc, d in
+            let (p, o) = acc.0.multipliedReportingOverflow(by: d.value)
+            return (p, acc.1 || o)
+        }
+        guard !overflow, product >= 1, value % product != 0 else { return }
+        let names = divisors.map(\.key).joined(separator: " × ")
+        let factors = divisors.count > 1 ? divisors.map { String($0.value) }.joined(separator: " × ") + " = " : ""
+        let lower = value / product * product
+        let (upper, tooLarge) = lower.addingReportingOverflow(product)
+        let examples = [lower > 0 ? "\(lower)" : nil, tooLarge ? nil : "\(upper)"].compactMap { $0 }
+        fail([key] + divisors.map(\.key),
+             "\(key) = \(value) is not divisible by \(names) = \(factors)\(product) "
+             + "(\(value) = \(product) × \(value / product) + \(value % product)); "
+             + "expected a multiple of \(product) such as \(examples.joined(separator: " or "))")
+    }
+}

@@ -1,0 +1,437 @@
+import Foundation
+import XCTest
+import TesseraTraining
+
+final class ConfigTests: XCTestCase {
+    private var dir = ""
+    private var trainPath = ""
+    private var configPath = ""
+
+    override func setUpWithError() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-config-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: base, withIntermediateDirectories: true)
+        dir = base.path
+        trainPath = try write("train.txt", "hello tessera\n")
+        configPath = dir + "/run.toml"
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    // MARK: Helpers
+
+    @discardableResult
+    private func write(_ name: String, _ text: String) throws -> String {
+        let path = dir + "/" + name
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// A config file holding `body` plus a valid data.train (unless `body` has its own [data] section).
+    private func load(_ body: String, overrides: [(key: String, value: String)] = []) throws -> TesseraConfig {
+        let data = body.contains("[data]") ? "" : "[data]\ntrain = \"\(trainPath)\"\n"
+        try write("run.toml", body + "\n" + data)
+        return try ConfigLoader.load(path: configPath, overrides: overrides)
+    }
+
+    /// Asserts that `body` throws a ConfigError whose message contains every one of `parts`.
+    private func assertConfigError<T>(_ body: @autoclosure () throws -> T, contains parts: [String],
+                                      file: StaticString = #filePath, line: UInt = #line) {
+        do {
+            _ = try body()
+            XCTFail("expected a ConfigError containing \(parts)", file: file, line: line)
+        } catch let error as ConfigError {
+            for part in parts where !error.description.contains(part) {
+                XCTFail("error does not contain \"\(part)\":\n\(error.description)", file: file, line: line)
+            }
+        } catch {
+            XCTFail("expected a ConfigError, got \(error)", file: file, line: line)
+        }
+    }
+
+    // MARK: Defaults and decoding
+
+    func testDefaults() throws {
+        let c = TesseraConfig()
+        XCTAssertEqual(c.job, JobConfig(name: "tessera", outputDir: "runs/default"))
+        XCTAssertEqual(c.model, ModelConfig(vocabSize: 256, nLayer: 4, nHead: 4, dModel: 128, blockSize: 256))
+        XCTAssertEqual(c.training, TrainingConfig(steps: 100, batchSize: 8, seqLen: 256, microbatches: 1, seed: 1337,
+                                                  threads: 0, logEvery: 10, evalEvery: 50, evalBatches: 4))
+        XCTAssertEqual(c.optimizer, OptimizerConfig(lr: 1e-3, minLrRatio: 0.1, warmupSteps: 10, decay: "cosine",
+                                                    beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, gradClip: 1.0))
+        XCTAssertEqual(c.data, DataConfig(format: "auto", train: "", val: "", valFraction: 0.1))
+        XCTAssertEqual(c.sample, SampleConfig(tokens: 200, prompt: "\n", temperature: 0.8, topK: 0))
+        XCTAssertEqual(c.parallelism, ParallelismConfig(pp: 1, dp: 1, ring: 1, ulysses: 1, zero: 0,
+                                                        pipelineSchedule: "1f1b", virtualStages: 1,
+                                                        bucketMb: 25, timeoutS: 300))
+        XCTAssertEqual(c.checkpoint, CheckpointConfig(dir: "", every: 0, mode: "lazy", keep: 3))
+        XCTAssertEqual(c.memory, MemoryConfig(policy: "keep", activationBudget: 0, offloadDir: ""))
+        XCTAssertEqual(c.metrics, MetricsConfig(path: "", tensorboard: true, tensorboardDir: ""))
+        XCTAssertEqual(c.metricsPath, "runs/default/metrics.jsonl")
+        XCTAssertEqual(c.tensorboardDir, "runs/default/tensorboard")
+        XCTAssertEqual(c.checkpointDir, "runs/default/checkpoints")
+
+        // A file with only data.train gives the defaults everywhere else.
+        XCTAssertEqual(try load(""), TesseraConfig(data: DataConfig(train: trainPath)))
+        XCTAssertNoThrow(try load("").validateForThisBuild())
+    }
+
+    func testFullFileDecode() throws {
+        try write("shard_000.bin", "")
+        try write("shard_001.bin", "")
+        let valPath = try write("val.bin", "")
+        let c = try load("""
+            [job]
+            name = "gpt-small"
+            output_dir = "runs/small"
+            [model]
+            vocab_size = 50257
+            n_layer = 12
+            n_head = 12
+            d_model = 768
+            block_size = 1024
+            [training]
+            steps = 5000
+            batch_size = 64
+            seq_len = 512
+            microbatches = 4
+            seed = 42
+            threads = 2
+            log_every = 5
+            eval_every = 0
+            eval_batches = 8
+            [optimizer]
+            lr = 6e-4
+            min_lr_ratio = 0.05
+            warmup_steps = 200
+            decay = "linear"
+            beta1 = 0.85
+            beta2 = 0.99
+            eps = 1e-6
+            weight_decay = 0.0
+            grad_clip = 0.5
+            [data]
+            format = "bin"
+            train = "\(dir)/shard_*.bin"
+            val = "\(valPath)"
+            val_fraction = 0.2
+            [sample]
+            tokens = 0
+            prompt = "Once upon"
+            temperature = 1.5
+            top_k = 40
+            [parallelism]
+            pp = 2
+            dp = 2
+            ring = 2
+            ulysses = 2
+            zero = 1
+            pipeline_schedule = "interleaved"
+            virtual_stages = 2
+            bucket_mb = 50.5
+            timeout_s = 60.0
+            [checkpoint]
+            dir = "ckpt"
+            every = 100
+            mode = "sync"
+            keep = 5
+            [memory]
+            policy = "selective"
+            activation_budget = 1073741824
+            offload_dir = "/tmp/offload"
+            [metrics]
+            path = "m.jsonl"
+            tensorboard = false
+            tensorboard_dir = "tb"
+            """)
+        let expected = TesseraConfig(
+            job: JobConfig(name: "gpt-small", outputDir: "runs/small"),
+            model: ModelConfig(vocabSize: 50257, nLayer: 12, nHead: 12, dModel: 768, blockSize: 1024),
+            training: TrainingConfig(steps: 5000, batchSize: 64, seqLen: 512, microbatches: 4, seed: 42, threads: 2,
+                                     logEvery: 5, evalEvery: 0, evalBatches: 8),
+            optimizer: OptimizerConfig(lr: 6e-4, minLrRatio: 0.05, warmupSteps: 200, decay: "linear", beta1: 0.85,
+                                       beta2: 0.99, eps: 1e-6, weightDecay: 0, gradClip: 0.5),
+            data: DataConfig(format: "bin", train: "\(dir)/shard_*.bin", val: valPath, valFraction: 0.2),
+            sample: SampleConfig(tokens: 0, prompt: "Once upon", temperature: 1.5, topK: 40),
+            parallelism: ParallelismConfig(pp: 2, dp: 2, ring: 2, ulysses: 2, zero: 1, pipelineSchedule: "interleaved",
+                                           virtualStages: 2, bucketMb: 50.5, timeoutS: 60),
+            checkpoint: CheckpointConfig(dir: "ckpt", every: 100, mode: "sync", keep: 5),
+            memory: MemoryConfig(policy: "selective", activationBudget: 1 << 30, offloadDir: "/tmp/offload"),
+            metrics: MetricsConfig(path: "m.jsonl", tensorboard: false, tensorboardDir: "tb"))
+        XCTAssertEqual(c, expected)
+        XCTAssertEqual(c.metricsPath, "m.jsonl")
+        XCTAssertEqual(ConfigLoader.expandDataPath(c.data.train), ["\(dir)/shard_000.bin", "\(dir)/shard_001.bin"])
+    }
+
+    func testIntegerAcceptedForDouble() throws {
+        let c = try load("[optimizer]\nlr = 1\ngrad_clip = 2\n[parallelism]\nbucket_mb = 50\n")
+        XCTAssertEqual(c.optimizer.lr, 1.0)
+        XCTAssertEqual(c.optimizer.gradClip, 2.0)
+        XCTAssertEqual(c.parallelism.bucketMb, 50.0)
+    }
+
+    func testFloatRejectedForInteger() {
+        assertConfigError(try load("[training]\nsteps = 10.5\n"),
+                          contains: ["\(configPath): key 'training.steps' expects an integer, found floating-point number 10.5"])
+    }
+
+    // MARK: Overrides
+
+    func testSplitOverrides() throws {
+        let (overrides, rest) = try ConfigLoader.splitOverrides(
+            ["train", "--training.steps", "50", "--config=Configs/a.toml", "--optimizer.lr=3e-4", "--verbose",
+             "run.toml", "--sample.prompt=a=b", "--metrics.tensorboard", "false"])
+        XCTAssertEqual(overrides.map(\.key), ["training.steps", "optimizer.lr", "sample.prompt", "metrics.tensorboard"])
+        XCTAssertEqual(overrides.map(\.value), ["50", "3e-4", "a=b", "false"])
+        XCTAssertEqual(rest, ["train", "--config=Configs/a.toml", "--verbose", "run.toml"])
+    }
+
+    func testSplitOverridesErrors() {
+        assertConfigError(try ConfigLoader.splitOverrides(["--training.steps"]),
+                          contains: ["command line", "'--training.steps' needs a value"])
+        assertConfigError(try ConfigLoader.splitOverrides(["--training.stesp", "5"]),
+                          contains: ["command line", "unknown key 'training.stesp'", "did you mean 'training.steps'?"])
+    }
+
+    func testOverridesAreTypedAndWin() throws {
+        let c = try load("[training]\nsteps = 10\n", overrides: [
+            (key: "training.steps", value: "50"), (key: "optimizer.lr", value: "3e-4"),
+            (key: "parallelism.bucket_mb", value: "8"), (key: "metrics.tensorboard", value: "false"),
+            (key: "sample.prompt", value: " 42 "), (key: "model.n_layer", value: "2"), (key: "model.n_layer", value: "6"),
+        ])
+        XCTAssertEqual(c.training.steps, 50)
+        XCTAssertEqual(c.optimizer.lr, 3e-4)
+        XCTAssertEqual(c.parallelism.bucketMb, 8)
+        XCTAssertEqual(c.metrics.tensorboard, false)
+        XCTAssertEqual(c.sample.prompt, " 42 ")
+        XCTAssertEqual(c.model.nLayer, 6, "the last override of a key wins")
+    }
+
+    func testOverrideUnknownKey() {
+        assertConfigError(try load("", overrides: [(key: "model.n_layr", value: "2")]),
+                          contains: ["command line: unknown key 'model.n_layr'", "known keys in [model]:",
+                                     "did you mean 'model.n_layer'?"])
+        assertConfigError(try load("", overrides: [(key: "modle.n_layer", value: "2")]),
+                          contains: ["command line: unknown section [modle]", "did you mean [model]?"])
+    }
+
+    func testOverrideBadValue() {
+        assertConfigError(try load("", overrides: [(key: "training.steps", value: "ten")]),
+                          contains: ["command line: key 'training.steps' expects an integer, found \"ten\""])
+        assertConfigError(try load("", overrides: [(key: "metrics.tensorboard", value: "yes")]),
+                          contains: ["command line", "metrics.tensorboard", "expects a boolean (true or false)", "\"yes\""])
+        assertConfigError(try load("", overrides: [(key: "optimizer.lr", value: "fast")]),
+                          contains: ["command line", "optimizer.lr", "expects a number", "\"fast\""])
+        assertConfigError(try load("", overrides: [(key: "optimizer.lr", value: "nan")]),
+                          contains: ["command line", "optimizer.lr", "expects a finite number"])
+    }
+
+    func testOverrideValidationNamesCommandLine() {
+        assertConfigError(try load("", overrides: [(key: "training.steps", value: "0")]),
+                          contains: ["command line: key 'training.steps' expects an integer >= 1, found 0"])
+    }
+
+    // MARK: Unknown keys, types, syntax
+
+    func testUnknownKeyWithSuggestion() {
+        assertConfigError(try load("[model]\nn_layr = 2\n"),
+                          contains: ["\(configPath): unknown key 'model.n_layr'",
+                                     "(known keys in [model]: vocab_size, n_layer, n_head, d_model, block_size)",
+                                     "did you mean 'model.n_layer'?"])
+        assertConfigError(try load("[model]\nlr = 0.1\n"), contains: ["unknown key 'model.lr'", "did you mean 'optimizer.lr'?"])
+        assertConfigError(try load("[model]\nzzzzzz = 1\n"), contains: ["unknown key 'model.zzzzzz'"])
+        XCTAssertThrowsError(try load("[model]\nzzzzzz = 1\n")) { error in
+            XCTAssertFalse(String(describing: error).contains("did you mean"))
+        }
+    }
+
+    func testUnknownSectionAndTopLevelKey() {
+        assertConfigError(try load("[modle]\nn_layer = 2\n"),
+                          contains: ["\(configPath): unknown section [modle]", "known sections: job, model,",
+                                     "did you mean [model]?"])
+        assertConfigError(try load("[extra]\n"), contains: ["unknown section [extra]"])
+        assertConfigError(try load("steps = 5\n"),
+                          contains: ["\(configPath): unknown key 'steps' at the top level", "did you mean 'training.steps'?"])
+        assertConfigError(try load("[model.sub]\nx = 1\n"), contains: ["unknown key 'model.sub'"])
+    }
+
+    func testWrongType() {
+        assertConfigError(try load("[training]\nsteps = \"ten\"\n"),
+                          contains: ["\(configPath): key 'training.steps' expects an integer, found string \"ten\""])
+        assertConfigError(try load("[metrics]\ntensorboard = 1\n"),
+                          contains: ["key 'metrics.tensorboard' expects a boolean (true or false), found integer 1"])
+        assertConfigError(try load("[job]\nname = 3\n"), contains: ["key 'job.name' expects a string, found integer 3"])
+        assertConfigError(try load("[optimizer]\nlr = \"0.1\"\n"), contains: ["key 'optimizer.lr' expects a number, found string"])
+        assertConfigError(try load("[model]\nn_layer = [1, 2]\n"), contains: ["key 'model.n_layer' expects an integer, found an array"])
+        assertConfigError(try load("[optimizer]\nlr = inf\n"), contains: ["key 'optimizer.lr' expects a finite number"])
+    }
+
+    func testSyntaxErrorHasLineAndColumn() {
+        assertConfigError(try load("[training]\nsteps = 5\nseed = = 3\n"), contains: ["\(configPath):3:", "TOML syntax error"])
+        assertConfigError(try ConfigLoader.load(text: "[model]\nn_layer = 2\nn_layer = 3\n", source: "dup.toml", overrides: []),
+                          contains: ["dup.toml:3:"])
+    }
+
+    func testMissingConfigFile() {
+        assertConfigError(try ConfigLoader.load(path: dir + "/nope.toml", overrides: []),
+                          contains: ["\(dir)/nope.toml: config file not found"])
+    }
+
+    func testAllProblemsReportedTogether() {
+        XCTAssertThrowsError(try load("[model]\nn_layr = 2\n[training]\nsteps = \"x\"\n")) { error in
+            let lines = String(describing: error).split(separator: "\n")
+            XCTAssertEqual(lines.count, 2, "\(error)")
+        }
+    }
+
+    // MARK: Impossible values
+
+    func testDModelDivisibleByNHead() {
+        assertConfigError(try load("[model]\nd_model = 100\nn_head = 3\n"),
+                          contains: ["\(configPath): model.d_model = 100 is not divisible by model.n_head = 3",
+                                     "100 = 3 × 33 + 1", "expected a multiple of 3 such as 99 or 102"])
+    }
+
+    func testSeqLenWithinBlockSize() {
+        assertConfigError(try load("[training]\nseq_len = 512\n"),
+                          contains: ["\(configPath): training.seq_len = 512 exceeds model.block_size = 256",
+                                     "expected seq_len <= block_size"])
+    }
+
+    func testCountsMustBePositive() {
+        let keys = ["training.steps", "training.batch_size", "training.seq_len", "training.microbatches",
+                    "model.n_layer", "model.n_head", "model.d_model", "model.vocab_size", "model.block_size",
+                    "parallelism.pp", "parallelism.dp", "parallelism.ring", "parallelism.ulysses",
+                    "training.log_every", "parallelism.virtual_stages", "checkpoint.keep"]
+        for key in keys {
+            assertConfigError(try load("", overrides: [(key: key, value: "0")]),
+                              contains: ["command line: key '\(key)' expects an integer", "found 0"])
+            assertConfigError(try load("", overrides: [(key: key, value: "-3")]), contains: ["'\(key)'", "found -3"])
+        }
+    }
+
+    func testBatchDivisibleByMicrobatches() {
+        assertConfigError(try load("[training]\nbatch_size = 10\nmicrobatches = 3\n"),
+                          contains: ["\(configPath): training.batch_size = 10 is not divisible by training.microbatches = 3",
+                                     "(10 = 3 × 3 + 1)", "such as 9 or 12"])
+        assertConfigError(try load("[training]\nbatch_size = 8\nmicrobatches = 2\n[parallelism]\ndp = 3\n"),
+                          contains: ["training.batch_size = 8 is not divisible by parallelism.dp × training.microbatches"
+                                     + " = 3 × 2 = 6"])
+    }
+
+    func testVocabSizeLimit() throws {
+        XCTAssertEqual(try load("[model]\nvocab_size = 65536\n").model.vocabSize, 65536)
+        assertConfigError(try load("[model]\nvocab_size = 65537\n"),
+                          contains: ["key 'model.vocab_size' expects an integer in 1...65536", "found 65537"])
+    }
+
+    func testEnumValues() {
+        assertConfigError(try load("[optimizer]\ndecay = \"cosin\"\n"),
+                          contains: ["\(configPath): key 'optimizer.decay' expects one of \"cosine\", \"linear\", \"constant\"",
+                                     "found \"cosin\"", "did you mean \"cosine\"?"])
+        let cases = [("data.format", "json"), ("parallelism.pipeline_schedule", "zb"), ("checkpoint.mode", "eager"),
+                     ("memory.policy", "never")]
+        for (key, value) in cases {
+            assertConfigError(try load("", overrides: [(key: key, value: value)]),
+                              contains: ["command line: key '\(key)' expects one of", "found \"\(value)\""])
+        }
+    }
+
+    func testNumericRanges() {
+        let cases: [(String, String, String)] = [
+            ("optimizer.lr", "0", "> 0"), ("optimizer.lr", "-1e-3", "> 0"),
+            ("optimizer.beta1", "1", "in [0, 1)"), ("optimizer.beta2", "-0.1", "in [0, 1)"),
+            ("optimizer.eps", "0", "> 0"), ("optimizer.weight_decay", "-0.1", ">= 0"),
+            ("optimizer.grad_clip", "-1", ">= 0"), ("optimizer.min_lr_ratio", "1.5", "in [0, 1]"),
+            ("data.val_fraction", "0", "in (0, 1)"), ("data.val_fraction", "1", "in (0, 1)"),
+            ("sample.temperature", "0", "> 0"), ("sample.top_k", "-1", ">= 0"), ("sample.tokens", "-1", ">= 0"),
+            ("training.threads", "-1", ">= 0"), ("training.eval_every", "-1", ">= 0"),
+            ("optimizer.warmup_steps", "-1", ">= 0"), ("checkpoint.every", "-1", ">= 0"),
+            ("parallelism.zero", "2", "in 0...1"), ("parallelism.bucket_mb", "0", "> 0"),
+            ("parallelism.timeout_s", "-5", "> 0"), ("memory.activation_budget", "-1", ">= 0"),
+        ]
+        for (key, value, expected) in cases {
+            assertConfigError(try load("", overrides: [(key: key, value: value)]),
+                              contains: ["command line: key '\(key)' expects", expected, "found"])
+        }
+    }
+
+    func testParallelShapeRelations() {
+        assertConfigError(try load("[parallelism]\nulysses = 3\n"),
+                          contains: ["model.n_head = 4 is not divisible by parallelism.ulysses = 3"])
+        assertConfigError(try load("[parallelism]\nring = 3\n"),
+                          contains: ["training.seq_len = 256 is not divisible by parallelism.ring × parallelism.ulysses"])
+        assertConfigError(try load("[parallelism]\npp = 8\n"),
+                          contains: ["model.n_layer = 4 is less than parallelism.pp × parallelism.virtual_stages = 8 × 1 = 8"])
+        assertConfigError(try load("[parallelism]\nvirtual_stages = 2\n"),
+                          contains: ["parallelism.virtual_stages = 2 needs parallelism.pipeline_schedule = \"interleaved\""])
+    }
+
+    // MARK: Data files
+
+    func testDataTrainRequiredAndMustExist() {
+        assertConfigError(try load("[data]\nformat = \"text\"\n"),
+                          contains: ["\(configPath): key 'data.train' expects the path of the training data"])
+        assertConfigError(try load("[data]\ntrain = \"no-such-file.txt\"\n"),
+                          contains: ["data.train = 'no-such-file.txt' in \(configPath): file not found",
+                                     "relative paths resolve against the working directory"])
+        assertConfigError(try load("", overrides: [(key: "data.val", value: dir + "/missing.bin")]),
+                          contains: ["data.val = '\(dir)/missing.bin' in command line: file not found"])
+        assertConfigError(try load("", overrides: [(key: "data.train", value: dir)]),
+                          contains: ["in command line: is a directory"])
+    }
+
+    func testDataGlob() throws {
+        try write("a_1.bin", "")
+        try write("a_0.bin", "")
+        let c = try load("[data]\ntrain = \"\(dir)/a_*.bin\"\n")
+        XCTAssertEqual(ConfigLoader.expandDataPath(c.data.train), ["\(dir)/a_0.bin", "\(dir)/a_1.bin"])
+        assertConfigError(try load("[data]\ntrain = \"\(dir)/b_*.bin\"\n"),
+                          contains: ["data.train = '\(dir)/b_*.bin' in \(configPath): no file matches this glob"])
+    }
+
+    // MARK: Features of this build
+
+    func testValidateForThisBuild() throws {
+        XCTAssertNoThrow(try TesseraConfig().validateForThisBuild())
+        var c = TesseraConfig()
+        c.parallelism.dp = 2
+        assertConfigError(try c.validateForThisBuild(),
+                          contains: ["parallelism.dp = 2: data parallelism is not available in this build yet"])
+        c = TesseraConfig()
+        c.parallelism.zero = 1
+        c.checkpoint.every = 10
+        c.memory.policy = "full"
+        assertConfigError(try c.validateForThisBuild(),
+                          contains: ["parallelism.zero = 1", "checkpoint.every = 10: checkpointing is not available",
+                                     "memory.policy = \"full\"", "not available in this build yet"])
+        for key in ["pp", "ring", "ulysses"] {
+            let loaded = try load("[training]\nbatch_size = 8\n[model]\nn_head = 4\n",
+                                  overrides: [(key: "parallelism." + key, value: "2")])
+            assertConfigError(try loaded.validateForThisBuild(), contains: ["parallelism.\(key) = 2:", "not available"])
+        }
+    }
+
+    // MARK: Rendering
+
+    func testRenderRoundTrips() throws {
+        var c = TesseraConfig(data: DataConfig(train: trainPath))
+        XCTAssertEqual(try ConfigLoader.load(text: ConfigLoader.render(c), source: "rendered", overrides: []), c)
+
+        c.job.name = "quote \" backslash \\ tab \t bell \u{07} unicode é✓"
+        c.sample.prompt = "line one\nline two\r\n"
+        c.training.steps = 50
+        c.optimizer.lr = 3e-4
+        c.optimizer.eps = 1e-12
+        c.optimizer.weightDecay = 0
+        c.parallelism.bucketMb = 1e20
+        c.metrics.tensorboard = false
+        c.model.vocabSize = 65536
+        let text = ConfigLoader.render(c)
+        XCTAssertTrue(text.contains("steps = 50  # default: 100"), text)
+        XCTAssertTrue(text.contains("seed = 1337\n"), text)
+        XCTAssertTrue(text.contains("[parallelism]"), text)
+        XCTAssertEqual(try ConfigLoader.load(text: text, source: "rendered", overrides: []), c)
+    }
+}

@@ -65,7 +65,7 @@ public final class MetricsSink {
 /// Peak resident set size of this process, in bytes.
 public func peakRSSBytes() -> Int {
     var u = rusage()
-    getrusage(RUSAGE_SELF, &u)
+    getrusage(RUSAGE_SELF.rawValue, &u)
     return Int(u.ru_maxrss) * 1024
 }
 

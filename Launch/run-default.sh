@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# README command 1: install what is missing, build in release mode, fetch the text, train the default
+# job end to end (progress, evaluation, a text sample at the end).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/setup.sh"
+tessera_install_missing
+tessera_fortunes
+cd "$tessera_root"
+swift build -c release --product tessera 2>&1 | grep -E "error|warning: |Compiling tessera|Build complete" || true
+[ -x .build/release/tessera ] || { echo "build failed" >&2; exit 1; }
+exec "$here/tessera-run" Configs/default.toml "$@"

@@ -1,0 +1,53 @@
+# Sourced by the other Launch/ scripts: installs what is missing, sets the MPI environment.
+# Needs only the Swift toolchain on a Debian machine; installs Open MPI, OpenBLAS, pkg-config and
+# the fortunes text with apt-get (as root, or through sudo when available).
+
+tessera_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+tessera_install_missing() {
+    local need=()
+    command -v mpirun >/dev/null 2>&1 || need+=(openmpi-bin)
+    [ -e /usr/include/x86_64-linux-gnu/openmpi/include/mpi.h ] || pkg-config --exists ompi-c 2>/dev/null || need+=(libopenmpi-dev)
+    pkg-config --exists openblas 2>/dev/null || need+=(libopenblas-dev)
+    command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+    [ -d /usr/share/games/fortunes ] || need+=(fortunes)
+    [ ${#need[@]} -eq 0 ] && return 0
+    echo "tessera: installing ${need[*]}" >&2
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "tessera: please install as root: apt-get install ${need[*]}" >&2; return 1; }
+        sudo="sudo"
+    fi
+    $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+}
+
+tessera_mpi_env() {
+    if [ "$(id -u)" -eq 0 ]; then
+        export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    fi
+    # Open MPI's CMA single-copy transport is 3-4x slower than none on these machines.
+    export OMPI_MCA_btl_vader_single_copy_mechanism="${OMPI_MCA_btl_vader_single_copy_mechanism:-none}"
+    # A core type narrower than the CPU (e.g. Haswell on AVX-512) halves sgemm: drop it.
+    if [ -n "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx512f /proc/cpuinfo 2>/dev/null && [ "${TESSERA_KEEP_OPENBLAS_CORETYPE:-}" != 1 ]; then
+        case "${OPENBLAS_CORETYPE,,}" in
+            haswell|zen|sandybridge|nehalem|core2|prescott)
+                echo "tessera: note: unsetting OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE (forces AVX2 kernels on this AVX-512 CPU, about half the sgemm rate)" >&2
+                unset OPENBLAS_CORETYPE ;;
+        esac
+    fi
+}
+
+# The fortunes corpus as one UTF-8 text file (records separated by blank lines).
+tessera_fortunes() {
+    local out="$tessera_root/data/fortunes.txt"
+    [ -s "$out" ] && return 0
+    mkdir -p "$tessera_root/data"
+    local files=()
+    for f in /usr/share/games/fortunes/*; do
+        case "$f" in *.dat|*.u8) continue ;; esac
+        [ -f "$f" ] && files+=("$f")
+    done
+    [ ${#files[@]} -gt 0 ] || { echo "tessera: no fortunes found in /usr/share/games/fortunes" >&2; return 1; }
+    cat "${files[@]}" | sed 's/^%$//' | iconv -f utf-8 -t utf-8 -c > "$out.tmp" && mv "$out.tmp" "$out"
+    echo "tessera: wrote $out ($(wc -c < "$out") bytes from ${#files[@]} fortune files)" >&2
+}

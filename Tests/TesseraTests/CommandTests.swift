@@ -1,0 +1,113 @@
+import Foundation
+import XCTest
+
+/// The `tessera` binary end to end: a tiny job under `mpirun -np 1` and as a plain process, its metrics
+/// and TensorBoard files, and the errors a user sees for a bad config.
+final class CommandTests: XCTestCase {
+    static var binary: String {
+        URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+            .appendingPathComponent("tessera").path
+    }
+
+    /// Runs a command with a time limit; returns (exit status, stdout+stderr).
+    func run(_ argv: [String], timeout: TimeInterval = 300) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = argv
+        var env = ProcessInfo.processInfo.environment
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"; env["OPENBLAS_NUM_THREADS"] = "1"
+        p.environment = env
+        let pipe = Pipe()
+        p.standardOutput = pipe; p.standardError = pipe
+        try p.run()
+        let killer = DispatchWorkItem { if p.isRunning { p.terminate() } }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit(); killer.cancel()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    func tinyJob(_ dir: URL) throws -> String {
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        var text = ""
+        for i in 0..<300 { text += "Line \(i % 17): all work and no play makes a dull model.\n" }
+        try text.write(to: dir.appendingPathComponent("text.txt"), atomically: true, encoding: .utf8)
+        let toml = """
+        [job]
+        name = "tiny"
+        output_dir = "\(dir.path)/out"
+        [model]
+        n_layer = 2
+        n_head = 2
+        d_model = 32
+        block_size = 32
+        [training]
+        steps = 12
+        batch_size = 4
+        seq_len = 32
+        log_every = 4
+        eval_every = 6
+        eval_batches = 2
+        threads = 1
+        [optimizer]
+        lr = 3e-3
+        warmup_steps = 2
+        [data]
+        train = "\(dir.path)/text.txt"
+        [sample]
+        tokens = 20
+        """
+        let path = dir.appendingPathComponent("tiny.toml").path
+        try toml.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func checkRun(launcher: [String], name: String) throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-cmd-\(name)-\(getpid())")
+        try? FileManager.default.removeItem(at: dir)
+        let cfg = try tinyJob(dir)
+        let (status, out) = try run(launcher + [Self.binary, "train", cfg])
+        XCTAssertEqual(status, 0, out)
+        XCTAssertTrue(out.contains("step 12/12"), out)
+        XCTAssertTrue(out.contains("--- sample"), out)
+        // Metrics: one JSON object per logged step with the promised fields.
+        let lines = try String(contentsOfFile: dir.path + "/out/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertGreaterThanOrEqual(lines.count, 4)
+        var steps: [Int] = []
+        for l in lines {
+            let o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any])
+            for k in ["step", "loss", "lr", "tokens_per_s", "mfu", "step_s", "peak_rss_bytes"] {
+                XCTAssertNotNil(o[k], "metrics line lacks '\(k)': \(l)")
+            }
+            steps.append(o["step"] as? Int ?? -1)
+        }
+        XCTAssertEqual(steps.last, 12)
+        XCTAssertTrue(lines.contains { $0.contains("val_loss") }, "no evaluation recorded")
+        let tb = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/out/tensorboard")
+        XCTAssertTrue(tb.contains { $0.hasPrefix("events.out.tfevents.") }, "no TensorBoard event file: \(tb)")
+    }
+
+    func testTrainUnderMpirunOneRank() throws { try checkRun(launcher: ["mpirun", "-np", "1"], name: "mpirun") }
+    func testTrainAsPlainProcess() throws { try checkRun(launcher: [], name: "plain") }
+
+    func testConfigErrorsNameKeyAndFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-cmd-errors-\(getpid())")
+        let cfg = try tinyJob(dir)
+        var (status, out) = try run([Self.binary, "train", cfg, "--model.n_layr", "3"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(out.contains("model.n_layr") && out.contains("n_layer"), out)
+        (status, out) = try run([Self.binary, "train", cfg, "--model.d_model", "30", "--model.n_head", "4"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(out.contains("model.d_model") && out.contains("model.n_head"), out)
+        (status, out) = try run([Self.binary, "train", cfg, "--training.seq_len", "64"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(out.contains("training.seq_len") && out.contains("block_size"), out)
+        (status, out) = try run([Self.binary, "train", cfg, "--data.train", "/nonexistent/x.txt"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(out.contains("data.train") && out.contains("/nonexistent/x.txt"), out)
+        (status, out) = try run([Self.binary, "config", "show", cfg, "--training.steps", "77"])
+        XCTAssertEqual(status, 0, out)
+        XCTAssertTrue(out.contains("steps = 77"), out)
+    }
+}

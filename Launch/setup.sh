@@ -31,7 +31,7 @@ tessera_mpi_env() {
     if [ -n "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx512f /proc/cpuinfo 2>/dev/null && [ "${TESSERA_KEEP_OPENBLAS_CORETYPE:-}" != 1 ]; then
         case "${OPENBLAS_CORETYPE,,}" in
             haswell|zen|sandybridge|nehalem|core2|prescott)
-                echo "tessera: note: unsetting OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE (forces AVX2 kernels on this AVX-512 CPU, about half the sgemm rate)" >&2
+                echo "tessera: note: unsetting OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE (forces AVX2 kernels on this AVX-512 CPU; on many such CPUs that halves sgemm)" >&2
                 unset OPENBLAS_CORETYPE ;;
         esac
     fi

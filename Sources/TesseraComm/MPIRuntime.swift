@@ -87,6 +87,7 @@ public final class MPIRuntime: @unchecked Sendable {
 
     /// The shared-memory single-copy setting in force (for reports).
     public static var singleCopyMechanism: String {
-        ProcessInfo.processInfo.environment["OMPI_MCA_btl_vader_single_copy_mechanism"] ?? "default (cma)"
+        ProcessInfo.processInfo.environment["OMPI_MCA_btl_vader_single_copy_mechanism"].map { "\($0) (from the environment)" }
+            ?? "none (set by tessera before MPI_Init; Open MPI's default CMA is 3-4x slower here)"
     }
 }

@@ -19,7 +19,7 @@ public enum MachineCheck {
     public static var coreTypeWarning: String? {
         guard let forced = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"], hasAVX512,
               narrowCoreTypes.contains(forced.lowercased()) else { return nil }
-        return "OPENBLAS_CORETYPE=\(forced) forces AVX2 kernels on this AVX-512 CPU (about half the sgemm rate)"
+        return "OPENBLAS_CORETYPE=\(forced) forces AVX2 kernels on this AVX-512 CPU (on many AVX-512 CPUs that halves sgemm; `tessera bench` measures it)"
     }
 
     /// Re-executes this process without a harmful OPENBLAS_CORETYPE (OpenBLAS reads it when the library

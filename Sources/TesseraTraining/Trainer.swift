@@ -129,6 +129,10 @@ public final class Trainer {
         s += "  data: \(trainLoader.source.description) (\(trainLoader.source.count) train tokens"
         if let v = valLoader { s += ", \(v.source.count) validation tokens" }
         s += ")"
+        if let r = runtime {
+            s += "\n  MPI: \(r.size) rank(s), thread level \(r.threadLevelName) granted (MPI_THREAD_MULTIPLE asked)"
+            s += "; shared-memory single copy: \(MPIRuntime.singleCopyMechanism)"
+        }
         if let w = MachineCheck.coreTypeWarning { s += "\n  warning: \(w)" }
         return s
     }

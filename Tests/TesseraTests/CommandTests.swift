@@ -9,24 +9,7 @@ final class CommandTests: XCTestCase {
             .appendingPathComponent("tessera").path
     }
 
-    /// Runs a command with a time limit; returns (exit status, stdout+stderr).
-    func run(_ argv: [String], timeout: TimeInterval = 300) throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = argv
-        var env = ProcessInfo.processInfo.environment
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"; env["OPENBLAS_NUM_THREADS"] = "1"
-        p.environment = env
-        let pipe = Pipe()
-        p.standardOutput = pipe; p.standardError = pipe
-        try p.run()
-        let killer = DispatchWorkItem { if p.isRunning { p.terminate() } }
-        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit(); killer.cancel()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
+    func run(_ argv: [String]) throws -> (Int32, String) { try runProcess(argv) }
 
     func tinyJob(_ dir: URL) throws -> String {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

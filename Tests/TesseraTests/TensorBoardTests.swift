@@ -240,15 +240,5 @@ final class TensorBoardTests: XCTestCase {
         XCTAssertTrue(out.contains("train/loss: 4 point(s)"), out)
     }
 
-    func shell(_ argv: [String]) throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = argv
-        let pipe = Pipe()
-        p.standardOutput = pipe; p.standardError = pipe
-        try p.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
+    func shell(_ argv: [String]) throws -> (Int32, String) { try runProcess(argv, timeout: 600) }
 }

@@ -40,3 +40,24 @@ extension Array where Element == Float {
 }
 
 func copyArray(_ p: UnsafePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
+
+/// Runs a command (through /usr/bin/env) with a time limit; returns (exit status, stdout + stderr).
+/// MPI jobs get Open MPI's root and oversubscription settings.
+func runProcess(_ argv: [String], timeout: TimeInterval = 300) throws -> (Int32, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = argv
+    var env = ProcessInfo.processInfo.environment
+    env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"; env["OPENBLAS_NUM_THREADS"] = "1"
+    p.environment = env
+    let pipe = Pipe()
+    p.standardOutput = pipe; p.standardError = pipe
+    try p.run()
+    let killer = DispatchWorkItem { if p.isRunning { p.terminate() } }
+    DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()  // read before waiting: no pipe-full deadlock
+    p.waitUntilExit()
+    killer.cancel()
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}

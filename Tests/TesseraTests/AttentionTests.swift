@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import TesseraKernels
+@testable import TesseraModel
 
 /// The blockwise attention kernel against naive full-matrix attention (Double): forward output and
 /// log-sum-exp, and the backward against finite differences of the naive version; with and without
@@ -52,4 +53,35 @@ final class AttentionTests: XCTestCase {
     func testOneThread() { run(Case(), threads: 1) }
     func testLongerForwardManyBlocks() { run(Case(hd: 16, tq: 70, tk: 70, bq: 16, bk: 32), checkBackward: false) }
     func testHeadDimOfTheModels() { run(Case(b: 1, h: 1, hd: 32, tq: 24, tk: 24, bq: 8, bk: 16)) }
+}
+
+/// Attention memory is linear in sequence length: what the model saves per layer, and the kernel's
+/// scratch, grow by at most the factor the sequence grows by (a full score matrix would grow by its square).
+final class AttentionMemoryTests: XCTestCase {
+    func testSavedAndScratchMemoryAreLinearInSequenceLength() {
+        Threads.configure(2)
+        var saved: [Int] = [], scratchBytes: [Int] = []
+        for t in [128, 512] {
+            let (h, hd) = (2, 16), c = h * hd
+            let acts = TesseraModel.Activations(config: .init(vocabSize: 16, nLayer: 1, nHead: h, dModel: c, blockSize: t),
+                                                batch: 1, tokens: t)
+            saved.append(acts.store.savedBytes)
+            let qkv = randomFloats(t * 3 * c, seed: 5), dout = randomFloats(t * c, seed: 6)
+            var out = [Float](repeating: 0, count: t * c), lse = [Float](repeating: 0, count: h * t)
+            var dqkv = [Float](repeating: 0, count: t * 3 * c)
+            let scratch = Scratch(), g = AttentionLayout.fused(batch: 1, t: t, heads: h, headDim: hd)
+            qkv.withUnsafeBufferPointer { q in
+                let p = q.baseAddress!
+                out.ptr { o in lse.ptr { l in dqkv.ptr { d in
+                    Attention.forward(out: o, lse: l, q: p, k: p + c, v: p + 2 * c, layout: g, scratch: scratch)
+                    Attention.backward(dq: d, dk: d + c, dv: d + 2 * c, dout: dout, out: o, lse: l, q: p, k: p + c,
+                                       v: p + 2 * c, layout: g, scratch: scratch)
+                } } }
+            }
+            scratchBytes.append(scratch.bytes)
+        }
+        XCTAssertLessThanOrEqual(Double(saved[1]) / Double(saved[0]), 4.0 + 1e-9, "saved activations \(saved)")
+        XCTAssertLessThanOrEqual(Double(scratchBytes[1]) / Double(scratchBytes[0]), 4.0, "attention scratch \(scratchBytes)")
+        XCTAssertLessThan(scratchBytes[1], 512 * 512 * 4, "scratch must stay below one full score matrix")
+    }
 }

@@ -58,6 +58,19 @@ final class TrainingTests: XCTestCase {
         XCTAssertLessThan(tail, head - 1.0, "loss \(head) → \(tail)")
     }
 
+    func testTrainsFromLlmcTokenShards() throws {
+        // `tessera prepare` output (llm.c .bin shards) trains like the text it came from.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-shards-\(getpid())").path
+        try? FileManager.default.removeItem(atPath: dir)
+        _ = try Prepare.run(inputs: [Self.corpus], outDir: dir, valFraction: 0.1)
+        let text = try run(config([("training.eval_every", "0")]))
+        let bin = try run(config([("training.eval_every", "0"), ("data.train", dir + "/train_*.bin"),
+                                  ("data.val", dir + "/val_*.bin"), ("data.format", "bin")]))
+        XCTAssertEqual(bin.losses.count, text.losses.count)
+        XCTAssertLessThan(bin.losses.last!, bin.losses.first!, "loss falls on shard data: \(bin.losses)")
+        XCTAssertEqual(bin.losses.first!, log(256), accuracy: 0.3)
+    }
+
     func testScheduleWarmupAndCosine() {
         let s = LRSchedule(peak: 1, minRatio: 0.1, warmup: 4, total: 14, decay: "cosine")
         XCTAssertEqual(s.lr(0), 0.25, accuracy: 1e-12)

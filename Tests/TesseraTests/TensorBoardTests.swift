@@ -230,7 +230,7 @@ final class TensorBoardTests: XCTestCase {
                 print("TensorBoard check skipped: pip could not install tensorboard:\n\(o2)")
                 throw XCTSkip("pip could not install tensorboard (see the printed output)")
             }
-            FileManager.default.createFile(atPath: python + "-tensorboard-ok", contents: nil)
+            _ = FileManager.default.createFile(atPath: python + "-tensorboard-ok", contents: nil)
         }
         let (status, out) = try shell([python, repoRoot.appendingPathComponent("scripts/check_tensorboard.py").path, dir])
         XCTAssertEqual(status, 0, out)

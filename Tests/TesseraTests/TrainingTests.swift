@@ -12,7 +12,7 @@ final class TrainingTests: XCTestCase {
         let path = dir.appendingPathComponent("corpus.txt").path
         var text = ""
         for i in 0..<400 { text += "The quick brown fox \(i % 7) jumps over the lazy dog number \(i % 13).\n" }
-        FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
         return path
     }()
 

@@ -16,9 +16,13 @@ while [ $# -gt 0 ]; do
 done
 source "$root/Launch/setup.sh"
 tessera_mpi_env
-(cd "$root" && swift build -c release --product tessera 2>&1 | grep -E "error|Build complete" >&2)
+(cd "$root" && swift build -c release --product tessera 2>&1 | grep -E "error|complete" >&2 || true)
+[ -x "$root/.build/release/tessera" ] || { echo "compare.sh: build failed" >&2; exit 1; }
 tjson=$(mktemp); pjson=$(mktemp)
-"$root/.build/release/tessera" bench --sizes "$sizes" --threads "$threads" --steps "$steps" --warmup "$warmup" --json | tee /dev/stderr | grep '^{' > "$tjson"
+tout=$(mktemp)
+"$root/.build/release/tessera" bench --sizes "$sizes" --threads "$threads" --steps "$steps" --warmup "$warmup" --json > "$tout"
+grep -v '^{' "$tout"
+grep '^{' "$tout" > "$tjson"
 configs=$(echo "$sizes" | tr ',' ' ')
 for c in $configs; do
     bash "$here/pytorch.sh" --config "$c" --threads "$threads" --steps "$steps" --warmup "$warmup" --json | grep '^{' >> "$pjson"
@@ -37,4 +41,4 @@ for s in t:
 print(f"\nsgemm ceiling {t[next(iter(t))]['sgemm_flops'] / 1e9:.1f} GFLOP/s ({next(iter(t.values()))['threads']} threads); "
       "MFU = (6N + 12·L·d·seq)·tokens/s / ceiling; median step time of each framework.")
 PY
-rm -f "$tjson" "$pjson"
+rm -f "$tjson" "$pjson" "$tout"

@@ -78,25 +78,25 @@ public final class GPT: @unchecked Sendable {
     /// Runs the blocks and ln_f on the ids in `a` (tokenIds, positions). Leaves ln_f output in `a.lnf`.
     public func forwardBody(_ a: Activations) {
         let c = config.dModel, n = a.n
-        Embedding.forward(out: a.residual[0], tokens: a.tokenIds, positions: a.positions,
-                          wte: params["transformer.wte.weight"], wpe: params["transformer.wpe.weight"], n: n, c: c)
+        OpProfile.time(.embedding) { Embedding.forward(out: a.residual[0], tokens: a.tokenIds, positions: a.positions,
+                          wte: params["transformer.wte.weight"], wpe: params["transformer.wpe.weight"], n: n, c: c) }
         for l in 0..<config.nLayer {
             let p = pBlocks[l], s = a.layers[l], x = a.residual[l]
-            LayerNorm.forward(out: s.ln1, mean: s.ln1Mean, rstd: s.ln1Rstd, x: x, weight: p.ln1w, bias: p.ln1b, n: n, c: c)
-            Linear.forward(out: s.qkv, inp: s.ln1, weight: p.attnW, bias: p.attnB, n: n, inDim: c, outDim: 3 * c)
-            attention.forward(qkv: s.qkv, out: s.atty, lse: s.lse, batch: a.batch, tokens: a.tokens, layer: l,
-                              scratch: a.scratch)
-            Linear.forward(out: a.tmp, inp: s.atty, weight: p.projW, bias: p.projB, n: n, inDim: c, outDim: c)
-            Residual.forward(out: s.resid2, a: x, b: a.tmp, n: n * c)
-            LayerNorm.forward(out: s.ln2, mean: s.ln2Mean, rstd: s.ln2Rstd, x: s.resid2, weight: p.ln2w, bias: p.ln2b,
-                              n: n, c: c)
-            Linear.forward(out: s.fch, inp: s.ln2, weight: p.fcW, bias: p.fcB, n: n, inDim: c, outDim: 4 * c)
-            GELU.forward(out: s.fchGelu, x: s.fch, n: n * 4 * c)
-            Linear.forward(out: a.tmp, inp: s.fchGelu, weight: p.fcProjW, bias: p.fcProjB, n: n, inDim: 4 * c, outDim: c)
-            Residual.forward(out: a.residual[l + 1], a: s.resid2, b: a.tmp, n: n * c)
+            OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln1, mean: s.ln1Mean, rstd: s.ln1Rstd, x: x, weight: p.ln1w, bias: p.ln1b, n: n, c: c) }
+            OpProfile.time(.matmul) { Linear.forward(out: s.qkv, inp: s.ln1, weight: p.attnW, bias: p.attnB, n: n, inDim: c, outDim: 3 * c) }
+            OpProfile.time(.attention) { attention.forward(qkv: s.qkv, out: s.atty, lse: s.lse, batch: a.batch, tokens: a.tokens, layer: l,
+                              scratch: a.scratch) }
+            OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.atty, weight: p.projW, bias: p.projB, n: n, inDim: c, outDim: c) }
+            OpProfile.time(.residual) { Residual.forward(out: s.resid2, a: x, b: a.tmp, n: n * c) }
+            OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln2, mean: s.ln2Mean, rstd: s.ln2Rstd, x: s.resid2, weight: p.ln2w, bias: p.ln2b,
+                              n: n, c: c) }
+            OpProfile.time(.matmul) { Linear.forward(out: s.fch, inp: s.ln2, weight: p.fcW, bias: p.fcB, n: n, inDim: c, outDim: 4 * c) }
+            OpProfile.time(.gelu) { GELU.forward(out: s.fchGelu, x: s.fch, n: n * 4 * c) }
+            OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.fchGelu, weight: p.fcProjW, bias: p.fcProjB, n: n, inDim: 4 * c, outDim: c) }
+            OpProfile.time(.residual) { Residual.forward(out: a.residual[l + 1], a: s.resid2, b: a.tmp, n: n * c) }
         }
-        LayerNorm.forward(out: a.lnf, mean: a.lnfMean, rstd: a.lnfRstd, x: a.residual[config.nLayer],
-                          weight: params["transformer.ln_f.weight"], bias: params["transformer.ln_f.bias"], n: n, c: c)
+        OpProfile.time(.layerNorm) { LayerNorm.forward(out: a.lnf, mean: a.lnfMean, rstd: a.lnfRstd, x: a.residual[config.nLayer],
+                          weight: params["transformer.ln_f.weight"], bias: params["transformer.ln_f.bias"], n: n, c: c) }
     }
 
     /// Sum of the cross-entropy over the micro-batch's targets (forward only).
@@ -123,17 +123,19 @@ public final class GPT: @unchecked Sendable {
         forwardBody(a)
         let c = config.dModel, n = a.n, L = config.nLayer
         let wte = params["transformer.wte.weight"], dwte = grads["transformer.wte.weight"]
-        let loss = CrossEntropy.fused(x: a.lnf, wte: wte, targets: a.targets, n: n, c: c, vocab: config.vocabSize,
-                                      gradScale: gradScale, dx: a.dln, dwte: dwte, scratch: a.scratch)
+        let loss = OpProfile.time(.lmHeadLoss) {
+            CrossEntropy.fused(x: a.lnf, wte: wte, targets: a.targets, n: n, c: c, vocab: config.vocabSize,
+                               gradScale: gradScale, dx: a.dln, dwte: dwte, scratch: a.scratch)
+        }
         a.dres.update(repeating: 0, count: n * c)
-        LayerNorm.backward(dx: a.dres, dweight: grads["transformer.ln_f.weight"], dbias: grads["transformer.ln_f.bias"],
+        OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: grads["transformer.ln_f.weight"], dbias: grads["transformer.ln_f.bias"],
                            dout: a.dln, x: a.residual[L], weight: params["transformer.ln_f.weight"],
-                           mean: a.lnfMean, rstd: a.lnfRstd, n: n, c: c, scratch: a.scratch)
+                           mean: a.lnfMean, rstd: a.lnfRstd, n: n, c: c, scratch: a.scratch) }
         for l in stride(from: L - 1, through: 0, by: -1) {
             backwardBlock(l, a)
         }
-        Embedding.backward(dwte: dwte, dwpe: grads["transformer.wpe.weight"], dout: a.dres, tokens: a.tokenIds,
-                           positions: a.positions, n: n, c: c)
+        OpProfile.time(.embedding) { Embedding.backward(dwte: dwte, dwpe: grads["transformer.wpe.weight"], dout: a.dres, tokens: a.tokenIds,
+                           positions: a.positions, n: n, c: c) }
         return loss
     }
 
@@ -142,22 +144,22 @@ public final class GPT: @unchecked Sendable {
         let c = config.dModel, n = a.n
         let p = pBlocks[l], g = gBlocks[l], s = a.layers[l]
         // MLP: out = resid2 + c_proj(gelu(c_fc(ln_2(resid2))))
-        Linear.backward(dinp: a.dfch, dweight: g.fcProjW, dbias: g.fcProjB, dout: a.dres, inp: s.fchGelu,
-                        weight: p.fcProjW, n: n, inDim: 4 * c, outDim: c, accumulateInput: false)
-        GELU.backward(dx: a.dfch, dout: a.dfch, x: s.fch, n: n * 4 * c)
-        Linear.backward(dinp: a.dln, dweight: g.fcW, dbias: g.fcB, dout: a.dfch, inp: s.ln2, weight: p.fcW,
-                        n: n, inDim: c, outDim: 4 * c, accumulateInput: false)
-        LayerNorm.backward(dx: a.dres, dweight: g.ln2w, dbias: g.ln2b, dout: a.dln, x: s.resid2, weight: p.ln2w,
-                           mean: s.ln2Mean, rstd: s.ln2Rstd, n: n, c: c, scratch: a.scratch)
+        OpProfile.time(.matmul) { Linear.backward(dinp: a.dfch, dweight: g.fcProjW, dbias: g.fcProjB, dout: a.dres, inp: s.fchGelu,
+                        weight: p.fcProjW, n: n, inDim: 4 * c, outDim: c, accumulateInput: false) }
+        OpProfile.time(.gelu) { GELU.backward(dx: a.dfch, dout: a.dfch, x: s.fch, n: n * 4 * c) }
+        OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.fcW, dbias: g.fcB, dout: a.dfch, inp: s.ln2, weight: p.fcW,
+                        n: n, inDim: c, outDim: 4 * c, accumulateInput: false) }
+        OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: g.ln2w, dbias: g.ln2b, dout: a.dln, x: s.resid2, weight: p.ln2w,
+                           mean: s.ln2Mean, rstd: s.ln2Rstd, n: n, c: c, scratch: a.scratch) }
         // Attention: resid2 = x + c_proj(attn(c_attn(ln_1(x))))
-        Linear.backward(dinp: a.datty, dweight: g.projW, dbias: g.projB, dout: a.dres, inp: s.atty, weight: p.projW,
-                        n: n, inDim: c, outDim: c, accumulateInput: false)
+        OpProfile.time(.matmul) { Linear.backward(dinp: a.datty, dweight: g.projW, dbias: g.projB, dout: a.dres, inp: s.atty, weight: p.projW,
+                        n: n, inDim: c, outDim: c, accumulateInput: false) }
         a.dqkv.update(repeating: 0, count: n * 3 * c)
-        attention.backward(dqkv: a.dqkv, dout: a.datty, out: s.atty, lse: s.lse, qkv: s.qkv, batch: a.batch,
-                           tokens: a.tokens, layer: l, scratch: a.scratch)
-        Linear.backward(dinp: a.dln, dweight: g.attnW, dbias: g.attnB, dout: a.dqkv, inp: s.ln1, weight: p.attnW,
-                        n: n, inDim: c, outDim: 3 * c, accumulateInput: false)
-        LayerNorm.backward(dx: a.dres, dweight: g.ln1w, dbias: g.ln1b, dout: a.dln, x: a.residual[l], weight: p.ln1w,
-                           mean: s.ln1Mean, rstd: s.ln1Rstd, n: n, c: c, scratch: a.scratch)
+        OpProfile.time(.attention) { attention.backward(dqkv: a.dqkv, dout: a.datty, out: s.atty, lse: s.lse, qkv: s.qkv, batch: a.batch,
+                           tokens: a.tokens, layer: l, scratch: a.scratch) }
+        OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.attnW, dbias: g.attnB, dout: a.dqkv, inp: s.ln1, weight: p.attnW,
+                        n: n, inDim: c, outDim: 3 * c, accumulateInput: false) }
+        OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: g.ln1w, dbias: g.ln1b, dout: a.dln, x: a.residual[l], weight: p.ln1w,
+                           mean: s.ln1Mean, rstd: s.ln1Rstd, n: n, c: c, scratch: a.scratch) }
     }
 }

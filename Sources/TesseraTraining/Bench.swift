@@ -19,6 +19,8 @@ public enum Bench {
     public struct Row: Sendable {
         public let size: Size, parameters: Int, stepSeconds: Double, tokensPerSecond: Double, mfu: Double
         public let activationBytes: Int
+        /// Seconds per step in each op (when profiling).
+        public let profile: [(OpProfile.Op, Double)]
     }
 
     /// Median step time of `steps` timed steps after `warmup` steps on synthetic tokens.
@@ -38,10 +40,11 @@ public enum Bench {
         let tokens = s.batch * s.seq
         var times: [Double] = []
         for i in 0..<(warmup + steps) {
+            if i == warmup { OpProfile.reset() }
             let t0 = DispatchTime.now().uptimeNanoseconds
             model.grads.zero()
             model.forwardBackward(acts, gradScale: 1 / Float(tokens))
-            opt.step(lr: 3e-4)
+            OpProfile.time(.optimizer) { _ = opt.step(lr: 3e-4) }
             let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             if i >= warmup { times.append(dt) }
         }
@@ -49,11 +52,13 @@ public enum Bench {
         let med = times[times.count / 2]
         let flops = cfg.flopsPerToken(seqLen: s.seq) * Double(tokens)
         return Row(size: s, parameters: cfg.parameterCount, stepSeconds: med, tokensPerSecond: Double(tokens) / med,
-                   mfu: flops / med / peak, activationBytes: acts.store.totalBytes)
+                   mfu: flops / med / peak, activationBytes: acts.store.totalBytes,
+                   profile: OpProfile.totals.map { ($0.0, $0.1 / Double(steps)) })
     }
 
     /// Runs the whole benchmark and returns the report text.
-    public static func run(names: [String], threads: Int, steps: Int, warmup: Int, json: Bool) -> String {
+    public static func run(names: [String], threads: Int, steps: Int, warmup: Int, json: Bool, profile: Bool = false) -> String {
+        OpProfile.enabled = profile
         var out: [String] = []
         let cores = Threads.availableCores()
         out.append("tessera bench — \(cores) core(s), OpenBLAS core \(BLAS.coreName), OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "(unset)")")
@@ -77,6 +82,13 @@ public enum Bench {
                        + fmt(r.tokensPerSecond, 0).padding(toLength: 11, withPad: " ", startingAt: 0)
                        + (fmt(100 * r.mfu, 1) + "%").padding(toLength: 8, withPad: " ", startingAt: 0)
                        + "\(fmt(Double(r.activationBytes) / 1_048_576, 0)) MiB")
+        }
+        for r in rows where !r.profile.isEmpty {
+            let total = r.profile.reduce(0) { $0 + $1.1 }
+            out.append("\nwhere a step of \(r.size.name) goes (ms per step, share of the profiled total):")
+            for (op, s) in r.profile.sorted(by: { $0.1 > $1.1 }) {
+                out.append("  \(op.name.padding(toLength: 16, withPad: " ", startingAt: 0))\(fmt(1000 * s, 1).leftPad(9))  \(fmt(100 * s / total, 1).leftPad(5))%")
+            }
         }
         out.append("\nMFU = (6N + 12·n_layer·d·seq) FLOPs/token × tokens/s ÷ sgemm ceiling; median of \(steps) steps after \(warmup) warm-up; \(threads) kernel thread(s).")
         if json {

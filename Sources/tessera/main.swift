@@ -11,7 +11,7 @@ usage: tessera <command> [arguments]
   train CONFIG.toml [--section.key VALUE ...]   train a model as the config describes
   config show CONFIG.toml [--section.key VALUE ...]   print the effective config
   prepare --input FILE... --out DIR [--val-fraction F]   turn text into llm.c token shards
-  bench [--sizes S,M,L] [--threads N] [--steps N] [--warmup N] [--json]   sgemm ceiling, tokens/s and MFU
+  bench [--sizes S,M,L] [--threads N] [--steps N] [--warmup N] [--json] [--profile]   sgemm ceiling, tokens/s and MFU
 
 Any config key can be overridden on the command line, e.g. --training.steps 50.
 """
@@ -71,7 +71,8 @@ do {
         let steps = Int(option(args, "--steps") ?? "") ?? 5
         let warmup = Int(option(args, "--warmup") ?? "") ?? 2
         if let note = coreTypeNote { print("note: \(note)") }
-        print(Bench.run(names: names, threads: threads, steps: steps, warmup: warmup, json: args.contains("--json")))
+        print(Bench.run(names: names, threads: threads, steps: steps, warmup: warmup, json: args.contains("--json"),
+                        profile: args.contains("--profile")))
     case "help", "--help", "-h":
         print(usage)
     default:

@@ -126,9 +126,8 @@ public final class Trainer {
         s += "  batch \(t.batchSize) × seq \(t.seqLen) = \(tokensPerStep) tokens/step in \(t.microbatches) micro-batch(es) of \(microBatch); "
         s += "\(t.steps) steps; \(Threads.count) thread(s); "
         s += "sgemm peak \(fmt(sgemmPeak / 1e9, 0)) GFLOP/s (OpenBLAS \(BLAS.coreName))\n"
-        s += "  data: \(trainLoader.source.description) (\(trainLoader.source.count) train tokens"
-        if let v = valLoader { s += ", \(v.source.count) validation tokens" }
-        s += ")"
+        s += "  data: \(trainLoader.source.count) training tokens from \(trainLoader.source.description)"
+        if let v = valLoader { s += "; \(v.source.count) validation tokens" }
         if let r = runtime {
             s += "\n  MPI: \(r.size) rank(s), thread level \(r.threadLevelName) granted (MPI_THREAD_MULTIPLE asked)"
             s += "; shared-memory single copy: \(MPIRuntime.singleCopyMechanism)"

@@ -74,6 +74,15 @@ final class CommandTests: XCTestCase {
     func testTrainUnderMpirunOneRank() throws { try checkRun(launcher: ["mpirun", "-np", "1"], name: "mpirun") }
     func testTrainAsPlainProcess() throws { try checkRun(launcher: [], name: "plain") }
 
+    func testWrongRankCountStopsEveryRankWithTheNeededCount() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-cmd-np-\(getpid())")
+        let cfg = try tinyJob(dir)
+        let (status, out) = try run(["mpirun", "-np", "2", Self.binary, "train", cfg])
+        XCTAssertNotEqual(status, 0, out)
+        XCTAssertTrue(out.contains("mpirun -np 1"), out)
+        XCTAssertFalse(out.contains("step 1/"), "no rank may start training: \(out)")
+    }
+
     func testConfigErrorsNameKeyAndFile() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-cmd-errors-\(getpid())")
         let cfg = try tinyJob(dir)

@@ -55,10 +55,8 @@ do {
         }
         var metrics: MetricsSink? = nil
         if runtime.rank == 0 {
-            let out = config.job.outputDir
-            let mpath = config.metrics.path.isEmpty ? out + "/metrics.jsonl" : config.metrics.path
-            let tb = config.metrics.tensorboard ? (config.metrics.tensorboardDir.isEmpty ? out + "/tensorboard" : config.metrics.tensorboardDir) : nil
-            metrics = try MetricsSink(metricsPath: mpath, tensorboardDir: tb)
+            metrics = try MetricsSink(metricsPath: config.metricsPath,
+                                      tensorboardDir: config.metrics.tensorboard ? config.tensorboardDir : nil)
         }
         trainer.run(metrics: metrics)
         metrics?.close()

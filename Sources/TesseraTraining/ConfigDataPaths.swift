@@ -1,11 +1,6 @@
 // Data paths in the configuration: plain files or globs, resolved against the current working directory.
 
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 enum ConfigDataPaths {
     /// Whether a path is a glob pattern (contains `*`, `?` or `[`).
@@ -32,16 +27,5 @@ enum ConfigDataPaths {
     private static func isRegularFile(_ path: String) -> Bool {
         var isDirectory: ObjCBool = false
         return FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && !isDirectory.boolValue
-    }
-
-    private static func globFiles(_ pattern: String) -> [String] {
-        var matches = glob_t()
-        defer { globfree(&matches) }
-        guard glob(pattern, 0, nil, &matches) == 0 else { return [] }
-        var paths: [String] = []
-        for i in 0..<Int(matches.gl_pathc) {
-            if let path = matches.gl_pathv[i] { paths.append(String(cString: path)) }
-        }
-        return paths.filter(isRegularFile).sorted()
     }
 }

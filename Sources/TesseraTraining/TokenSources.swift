@@ -179,16 +179,24 @@ public func expandPaths(_ pattern: String) throws -> [String] {
         guard !isDir.boolValue else { throw DataError("\(pattern): is a directory, expected a file or a glob") }
         return [pattern]
     }
+    let paths = globFiles(pattern)
+    if paths.isEmpty { throw DataError("\(pattern): the pattern matches no file") }
+    return paths
+}
+
+/// The regular files a glob pattern matches, sorted (empty when none match).
+func globFiles(_ pattern: String) -> [String] {
     var g = glob_t()
     defer { globfree(&g) }
-    let rc = glob(pattern, 0, nil, &g)
-    if rc == GLOB_NOMATCH { throw DataError("\(pattern): the pattern matches no file") }
-    guard rc == 0 else { throw DataError("\(pattern): glob failed (code \(rc))") }
+    guard glob(pattern, 0, nil, &g) == 0 else { return [] }
     var paths: [String] = []
     for i in 0..<Int(g.gl_pathc) {
         if let p = g.gl_pathv[i] { paths.append(String(cString: p)) }
     }
-    return paths.sorted()
+    return paths.filter { path in
+        var isDir: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path, isDirectory: &isDir) && !isDir.boolValue
+    }.sorted()
 }
 
 /// Number of tokens at the end of an `n`-token stream that form the validation split for `fraction`:

@@ -16,9 +16,26 @@ public enum Threads {
         BLAS.setThreads(1)
     }
 
-    /// Cores this process may run on (sched_getaffinity), never less than 1.
+    /// Cores this process may run on (its CPU affinity, e.g. as bound by mpirun), never less than 1.
+    /// Read from `Cpus_allowed_list` in /proc/self/status ("0-3,8"); elsewhere the active processor count.
     public static func availableCores() -> Int {
-        ProcessInfo.processInfo.activeProcessorCount
+        if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+           let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") }),
+           let list = line.split(separator: ":").last {
+            let n = cpuListCount(String(list))
+            if n > 0 { return n }
+        }
+        return max(1, ProcessInfo.processInfo.activeProcessorCount)
+    }
+
+    /// Number of CPUs in a Linux CPU list such as "0-3,8".
+    public static func cpuListCount(_ list: String) -> Int {
+        var n = 0
+        for part in list.split(separator: ",") {
+            let ends = part.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "-").compactMap { Int($0) }
+            if ends.count == 1 { n += 1 } else if ends.count == 2, ends[1] >= ends[0] { n += ends[1] - ends[0] + 1 }
+        }
+        return n
     }
 
     /// Runs `body(chunk, lo, hi)` over `[0, n)` cut into at most `count` contiguous chunks whose sizes are

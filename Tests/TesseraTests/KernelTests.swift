@@ -126,3 +126,28 @@ final class KernelTests: XCTestCase {
         }
     }
 }
+
+final class ThreadsTests: XCTestCase {
+    func testCPUListCountingAndAffinity() throws {
+        XCTAssertEqual(Threads.cpuListCount("0"), 1)
+        XCTAssertEqual(Threads.cpuListCount("0-3,8"), 5)
+        XCTAssertEqual(Threads.cpuListCount(" 0-1\t"), 2)
+        let cores = Threads.availableCores()
+        XCTAssertGreaterThanOrEqual(cores, 1)
+        XCTAssertLessThanOrEqual(cores, ProcessInfo.processInfo.processorCount)
+        // A process pinned to one core sees one core (what `training.threads = 0` uses).
+        let (status, out) = try runProcess(["taskset", "-c", "0", "grep", "Cpus_allowed_list", "/proc/self/status"])
+        XCTAssertEqual(status, 0, out)
+        XCTAssertEqual(Threads.cpuListCount(String(out.split(separator: ":").last ?? "")), 1, out)
+    }
+
+    func testParallelRangesCoverEveryIndexOnce() {
+        Threads.configure(2)
+        var hits = [Int](repeating: 0, count: 1000)
+        hits.withUnsafeMutableBufferPointer { b in
+            let p = SendPtr(b.baseAddress!)
+            Threads.parallelRanges(1000, grain: 16) { _, lo, hi in for i in lo..<hi { p.p[i] += 1 } }
+        }
+        XCTAssertEqual(hits, [Int](repeating: 1, count: 1000))
+    }
+}

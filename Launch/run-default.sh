@@ -7,6 +7,5 @@ source "$here/setup.sh"
 tessera_install_missing
 tessera_fortunes
 cd "$tessera_root"
-swift build -c release --product tessera 2>&1 | grep -E "error|warning: |complete" || true
-[ -x .build/release/tessera ] || { echo "build failed" >&2; exit 1; }
+tessera_build -c release --product tessera
 exec "$here/tessera-run" Configs/default.toml "$@"

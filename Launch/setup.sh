@@ -18,7 +18,7 @@ tessera_install_missing() {
         command -v sudo >/dev/null 2>&1 || { echo "tessera: please install as root: apt-get install ${need[*]}" >&2; return 1; }
         sudo="sudo"
     fi
-    $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+    $sudo apt-get update -qq >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 }
 
 tessera_mpi_env() {
@@ -50,4 +50,17 @@ tessera_fortunes() {
     [ ${#files[@]} -gt 0 ] || { echo "tessera: no fortunes found in /usr/share/games/fortunes" >&2; return 1; }
     cat "${files[@]}" | sed 's/^%$//' | iconv -f utf-8 -t utf-8 -c > "$out.tmp" && mv "$out.tmp" "$out"
     echo "tessera: wrote $out ($(wc -c < "$out") bytes from ${#files[@]} fortune files)" >&2
+}
+
+# Builds quietly; on failure prints the compiler's output and stops.
+tessera_build() {
+    local log
+    log=$(mktemp)
+    if ! (cd "$tessera_root" && swift build "$@") > "$log" 2>&1; then
+        cat "$log" >&2; rm -f "$log"
+        echo "tessera: build failed (swift build $*)" >&2
+        return 1
+    fi
+    grep -E "warning: |complete" "$log" || true
+    rm -f "$log"
 }

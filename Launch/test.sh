@@ -8,5 +8,5 @@ tessera_install_missing
 tessera_mpi_env
 export OMPI_MCA_rmaps_base_oversubscribe=1
 cd "$tessera_root"
-swift build --build-tests 2>&1 | grep -E "error|warning: |Build complete" || true
+tessera_build --build-tests
 swift test --skip-build --disable-swift-testing "$@"

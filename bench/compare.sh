@@ -16,8 +16,7 @@ while [ $# -gt 0 ]; do
 done
 source "$root/Launch/setup.sh"
 tessera_mpi_env
-(cd "$root" && swift build -c release --product tessera 2>&1 | grep -E "error|complete" >&2 || true)
-[ -x "$root/.build/release/tessera" ] || { echo "compare.sh: build failed" >&2; exit 1; }
+tessera_build -c release --product tessera >&2
 tjson=$(mktemp); pjson=$(mktemp)
 tout=$(mktemp)
 "$root/.build/release/tessera" bench --sizes "$sizes" --threads "$threads" --steps "$steps" --warmup "$warmup" --json > "$tout"

@@ -31,6 +31,7 @@ public final class MPIRuntime: @unchecked Sendable {
     /// Initialises MPI. Before that, selects Open MPI's fast shared-memory path (no CMA single copy,
     /// 3–4× faster here) unless the user chose a mechanism explicitly.
     public init() {
+        Self.userChoseSingleCopy = getenv("OMPI_MCA_btl_vader_single_copy_mechanism") != nil
         setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 0)
         var provided: Int32 = -1
         MPI_Init_thread(nil, nil, Int32(MPI_THREAD_MULTIPLE), &provided)
@@ -85,9 +86,12 @@ public final class MPIRuntime: @unchecked Sendable {
         return e["OMPI_COMM_WORLD_SIZE"] != nil || e["PMI_SIZE"] != nil || e["PMIX_RANK"] != nil
     }
 
+    nonisolated(unsafe) static var userChoseSingleCopy = getenv("OMPI_MCA_btl_vader_single_copy_mechanism") != nil
+
     /// The shared-memory single-copy setting in force (for reports).
     public static var singleCopyMechanism: String {
-        ProcessInfo.processInfo.environment["OMPI_MCA_btl_vader_single_copy_mechanism"].map { "\($0) (from the environment)" }
-            ?? "none (set by tessera before MPI_Init; Open MPI's default CMA is 3-4x slower here)"
+        let v = ProcessInfo.processInfo.environment["OMPI_MCA_btl_vader_single_copy_mechanism"]
+        if userChoseSingleCopy, let v { return "\(v) (from the environment)" }
+        return "none (set by tessera before MPI_Init; Open MPI's default CMA is 3-4x slower here)"
     }
 }

@@ -20,8 +20,8 @@ public struct SafeTensorsFile {
             throw SafeTensorsError(description: "\(path): cannot read safetensors file")
         }
         guard d.count >= 8 else { throw SafeTensorsError(description: "\(path): file too short for a safetensors header") }
-        let n = d.prefix(8).withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
-        guard n > 0, 8 + n <= d.count else { throw SafeTensorsError(description: "\(path): header length \(n) exceeds file size \(d.count)") }
+        let raw = d.prefix(8).withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard raw > 0, raw <= UInt64(d.count - 8), case let n = Int(raw) else { throw SafeTensorsError(description: "\(path): header length \(raw) exceeds file size \(d.count)") }
         guard let json = try JSONSerialization.jsonObject(with: d.subdata(in: 8..<(8 + n))) as? [String: Any] else {
             throw SafeTensorsError(description: "\(path): header is not a JSON object")
         }
@@ -32,8 +32,10 @@ public struct SafeTensorsFile {
                   let offs = e["data_offsets"] as? [Int], offs.count == 2 else {
                 throw SafeTensorsError(description: "\(path): malformed header entry for '\(k)'")
             }
-            guard offs[0] <= offs[1], 8 + n + offs[1] <= d.count else {
-                throw SafeTensorsError(description: "\(path): tensor '\(k)' data_offsets \(offs) lie outside the file")
+            let elementBytes = dt == "F64" || dt == "I64" ? 8 : dt == "F16" || dt == "BF16" || dt == "I16" || dt == "U16" ? 2 : 4
+            guard offs[0] >= 0, offs[0] <= offs[1], offs[1] <= d.count - 8 - n,
+                  offs[1] - offs[0] == shape.reduce(1, *) * elementBytes else {
+                throw SafeTensorsError(description: "\(path): tensor '\(k)' data_offsets \(offs) lie outside the file or do not match shape \(shape) of \(dt)")
             }
             entries[k] = Entry(dtype: dt, shape: shape, begin: offs[0], end: offs[1])
         }

@@ -34,6 +34,9 @@ public final class Trainer {
         let data = try openDataset(format: config.data.format, train: config.data.train, val: config.data.val,
                                    valFraction: config.data.valFraction)
         try data.train.checkTokens(vocabSize: m.vocabSize)
+        if config.sample.tokens > 0, let b = config.sample.prompt.utf8.first(where: { Int($0) >= m.vocabSize }) {
+            throw TrainingError("sample.prompt contains byte \(b), outside model.vocab_size = \(m.vocabSize) (the prompt is fed as bytes)")
+        }
         let seed = UInt64(bitPattern: Int64(t.seed))
         trainLoader = try DataLoader(source: data.train, seqLen: t.seqLen, seed: seed)
         if t.evalEvery > 0 {
@@ -141,8 +144,9 @@ public final class Trainer {
         let s = config.sample
         let prompt = Array(s.prompt.utf8).map { Int32($0) }
         let out = Sampler(model: model).generate(prompt: prompt, count: s.tokens, temperature: s.temperature,
-                                                 topK: s.topK, seed: UInt64(config.training.seed))
-        return s.prompt + Sampler.text(out)
+                                                 topK: s.topK, seed: UInt64(bitPattern: Int64(config.training.seed)))
+        // Byte-level models print text; other vocabularies (a user's tokenizer) print token ids.
+        return model.config.vocabSize == 256 ? s.prompt + Sampler.text(out) : out.map(String.init).joined(separator: " ")
     }
 }
 

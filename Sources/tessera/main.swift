@@ -35,8 +35,12 @@ do {
     switch command {
     case "train":
         let (overrides, rest) = try ConfigLoader.splitOverrides(args)
-        guard let path = rest.first else { fail("train needs a config file\n\n" + usage) }
+        guard rest.count == 1, let path = rest.first else {
+            fail(rest.isEmpty ? "train needs a config file\n\n" + usage
+                 : "train takes one config file and --section.key VALUE overrides; unexpected: \(rest.dropFirst().joined(separator: " "))")
+        }
         let config = try ConfigLoader.load(path: path, overrides: overrides)
+        try config.validateForThisBuild()
         let runtime = MPIRuntime()
         if runtime.rank == 0, let note = coreTypeNote { print("tessera: note: \(note)") }
         let p = config.parallelism
@@ -69,15 +73,23 @@ do {
     case "config":
         guard args.first == "show" else { fail("usage: tessera config show CONFIG.toml [--section.key VALUE ...]") }
         let (overrides, rest) = try ConfigLoader.splitOverrides(Array(args.dropFirst()))
-        guard let path = rest.first else { fail("config show needs a config file") }
+        guard rest.count == 1, let path = rest.first else {
+            fail(rest.isEmpty ? "config show needs a config file" : "config show takes one config file; unexpected: \(rest.dropFirst().joined(separator: " "))")
+        }
         print(ConfigLoader.render(try ConfigLoader.load(path: path, overrides: overrides)), terminator: "")
     case "prepare":
         print(try Prepare.command(arguments: args))
     case "bench":
         let names = (option(args, "--sizes") ?? "S,M,L").split(separator: ",").map { String($0).uppercased() }
-        let threads = Int(option(args, "--threads") ?? "") ?? Threads.availableCores()
-        let steps = Int(option(args, "--steps") ?? "") ?? 5
-        let warmup = Int(option(args, "--warmup") ?? "") ?? 2
+        func count(_ name: String, _ def: Int, min: Int) -> Int {
+            guard let s = option(args, name) else { return def }
+            guard let v = Int(s), v >= min else { fail("bench: \(name) expects an integer >= \(min), got '\(s)'") }
+            return v
+        }
+        let threads = count("--threads", Threads.availableCores(), min: 1)
+        let steps = count("--steps", 5, min: 1)
+        let warmup = count("--warmup", 2, min: 0)
+        for n in names where !["S", "M", "L"].contains(n) { fail("bench: unknown size '\(n)' (sizes: S, M, L)") }
         if let note = coreTypeNote { print("note: \(note)") }
         print(Bench.run(names: names, threads: threads, steps: steps, warmup: warmup, json: args.contains("--json"),
                         profile: args.contains("--profile")))

@@ -21,55 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class Block(nn.Module):
-    def __init__(self, d, heads):
-        super().__init__()
-        self.heads = heads
-        self.ln_1 = nn.LayerNorm(d, eps=1e-5)
-        self.c_attn = nn.Linear(d, 3 * d, bias=True)
-        self.attn_proj = nn.Linear(d, d, bias=True)  # attention c_proj
-        self.ln_2 = nn.LayerNorm(d, eps=1e-5)
-        self.c_fc = nn.Linear(d, 4 * d, bias=True)
-        self.mlp_proj = nn.Linear(4 * d, d, bias=True)  # MLP c_proj
-
-    def forward(self, x):
-        B, T, C = x.shape
-        h = self.heads
-        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-        q = q.view(B, T, h, C // h).transpose(1, 2)
-        k = k.view(B, T, h, C // h).transpose(1, 2)
-        v = v.view(B, T, h, C // h).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        x = x + self.attn_proj(y)
-        x = x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-        return x
-
-
-class GPT2(nn.Module):
-    def __init__(self, vocab, d, layers, heads, block):
-        super().__init__()
-        self.wte = nn.Embedding(vocab, d)
-        self.wpe = nn.Embedding(block, d)
-        self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(d, eps=1e-5)
-        self.lm_head = nn.Linear(d, vocab, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied
-        for name, p in self.named_parameters():
-            if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * layers) if name.endswith("proj.weight") else 0.02
-                nn.init.normal_(p, mean=0.0, std=std)
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
-            else:  # LayerNorm weight
-                nn.init.ones_(p)
-
-    def forward(self, idx):
-        B, T = idx.shape
-        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
-        for block in self.blocks:
-            x = block(x)
-        return self.lm_head(self.ln_f(x))
+# The same GPT-2 as the speed baseline (bench/pytorch_gpt2.py): one model definition for both scripts.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pytorch_gpt2 import GPT2  # noqa: E402
 
 
 def lr_at(s, steps, lr, warmup):

@@ -1,15 +1,10 @@
 // The MPI process: initialisation with MPI_THREAD_MULTIPLE (later capabilities run communication and
-// checkpoint threads), world rank and size, errors returned as Swift errors, and a clean abort.
-// Works under `mpirun` and as a plain process (MPI singleton).
+// checkpoint threads), and world rank and size. MPI_COMM_WORLD returns error codes
+// (MPI_ERRORS_RETURN) for the communication layer to turn into Swift errors. Works under `mpirun` and as a
+// plain process (MPI singleton).
 
 import CMPI
 import Foundation
-
-public struct MPIError: Error, CustomStringConvertible {
-    public let code: Int32
-    public let operation: String
-    public var description: String { "\(operation) failed: \(MPIRuntime.errorString(code))" }
-}
 
 public final class MPIRuntime: @unchecked Sendable {
     public let rank: Int
@@ -45,46 +40,6 @@ public final class MPIRuntime: @unchecked Sendable {
     }
 
     public func finalize() { MPI_Finalize() }
-
-    /// Ends every rank of the job with a message (printed by the calling rank).
-    public func abort(_ message: String, code: Int32 = 1) -> Never {
-        FileHandle.standardError.write(Data("tessera: rank \(rank): \(message)\n".utf8))
-        MPI_Abort(world, code)
-        exit(code)
-    }
-
-    public static func errorString(_ code: Int32) -> String {
-        var buf = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
-        var len: Int32 = 0
-        MPI_Error_string(code, &buf, &len)
-        return String(decoding: buf.prefix(Int(len)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    func check(_ rc: Int32, _ op: String) throws {
-        if rc != MPI_SUCCESS { throw MPIError(code: rc, operation: op) }
-    }
-
-    public func barrier() throws { try check(MPI_Barrier(world), "MPI_Barrier") }
-
-    /// Sum of a Double over all ranks.
-    public func allreduceSum(_ x: Double) throws -> Double {
-        var v = x
-        try check(MPI_Allreduce(tmpi_in_place(), &v, 1, tmpi_double(), tmpi_op_sum(), world), "MPI_Allreduce")
-        return v
-    }
-
-    /// Maximum of a Double over all ranks.
-    public func allreduceMax(_ x: Double) throws -> Double {
-        var v = x
-        try check(MPI_Allreduce(tmpi_in_place(), &v, 1, tmpi_double(), tmpi_op_max(), world), "MPI_Allreduce")
-        return v
-    }
-
-    /// Whether this process was started by mpirun/srun (rather than as a plain process).
-    public static var launchedByLauncher: Bool {
-        let e = ProcessInfo.processInfo.environment
-        return e["OMPI_COMM_WORLD_SIZE"] != nil || e["PMI_SIZE"] != nil || e["PMIX_RANK"] != nil
-    }
 
     nonisolated(unsafe) static var userChoseSingleCopy = getenv("OMPI_MCA_btl_vader_single_copy_mechanism") != nil
 

@@ -42,12 +42,6 @@ public struct AttentionLayout: Sendable {
         causal ? max(0, min(tk, qOffset + i - kOffset + 1)) : tk
     }
 
-    /// Multiply-adds of the forward actually performed (visible query-key pairs × headDim × 2 products).
-    public var forwardPairs: Int {
-        var pairs = 0
-        for i in 0..<tq { pairs += visibleKeys(i) }
-        return pairs * batch * heads
-    }
 }
 
 public enum Attention {

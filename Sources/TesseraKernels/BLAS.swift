@@ -12,10 +12,6 @@ public enum BLAS {
         guard let p = openblas_get_corename() else { return "unknown" }
         return String(cString: p).trimmingCharacters(in: .whitespaces)
     }
-    public static var buildConfig: String {
-        guard let p = openblas_get_config() else { return "unknown" }
-        return String(cString: p).trimmingCharacters(in: .whitespaces)
-    }
 
     /// One sgemm on the calling thread: C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C.
     @inlinable @inline(__always)

@@ -22,7 +22,6 @@ public final class FloatBuffer: @unchecked Sendable {
         get { ptr[i] }
         set { ptr[i] = newValue }
     }
-    public func toArray() -> [Float] { Array(buffer) }
 }
 
 /// A pointer wrapper that may cross into worker closures. Kernels guarantee disjoint writes.

@@ -98,8 +98,6 @@ public final class ParameterSet: @unchecked Sendable {
     public func sameLayout() -> ParameterSet { ParameterSet(specs: specs) }
 
     public var count: Int { storage.count }
-    public func contains(_ name: String) -> Bool { index[name] != nil }
-    public func spec(_ name: String) -> ParameterSpec? { index[name].map { specs[$0] } }
 
     public subscript(name: String) -> UnsafeMutablePointer<Float> {
         guard let i = index[name] else { preconditionFailure("no parameter named '\(name)'") }

@@ -57,7 +57,7 @@ public struct SplitMix64 {
     public init(seed: UInt64) { state = seed }
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
-        return Initializer.mix(state &- 0x9E37_79B9_7F4A_7C15 &+ 0x9E37_79B9_7F4A_7C15)
+        return Initializer.mix(state)
     }
     public mutating func nextDouble() -> Double { Double(next() >> 11) / 9_007_199_254_740_992.0 }
 }

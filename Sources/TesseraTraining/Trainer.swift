@@ -26,6 +26,12 @@ public final class Trainer {
 
     public init(config: TesseraConfig, runtime: MPIRuntime?, measurePeak: Bool = true) throws {
         try config.validateForThisBuild()
+        let p = config.parallelism, meshSize = p.pp * p.dp * p.ring * p.ulysses
+        if let runtime, runtime.size != meshSize {
+            throw TrainingError("the config describes a mesh of \(meshSize) rank(s) (pp \(p.pp) × dp \(p.dp) × ring \(p.ring) × "
+                + "ulysses \(p.ulysses)), but this job has \(runtime.size): run it with mpirun -np \(meshSize) "
+                + "(or Launch/tessera-run, which computes it)")
+        }
         self.config = config
         self.runtime = runtime
         let threads = config.training.threads > 0 ? config.training.threads : Threads.availableCores()

@@ -40,22 +40,13 @@ do {
                  : "train takes one config file and --section.key VALUE overrides; unexpected: \(rest.dropFirst().joined(separator: " "))")
         }
         let config = try ConfigLoader.load(path: path, overrides: overrides)
-        try config.validateForThisBuild()
         let runtime = MPIRuntime()
         if runtime.rank == 0, let note = coreTypeNote { print("tessera: note: \(note)") }
-        let p = config.parallelism
-        let meshSize = p.pp * p.dp * p.ring * p.ulysses
-        if runtime.size != meshSize {
-            if runtime.rank == 0 {
-                FileHandle.standardError.write(Data(("tessera: \(path) describes a mesh of \(meshSize) rank(s) (pp \(p.pp) × dp \(p.dp) × ring \(p.ring) × ulysses \(p.ulysses)), "
-                    + "but this job has \(runtime.size): run it with mpirun -np \(meshSize) (or Launch/tessera-run, which computes it)\n").utf8))
-            }
-            runtime.finalize()
-            exit(2)
-        }
         let trainer: Trainer
         do { trainer = try Trainer(config: config, runtime: runtime) } catch {
-            runtime.rank == 0 ? fail("\(error)") : exit(2)
+            // Config-level errors are the same on every rank: each finalizes, rank 0 explains.
+            runtime.finalize()
+            runtime.rank == 0 ? fail("\(path): \(error)") : exit(2)
         }
         var metrics: MetricsSink? = nil
         if runtime.rank == 0 {

@@ -23,19 +23,26 @@ let package = Package(
                        providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
+        // Step phase accounting (compute / communication wait / idle) and Chrome trace files.
+        .target(name: "TesseraTimeline", swiftSettings: fast),
         // MPI bindings and the process mesh.
-        .target(name: "TesseraComm", dependencies: ["CMPI"], swiftSettings: fast),
+        .target(name: "TesseraComm", dependencies: ["CMPI", "TesseraTimeline"], swiftSettings: fast),
         // CPU kernels: thread pool, SIMD math, forward/backward of every op, blockwise attention.
         .target(name: "TesseraKernels", dependencies: ["COpenBLAS"], swiftSettings: fast),
         // The GPT-2 model: named global parameters, their initialisation, forward and backward.
         .target(name: "TesseraModel", dependencies: ["TesseraKernels"], swiftSettings: fast),
+        // Data parallelism: bucketed, overlapped gradient reduction and ZeRO-1 partitions.
+        .target(name: "TesseraDataParallel",
+                dependencies: ["TesseraComm", "TesseraModel", "TesseraKernels", "TesseraTimeline"], swiftSettings: fast),
         // Training: config, data, optimizer, schedule, loop, metrics, sampling.
         .target(name: "TesseraTraining",
-                dependencies: ["TesseraModel", "TesseraKernels", "TesseraComm", "TOMLKit"],
+                dependencies: ["TesseraModel", "TesseraKernels", "TesseraComm", "TesseraTimeline", "TesseraDataParallel",
+                               "TOMLKit"],
                 swiftSettings: fast),
         // The `tessera` command.
         .executableTarget(name: "tessera", dependencies: ["TesseraTraining"], swiftSettings: fast),
         .testTarget(name: "TesseraTests",
-                    dependencies: ["TesseraTraining", "TesseraModel", "TesseraKernels", "TesseraComm", "tessera"]),
+                    dependencies: ["TesseraTraining", "TesseraModel", "TesseraKernels", "TesseraComm", "TesseraTimeline",
+                                 "TesseraDataParallel", "tessera"]),
     ]
 )

@@ -50,3 +50,17 @@ public final class MPIRuntime: @unchecked Sendable {
         return "none (set by tessera before MPI_Init; Open MPI's default CMA is 3-4x slower here)"
     }
 }
+
+extension MPIRuntime {
+    /// The world as a communicator.
+    public var worldCommunicator: Communicator { Communicator(handle: world, name: "world", worldRank: rank) }
+
+    /// Ends the whole job: prints `message` (prefixed "tessera: ") to stderr and calls MPI_Abort, which makes
+    /// mpirun stop every rank with a non-zero exit.
+    public static func abort(_ message: String, code: Int32 = 70) -> Never {
+        FileHandle.standardError.write(Data("tessera: \(message)\n".utf8))
+        fflush(nil)
+        MPI_Abort(tmpi_comm_world(), code)
+        exit(code)
+    }
+}

@@ -42,6 +42,12 @@ public final class LocalAttention: AttentionOp {
     }
 }
 
+/// Learns, during a backward pass, which gradients are final.
+public protocol BackwardObserver: AnyObject {
+    /// Gradients at parameter-storage offsets ≥ `offset` will not change again in this backward pass.
+    func gradientsFinal(from offset: Int)
+}
+
 public final class GPT: @unchecked Sendable {
     public let config: GPTConfig
     public let params: ParameterSet
@@ -62,6 +68,10 @@ public final class GPT: @unchecked Sendable {
         }
     }
     private let pBlocks: [BlockTensors], gBlocks: [BlockTensors]
+    /// Storage offsets of ln_f and of each block's first tensor (gradient-readiness boundaries).
+    private let lnfOffset: Int, blockOffsets: [Int]
+    /// Told during `backward` when gradients become final (data parallelism starts reducing them).
+    public weak var observer: BackwardObserver?
 
     public init(config: GPTConfig, seed: UInt64) {
         self.config = config
@@ -71,6 +81,8 @@ public final class GPT: @unchecked Sendable {
         attention = LocalAttention(heads: config.nHead, headDim: config.headDim)
         pBlocks = (0..<config.nLayer).map { BlockTensors(p, $0) }
         gBlocks = (0..<config.nLayer).map { BlockTensors(g, $0) }
+        lnfOffset = p.offset(of: "transformer.ln_f.weight")
+        blockOffsets = (0..<config.nLayer).map { p.offset(of: "transformer.h.\($0).ln_1.weight") }
     }
 
     // MARK: forward
@@ -120,23 +132,38 @@ public final class GPT: @unchecked Sendable {
     /// Returns the unnormalised loss sum of this micro-batch.
     @discardableResult
     public func forwardBackward(_ a: Activations, gradScale: Float) -> Double {
+        let loss = forwardLoss(a, gradScale: gradScale)
+        backward(a)
+        return loss
+    }
+
+    /// Forward and the fused LM head + cross-entropy, which also produces d(loss)/d(ln_f output) in a.dln
+    /// and accumulates the LM head's share of the wte gradient. Returns the loss sum.
+    public func forwardLoss(_ a: Activations, gradScale: Float) -> Double {
         forwardBody(a)
-        let c = config.dModel, n = a.n, L = config.nLayer
         let wte = params["transformer.wte.weight"], dwte = grads["transformer.wte.weight"]
-        let loss = OpProfile.time(.lmHeadLoss) {
-            CrossEntropy.fused(x: a.lnf, wte: wte, targets: a.targets, n: n, c: c, vocab: config.vocabSize,
-                               gradScale: gradScale, dx: a.dln, dwte: dwte, scratch: a.scratch)
+        return OpProfile.time(.lmHeadLoss) {
+            CrossEntropy.fused(x: a.lnf, wte: wte, targets: a.targets, n: a.n, c: config.dModel,
+                               vocab: config.vocabSize, gradScale: gradScale, dx: a.dln, dwte: dwte, scratch: a.scratch)
         }
+    }
+
+    /// The backward pass after `forwardLoss`. Tells `observer` which gradients are final as it goes:
+    /// storage is ordered wte, wpe, h.0 … h.L-1, ln_f, so after block l everything from h.l on is final.
+    public func backward(_ a: Activations) {
+        let c = config.dModel, n = a.n, L = config.nLayer
         a.dres.update(repeating: 0, count: n * c)
         OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: grads["transformer.ln_f.weight"], dbias: grads["transformer.ln_f.bias"],
                            dout: a.dln, x: a.residual[L], weight: params["transformer.ln_f.weight"],
                            mean: a.lnfMean, rstd: a.lnfRstd, n: n, c: c, scratch: a.scratch) }
+        observer?.gradientsFinal(from: lnfOffset)
         for l in stride(from: L - 1, through: 0, by: -1) {
             backwardBlock(l, a)
+            observer?.gradientsFinal(from: blockOffsets[l])
         }
-        OpProfile.time(.embedding) { Embedding.backward(dwte: dwte, dwpe: grads["transformer.wpe.weight"], dout: a.dres, tokens: a.tokenIds,
-                           positions: a.positions, n: n, c: c) }
-        return loss
+        OpProfile.time(.embedding) { Embedding.backward(dwte: grads["transformer.wte.weight"], dwpe: grads["transformer.wpe.weight"],
+                           dout: a.dres, tokens: a.tokenIds, positions: a.positions, n: n, c: c) }
+        observer?.gradientsFinal(from: 0)
     }
 
     /// On entry a.dres holds d(loss)/d(block output); on exit d(loss)/d(block input).

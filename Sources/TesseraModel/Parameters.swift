@@ -104,6 +104,11 @@ public final class ParameterSet: @unchecked Sendable {
         return storage.ptr + offsets[i]
     }
     public func pointer(_ i: Int) -> UnsafeMutablePointer<Float> { storage.ptr + offsets[i] }
+    /// Storage offset of a named tensor.
+    public func offset(of name: String) -> Int {
+        guard let i = index[name] else { preconditionFailure("no parameter named '\(name)'") }
+        return offsets[i]
+    }
     public func zero() { storage.zero() }
 
     /// Initialises every tensor from the seed and its name.

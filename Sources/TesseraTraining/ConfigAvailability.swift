@@ -6,13 +6,9 @@ extension TesseraConfig {
     public func validateForThisBuild() throws {
         var errors: [String] = []
         let p = parallelism
-        let degrees = [("pp", p.pp, "pipeline parallelism"), ("dp", p.dp, "data parallelism"),
-                       ("ring", p.ring, "ring attention"), ("ulysses", p.ulysses, "Ulysses sequence parallelism")]
+        let degrees = [("pp", p.pp, "pipeline parallelism"), ("ring", p.ring, "ring attention"), ("ulysses", p.ulysses, "Ulysses sequence parallelism")]
         for (key, degree, feature) in degrees where degree > 1 {
             errors.append("parallelism.\(key) = \(degree): \(feature) is not available in this build yet")
-        }
-        if p.zero == 1 {
-            errors.append("parallelism.zero = 1: ZeRO optimizer-state sharding is not available in this build yet")
         }
         if checkpoint.every > 0 {
             errors.append("checkpoint.every = \(checkpoint.every): checkpointing is not available in this build yet")

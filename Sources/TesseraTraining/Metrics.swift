@@ -1,4 +1,5 @@
 import Foundation
+import TesseraTimeline
 
 /// One logged step: what the progress line shows, the metrics file records and TensorBoard plots.
 public struct StepRecord: Sendable {
@@ -8,6 +9,21 @@ public struct StepRecord: Sendable {
     public var peakRSSBytes: Int
     public var etaSeconds: Double
     public var valLoss: Double?
+    /// Compute / communication wait / idle seconds per step since the previous logged step, over ranks.
+    public var phases: PhaseSummary? = nil
+}
+
+public struct PhaseSummary: Sendable, Equatable {
+    public var ranks: Int
+    public var computeMean: Double, computeMax: Double
+    public var commMean: Double, commMax: Double
+    public var idleMean: Double, idleMax: Double
+}
+
+extension PhaseTotals {
+    mutating func add(_ o: PhaseTotals) {
+        wallNs += o.wallNs; computeNs += o.computeNs; commNs += o.commNs
+    }
 }
 
 /// Rank 0's outputs: the progress line, the JSON-lines metrics file and TensorBoard scalars.
@@ -34,6 +50,11 @@ public final class MetricsSink {
             "mfu": r.mfu, "step_s": r.stepSeconds, "peak_rss_bytes": r.peakRSSBytes,
         ]
         if let v = r.valLoss { obj["val_loss"] = v }
+        if let p = r.phases {
+            obj["phases"] = ["ranks": p.ranks, "compute_s_mean": p.computeMean, "compute_s_max": p.computeMax,
+                             "comm_s_mean": p.commMean, "comm_s_max": p.commMax, "idle_s_mean": p.idleMean,
+                             "idle_s_max": p.idleMax] as [String: Any]
+        }
         if let file, let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
             file.write(data + Data("\n".utf8))
         }
@@ -41,6 +62,9 @@ public final class MetricsSink {
                                            ("perf/tokens_per_s", r.tokensPerSecond), ("perf/mfu", r.mfu),
                                            ("perf/step_s", r.stepSeconds)]
         if let v = r.valLoss { scalars.append(("val/loss", v)) }
+        if let p = r.phases {
+            scalars += [("phases/compute_s_max", p.computeMax), ("phases/comm_s_max", p.commMax), ("phases/idle_s_max", p.idleMax)]
+        }
         tensorboard?.scalars(scalars, step: r.step)
         tensorboard?.flush()
     }
@@ -48,6 +72,13 @@ public final class MetricsSink {
     public func close() {
         try? file?.close()
         tensorboard?.close()
+    }
+
+    /// The per-step phase breakdown printed under the progress line of multi-rank jobs.
+    public static func phaseLine(_ p: PhaseSummary) -> String {
+        let ms = { (x: Double) in fmt(1000 * x, 1) }
+        return "    per step, mean/max over \(p.ranks) ranks: compute \(ms(p.computeMean))/\(ms(p.computeMax)) ms  "
+            + "comm wait \(ms(p.commMean))/\(ms(p.commMax)) ms  idle \(ms(p.idleMean))/\(ms(p.idleMax)) ms"
     }
 
     /// The progress line printed at each log interval.

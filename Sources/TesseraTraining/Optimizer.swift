@@ -1,30 +1,58 @@
 import TesseraKernels
 import TesseraModel
 
-/// AdamW over a parameter set, with moments in the same layout, global gradient-norm clipping and
-/// decoupled weight decay on 2-D tensors only. The gradient norm is global: `normReducer` sums the
-/// squared norm over the ranks that hold other parts of the gradient (identity on one rank).
+/// AdamW over a parameter set, or over one rank's contiguous slice of it (ZeRO-1), with global
+/// gradient-norm clipping and decoupled weight decay on 2-D tensors only.
+///
+/// The optimizer works on *segments*: pieces of parameter tensors, each with its place in the parameter
+/// storage and its place in the optimizer's own state (moments and gradients share the state layout).
+/// Unsharded, the state layout is the parameter layout; under ZeRO-1 it is the rank's partition
+/// [partition.lowerBound, partition.upperBound) of the flat storage, and tensors that cross a partition
+/// boundary are split. The gradient norm is global: `normReducer` sums squared norms over the ranks that
+/// hold other parts of the gradient (identity when this rank holds all of it).
 public final class AdamWOptimizer {
-    public let params: ParameterSet, grads: ParameterSet
-    public let m: ParameterSet, v: ParameterSet
+    public struct Segment: Sendable, Equatable {
+        /// Offset in the parameter storage, offset in the state buffers, length, weight decay on/off.
+        public let param: Int, state: Int, count: Int, decays: Bool
+    }
+
+    public let params: ParameterSet
+    /// The flat range of parameter storage this optimizer updates.
+    public let partition: Range<Int>
+    public let segments: [Segment]
+    /// Gradients in the state layout (the gradient storage itself when unsharded).
+    public let grad: UnsafeMutablePointer<Float>
+    public let m: FloatBuffer, v: FloatBuffer
     public var beta1: Double, beta2: Double, eps: Double, weightDecay: Double, clip: Double
     public private(set) var step = 0
 
-    public init(params: ParameterSet, grads: ParameterSet, beta1: Double, beta2: Double, eps: Double,
-                weightDecay: Double, clip: Double) {
-        self.params = params; self.grads = grads
-        m = params.sameLayout(); v = params.sameLayout()
+    /// The whole model on this rank.
+    public convenience init(params: ParameterSet, grads: ParameterSet, beta1: Double, beta2: Double, eps: Double,
+                            weightDecay: Double, clip: Double) {
+        self.init(params: params, partition: 0..<params.count, grad: grads.storage.ptr, beta1: beta1, beta2: beta2,
+                  eps: eps, weightDecay: weightDecay, clip: clip)
+    }
+
+    /// The slice `partition` of the flat parameter storage; `grad` holds that slice's reduced gradients.
+    public init(params: ParameterSet, partition: Range<Int>, grad: UnsafeMutablePointer<Float>, beta1: Double,
+                beta2: Double, eps: Double, weightDecay: Double, clip: Double) {
+        self.params = params; self.partition = partition; self.grad = grad
+        var segs: [Segment] = []
+        for (i, s) in params.specs.enumerated() {
+            let lo = max(params.offsets[i], partition.lowerBound), hi = min(params.offsets[i] + s.count, partition.upperBound)
+            if lo < hi { segs.append(Segment(param: lo, state: lo - partition.lowerBound, count: hi - lo, decays: s.decays)) }
+        }
+        segments = segs
+        m = FloatBuffer(partition.count); v = FloatBuffer(partition.count)
         self.beta1 = beta1; self.beta2 = beta2; self.eps = eps; self.weightDecay = weightDecay; self.clip = clip
     }
 
-    /// Bytes of optimizer state (both moments).
-    public var stateBytes: Int { m.storage.bytes + v.storage.bytes }
+    /// Bytes of optimizer state (both moments) on this rank.
+    public var stateBytes: Int { m.bytes + v.bytes }
 
-    /// Squared L2 norm of the local gradients.
+    /// Squared L2 norm of the gradients this optimizer holds.
     public func localSquaredNorm() -> Double {
-        var s = 0.0
-        for i in 0..<grads.specs.count { s += AdamW.sumOfSquares(grads.pointer(i), grads.specs[i].count) }
-        return s
+        segments.reduce(0) { $0 + AdamW.sumOfSquares(grad + $1.state, $1.count) }
     }
 
     /// Clips by the global norm and applies one AdamW step at learning rate `lr`. Returns the norm before clipping.
@@ -35,8 +63,9 @@ public final class AdamWOptimizer {
         step += 1
         let h = AdamWHyper(lr: Float(lr), beta1: Float(beta1), beta2: Float(beta2), eps: Float(eps),
                            weightDecay: Float(weightDecay))
-        for (i, s) in params.specs.enumerated() {
-            AdamW.update(param: params.pointer(i), grad: grads.pointer(i), m: m.pointer(i), v: v.pointer(i),
+        let p = params.storage.ptr
+        for s in segments {
+            AdamW.update(param: p + s.param, grad: grad + s.state, m: m.ptr + s.state, v: v.ptr + s.state,
                          n: s.count, hyper: h, decay: s.decays, step: step, gradScale: scale)
         }
         return norm

@@ -1,14 +1,48 @@
 import Foundation
 import TesseraComm
+import TesseraDataParallel
 import TesseraKernels
 import TesseraModel
+import TesseraTimeline
+
+/// Debugging and observation switches of a run (command-line flags, not config).
+public struct TrainerOptions: Sendable {
+    /// Write Chrome trace files (trace-rank<R>.json) into this directory.
+    public var traceDir: String?
+    /// Make one rank fail on purpose (tests of the failure paths).
+    public var fault: FaultInjection?
+    /// Write the reduced gradients of step 1 (rank 0, full model, safetensors) to this file.
+    public var dumpGradientsPath: String?
+    public var measurePeak = true
+    public init(traceDir: String? = nil, fault: FaultInjection? = nil, dumpGradientsPath: String? = nil,
+                measurePeak: Bool = true) {
+        self.traceDir = traceDir; self.fault = fault; self.dumpGradientsPath = dumpGradientsPath
+        self.measurePeak = measurePeak
+    }
+}
+
+/// `--fault-inject MODE:RANK:STEP`: at step STEP (1-based), after its backward pass and before the gradient
+/// reduction, world rank RANK exits (`exit`, status 3, without MPI_Finalize) or stops responding (`hang`).
+public struct FaultInjection: Sendable, Equatable {
+    public enum Mode: String, Sendable { case exit, hang }
+    public let mode: Mode, rank: Int, step: Int
+
+    public init(parsing spec: String) throws {
+        let f = spec.split(separator: ":").map(String.init)
+        guard f.count == 3, let mode = Mode(rawValue: f[0]), let rank = Int(f[1]), let step = Int(f[2]), rank >= 0, step >= 1 else {
+            throw TrainingError("--fault-inject expects MODE:RANK:STEP with MODE exit or hang, RANK >= 0, STEP >= 1; got '\(spec)'")
+        }
+        self.mode = mode; self.rank = rank; self.step = step
+    }
+}
 
 /// The training loop of one rank: data → micro-batches → forward/backward (gradients accumulated) →
-/// clip → AdamW → metrics, with evaluation on the held-out split and a sample at the end.
+/// gradient reduction across data-parallel replicas → clip → AdamW → metrics, with evaluation on the
+/// held-out split and a sample at the end.
 ///
 /// Loss normalisation happens in exactly one place: every token's loss is weighted by
-/// 1 / (global batch × seq_len) in the fused cross-entropy, so accumulation over micro-batches (and,
-/// later, over ranks) sums to the mean over the global batch.
+/// 1 / (global batch × seq_len) in the fused cross-entropy, so accumulation over micro-batches and the
+/// sum over replicas give the mean over the global batch.
 public final class Trainer {
     public let config: TesseraConfig
     public let model: GPT
@@ -20,18 +54,38 @@ public final class Trainer {
     let acts: Activations
     public let microBatch: Int
     public let sgemmPeak: Double  // FLOP/s of this rank's threads, measured at start
+    public let mesh: ProcessMesh?
+    /// Gradient reduction across data-parallel replicas (nil when dp = 1 and ZeRO is off).
+    public let dataParallel: DataParallel?
+    public let options: TrainerOptions
+    let timeline: Timeline
+    /// Full (unsharded) optimizer state bytes, for the ZeRO report.
+    public let unshardedOptimizerBytes: Int
     public var log: (String) -> Void = { print($0); fflush(nil) }
     public private(set) var history: [StepRecord] = []
     public var isRank0: Bool { (runtime?.rank ?? 0) == 0 }
 
-    public init(config: TesseraConfig, runtime: MPIRuntime?, measurePeak: Bool = true) throws {
+    public convenience init(config: TesseraConfig, runtime: MPIRuntime?, measurePeak: Bool = true) throws {
+        try self.init(config: config, runtime: runtime, options: TrainerOptions(measurePeak: measurePeak))
+    }
+
+    public init(config: TesseraConfig, runtime: MPIRuntime?, options: TrainerOptions) throws {
         try config.validateForThisBuild()
-        let p = config.parallelism, meshSize = p.pp * p.dp * p.ring * p.ulysses
-        if let runtime, runtime.size != meshSize {
-            throw TrainingError("the config describes a mesh of \(meshSize) rank(s) (pp \(p.pp) × dp \(p.dp) × ring \(p.ring) × "
-                + "ulysses \(p.ulysses)), but this job has \(runtime.size): run it with mpirun -np \(meshSize) "
-                + "(or Launch/tessera-run, which computes it)")
+        let p = config.parallelism
+        let shape = MeshShape(pp: p.pp, dp: p.dp, ring: p.ring, ulysses: p.ulysses)
+        if let runtime {
+            // Checked before any communication: every rank throws the same error and stops.
+            guard runtime.size == shape.size else { throw MeshError.wrongSize(shape: shape, worldSize: runtime.size) }
+            let rank = runtime.rank
+            Watchdog.shared = Watchdog(rank: rank, timeoutSeconds: p.timeoutS) { MPIRuntime.abort($0) }
+            mesh = try ProcessMesh(world: runtime.worldCommunicator, shape: shape)
+        } else {
+            guard shape.size == 1 else { throw MeshError.wrongSize(shape: shape, worldSize: 1) }
+            mesh = nil
         }
+        self.options = options
+        timeline = Timeline(trace: options.traceDir.map { _ in TraceRecorder(rank: runtime?.rank ?? 0) })
+        Timeline.shared = timeline
         self.config = config
         self.runtime = runtime
         let threads = config.training.threads > 0 ? config.training.threads : Threads.availableCores()
@@ -52,32 +106,99 @@ public final class Trainer {
         let gpt = GPTConfig(vocabSize: m.vocabSize, nLayer: m.nLayer, nHead: m.nHead, dModel: m.dModel,
                             blockSize: m.blockSize)
         model = GPT(config: gpt, seed: seed)
-        microBatch = t.batchSize / t.microbatches
+        microBatch = t.batchSize / (p.dp * t.microbatches)
         acts = Activations(config: gpt, batch: microBatch, tokens: t.seqLen)
         let o = config.optimizer
-        optimizer = AdamWOptimizer(params: model.params, grads: model.grads, beta1: o.beta1, beta2: o.beta2,
-                                   eps: o.eps, weightDecay: o.weightDecay, clip: o.gradClip)
+        if let mesh, p.dp > 1 || p.zero == 1 {
+            let dpl = DataParallel(group: mesh.data, params: model.params, grads: model.grads,
+                                   bucketBytes: Int(p.bucketMb * 1_048_576), zero: p.zero == 1)
+            model.observer = dpl
+            dataParallel = dpl
+            optimizer = AdamWOptimizer(params: model.params, partition: dpl.ownedRange, grad: dpl.reducedGradients,
+                                       beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay,
+                                       clip: o.gradClip)
+        } else {
+            dataParallel = nil
+            optimizer = AdamWOptimizer(params: model.params, grads: model.grads, beta1: o.beta1, beta2: o.beta2,
+                                       eps: o.eps, weightDecay: o.weightDecay, clip: o.gradClip)
+        }
+        unshardedOptimizerBytes = 2 * model.params.count * 4
         schedule = LRSchedule(peak: o.lr, minRatio: o.minLrRatio, warmup: o.warmupSteps, total: t.steps, decay: o.decay)
-        sgemmPeak = measurePeak ? SgemmProbe.measure(threads: threads).flops : 0
+        sgemmPeak = options.measurePeak ? SgemmProbe.measure(threads: threads).flops : 0
     }
+
+    /// This rank's data-parallel index and the number of replicas.
+    var dpRank: Int { mesh?.coordinate.dp ?? 0 }
+    var dpSize: Int { config.parallelism.dp }
+    /// Sequences of the global batch this replica processes.
+    var localBatch: Int { config.training.batchSize / dpSize }
 
     public var tokensPerStep: Int { config.training.batchSize * config.training.seqLen }
 
-    /// One optimizer step over the global batch. Returns (mean loss, gradient norm).
+    /// One optimizer step over the global batch. Returns (mean loss, gradient norm), both global.
     public func trainStep(_ step: Int) -> (loss: Double, gradNorm: Double) {
         let t = config.training
         model.grads.zero()
         let gradScale = 1 / Float(tokensPerStep)
         var lossSum = 0.0
         for mb in 0..<t.microbatches {
-            let first = mb * microBatch
-            trainLoader.fill(step: step, globalBatch: t.batchSize, sequences: first..<(first + microBatch),
-                             inputs: acts.tokenIds, targets: acts.targets)
-            acts.setContiguousPositions()
-            lossSum += model.forwardBackward(acts, gradScale: gradScale)
+            let first = dpRank * localBatch + mb * microBatch
+            timeline.work("data mb \(mb)") {
+                trainLoader.fill(step: step, globalBatch: t.batchSize, sequences: first..<(first + microBatch),
+                                 inputs: acts.tokenIds, targets: acts.targets)
+                acts.setContiguousPositions()
+            }
+            lossSum += timeline.work("forward mb \(mb)") { model.forwardLoss(acts, gradScale: gradScale) }
+            // Gradients become final only in the last micro-batch's backward: reduce during that one.
+            if mb == t.microbatches - 1 { dataParallel?.beginReduction(step: step) }
+            timeline.work("backward mb \(mb)") { model.backward(acts) }
         }
-        let norm = optimizer.step(lr: schedule.lr(step))
+        injectFault(step: step)
+        if let dpl = dataParallel {
+            dpl.finish()
+            lossSum = dpl.sum(lossSum, label: "loss")
+        }
+        if step == 0, let path = options.dumpGradientsPath { dumpGradients(path) }
+        let norm = timeline.work("optimizer") {
+            optimizer.step(lr: schedule.lr(step)) { local in
+                // Sharded gradients (ZeRO-1): the squared norm is a sum over replicas.
+                guard let dpl = dataParallel, dpl.zero else { return local }
+                return dpl.sum(local, label: "gradient norm")
+            }
+        }
+        if let dpl = dataParallel { timeline.work("parameter allgather") { dpl.allgatherParameters(model.params) } }
         return (lossSum / Double(tokensPerStep), norm)
+    }
+
+    func injectFault(step: Int) {
+        guard let f = options.fault, f.step == step + 1, f.rank == (runtime?.rank ?? 0) else { return }
+        print("tessera: rank \(f.rank): fault injection: \(f.mode == .exit ? "exiting" : "hanging") at step \(f.step)")
+        fflush(nil)
+        switch f.mode {
+        case .exit: exit(3)
+        case .hang: while true { sleep(60) }
+        }
+    }
+
+    /// Rank 0 writes the full reduced gradient (ZeRO: gathered from the shards) as safetensors.
+    func dumpGradients(_ path: String) {
+        let full = FloatBuffer(model.grads.count)
+        if let dpl = dataParallel, dpl.zero {
+            let own = dpl.ownedRange
+            (full.ptr + own.lowerBound).update(from: dpl.reducedGradients, count: own.count)
+            dpl.orAbort { try dpl.group.allgather(inPlace: full.ptr, counts: dpl.partitions.map(\.count),
+                                                         displacements: dpl.partitions.map(\.lowerBound), label: "gradient dump") }
+        } else {
+            full.ptr.update(from: model.grads.storage.ptr, count: model.grads.count)
+        }
+        guard isRank0 else { return }
+        var tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = []
+        for (i, spec) in model.grads.specs.enumerated() {
+            tensors.append((spec.name, spec.shape, UnsafeBufferPointer(start: full.ptr + model.grads.offsets[i], count: spec.count)))
+        }
+        do { try SafeTensorsFile.write(path: path, tensors: tensors) } catch {
+            log("tessera: cannot write gradients to \(path): \(error)")
+        }
     }
 
     /// Mean loss over the evaluation windows of the held-out split.
@@ -86,14 +207,16 @@ public final class Trainer {
         let t = config.training
         let batches = t.evalBatches
         var sum = 0.0
+        let mine = (dpRank * localBatch)..<((dpRank + 1) * localBatch)
         for b in 0..<batches {
-            for first in stride(from: 0, to: t.batchSize, by: microBatch) {
+            for first in stride(from: mine.lowerBound, to: mine.upperBound, by: microBatch) {
                 valLoader.fillEval(batch: b, batches: batches, batchSize: t.batchSize,
                                    sequences: first..<(first + microBatch), inputs: acts.tokenIds, targets: acts.targets)
                 acts.setContiguousPositions()
                 sum += model.lossSum(acts)
             }
         }
+        if let dpl = dataParallel { sum = dpl.sum(sum, label: "validation loss") }
         return sum / Double(batches * tokensPerStep)
     }
 
@@ -104,10 +227,15 @@ public final class Trainer {
         let flopsPerStep = model.config.flopsPerToken(seqLen: t.seqLen) * Double(tokensPerStep)
         if isRank0 { log(banner()) }
         var stepTimes: [Double] = []
+        var interval = PhaseTotals(), intervalSteps = 0
         for step in 0..<t.steps {
+            Watchdog.shared?.step = step + 1
+            timeline.beginStep()
             let t0 = DispatchTime.now().uptimeNanoseconds
             let (loss, norm) = trainStep(step)
             let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            timeline.endStep()
+            interval.add(timeline.step); intervalSteps += 1
             stepTimes.append(dt)
             let last = step == t.steps - 1
             let doEval = t.evalEvery > 0 && ((step + 1) % t.evalEvery == 0 || last)
@@ -119,13 +247,48 @@ public final class Trainer {
                                mfu: sgemmPeak > 0 ? flopsPerStep / dt / sgemmPeak : 0, stepSeconds: dt,
                                peakRSSBytes: peakRSSBytes(), etaSeconds: meanStep * Double(t.steps - step - 1),
                                valLoss: val)
-            history.append(r)
-            if isRank0 && ((step + 1) % t.logEvery == 0 || step == 0 || last || val != nil) {
-                log(MetricsSink.line(r))
-                metrics?.record(r)
+            var record = r
+            // Log steps are the same on every rank, so the phase summary (a collective) is too.
+            if (step + 1) % t.logEvery == 0 || step == 0 || last || val != nil {
+                record.phases = phaseSummary(interval, steps: intervalSteps)
+                interval = PhaseTotals(); intervalSteps = 0
+                if isRank0 {
+                    log(MetricsSink.line(record))
+                    if let ph = record.phases, ph.ranks > 1 { log(MetricsSink.phaseLine(ph)) }
+                    metrics?.record(record)
+                }
             }
+            history.append(record)
         }
+        writeTrace()
         return history
+    }
+
+    /// Mean and max over all ranks of each phase's seconds per step in the interval.
+    func phaseSummary(_ p: PhaseTotals, steps: Int) -> PhaseSummary {
+        let n = Double(max(steps, 1))
+        var local = [Double(p.computeNs) / 1e9 / n, Double(p.commNs) / 1e9 / n, Double(p.idleNs) / 1e9 / n]
+        var mean = local, maxv = local
+        let ranks = mesh?.world.size ?? 1
+        if let world = mesh?.world, ranks > 1 {
+            do {
+                try local.withUnsafeMutableBufferPointer { l in
+                    try mean.withUnsafeMutableBufferPointer { try world.allreduce(send: l.baseAddress!, recv: $0.baseAddress!, count: 3, op: .sum, label: "phase times") }
+                    try maxv.withUnsafeMutableBufferPointer { try world.allreduce(send: l.baseAddress!, recv: $0.baseAddress!, count: 3, op: .max, label: "phase times") }
+                }
+            } catch { MPIRuntime.abort("\(error) while summarising phase times") }
+            for i in 0..<3 { mean[i] /= Double(ranks) }
+        }
+        return PhaseSummary(ranks: ranks, computeMean: mean[0], computeMax: maxv[0], commMean: mean[1], commMax: maxv[1],
+                            idleMean: mean[2], idleMax: maxv[2])
+    }
+
+    func writeTrace() {
+        guard let dir = options.traceDir, let trace = timeline.trace else { return }
+        do {
+            let path = try trace.write(directory: dir)
+            if isRank0 { log("trace: \(path) (one file per rank; open in https://ui.perfetto.dev)") }
+        } catch { log("tessera: rank \(runtime?.rank ?? 0): cannot write the trace to \(dir): \(error)") }
     }
 
     func banner() -> String {
@@ -137,6 +300,21 @@ public final class Trainer {
         s += "sgemm peak \(fmt(sgemmPeak / 1e9, 0)) GFLOP/s (OpenBLAS \(BLAS.coreName))\n"
         s += "  data: \(trainLoader.source.count) training tokens from \(trainLoader.source.description)"
         if let v = valLoader { s += "; \(v.source.count) validation tokens" }
+        if let mesh {
+            s += "\n  mesh: \(mesh.shape) = \(mesh.shape.size) rank(s); \(localBatch) sequence(s) per data-parallel rank"
+        }
+        let mib = { (b: Int) in fmt(Double(b) / 1_048_576, 2) }
+        if let dpl = dataParallel, dpl.zero {
+            s += "\n  optimizer state: \(mib(optimizer.stateBytes)) MiB per rank (ZeRO-1 over \(dpl.group.size) data-parallel "
+            s += "rank(s); unsharded \(mib(unshardedOptimizerBytes)) MiB)"
+        } else {
+            s += "\n  optimizer state: \(mib(optimizer.stateBytes)) MiB per rank"
+        }
+        if let dpl = dataParallel {
+            s += "\n  gradient reduction: \(dpl.buckets.count) bucket(s) of ≥ \(fmt(config.parallelism.bucketMb, 1)) MiB, "
+            s += dpl.zero ? "reduce-scatter + parameter allgather" : "allreduce"
+            s += ", overlapped with the last micro-batch's backward pass"
+        }
         if let r = runtime {
             s += "\n  MPI: \(r.size) rank(s), thread level \(r.threadLevelName) granted (MPI_THREAD_MULTIPLE asked)"
             s += "; shared-memory single copy: \(MPIRuntime.singleCopyMechanism)"

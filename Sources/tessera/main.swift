@@ -8,7 +8,10 @@ import TesseraTraining
 let usage = """
 usage: tessera <command> [arguments]
 
-  train CONFIG.toml [--section.key VALUE ...]   train a model as the config describes
+  train CONFIG.toml [--section.key VALUE ...] [--trace DIR]   train a model as the config describes
+        --trace DIR                 write a Chrome trace per rank (DIR/trace-rank<R>.json; open in ui.perfetto.dev)
+        --dump-grads FILE           write step 1's reduced gradients (safetensors, rank 0) for layout comparisons
+        --fault-inject MODE:RANK:STEP   debugging: rank RANK exits (MODE exit) or hangs (MODE hang) at step STEP
   config show CONFIG.toml [--section.key VALUE ...]   print the effective config
   prepare --input FILE... --out DIR [--val-fraction F]   turn text into llm.c token shards
   bench [--sizes S,M,L] [--threads N] [--steps N] [--warmup N] [--json] [--profile]   sgemm ceiling, tokens/s and MFU
@@ -19,6 +22,15 @@ Any config key can be overridden on the command line, e.g. --training.steps 50.
 func fail(_ message: String) -> Never {
     FileHandle.standardError.write(Data("tessera: \(message)\n".utf8))
     exit(2)
+}
+
+/// Removes `name VALUE` from args and returns VALUE (nil if absent).
+func takeOption(_ args: inout [String], _ name: String) -> String? {
+    guard let i = args.firstIndex(of: name) else { return nil }
+    guard i + 1 < args.count else { fail("\(name) needs a value") }
+    let v = args[i + 1]
+    args.removeSubrange(i...(i + 1))
+    return v
 }
 
 func option(_ args: [String], _ name: String) -> String? {
@@ -34,6 +46,10 @@ args.removeFirst()
 do {
     switch command {
     case "train":
+        var options = TrainerOptions()
+        options.traceDir = takeOption(&args, "--trace")
+        options.dumpGradientsPath = takeOption(&args, "--dump-grads")
+        options.fault = try takeOption(&args, "--fault-inject").map { try FaultInjection(parsing: $0) }
         let (overrides, rest) = try ConfigLoader.splitOverrides(args)
         guard rest.count == 1, let path = rest.first else {
             fail(rest.isEmpty ? "train needs a config file\n\n" + usage
@@ -43,7 +59,7 @@ do {
         let runtime = MPIRuntime()
         if runtime.rank == 0, let note = coreTypeNote { print("tessera: note: \(note)") }
         let trainer: Trainer
-        do { trainer = try Trainer(config: config, runtime: runtime) } catch {
+        do { trainer = try Trainer(config: config, runtime: runtime, options: options) } catch {
             // Config-level errors are the same on every rank: each finalizes, rank 0 explains.
             runtime.finalize()
             runtime.rank == 0 ? fail("\(path): \(error)") : exit(2)

@@ -1,0 +1,105 @@
+// The process mesh: pipeline × data × sequence, and inside sequence ring × Ulysses. Built once from the
+// parallelism degrees with MPI_Comm_split; every rank knows its coordinate and its groups, and nothing
+// else in the runtime computes ranks by hand.
+//
+// World rank = ((pp · D + dp) · R + ring) · U + ulysses: the sequence dimensions are innermost (their
+// traffic is per layer and heaviest, so they share a node first), the pipeline outermost.
+
+import CMPI
+
+public struct MeshShape: Sendable, Equatable, CustomStringConvertible {
+    public var pp: Int, dp: Int, ring: Int, ulysses: Int
+    public init(pp: Int = 1, dp: Int = 1, ring: Int = 1, ulysses: Int = 1) {
+        self.pp = pp; self.dp = dp; self.ring = ring; self.ulysses = ulysses
+    }
+    public var size: Int { pp * dp * ring * ulysses }
+    public var description: String { "pp \(pp) × dp \(dp) × ring \(ring) × ulysses \(ulysses)" }
+
+    /// The coordinate of a world rank.
+    public func coordinate(of rank: Int) -> MeshCoordinate {
+        precondition(rank >= 0 && rank < size, "rank \(rank) outside a mesh of \(size)")
+        var r = rank
+        let u = r % ulysses; r /= ulysses
+        let g = r % ring; r /= ring
+        let d = r % dp; r /= dp
+        return MeshCoordinate(pp: r, dp: d, ring: g, ulysses: u)
+    }
+
+    /// The world rank of a coordinate.
+    public func rank(of c: MeshCoordinate) -> Int { ((c.pp * dp + c.dp) * ring + c.ring) * ulysses + c.ulysses }
+}
+
+public struct MeshCoordinate: Sendable, Equatable, CustomStringConvertible {
+    public var pp: Int, dp: Int, ring: Int, ulysses: Int
+    public init(pp: Int, dp: Int, ring: Int, ulysses: Int) { self.pp = pp; self.dp = dp; self.ring = ring; self.ulysses = ulysses }
+    public var description: String { "(pp \(pp), dp \(dp), ring \(ring), ulysses \(ulysses))" }
+}
+
+public final class ProcessMesh: @unchecked Sendable {
+    public let shape: MeshShape
+    public let coordinate: MeshCoordinate
+    public let world: Communicator
+    /// Ranks that differ only in pipeline stage (stage i talks to stage i ± 1 here).
+    public let pipeline: Communicator
+    /// Data-parallel replicas of the same shard (same stage, same sequence slice).
+    public let data: Communicator
+    /// Ranks that share one sequence (ring × Ulysses).
+    public let sequence: Communicator
+    public let ring: Communicator
+    public let ulysses: Communicator
+    /// Ranks holding the same parameters (one pipeline stage): data × sequence. Gradients are reduced here.
+    public let replicas: Communicator
+
+    /// Collective over `world`: every rank must call it with the same shape. Throws a message naming the
+    /// `-np` the shape needs if the world size differs (before any other communication).
+    public init(world: Communicator, shape: MeshShape) throws {
+        guard world.size == shape.size else { throw MeshError.wrongSize(shape: shape, worldSize: world.size) }
+        self.shape = shape
+        self.world = world
+        let c = shape.coordinate(of: world.rank)
+        coordinate = c
+        let (P, D, R, U) = (shape.pp, shape.dp, shape.ring, shape.ulysses)
+        // color: the coordinates that stay fixed; key: the position along the varying ones.
+        pipeline = try world.split(color: (c.dp * R + c.ring) * U + c.ulysses, key: c.pp, name: "pipeline")
+        data = try world.split(color: (c.pp * R + c.ring) * U + c.ulysses, key: c.dp, name: "data")
+        sequence = try world.split(color: c.pp * D + c.dp, key: c.ring * U + c.ulysses, name: "sequence")
+        ring = try world.split(color: (c.pp * D + c.dp) * U + c.ulysses, key: c.ring, name: "ring")
+        ulysses = try world.split(color: (c.pp * D + c.dp) * R + c.ring, key: c.ulysses, name: "ulysses")
+        replicas = try world.split(color: c.pp, key: (c.dp * R + c.ring) * U + c.ulysses, name: "replicas")
+        _ = P
+    }
+
+    /// World ranks of the members of each group of this rank, for reports and tests.
+    public func members(of group: Communicator) -> [Int] {
+        let s = shape, c = coordinate
+        var out: [Int] = []
+        for p in 0..<s.pp { for d in 0..<s.dp { for g in 0..<s.ring { for u in 0..<s.ulysses {
+            let o = MeshCoordinate(pp: p, dp: d, ring: g, ulysses: u)
+            let same: Bool
+            switch group.name {
+            case "pipeline": same = o.dp == c.dp && o.ring == c.ring && o.ulysses == c.ulysses
+            case "data": same = o.pp == c.pp && o.ring == c.ring && o.ulysses == c.ulysses
+            case "sequence": same = o.pp == c.pp && o.dp == c.dp
+            case "ring": same = o.pp == c.pp && o.dp == c.dp && o.ulysses == c.ulysses
+            case "ulysses": same = o.pp == c.pp && o.dp == c.dp && o.ring == c.ring
+            case "replicas": same = o.pp == c.pp
+            default: same = true
+            }
+            if same { out.append(s.rank(of: o)) }
+        }}}}
+        return out
+    }
+
+    public var groups: [Communicator] { [pipeline, data, sequence, ring, ulysses, replicas] }
+}
+
+public enum MeshError: Error, CustomStringConvertible {
+    case wrongSize(shape: MeshShape, worldSize: Int)
+    public var description: String {
+        switch self {
+        case let .wrongSize(shape, worldSize):
+            return "the config describes a mesh of \(shape.size) rank(s) (\(shape)), but this job has \(worldSize): "
+                + "run it with mpirun -np \(shape.size) (or Launch/tessera-run, which computes it)"
+        }
+    }
+}

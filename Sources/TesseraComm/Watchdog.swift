@@ -1,0 +1,67 @@
+// A collective that never completes (a rank stalled, a peer lost without the launcher noticing) must not
+// hang the job. Every blocking call and every wait arms the watchdog with what it is doing; a background
+// thread checks the deadlines and, when one passes, prints which operation on which rank at which step
+// has not completed within `timeout` and aborts the whole job (MPI_Abort).
+
+import Foundation
+import TesseraTimeline
+
+public final class Watchdog: @unchecked Sendable {
+    nonisolated(unsafe) public static var shared: Watchdog?
+
+    public let timeoutNs: UInt64
+    public let rank: Int
+    /// The training step, for messages (set by the training loop).
+    nonisolated(unsafe) public var step: Int = -1
+    private let lock = NSLock()
+    private var armed: [Int: (what: String, since: UInt64)] = [:]
+    private var nextToken = 0
+    private var thread: Thread?
+    private let onTimeout: @Sendable (String) -> Void
+
+    public init(rank: Int, timeoutSeconds: Double, onTimeout: @escaping @Sendable (String) -> Void) {
+        self.rank = rank
+        timeoutNs = UInt64(timeoutSeconds * 1e9)
+        self.onTimeout = onTimeout
+        let t = Thread { [unowned self] in self.watch() }
+        t.name = "tessera-watchdog"
+        t.stackSize = 1 << 18
+        thread = t
+        t.start()
+    }
+
+    /// Marks the start of a wait; returns a token for `disarm`.
+    public func arm(_ what: @autoclosure () -> String) -> Int {
+        let now = nowNs()
+        lock.lock(); defer { lock.unlock() }
+        nextToken += 1
+        armed[nextToken] = (what(), now)
+        return nextToken
+    }
+
+    public func disarm(_ token: Int) {
+        lock.lock(); armed[token] = nil; lock.unlock()
+    }
+
+    private func watch() {
+        let period = min(max(timeoutNs / 20, 10_000_000), 250_000_000)
+        while true {
+            usleep(UInt32(period / 1000))
+            let now = nowNs()
+            lock.lock()
+            let late = armed.values.first { now - $0.since > timeoutNs }
+            lock.unlock()
+            if let late {
+                let secs = Double(timeoutNs) / 1e9
+                let at = step >= 0 ? " at step \(step)" : ""
+                onTimeout("rank \(rank): watchdog: \(late.what)\(at) has not completed within "
+                    + "parallelism.timeout_s = \(secs.formatted()) s; aborting the job")
+                return
+            }
+        }
+    }
+}
+
+extension Double {
+    func formatted() -> String { self == rounded() ? String(Int(self)) : String(self) }
+}

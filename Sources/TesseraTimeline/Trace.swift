@@ -1,0 +1,75 @@
+// Chrome trace-event JSON (the format chrome://tracing and https://ui.perfetto.dev open): one file per
+// rank, complete events ("ph": "X") with microsecond timestamps on the wall clock, so files of ranks on
+// one machine line up. pid = rank; tid 0 = the compute thread's spans and waits, tid 1 = non-blocking
+// communication in flight.
+
+import Foundation
+
+public final class TraceRecorder: @unchecked Sendable {
+    public enum Track: Int, Sendable { case compute = 0, communication = 1 }
+
+    struct Event { let name: String; let cat: String; let beginNs: UInt64; let durNs: UInt64; let track: Track }
+
+    public let rank: Int
+    private var events: [Event] = []
+    private let lock = NSLock()
+    /// Offset from the monotonic clock to the Unix epoch, in ns (fixed at start).
+    private let epochOffsetNs: Int64
+
+    public init(rank: Int, capacity: Int = 1 << 16) {
+        self.rank = rank
+        events.reserveCapacity(capacity)
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let wall = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+        epochOffsetNs = wall - Int64(nowNs())
+    }
+
+    public func complete(_ name: String, cat: String, beginNs: UInt64, endNs: UInt64, track: Track) {
+        lock.lock()
+        events.append(Event(name: name, cat: cat, beginNs: beginNs, durNs: endNs >= beginNs ? endNs - beginNs : 0,
+                            track: track))
+        lock.unlock()
+    }
+
+    public var count: Int { lock.lock(); defer { lock.unlock() }; return events.count }
+
+    /// The trace as JSON text.
+    public func json() -> String {
+        lock.lock(); defer { lock.unlock() }
+        var s = "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n"
+        s += "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":\(rank),\"args\":{\"name\":\"rank \(rank)\"}},\n"
+        s += "{\"name\":\"process_sort_index\",\"ph\":\"M\",\"pid\":\(rank),\"args\":{\"sort_index\":\(rank)}},\n"
+        s += "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":\(rank),\"tid\":0,\"args\":{\"name\":\"compute\"}},\n"
+        s += "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":\(rank),\"tid\":1,\"args\":{\"name\":\"communication in flight\"}}"
+        for e in events {
+            let ts = Double(Int64(e.beginNs) + epochOffsetNs) / 1000, dur = Double(e.durNs) / 1000
+            s += ",\n{\"name\":\(Self.quote(e.name)),\"cat\":\"\(e.cat)\",\"ph\":\"X\",\"pid\":\(rank),"
+            s += "\"tid\":\(e.track.rawValue),\"ts\":\(String(format: "%.3f", ts)),\"dur\":\(String(format: "%.3f", dur))}"
+        }
+        s += "\n]}\n"
+        return s
+    }
+
+    /// Writes DIR/trace-rank<R>.json (creating DIR). Returns the path.
+    @discardableResult
+    public func write(directory: String) throws -> String {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let path = (directory as NSString).appendingPathComponent("trace-rank\(rank).json")
+        try json().write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    static func quote(_ s: String) -> String {
+        var o = "\""
+        for ch in s.unicodeScalars {
+            switch ch {
+            case "\"": o += "\\\""
+            case "\\": o += "\\\\"
+            case "\n": o += "\\n"
+            default: if ch.value < 0x20 { o += String(format: "\\u%04x", ch.value) } else { o.unicodeScalars.append(ch) }
+            }
+        }
+        return o + "\""
+    }
+}

@@ -41,22 +41,27 @@ public final class Communicator: @unchecked Sendable {
     /// Splits into sub-communicators: processes with equal `color` share one, ordered by `key`.
     public func split(color: Int, key: Int, name: String) throws -> Communicator {
         var out: MPI_Comm? = nil
-        try blocking("MPI_Comm_split(\(name))") { MPI_Comm_split(handle, Int32(color), Int32(key), &out) }
+        try blocking("MPI_Comm_split", name) { MPI_Comm_split(handle, Int32(color), Int32(key), &out) }
         return Communicator(handle: out!, name: name, worldRank: worldRank)
     }
 
     // MARK: plumbing
 
     /// Runs one blocking MPI call: armed watchdog, timed as communication wait, error checked.
+    /// Nothing is formatted unless a message or a trace event needs it.
     @inline(__always)
-    func blocking(_ op: @autoclosure () -> String, _ call: () -> Int32) throws {
-        let dog = Watchdog.shared, token = dog?.arm("\(op()) on communicator '\(name)'")
+    func blocking(_ op: StaticString, _ label: String = "", _ call: () -> Int32) throws {
+        let dog = Watchdog.shared, token = dog?.arm(op, label, self)
         let t0 = nowNs()
         let rc = call()
         let t1 = nowNs()
         if let token { dog!.disarm(token) }
-        Timeline.shared.commWait(op(), beginNs: t0, endNs: t1)
-        try check(rc, "\(op()) on communicator '\(name)'", rank: worldRank)
+        Timeline.shared.commWait(Self.describe(op, label), beginNs: t0, endNs: t1)
+        if rc != MPI_SUCCESS { try check(rc, "\(Self.describe(op, label)) on communicator '\(name)'", rank: worldRank) }
+    }
+
+    static func describe(_ op: StaticString, _ label: String) -> String {
+        label.isEmpty ? "\(op)" : "\(op) \(label)"
     }
 
     @inline(__always) func n32(_ n: Int, _ op: String) throws -> Int32 {
@@ -76,13 +81,13 @@ public final class Communicator: @unchecked Sendable {
     public func allreduce<T: MPIScalar>(_ buf: UnsafeMutablePointer<T>, count: Int, op: ReduceOp = .sum,
                                         label: String = "") throws {
         let n = try n32(count, "MPI_Allreduce")
-        try blocking("MPI_Allreduce \(label)") { MPI_Allreduce(tmpi_in_place(), buf, n, T.mpiType, op.handle, handle) }
+        try blocking("MPI_Allreduce", label) { MPI_Allreduce(tmpi_in_place(), buf, n, T.mpiType, op.handle, handle) }
     }
 
     public func allreduce<T: MPIScalar>(send: UnsafePointer<T>, recv: UnsafeMutablePointer<T>, count: Int,
                                         op: ReduceOp = .sum, label: String = "") throws {
         let n = try n32(count, "MPI_Allreduce")
-        try blocking("MPI_Allreduce \(label)") { MPI_Allreduce(raw(send), recv, n, T.mpiType, op.handle, handle) }
+        try blocking("MPI_Allreduce", label) { MPI_Allreduce(raw(send), recv, n, T.mpiType, op.handle, handle) }
     }
 
     /// Allreduce of one value (losses, norms, flags).
@@ -96,7 +101,7 @@ public final class Communicator: @unchecked Sendable {
     public func reduceScatter<T: MPIScalar>(send: UnsafePointer<T>, recv: UnsafeMutablePointer<T>, count: Int,
                                             op: ReduceOp = .sum, label: String = "") throws {
         let n = try n32(count, "MPI_Reduce_scatter_block")
-        try blocking("MPI_Reduce_scatter_block \(label)") {
+        try blocking("MPI_Reduce_scatter_block", label) {
             MPI_Reduce_scatter_block(raw(send), recv, n, T.mpiType, op.handle, handle)
         }
     }
@@ -105,7 +110,7 @@ public final class Communicator: @unchecked Sendable {
     public func reduceScatter<T: MPIScalar>(send: UnsafePointer<T>, recv: UnsafeMutablePointer<T>, counts: [Int],
                                             op: ReduceOp = .sum, label: String = "") throws {
         var c = try counts.map { try n32($0, "MPI_Reduce_scatter") }
-        try blocking("MPI_Reduce_scatter \(label)") {
+        try blocking("MPI_Reduce_scatter", label) {
             MPI_Reduce_scatter(raw(send), recv, &c, T.mpiType, op.handle, handle)
         }
     }
@@ -114,7 +119,7 @@ public final class Communicator: @unchecked Sendable {
     public func allgather<T: MPIScalar>(send: UnsafePointer<T>, recv: UnsafeMutablePointer<T>, count: Int,
                                         label: String = "") throws {
         let n = try n32(count, "MPI_Allgather")
-        try blocking("MPI_Allgather \(label)") { MPI_Allgather(raw(send), n, T.mpiType, recv, n, T.mpiType, handle) }
+        try blocking("MPI_Allgather", label) { MPI_Allgather(raw(send), n, T.mpiType, recv, n, T.mpiType, handle) }
     }
 
     /// In-place allgather with per-rank counts and displacements: each rank's block already sits at its
@@ -122,7 +127,7 @@ public final class Communicator: @unchecked Sendable {
     public func allgather<T: MPIScalar>(inPlace buf: UnsafeMutablePointer<T>, counts: [Int], displacements: [Int],
                                         label: String = "") throws {
         var c = try counts.map { try n32($0, "MPI_Allgatherv") }, d = try displacements.map { try n32($0, "MPI_Allgatherv") }
-        try blocking("MPI_Allgatherv \(label)") {
+        try blocking("MPI_Allgatherv", label) {
             MPI_Allgatherv(tmpi_in_place(), 0, T.mpiType, buf, &c, &d, T.mpiType, handle)
         }
     }
@@ -132,7 +137,7 @@ public final class Communicator: @unchecked Sendable {
                                         counts: [Int], displacements: [Int], label: String = "") throws {
         let n = try n32(count, "MPI_Allgatherv")
         var c = try counts.map { try n32($0, "MPI_Allgatherv") }, d = try displacements.map { try n32($0, "MPI_Allgatherv") }
-        try blocking("MPI_Allgatherv \(label)") {
+        try blocking("MPI_Allgatherv", label) {
             MPI_Allgatherv(raw(send), n, T.mpiType, recv, &c, &d, T.mpiType, handle)
         }
     }
@@ -141,7 +146,7 @@ public final class Communicator: @unchecked Sendable {
     public func alltoall<T: MPIScalar>(send: UnsafePointer<T>, recv: UnsafeMutablePointer<T>, count: Int,
                                        label: String = "") throws {
         let n = try n32(count, "MPI_Alltoall")
-        try blocking("MPI_Alltoall \(label)") { MPI_Alltoall(raw(send), n, T.mpiType, recv, n, T.mpiType, handle) }
+        try blocking("MPI_Alltoall", label) { MPI_Alltoall(raw(send), n, T.mpiType, recv, n, T.mpiType, handle) }
     }
 
     /// All-to-all with per-rank counts and displacements (elements).
@@ -150,25 +155,25 @@ public final class Communicator: @unchecked Sendable {
                                        label: String = "") throws {
         var sc = try sendCounts.map { try n32($0, "MPI_Alltoallv") }, sd = try sendDisplacements.map { try n32($0, "MPI_Alltoallv") }
         var rc = try recvCounts.map { try n32($0, "MPI_Alltoallv") }, rd = try recvDisplacements.map { try n32($0, "MPI_Alltoallv") }
-        try blocking("MPI_Alltoallv \(label)") {
+        try blocking("MPI_Alltoallv", label) {
             MPI_Alltoallv(raw(send), &sc, &sd, T.mpiType, recv, &rc, &rd, T.mpiType, handle)
         }
     }
 
     public func broadcast<T: MPIScalar>(_ buf: UnsafeMutablePointer<T>, count: Int, root: Int, label: String = "") throws {
         let n = try n32(count, "MPI_Bcast")
-        try blocking("MPI_Bcast \(label)") { MPI_Bcast(buf, n, T.mpiType, Int32(root), handle) }
+        try blocking("MPI_Bcast", label) { MPI_Bcast(buf, n, T.mpiType, Int32(root), handle) }
     }
 
     public func barrier(label: String = "") throws {
-        try blocking("MPI_Barrier \(label)") { MPI_Barrier(handle) }
+        try blocking("MPI_Barrier", label) { MPI_Barrier(handle) }
     }
 
     // MARK: point to point (blocking)
 
     public func send<T: MPIScalar>(_ buf: UnsafePointer<T>, count: Int, to dest: Int, tag: Int, label: String = "") throws {
         let n = try n32(count, "MPI_Send")
-        try blocking("MPI_Send to \(dest) tag \(tag) \(label)") { MPI_Send(raw(buf), n, T.mpiType, Int32(dest), Int32(tag), handle) }
+        try blocking("MPI_Send", label.isEmpty ? "to \(dest) tag \(tag)" : label) { MPI_Send(raw(buf), n, T.mpiType, Int32(dest), Int32(tag), handle) }
     }
 
     /// Receives up to `count` elements; returns the number received.
@@ -177,7 +182,7 @@ public final class Communicator: @unchecked Sendable {
                                    label: String = "") throws -> Int {
         let n = try n32(count, "MPI_Recv")
         var status = MPI_Status()
-        try blocking("MPI_Recv from \(source) tag \(tag) \(label)") {
+        try blocking("MPI_Recv", label.isEmpty ? "from \(source) tag \(tag)" : label) {
             MPI_Recv(buf, n, T.mpiType, Int32(source), Int32(tag), handle, &status)
         }
         var got: Int32 = 0
@@ -189,7 +194,7 @@ public final class Communicator: @unchecked Sendable {
                                        recv: UnsafeMutablePointer<T>, recvCount: Int, from source: Int, recvTag: Int,
                                        label: String = "") throws {
         let sn = try n32(sendCount, "MPI_Sendrecv"), rn = try n32(recvCount, "MPI_Sendrecv")
-        try blocking("MPI_Sendrecv to \(dest) from \(source) \(label)") {
+        try blocking("MPI_Sendrecv", label.isEmpty ? "to \(dest) from \(source)" : label) {
             MPI_Sendrecv(raw(send), sn, T.mpiType, Int32(dest), Int32(sendTag), recv, rn, T.mpiType, Int32(source),
                          Int32(recvTag), handle, tmpi_status_ignore())
         }

@@ -38,12 +38,12 @@ public final class Request: @unchecked Sendable {
     /// Blocks until the operation completes.
     public func wait() throws {
         if isComplete { return }
-        let dog = Watchdog.shared, token = dog?.arm("waiting for \(label) on communicator '\(comm.name)'")
+        let dog = Watchdog.shared, token = dog?.arm("MPI_Wait for", label, comm)
         let t0 = nowNs()
         let rc = MPI_Wait(&handle, tmpi_status_ignore())
         let t1 = nowNs()
         if let token { dog!.disarm(token) }
-        Timeline.shared.commWait("wait \(label)", beginNs: t0, endNs: t1)
+        Timeline.shared.commWait("wait: \(label)", beginNs: t0, endNs: t1)
         try check(rc, "MPI_Wait(\(label)) on communicator '\(comm.name)'", rank: comm.worldRank)
         finished()
     }

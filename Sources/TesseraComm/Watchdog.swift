@@ -14,8 +14,9 @@ public final class Watchdog: @unchecked Sendable {
     /// The training step, for messages (set by the training loop).
     nonisolated(unsafe) public var step: Int = -1
     private let lock = NSLock()
-    private var armed: [Int: (what: String, since: UInt64)] = [:]
-    private var nextToken = 0
+    /// Armed waits: fixed slots (no allocation per call); `what` is formatted only on timeout.
+    private struct Slot { var op: StaticString = ""; var label = ""; var comm: Communicator?; var since: UInt64 = 0; var used = false }
+    private var slots = [Slot](repeating: Slot(), count: 64)
     private var thread: Thread?
     private let onTimeout: @Sendable (String) -> Void
 
@@ -30,17 +31,18 @@ public final class Watchdog: @unchecked Sendable {
         t.start()
     }
 
-    /// Marks the start of a wait; returns a token for `disarm`.
-    public func arm(_ what: @autoclosure () -> String) -> Int {
+    /// Marks the start of operation `op` (with `label`) on `comm`; returns a token for `disarm`.
+    public func arm(_ op: StaticString, _ label: String, _ comm: Communicator) -> Int {
         let now = nowNs()
         lock.lock(); defer { lock.unlock() }
-        nextToken += 1
-        armed[nextToken] = (what(), now)
-        return nextToken
+        guard let i = slots.firstIndex(where: { !$0.used }) else { return -1 }  // 64 waits at once: unwatched
+        slots[i] = Slot(op: op, label: label, comm: comm, since: now, used: true)
+        return i
     }
 
     public func disarm(_ token: Int) {
-        lock.lock(); armed[token] = nil; lock.unlock()
+        guard token >= 0 else { return }
+        lock.lock(); slots[token].used = false; slots[token].comm = nil; lock.unlock()
     }
 
     private func watch() {
@@ -49,12 +51,13 @@ public final class Watchdog: @unchecked Sendable {
             usleep(UInt32(period / 1000))
             let now = nowNs()
             lock.lock()
-            let late = armed.values.first { now - $0.since > timeoutNs }
+            let late = slots.first { $0.used && now - $0.since > timeoutNs }
             lock.unlock()
             if let late {
+                let what = "\(Communicator.describe(late.op, late.label)) on communicator '\(late.comm?.name ?? "?")'"
                 let secs = Double(timeoutNs) / 1e9
                 let at = step >= 0 ? " at step \(step)" : ""
-                onTimeout("rank \(rank): watchdog: \(late.what)\(at) has not completed within "
+                onTimeout("rank \(rank): watchdog: \(what)\(at) has not completed within "
                     + "parallelism.timeout_s = \(secs.formatted()) s; aborting the job")
                 return
             }

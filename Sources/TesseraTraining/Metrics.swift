@@ -11,6 +11,8 @@ public struct StepRecord: Sendable {
     public var valLoss: Double?
     /// Compute / communication wait / idle seconds per step since the previous logged step, over ranks.
     public var phases: PhaseSummary? = nil
+    /// Bytes of AdamW moments on this rank (falls by the data-parallel degree under ZeRO-1).
+    public var optimizerStateBytes: Int = 0
 }
 
 public struct PhaseSummary: Sendable, Equatable {
@@ -48,6 +50,7 @@ public final class MetricsSink {
         var obj: [String: Any] = [
             "step": r.step, "loss": r.loss, "lr": r.lr, "grad_norm": r.gradNorm, "tokens_per_s": r.tokensPerSecond,
             "mfu": r.mfu, "step_s": r.stepSeconds, "peak_rss_bytes": r.peakRSSBytes,
+            "optimizer_state_bytes": r.optimizerStateBytes,
         ]
         if let v = r.valLoss { obj["val_loss"] = v }
         if let p = r.phases {

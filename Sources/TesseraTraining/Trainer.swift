@@ -248,6 +248,7 @@ public final class Trainer {
                                peakRSSBytes: peakRSSBytes(), etaSeconds: meanStep * Double(t.steps - step - 1),
                                valLoss: val)
             var record = r
+            record.optimizerStateBytes = optimizer.stateBytes
             // Log steps are the same on every rank, so the phase summary (a collective) is too.
             if (step + 1) % t.logEvery == 0 || step == 0 || last || val != nil {
                 record.phases = phaseSummary(interval, steps: intervalSteps)

@@ -92,11 +92,16 @@ final class CommandTests: XCTestCase {
         var (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--training.steps", "3"])
         XCTAssertEqual(status, 0, out)
         XCTAssertTrue(out.contains("step 3/3"), out)
-        // A non-default mesh value is read through `config show` (whose output marks it '# default: 1') and
-        // reaches tessera, which explains that the capability is not built yet — not a shell error.
-        (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--parallelism.dp", "2"])
+        // A non-default mesh value is read through `config show` and sets -np: a dp = 2 job runs on 2 ranks.
+        (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--parallelism.dp", "2",
+                                        "--training.steps", "2"])
+        XCTAssertEqual(status, 0, out)
+        XCTAssertTrue(out.contains("mesh: pp 1 × dp 2 × ring 1 × ulysses 1 = 2 rank(s)"), out)
+        XCTAssertTrue(out.contains("step 2/2"), out)
+        // A mesh value this build cannot run yet reaches tessera, which explains it — not a shell error.
+        (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--parallelism.pp", "2"])
         XCTAssertNotEqual(status, 0)
-        XCTAssertTrue(out.contains("parallelism.dp"), out)
+        XCTAssertTrue(out.contains("parallelism.pp"), out)
         XCTAssertFalse(out.contains("value too great"), out)
         // A config error stops the wrapper before mpirun.
         (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--model.n_layr", "2"])

@@ -1,7 +1,8 @@
 // Chrome trace-event JSON (the format chrome://tracing and https://ui.perfetto.dev open): one file per
 // rank, complete events ("ph": "X") with microsecond timestamps on the wall clock, so files of ranks on
-// one machine line up. pid = rank; tid 0 = the compute thread's spans and waits, tid 1 = non-blocking
-// communication in flight.
+// one machine line up. pid = rank; tid 0 = the compute thread's spans and waits ("X" events, properly
+// nested). Non-blocking communication in flight overlaps freely, so it is written as async events
+// ("b"/"e" pairs with an id), which Perfetto draws on their own tracks under the rank.
 
 import Foundation
 
@@ -42,10 +43,16 @@ public final class TraceRecorder: @unchecked Sendable {
         s += "{\"name\":\"process_sort_index\",\"ph\":\"M\",\"pid\":\(rank),\"args\":{\"sort_index\":\(rank)}},\n"
         s += "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":\(rank),\"tid\":0,\"args\":{\"name\":\"compute\"}},\n"
         s += "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":\(rank),\"tid\":1,\"args\":{\"name\":\"communication in flight\"}}"
-        for e in events {
+        for (id, e) in events.enumerated() {
             let ts = Double(Int64(e.beginNs) + epochOffsetNs) / 1000, dur = Double(e.durNs) / 1000
-            s += ",\n{\"name\":\(Self.quote(e.name)),\"cat\":\"\(e.cat)\",\"ph\":\"X\",\"pid\":\(rank),"
-            s += "\"tid\":\(e.track.rawValue),\"ts\":\(String(format: "%.3f", ts)),\"dur\":\(String(format: "%.3f", dur))}"
+            let head = "{\"name\":\(Self.quote(e.name)),\"cat\":\"\(e.cat)\",\"pid\":\(rank),\"tid\":\(e.track.rawValue),"
+            switch e.track {
+            case .compute:
+                s += ",\n" + head + "\"ph\":\"X\",\"ts\":\(String(format: "%.3f", ts)),\"dur\":\(String(format: "%.3f", dur))}"
+            case .communication:
+                s += ",\n" + head + "\"ph\":\"b\",\"id\":\(id),\"ts\":\(String(format: "%.3f", ts))}"
+                s += ",\n" + head + "\"ph\":\"e\",\"id\":\(id),\"ts\":\(String(format: "%.3f", ts + dur))}"
+            }
         }
         s += "\n]}\n"
         return s

@@ -161,7 +161,10 @@ final class DataParallelTests: XCTestCase {
             for expected in ["forward mb 0", "backward mb 0", "optimizer", "MPI_Allreduce loss"] {
                 XCTAssertEqual(names.filter { $0 == expected }.count, 2, "\(expected) once per step in \(path)")
             }
-            XCTAssertTrue(names.contains { $0.hasPrefix("allreduce grad bucket") }, "collectives in flight: \(path)")
+            let inFlight = events.filter { $0["ph"] as? String == "b" }
+            XCTAssertTrue(inFlight.contains { ($0["name"] as? String ?? "").hasPrefix("allreduce grad bucket") },
+                          "collectives in flight (async events): \(path)")
+            XCTAssertEqual(inFlight.count, events.filter { $0["ph"] as? String == "e" }.count, "every async begin has an end")
             XCTAssertTrue(names.contains { $0.hasPrefix("wait: allreduce grad bucket") }, "waits: \(path)")
             for e in spans {
                 XCTAssertEqual(e["pid"] as? Int, rank)

@@ -109,8 +109,9 @@ public final class Trainer {
         microBatch = t.batchSize / (p.dp * t.microbatches)
         acts = Activations(config: gpt, batch: microBatch, tokens: t.seqLen)
         let o = config.optimizer
-        if let mesh, p.dp > 1 || p.zero == 1 {
-            let dpl = DataParallel(group: mesh.data, params: model.params, grads: model.grads,
+        if let mesh, mesh.replicas.size > 1 || p.zero == 1 {
+            // Gradients are summed over every rank holding the same parameters: data × sequence replicas.
+            let dpl = DataParallel(group: mesh.replicas, params: model.params, grads: model.grads,
                                    bucketBytes: Int(p.bucketMb * 1_048_576), zero: p.zero == 1)
             model.observer = dpl
             dataParallel = dpl

@@ -16,6 +16,9 @@ usage: tessera <command> [arguments]
   prepare --input FILE... --out DIR [--val-fraction F]   turn text into llm.c token shards
   bench [--sizes S,M,L] [--threads N] [--steps N] [--warmup N] [--json] [--profile]   sgemm ceiling, tokens/s and MFU
 
+  bench-dp [--size M] [--steps N] [--rounds N] [--threads N] [--bucket-mb X] [--zero]   (under mpirun -np 2)
+        data-parallel scaling against one rank, in one run, and the share of the reduction hidden behind backward
+
 Any config key can be overridden on the command line, e.g. --training.steps 50.
 """
 
@@ -100,6 +103,25 @@ do {
         if let note = coreTypeNote { print("note: \(note)") }
         print(Bench.run(names: names, threads: threads, steps: steps, warmup: warmup, json: args.contains("--json"),
                         profile: args.contains("--profile")))
+    case "bench-dp":
+        var o = ScalingBench.Options()
+        o.size = (takeOption(&args, "--size") ?? o.size).uppercased()
+        for (flag, ref) in [("--steps", \ScalingBench.Options.steps), ("--rounds", \.rounds), ("--threads", \.threads),
+                            ("--warmup", \.warmup)] as [(String, WritableKeyPath<ScalingBench.Options, Int>)] {
+            if let v = takeOption(&args, flag) {
+                guard let i = Int(v), i >= (flag == "--warmup" ? 0 : 1) else { fail("bench-dp: \(flag) expects a positive integer, got '\(v)'") }
+                o[keyPath: ref] = i
+            }
+        }
+        if let v = takeOption(&args, "--bucket-mb") {
+            guard let x = Double(v), x > 0 else { fail("bench-dp: --bucket-mb expects a number > 0, got '\(v)'") }
+            o.bucketMb = x
+        }
+        if let i = args.firstIndex(of: "--zero") { o.zero = true; args.remove(at: i) }
+        guard args.isEmpty else { fail("bench-dp: unexpected arguments: \(args.joined(separator: " "))") }
+        let runtime = MPIRuntime()
+        if let report = try ScalingBench.run(runtime: runtime, options: o) { print(report) }
+        runtime.finalize()
     case "help", "--help", "-h":
         print(usage)
     default:

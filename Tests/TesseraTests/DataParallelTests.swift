@@ -143,6 +143,22 @@ final class DataParallelTests: XCTestCase {
         XCTAssertTrue(sharded.output.contains("ZeRO-1 over 4 data-parallel rank(s)"), sharded.output)
     }
 
+    /// The ready multi-rank jobs in Configs/ run as shipped (shortened, on a small text).
+    func testReadyMultiRankConfigsRun() throws {
+        _ = try Self.config()
+        for (name, np, zero) in [("dp2", 2, false), ("dp4-zero1", 4, true)] {
+            let out = Self.dir.appendingPathComponent("ready-\(name)").path
+            let (status, text) = try runProcess(["mpirun", "-np", "\(np)", CommandTests.binary, "train",
+                repoRoot.appendingPathComponent("Configs/\(name).toml").path, "--training.steps", "1",
+                "--training.seq_len", "32", "--training.eval_every", "0", "--sample.tokens", "0",
+                "--data.train", Self.dir.appendingPathComponent("text.txt").path, "--job.output_dir", out], timeout: 300)
+            XCTAssertEqual(status, 0, text)
+            XCTAssertTrue(text.contains("step 1/1"), text)
+            XCTAssertTrue(text.contains("mesh: pp 1 × dp \(np)"), text)
+            XCTAssertEqual(text.contains("ZeRO-1 over \(np)"), zero, text)
+        }
+    }
+
     // MARK: seeing a step
 
     /// `--trace DIR` writes one Chrome trace per rank with forward, backward, the collectives and the waits;

@@ -15,6 +15,7 @@ usage: tessera <command> [arguments]
   config show CONFIG.toml [--section.key VALUE ...]   print the effective config
   prepare --input FILE... --out DIR [--val-fraction F]   turn text into llm.c token shards
   bench [--sizes S,M,L] [--threads N] [--steps N] [--warmup N] [--json] [--profile]   sgemm ceiling, tokens/s and MFU
+  mpi-check [--pp N] [--dp N] [--ring N] [--ulysses N] [--inject-fault RANK]   under mpirun: check every MPI call and the mesh
 
 Any config key can be overridden on the command line, e.g. --training.steps 50.
 """
@@ -100,6 +101,8 @@ do {
         if let note = coreTypeNote { print("note: \(note)") }
         print(Bench.run(names: names, threads: threads, steps: steps, warmup: warmup, json: args.contains("--json"),
                         profile: args.contains("--profile")))
+    case "mpi-check":
+        exit(CommSelfCheck.command(arguments: args))
     case "help", "--help", "-h":
         print(usage)
     default:

@@ -47,8 +47,10 @@ public final class Watchdog: @unchecked Sendable {
         let period = min(max(timeoutNs / 20, 10_000_000), 250_000_000)
         while true {
             usleep(UInt32(period / 1000))
-            let now = nowNs()
             lock.lock()
+            // Read the clock under the lock: an entry armed after an earlier reading would have `since` > `now`
+            // and the unsigned difference would wrap (a trap in debug, a false timeout in release).
+            let now = nowNs()
             let late = armed.values.first { now - $0.since > timeoutNs }
             lock.unlock()
             if let late {

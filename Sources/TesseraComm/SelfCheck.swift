@@ -545,15 +545,16 @@ func complete(_ requests: [Request], _ how: Completion, _ e: inout Expectations)
     switch how {
     case .wait: for request in requests { try request.wait() }
     case .waitAll: try Request.waitAll(requests)
-    case .test: try poll { try requests.allSatisfy { try $0.test() } }
-    case .testAll: try poll { try Request.testAll(requests) == requests.count }
+    case .test: try poll(requests) { try requests.allSatisfy { try $0.test() } }
+    case .testAll: try poll(requests) { try Request.testAll(requests) == requests.count }
     }
     e.that(requests.allSatisfy(\.isComplete), "a request is not complete after \(how)")
 }
 
 /// Polls until `done`. Each test drives MPI's progress engine; the watchdog ends a poll that never finishes.
-func poll(_ done: () throws -> Bool) throws {
-    let dog = Watchdog.shared, token = dog?.arm("mpi-check polling requests with test")
+func poll(_ requests: [Request], _ done: () throws -> Bool) throws {
+    let dog = Watchdog.shared
+    let token = dog?.arm("mpi-check polling \(requests.map(\.label).joined(separator: ", ")) with test")
     defer { if let token { dog?.disarm(token) } }
     while try !done() { sched_yield() }
 }

@@ -32,7 +32,7 @@ public final class Watchdog: @unchecked Sendable {
     }
 
     /// Marks the start of operation `op` (with `label`) on `comm`; returns a token for `disarm`.
-    public func arm(_ op: StaticString, _ label: String, _ comm: Communicator) -> Int {
+    public func arm(_ op: StaticString, _ label: String, _ comm: Communicator?) -> Int {
         let now = nowNs()
         lock.lock(); defer { lock.unlock() }
         guard let i = slots.firstIndex(where: { !$0.used }) else { return -1 }  // 64 waits at once: unwatched
@@ -49,9 +49,11 @@ public final class Watchdog: @unchecked Sendable {
         let period = min(max(timeoutNs / 20, 10_000_000), 250_000_000)
         while true {
             usleep(UInt32(period / 1000))
-            let now = nowNs()
             lock.lock()
-            let late = slots.first { $0.used && now - $0.since > timeoutNs }
+            // Read the clock under the lock: an entry armed after an earlier reading would have `since` > `now`
+            // and the unsigned difference would wrap (a trap in debug, a false timeout in release).
+            let now = nowNs()
+            let late = slots.first { $0.used && now >= $0.since && now - $0.since > timeoutNs }
             lock.unlock()
             if let late {
                 let what = "\(Communicator.describe(late.op, late.label)) on communicator '\(late.comm?.name ?? "?")'"

@@ -15,6 +15,7 @@ usage: tessera <command> [arguments]
   config show CONFIG.toml [--section.key VALUE ...]   print the effective config
   prepare --input FILE... --out DIR [--val-fraction F]   turn text into llm.c token shards
   bench [--sizes S,M,L] [--threads N] [--steps N] [--warmup N] [--json] [--profile]   sgemm ceiling, tokens/s and MFU
+  mpi-check [--pp N] [--dp N] [--ring N] [--ulysses N] [--inject-fault RANK]   under mpirun: check every MPI call and the mesh
 
   bench-dp [--size M] [--steps N] [--rounds N] [--threads N] [--bucket-mb X] [--zero]   (under mpirun -np 2)
         data-parallel scaling against one rank, in one run, and the share of the reduction hidden behind backward
@@ -122,6 +123,8 @@ do {
         let runtime = MPIRuntime()
         if let report = try ScalingBench.run(runtime: runtime, options: o) { print(report) }
         runtime.finalize()
+    case "mpi-check":
+        exit(CommSelfCheck.command(arguments: args))
     case "help", "--help", "-h":
         print(usage)
     default:

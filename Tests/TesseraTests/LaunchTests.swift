@@ -135,6 +135,14 @@ final class LaunchTests: XCTestCase {
         XCTAssertEqual(viaEnv.argv, run.argv, viaEnv.output)
     }
 
+    /// The printed line is shell-quoted: a value with a space and quotes comes back as one word.
+    func testDryRunLineIsShellQuoted() throws {
+        let name = "run 'one' \"two\" $HOME"
+        let run = try dryRun([config, "--job.name", name])
+        checkFrame(run, ranks: 1)
+        XCTAssertEqual(run.value(after: "--job.name"), name, run.output)
+    }
+
     /// `config show` only parses and validates, so a dp = 2 mesh can be planned even where this build
     /// cannot train it yet.
     func testTwoDataParallelRanksShareTheCPUs() throws {

@@ -92,6 +92,15 @@ final class LaunchTests: XCTestCase {
         return DryRun(status: status, output: out, argv: words.split(separator: "\n").map(String.init))
     }
 
+    /// Whether mpirun, without --oversubscribe, starts this many ranks of /bin/true on this machine.
+    /// (--do-not-launch would not do here: without a launch Open MPI counts one slot on this machine.)
+    func openMPIAccepts(ranks: Int) throws -> Bool {
+        let (status, out) = try runProcess(["-u", "OMPI_MCA_rmaps_base_oversubscribe", "mpirun", "-np", String(ranks),
+                                            "--bind-to", "none", "/bin/true"], timeout: 60)
+        XCTAssertTrue(status == 0 || out.contains("not enough slots"), out)
+        return status == 0
+    }
+
     /// The checks every dry run of the test config must pass: the command's frame and the exports.
     func checkFrame(_ run: DryRun, ranks: Int, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(run.status, 0, run.output, file: file, line: line)
@@ -151,6 +160,7 @@ final class LaunchTests: XCTestCase {
         let threads = max(1, cpus / 2)
         XCTAssertEqual(run.threads, threads, run.output)
         XCTAssertEqual(run.argv.contains("--oversubscribe"), 2 > min(cpus, cores), run.output)
+        if !run.argv.contains("--oversubscribe") { XCTAssertTrue(try openMPIAccepts(ranks: 2)) }
         checkBinding(run, ranks: 2, threads: threads)
         XCTAssertTrue(run.output.contains("dp 2"), run.output)
     }
@@ -168,6 +178,7 @@ final class LaunchTests: XCTestCase {
         let run = try dryRun([config, "--parallelism.dp", String(n), "--training.batch_size", String(n)])
         checkFrame(run, ranks: n)
         XCTAssertTrue(run.argv.contains("--oversubscribe"), run.output)
+        XCTAssertFalse(try openMPIAccepts(ranks: n), "Open MPI would have accepted \(n) ranks without --oversubscribe")
         XCTAssertEqual(run.value(after: "--bind-to"), "none", run.output)
         XCTAssertNil(run.value(after: "--map-by"), run.output)
         XCTAssertEqual(run.threads, 1, run.output)
@@ -285,6 +296,35 @@ final class LaunchTests: XCTestCase {
         XCTAssertFalse(run.argv.contains("--oversubscribe"), run.output)
         XCTAssertEqual(run.threads, 4, run.output)
         XCTAssertTrue(run.output.contains("on 2 host(s)"), run.output)
+    }
+
+    /// The wrapper's ranks per node against Open MPI's own placement, which mpirun shows without starting
+    /// anything (--do-not-launch --display-map; the host names need not exist). Every host has slots=N:
+    /// without a launch Open MPI cannot know a host's cores, which a host without slots= would get.
+    func testHostfilePlacementMatchesOpenMPI() throws {
+        for (file, ranks) in [("nodeA slots=2\nnodeB slots=2\n", 2), ("nodeA slots=2\nnodeB slots=2\n", 4),
+                              ("nodeA slots=2\nnodeB slots=2\n", 5), ("nodeA slots=2\nnodeB slots=2\n", 8),
+                              ("nodeA slots=3\nnodeB slots=1\n", 6), ("nodeA slots=1\nnodeB slots=3\nnodeC slots=1\n", 4)] {
+            let hosts = try writeHostfile(file)
+            let run = try dryRun([config, "--parallelism.dp", String(ranks), "--training.batch_size", String(ranks)],
+                                 env: ["TESSERA_HOSTFILE": hosts])
+            checkFrame(run, ranks: ranks)
+            // runProcess allows oversubscription through the environment; here Open MPI must decide.
+            var argv = ["-u", "OMPI_MCA_rmaps_base_oversubscribe", "mpirun", "-np", String(ranks), "--hostfile", hosts,
+                        "--do-not-launch", "--display-map", "/bin/true"]
+            if run.argv.contains("--oversubscribe") {
+                // Needed: without it Open MPI refuses.
+                let (_, refused) = try runProcess(argv, timeout: 60)
+                XCTAssertTrue(refused.contains("not enough slots"), "\(file) \(ranks) ranks: \(refused)")
+                argv.insert("--oversubscribe", at: 3)
+            }
+            let (_, map) = try runProcess(argv, timeout: 60)
+            let perNode = map.split(separator: "\n").filter { $0.contains("Data for node:") }
+                .compactMap { $0.components(separatedBy: "Num procs:").last.flatMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+            XCTAssertFalse(perNode.isEmpty, "no map from Open MPI: \(map)")
+            XCTAssertTrue(run.output.contains(", \(perNode.max() ?? -1) per node;"), "\(file) \(ranks) ranks: Open MPI places \(perNode); \(run.output)")
+            XCTAssertTrue(run.output.contains("on \(perNode.count) host(s)"), "\(file) \(ranks) ranks: Open MPI places \(perNode); \(run.output)")
+        }
     }
 
     // MARK: real runs

@@ -37,6 +37,37 @@ tessera_mpi_env() {
     fi
 }
 
+# The effective config, as `tessera config show BIN-ARGS...` prints it, in tessera_shown. The binary parses
+# and validates the config, so no script here parses TOML. Usage: tessera_show_config BIN CONFIG [overrides]
+tessera_show_config() {
+    local bin="$1"; shift
+    tessera_shown=$("$bin" config show "$@")
+}
+
+# The first word of KEY's value in [SECTION] of tessera_shown (enough for the integers read here; the
+# `# default: ...` comment that marks a changed value is not part of it). Empty when there is no such key.
+tessera_config_value() {
+    printf '%s\n' "$tessera_shown" | awk -v key="$1" -v section="[$2]" '
+        /^\[/ { inside = ($0 == section); next }
+        inside && $1 == key && $2 == "=" { print $3; exit }'
+}
+
+# The mesh size pp × dp × ring × ulysses of tessera_shown in tessera_ranks, and its factors in tessera_mesh
+# ("pp 1 × dp 2 × ring 1 × ulysses 1"). Fails with a message if a degree cannot be read.
+tessera_mesh_size() {
+    local key v
+    tessera_ranks=1 tessera_mesh=""
+    for key in pp dp ring ulysses; do
+        v=$(tessera_config_value "$key" parallelism)
+        if ! [[ "$v" =~ ^[1-9][0-9]{0,8}$ ]]; then
+            echo "tessera: cannot read parallelism.$key from the config (got '$v')" >&2
+            return 1
+        fi
+        tessera_ranks=$((tessera_ranks * v))
+        tessera_mesh+="${tessera_mesh:+ × }$key $v"
+    done
+}
+
 # The fortunes corpus as one UTF-8 text file (records separated by blank lines).
 tessera_fortunes() {
     local out="$tessera_root/data/fortunes.txt"

@@ -131,6 +131,8 @@ public final class Trainer {
     /// This rank's data-parallel index and the number of replicas.
     var dpRank: Int { mesh?.coordinate.dp ?? 0 }
     var dpSize: Int { config.parallelism.dp }
+    /// Ranks in the job; MFU is measured against all of their sgemm ceilings.
+    var worldSize: Int { mesh?.world.size ?? 1 }
     /// Sequences of the global batch this replica processes.
     var localBatch: Int { config.training.batchSize / dpSize }
 
@@ -245,7 +247,7 @@ public final class Trainer {
             let meanStep = recent.reduce(0, +) / Double(recent.count)
             let r = StepRecord(step: step + 1, steps: t.steps, loss: loss, lr: schedule.lr(step), gradNorm: norm,
                                tokensPerSecond: Double(tokensPerStep) / dt,
-                               mfu: sgemmPeak > 0 ? flopsPerStep / dt / sgemmPeak : 0, stepSeconds: dt,
+                               mfu: sgemmPeak > 0 ? flopsPerStep / dt / (sgemmPeak * Double(worldSize)) : 0, stepSeconds: dt,
                                peakRSSBytes: peakRSSBytes(), etaSeconds: meanStep * Double(t.steps - step - 1),
                                valLoss: val)
             var record = r
@@ -299,7 +301,7 @@ public final class Trainer {
         s += "\(fmt(Double(m.parameterCount) / 1e6, 2))M parameters\n"
         s += "  batch \(t.batchSize) × seq \(t.seqLen) = \(tokensPerStep) tokens/step in \(t.microbatches) micro-batch(es) of \(microBatch); "
         s += "\(t.steps) steps; \(Threads.count) thread(s); "
-        s += "sgemm peak \(fmt(sgemmPeak / 1e9, 0)) GFLOP/s (OpenBLAS \(BLAS.coreName))\n"
+        s += "sgemm peak \(fmt(sgemmPeak / 1e9, 0)) GFLOP/s per rank (OpenBLAS \(BLAS.coreName); MFU is against \(worldSize) × that)\n"
         s += "  data: \(trainLoader.source.count) training tokens from \(trainLoader.source.description)"
         if let v = valLoader { s += "; \(v.source.count) validation tokens" }
         if let mesh {

@@ -83,7 +83,10 @@ do {
         runtime.finalize()
     case "config":
         guard args.first == "show" else { fail("usage: tessera config show CONFIG.toml [--section.key VALUE ...]") }
-        let (overrides, rest) = try ConfigLoader.splitOverrides(Array(args.dropFirst()))
+        // Accepts (and ignores) train's run flags, so a launcher can pass train's arguments unchanged.
+        var showArgs = Array(args.dropFirst())
+        for flag in ["--trace", "--dump-grads", "--fault-inject"] { _ = takeOption(&showArgs, flag) }
+        let (overrides, rest) = try ConfigLoader.splitOverrides(showArgs)
         guard rest.count == 1, let path = rest.first else {
             fail(rest.isEmpty ? "config show needs a config file" : "config show takes one config file; unexpected: \(rest.dropFirst().joined(separator: " "))")
         }

@@ -93,11 +93,14 @@ final class CommandTests: XCTestCase {
         XCTAssertEqual(status, 0, out)
         XCTAssertTrue(out.contains("step 3/3"), out)
         // A non-default mesh value is read through `config show` and sets -np: a dp = 2 job runs on 2 ranks.
+        // train's run flags (--trace) pass through the wrapper's `config show` to tessera.
+        let trace = dir.appendingPathComponent("trace").path
         (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--parallelism.dp", "2",
-                                        "--training.steps", "2"])
+                                        "--training.steps", "2", "--trace", trace])
         XCTAssertEqual(status, 0, out)
         XCTAssertTrue(out.contains("mesh: pp 1 × dp 2 × ring 1 × ulysses 1 = 2 rank(s)"), out)
         XCTAssertTrue(out.contains("step 2/2"), out)
+        for r in 0..<2 { XCTAssertTrue(FileManager.default.fileExists(atPath: "\(trace)/trace-rank\(r).json"), out) }
         // A mesh value this build cannot run yet reaches tessera, which explains it — not a shell error.
         (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--parallelism.pp", "2"])
         XCTAssertNotEqual(status, 0)

@@ -34,15 +34,18 @@ let package = Package(
         // Data parallelism: bucketed, overlapped gradient reduction and ZeRO-1 partitions.
         .target(name: "TesseraDataParallel",
                 dependencies: ["TesseraComm", "TesseraModel", "TesseraKernels", "TesseraTimeline"], swiftSettings: fast),
+        // Sequence parallelism: zigzag token layout, ring attention, Ulysses all-to-all, their hybrid.
+        .target(name: "TesseraSequenceParallel",
+                dependencies: ["TesseraComm", "TesseraModel", "TesseraKernels", "TesseraTimeline"], swiftSettings: fast),
         // Training: config, data, optimizer, schedule, loop, metrics, sampling.
         .target(name: "TesseraTraining",
                 dependencies: ["TesseraModel", "TesseraKernels", "TesseraComm", "TesseraTimeline", "TesseraDataParallel",
-                               "TOMLKit"],
+                               "TesseraSequenceParallel", "TOMLKit"],
                 swiftSettings: fast),
         // The `tessera` command.
         .executableTarget(name: "tessera", dependencies: ["TesseraTraining"], swiftSettings: fast),
         .testTarget(name: "TesseraTests",
                     dependencies: ["TesseraTraining", "TesseraModel", "TesseraKernels", "TesseraComm", "TesseraTimeline",
-                                 "TesseraDataParallel", "tessera"]),
+                                 "TesseraDataParallel", "TesseraSequenceParallel", "tessera"]),
     ]
 )

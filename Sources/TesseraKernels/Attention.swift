@@ -29,6 +29,15 @@ public struct AttentionLayout: Sendable {
 
     public var scale: Float { 1 / Float(headDim).squareRoot() }
 
+    public init(batch: Int, heads: Int, headDim: Int, tq: Int, tk: Int, qOffset: Int = 0, kOffset: Int = 0,
+                causal: Bool = true, qRow: Int, kRow: Int, vRow: Int, oRow: Int,
+                qBatch: Int, kBatch: Int, vBatch: Int, oBatch: Int) {
+        self.batch = batch; self.heads = heads; self.headDim = headDim; self.tq = tq; self.tk = tk
+        self.qOffset = qOffset; self.kOffset = kOffset; self.causal = causal
+        self.qRow = qRow; self.kRow = kRow; self.vRow = vRow; self.oRow = oRow
+        self.qBatch = qBatch; self.kBatch = kBatch; self.vBatch = vBatch; self.oBatch = oBatch
+    }
+
     /// Self-attention over a fused qkv buffer [batch, t, 3·heads·headDim] with output [batch, t, heads·headDim].
     public static func fused(batch: Int, t: Int, heads: Int, headDim: Int, causal: Bool = true) -> AttentionLayout {
         let c = heads * headDim

@@ -6,7 +6,7 @@ extension TesseraConfig {
     public func validateForThisBuild() throws {
         var errors: [String] = []
         let p = parallelism
-        let degrees = [("pp", p.pp, "pipeline parallelism"), ("ring", p.ring, "ring attention"), ("ulysses", p.ulysses, "Ulysses sequence parallelism")]
+        let degrees = [("pp", p.pp, "pipeline parallelism")]
         for (key, degree, feature) in degrees where degree > 1 {
             errors.append("parallelism.\(key) = \(degree): \(feature) is not available in this build yet")
         }

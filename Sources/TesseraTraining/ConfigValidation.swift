@@ -1,3 +1,4 @@
+import TesseraSequenceParallel
 // Validation of a decoded configuration: value ranges, allowed strings, relations between keys,
 // and the existence of data files. Every message names its source, the full key(s), what was expected
 // and what was found.
@@ -135,7 +136,20 @@ struct ConfigChecks {
         }
         if p.ulysses > 1, m.nHead >= 1 { divisible("model.n_head", m.nHead, by: [("parallelism.ulysses", p.ulysses)]) }
         if p.ring > 1 || p.ulysses > 1, p.ring >= 1, p.ulysses >= 1, t.seqLen >= 1 {
-            divisible("training.seq_len", t.seqLen, by: [("parallelism.ring", p.ring), ("parallelism.ulysses", p.ulysses)])
+            if p.ring > 1 {
+                // Zigzag: 2 × ring chunks, and each rank's pair of chunks split into ulysses slices.
+                let need = SequenceLayout.tokenMultiple(ring: p.ring, ulysses: p.ulysses)
+                if t.seqLen % need != 0 {
+                    let lower = t.seqLen / need * need
+                    fail(["training.seq_len", "parallelism.ring", "parallelism.ulysses"],
+                         "training.seq_len = \(t.seqLen) cannot be split for ring attention: it needs 2 × parallelism.ring = "
+                         + "\(2 * p.ring) equal chunks (zigzag causal balance)"
+                         + (p.ulysses > 1 ? " and each rank's \(p.ring > 0 ? "1/\(p.ring)" : "") of the sequence split into parallelism.ulysses = \(p.ulysses) slices" : "")
+                         + "; expected a multiple of \(need) such as \([lower, lower + need].filter { $0 > 0 }.map(String.init).joined(separator: " or "))")
+                }
+            } else {
+                divisible("training.seq_len", t.seqLen, by: [("parallelism.ulysses", p.ulysses)])
+            }
         }
         let (stages, overflow) = p.pp.multipliedReportingOverflow(by: p.virtualStages)
         if p.pp >= 1, p.virtualStages >= 1, m.nLayer >= 1, overflow || m.nLayer < stages {

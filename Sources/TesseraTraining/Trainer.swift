@@ -3,6 +3,7 @@ import TesseraComm
 import TesseraDataParallel
 import TesseraKernels
 import TesseraModel
+import TesseraSequenceParallel
 import TesseraTimeline
 
 /// Debugging and observation switches of a run (command-line flags, not config).
@@ -58,6 +59,10 @@ public final class Trainer {
     /// Gradient reduction across data-parallel replicas (nil when dp = 1 and ZeRO is off).
     public let dataParallel: DataParallel?
     public let options: TrainerOptions
+    /// Sequence parallelism: which tokens of each sequence this rank holds (nil: all of them).
+    public let sequenceLayout: SequenceLayout?
+    let localPositions: [Int32]
+    var fullIds: [Int32], fullTargets: [Int32]
     let timeline: Timeline
     /// Full (unsharded) optimizer state bytes, for the ZeRO report.
     public let unshardedOptimizerBytes: Int
@@ -107,7 +112,24 @@ public final class Trainer {
                             blockSize: m.blockSize)
         model = GPT(config: gpt, seed: seed)
         microBatch = t.batchSize / (p.dp * t.microbatches)
-        acts = Activations(config: gpt, batch: microBatch, tokens: t.seqLen)
+        // Sequence parallelism: this rank holds `positions` of every sequence (zigzag ring chunks, Ulysses slices).
+        if let mesh, mesh.sequence.size > 1 {
+            let layout = SequenceLayout(seqLen: t.seqLen, ring: p.ring, ulysses: p.ulysses, ringRank: mesh.coordinate.ring,
+                                        ulyssesRank: mesh.coordinate.ulysses)
+            sequenceLayout = layout
+            localPositions = layout.positions.map { Int32($0) }
+            let sp = SequenceParallelAttention(heads: gpt.nHead, headDim: gpt.headDim, layout: layout, ring: mesh.ring,
+                                               ulysses: mesh.ulysses, layers: gpt.nLayer, maxBatch: microBatch)
+            sp.onError = { MPIRuntime.abort("\($0) at step \(Watchdog.shared?.step ?? 0); aborting the job") }
+            model.attention = sp
+            fullIds = [Int32](repeating: 0, count: microBatch * t.seqLen)
+            fullTargets = [Int32](repeating: 0, count: microBatch * t.seqLen)
+        } else {
+            sequenceLayout = nil
+            localPositions = (0..<t.seqLen).map { Int32($0) }
+            fullIds = []; fullTargets = []
+        }
+        acts = Activations(config: gpt, batch: microBatch, tokens: localPositions.count)
         let o = config.optimizer
         if let mesh, mesh.replicas.size > 1 || p.zero == 1 {
             // Gradients are summed over every rank holding the same parameters: data × sequence replicas.
@@ -147,9 +169,10 @@ public final class Trainer {
         for mb in 0..<t.microbatches {
             let first = dpRank * localBatch + mb * microBatch
             timeline.work("data mb \(mb)") {
-                trainLoader.fill(step: step, globalBatch: t.batchSize, sequences: first..<(first + microBatch),
-                                 inputs: acts.tokenIds, targets: acts.targets)
-                acts.setContiguousPositions()
+                loadLocal { ids, targets in
+                    trainLoader.fill(step: step, globalBatch: t.batchSize, sequences: first..<(first + microBatch),
+                                     inputs: ids, targets: targets)
+                }
             }
             lossSum += timeline.work("forward mb \(mb)") { model.forwardLoss(acts, gradScale: gradScale) }
             // Gradients become final only in the last micro-batch's backward: reduce during that one.
@@ -171,6 +194,29 @@ public final class Trainer {
         }
         if let dpl = dataParallel { timeline.work("parameter allgather") { dpl.allgatherParameters(model.params) } }
         return (lossSum / Double(tokensPerStep), norm)
+    }
+
+    /// Fills the activations' token ids, targets and positions with this rank's tokens of a micro-batch:
+    /// `fill` writes whole sequences; under sequence parallelism they are gathered to the local positions.
+    func loadLocal(_ fill: (UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Int32>) -> Void) {
+        guard sequenceLayout != nil else {
+            fill(acts.tokenIds, acts.targets)
+            acts.setContiguousPositions()
+            return
+        }
+        let seq = config.training.seqLen, tl = localPositions.count
+        fullIds.withUnsafeMutableBufferPointer { ids in
+            fullTargets.withUnsafeMutableBufferPointer { tg in
+                fill(ids.baseAddress!, tg.baseAddress!)
+                for b in 0..<microBatch {
+                    for (j, pos) in localPositions.enumerated() {
+                        acts.tokenIds[b * tl + j] = ids[b * seq + Int(pos)]
+                        acts.targets[b * tl + j] = tg[b * seq + Int(pos)]
+                        acts.positions[b * tl + j] = pos
+                    }
+                }
+            }
+        }
     }
 
     func injectFault(step: Int) {
@@ -213,9 +259,10 @@ public final class Trainer {
         let mine = (dpRank * localBatch)..<((dpRank + 1) * localBatch)
         for b in 0..<batches {
             for first in stride(from: mine.lowerBound, to: mine.upperBound, by: microBatch) {
-                valLoader.fillEval(batch: b, batches: batches, batchSize: t.batchSize,
-                                   sequences: first..<(first + microBatch), inputs: acts.tokenIds, targets: acts.targets)
-                acts.setContiguousPositions()
+                loadLocal { ids, targets in
+                    valLoader.fillEval(batch: b, batches: batches, batchSize: t.batchSize,
+                                       sequences: first..<(first + microBatch), inputs: ids, targets: targets)
+                }
                 sum += model.lossSum(acts)
             }
         }
@@ -306,6 +353,10 @@ public final class Trainer {
         if let v = valLoader { s += "; \(v.source.count) validation tokens" }
         if let mesh {
             s += "\n  mesh: \(mesh.shape) = \(mesh.shape.size) rank(s); \(localBatch) sequence(s) per data-parallel rank"
+            if let l = sequenceLayout {
+                s += "; \(l.local) of \(l.seqLen) tokens per sequence on each rank"
+                s += l.ring > 1 ? " (ring: \(2 * l.ring) zigzag chunks of \(l.chunk)" + (l.ulysses > 1 ? "; Ulysses inside each ring position)" : ")") : " (Ulysses)"
+            }
         }
         let mib = { (b: Int) in fmt(Double(b) / 1_048_576, 2) }
         if let dpl = dataParallel, dpl.zero {

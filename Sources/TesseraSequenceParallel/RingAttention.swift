@@ -1,0 +1,192 @@
+// Attention over a ring-local sequence, for some heads. `LocalCore` when the sequence is not split across
+// ring ranks; `RingCore` when it is (context parallel).
+//
+// Ring forward: every rank packs its keys/values and passes them around the ring (Isend to the next rank,
+// Irecv from the previous one into the other half of a double buffer) while it attends its queries to
+// the block it holds, with the blockwise kernel; each (query chunk, key chunk) pair is one kernel call at
+// the chunks' global positions, pairs the causal mask hides entirely are skipped, and partial outputs are
+// merged by log-sum-exp. Backward: keys/values travel the ring again, followed by their gradient
+// accumulators (dK, dV); each rank adds its contribution from the saved output and log-sum-exp, and after
+// R steps every accumulator is back at its owner, complete.
+
+import TesseraComm
+import TesseraKernels
+
+/// Attention of a fused qkv [batch, tokens, 3·heads·hd] → out [batch, tokens, heads·hd], lse [batch, heads, tokens].
+public protocol AttentionCore: AnyObject {
+    func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                 batch: Int, tokens: Int, heads: Int, layer: Int, scratch: Scratch) throws
+    /// Writes dq and accumulates dk, dv into dqkv (zeroed by the caller).
+    func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
+                  lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int,
+                  layer: Int, scratch: Scratch) throws
+}
+
+/// The whole sequence is here: one causal kernel call.
+public final class LocalCore: AttentionCore {
+    let headDim: Int
+    public init(headDim: Int) { self.headDim = headDim }
+
+    public func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                        batch: Int, tokens: Int, heads: Int, layer: Int, scratch: Scratch) {
+        let c = heads * headDim, g = AttentionLayout.fused(batch: batch, t: tokens, heads: heads, headDim: headDim)
+        Attention.forward(out: out, lse: lse, q: qkv, k: qkv + c, v: qkv + 2 * c, layout: g, scratch: scratch)
+    }
+
+    public func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
+                         lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int,
+                         layer: Int, scratch: Scratch) {
+        let c = heads * headDim, g = AttentionLayout.fused(batch: batch, t: tokens, heads: heads, headDim: headDim)
+        Attention.backward(dq: dqkv, dk: dqkv + c, dv: dqkv + 2 * c, dout: dout, out: out, lse: lse, q: qkv,
+                           k: qkv + c, v: qkv + 2 * c, layout: g, scratch: scratch)
+    }
+}
+
+public final class RingCore: AttentionCore {
+    public let comm: Communicator
+    public let layout: SequenceLayout
+    let headDim: Int
+    let kv: [FloatBuffer], dkv: [FloatBuffer]
+    let partOut: FloatBuffer, partLse: FloatBuffer, chunkLse: [FloatBuffer]
+    /// Attention FLOPs this rank computed (QKᵀ and PV, forward), for the balance report.
+    public private(set) var forwardFlops = 0.0
+    /// Time blocked waiting for blocks after computing (ns), forward and backward.
+    public private(set) var waitNs: (forward: UInt64, backward: UInt64) = (0, 0)
+
+    /// `maxBatch` × ring-local tokens × `heads` × `headDim` bounds every buffer.
+    public init(comm: Communicator, layout: SequenceLayout, heads: Int, headDim: Int, maxBatch: Int) {
+        self.comm = comm; self.layout = layout; self.headDim = headDim
+        let kvCount = maxBatch * layout.ringLocal * 2 * heads * headDim
+        kv = [FloatBuffer(kvCount), FloatBuffer(kvCount)]
+        dkv = [FloatBuffer(kvCount), FloatBuffer(kvCount)]
+        partOut = FloatBuffer(maxBatch * layout.chunk * heads * headDim)
+        partLse = FloatBuffer(maxBatch * heads * layout.chunk)
+        chunkLse = [FloatBuffer(maxBatch * heads * layout.chunk), FloatBuffer(maxBatch * heads * layout.chunk)]
+    }
+
+    var next: Int { (comm.rank + 1) % comm.size }
+    var prev: Int { (comm.rank - 1 + comm.size) % comm.size }
+
+    /// Copies k and v of the fused qkv into a packed kv buffer [batch, tokens, 2·heads·hd].
+    func packKV(_ qkv: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, c: Int) {
+        for row in 0..<(batch * tokens) {
+            (dst + row * 2 * c).update(from: qkv + row * 3 * c + c, count: 2 * c)
+        }
+    }
+
+    /// The kernel layout of query chunk q (local row qLocal, global position qGlobal) against key chunk k.
+    func pairLayout(batch: Int, heads: Int, tokens: Int, q: (local: Int, global: Int, count: Int),
+                    k: (local: Int, global: Int, count: Int), oRow: Int, oBatch: Int) -> AttentionLayout {
+        let c = heads * headDim
+        return AttentionLayout(batch: batch, heads: heads, headDim: headDim, tq: q.count, tk: k.count,
+                               qOffset: q.global, kOffset: k.global, causal: true,
+                               qRow: 3 * c, kRow: 2 * c, vRow: 2 * c, oRow: oRow,
+                               qBatch: tokens * 3 * c, kBatch: tokens * 2 * c, vBatch: tokens * 2 * c, oBatch: oBatch)
+    }
+
+    static func masked(_ q: (local: Int, global: Int, count: Int), _ k: (local: Int, global: Int, count: Int)) -> Bool {
+        k.global > q.global + q.count - 1
+    }
+
+    public func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                        batch: Int, tokens: Int, heads: Int, layer: Int, scratch: Scratch) throws {
+        precondition(tokens == layout.ringLocal, "ring attention expects the ring-local sequence (\(layout.ringLocal) tokens), got \(tokens)")
+        let c = heads * headDim, R = comm.size, r = comm.rank, ch = layout.chunk, n = batch * tokens * 2 * c
+        packKV(qkv, into: kv[0].ptr, batch: batch, tokens: tokens, c: c)
+        out.update(repeating: 0, count: batch * tokens * c)
+        for l in chunkLse { l.ptr.update(repeating: -.infinity, count: batch * heads * ch) }
+        let myRuns = layout.runs(ringRank: r)
+        let tag = layer * 4
+        for s in 0..<R {
+            let cur = kv[s % 2].ptr
+            var reqs: [Request] = []
+            if s < R - 1 {
+                reqs.append(try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: tag, label: "ring kv L\(layer) s\(s + 1)"))
+                reqs.append(try comm.isend(cur, count: n, to: next, tag: tag, label: "ring kv L\(layer) s\(s)"))
+            }
+            let src = (r - s + R) % R
+            for (qi, q) in myRuns.enumerated() {
+                for k in layout.runs(ringRank: src) where !Self.masked(q, k) {
+                    let g = pairLayout(batch: batch, heads: heads, tokens: tokens, q: q, k: k, oRow: c, oBatch: ch * c)
+                    Attention.forward(out: partOut.ptr, lse: partLse.ptr, q: qkv + q.local * 3 * c,
+                                      k: cur + k.local * 2 * c, v: cur + k.local * 2 * c + c, layout: g, scratch: scratch)
+                    Attention.merge(accOut: out + q.local * c, accLse: chunkLse[qi].ptr, accRow: c, accBatch: tokens * c,
+                                    partOut: partOut.ptr, partLse: partLse.ptr, batch: batch, t: ch, heads: heads, headDim: headDim)
+                    forwardFlops += Self.pairFlops(q, k, batch: batch, heads: heads, headDim: headDim)
+                    try Request.testAll(reqs)
+                }
+            }
+            let t0 = nowNsSP()
+            try Request.waitAll(reqs)
+            waitNs.forward += nowNsSP() - t0
+        }
+        // lse [batch, heads, tokens] from the per-chunk accumulators.
+        for (qi, q) in myRuns.enumerated() {
+            for bh in 0..<(batch * heads) {
+                (lse + bh * tokens + q.local).update(from: chunkLse[qi].ptr + bh * ch, count: ch)
+            }
+        }
+    }
+
+    public func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
+                         lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int,
+                         layer: Int, scratch: Scratch) throws {
+        let c = heads * headDim, R = comm.size, r = comm.rank, ch = layout.chunk, n = batch * tokens * 2 * c
+        let myRuns = layout.runs(ringRank: r)
+        for (qi, q) in myRuns.enumerated() {
+            for bh in 0..<(batch * heads) {
+                (chunkLse[qi].ptr + bh * ch).update(from: lse + bh * tokens + q.local, count: ch)
+            }
+        }
+        packKV(qkv, into: kv[0].ptr, batch: batch, tokens: tokens, c: c)
+        dkv[0].ptr.update(repeating: 0, count: n)
+        let tag = layer * 4 + 1, dtag = layer * 4 + 2
+        for s in 0..<R {
+            let cur = kv[s % 2].ptr, dcur = dkv[s % 2].ptr
+            var reqs: [Request] = []
+            if s < R - 1 {
+                reqs.append(try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: tag, label: "ring kv bwd L\(layer) s\(s + 1)"))
+                reqs.append(try comm.isend(cur, count: n, to: next, tag: tag, label: "ring kv bwd L\(layer) s\(s)"))
+            }
+            let src = (r - s + R) % R
+            for (qi, q) in myRuns.enumerated() {
+                for k in layout.runs(ringRank: src) where !Self.masked(q, k) {
+                    let g = pairLayout(batch: batch, heads: heads, tokens: tokens, q: q, k: k, oRow: c, oBatch: tokens * c)
+                    var gl = g
+                    gl.oRow = c; gl.oBatch = tokens * c
+                    Attention.backward(dq: dqkv + q.local * 3 * c, dk: dcur + k.local * 2 * c, dv: dcur + k.local * 2 * c + c,
+                                       dout: dout + q.local * c, out: out + q.local * c, lse: chunkLse[qi].ptr,
+                                       q: qkv + q.local * 3 * c, k: cur + k.local * 2 * c, v: cur + k.local * 2 * c + c,
+                                       layout: gl, scratch: scratch)
+                    try Request.testAll(reqs)
+                }
+            }
+            // The gradient accumulator of the block just used goes on to the next rank; the previous rank's
+            // comes in (after the last step: this rank's own, complete).
+            reqs.append(try comm.irecv(dkv[(s + 1) % 2].ptr, count: n, from: prev, tag: dtag, label: "ring dkv L\(layer) s\(s + 1)"))
+            reqs.append(try comm.isend(dcur, count: n, to: next, tag: dtag, label: "ring dkv L\(layer) s\(s)"))
+            let t0 = nowNsSP()
+            try Request.waitAll(reqs)
+            waitNs.backward += nowNsSP() - t0
+        }
+        // Own dK, dV into the k and v columns of dqkv.
+        let mine = dkv[R % 2].ptr
+        for row in 0..<(batch * tokens) {
+            let d = dqkv + row * 3 * c + c, s = mine + row * 2 * c
+            for j in 0..<(2 * c) { d[j] += s[j] }
+        }
+    }
+
+    /// Forward attention FLOPs of one (query chunk, key chunk) pair: 2 matmuls × 2·hd per visible score.
+    static func pairFlops(_ q: (local: Int, global: Int, count: Int), _ k: (local: Int, global: Int, count: Int),
+                          batch: Int, heads: Int, headDim: Int) -> Double {
+        var visible = 0
+        for i in 0..<q.count { visible += max(0, min(k.count, q.global + i - k.global + 1)) }
+        return Double(batch * heads) * Double(visible) * 4 * Double(headDim)
+    }
+
+    public func resetCounters() { forwardFlops = 0; waitNs = (0, 0) }
+}
+
+import Foundation
+@inline(__always) func nowNsSP() -> UInt64 { DispatchTime.now().uptimeNanoseconds }

@@ -1,0 +1,119 @@
+// The model's attention when the sequence is split over a sequence group (ring × Ulysses ranks).
+//
+// Ulysses (U > 1): one all-to-all turns q, k, v from [local tokens, all heads] into [the ring-local
+// sequence, H / U heads]; the core (local or ring) attends; a second all-to-all turns the output back.
+// Backward mirrors it: dout goes to the head-sharded layout, the core's backward runs, and dq, dk, dv come
+// back to the token-sharded layout. The head-sharded qkv and output of every layer are kept for backward.
+// With U = 1 the core runs on the local tokens directly (ring attention, or one kernel call).
+
+import TesseraComm
+import TesseraKernels
+import TesseraModel
+
+public final class SequenceParallelAttention: AttentionOp {
+    public let heads: Int, headDim: Int
+    public let layout: SequenceLayout
+    public let ulysses: Communicator?
+    public let core: AttentionCore
+    let u: Int
+    /// Ulysses: per layer, the head-sharded qkv [B, ringLocal, 3·H/U·hd] and output [B, ringLocal, H/U·hd].
+    let qkvH: [FloatBuffer], outH: [FloatBuffer]
+    let sendBuf: FloatBuffer, recvBuf: FloatBuffer, doutH: FloatBuffer, dqkvH: FloatBuffer
+    /// Where communication failures go (the trainer aborts the job naming rank, operation and step).
+    public var onError: (Error) -> Never = { MPIRuntime.abort("\($0); aborting the job") }
+
+    public init(heads: Int, headDim: Int, layout: SequenceLayout, ring: Communicator?, ulysses: Communicator?,
+                layers: Int, maxBatch: Int) {
+        self.heads = heads; self.headDim = headDim; self.layout = layout
+        u = layout.ulysses
+        self.ulysses = u > 1 ? ulysses : nil
+        let hc = heads / u
+        if layout.ring > 1, let ring {
+            core = RingCore(comm: ring, layout: layout, heads: hc, headDim: headDim, maxBatch: maxBatch)
+        } else {
+            core = LocalCore(headDim: headDim)
+        }
+        let c = heads * headDim, full = maxBatch * layout.local * 3 * c
+        if u > 1 {
+            qkvH = (0..<layers).map { _ in FloatBuffer(full) }
+            outH = (0..<layers).map { _ in FloatBuffer(maxBatch * layout.local * c) }
+            sendBuf = FloatBuffer(full); recvBuf = FloatBuffer(full)
+            doutH = FloatBuffer(maxBatch * layout.local * c); dqkvH = FloatBuffer(full)
+        } else {
+            qkvH = []; outH = []
+            sendBuf = FloatBuffer(0); recvBuf = FloatBuffer(0); doutH = FloatBuffer(0); dqkvH = FloatBuffer(0)
+        }
+    }
+
+    /// Bytes of saved head-sharded tensors (Ulysses) and communication buffers.
+    public var extraBytes: Int {
+        (qkvH + outH + [sendBuf, recvBuf, doutH, dqkvH]).reduce(0) { $0 + $1.bytes }
+    }
+
+    // MARK: Ulysses all-to-alls
+
+    /// [B, Tl, parts·H·hd] on each rank → [B, U·Tl, parts·(H/U)·hd]: head group j goes to rank j.
+    func toHeadSharded(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, batch b: Int, tokens tl: Int,
+                       parts: Int, label: String) throws {
+        let hc = heads / u, w = hc * headDim, c = heads * headDim, block = b * tl * parts * w
+        let send = sendBuf.ptr, recv = recvBuf.ptr
+        for j in 0..<u { for bi in 0..<b { for t in 0..<tl { for p in 0..<parts {
+            (send + j * block + ((bi * tl + t) * parts + p) * w).update(from: src + (bi * tl + t) * parts * c + p * c + j * w, count: w)
+        }}}}
+        try ulysses!.alltoall(send: send, recv: recv, count: block, label: label)
+        let T = u * tl
+        for i in 0..<u { for bi in 0..<b { for t in 0..<tl {
+            (dst + (bi * T + i * tl + t) * parts * w).update(from: recv + i * block + (bi * tl + t) * parts * w, count: parts * w)
+        }}}
+    }
+
+    /// The inverse: [B, U·Tl, parts·(H/U)·hd] → [B, Tl, parts·H·hd]: token slice i goes to rank i.
+    func toTokenSharded(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, batch b: Int, tokens tl: Int,
+                        parts: Int, label: String) throws {
+        let hc = heads / u, w = hc * headDim, c = heads * headDim, block = b * tl * parts * w, T = u * tl
+        let send = sendBuf.ptr, recv = recvBuf.ptr
+        for i in 0..<u { for bi in 0..<b { for t in 0..<tl {
+            (send + i * block + (bi * tl + t) * parts * w).update(from: src + (bi * T + i * tl + t) * parts * w, count: parts * w)
+        }}}
+        try ulysses!.alltoall(send: send, recv: recv, count: block, label: label)
+        for j in 0..<u { for bi in 0..<b { for t in 0..<tl { for p in 0..<parts {
+            (dst + (bi * tl + t) * parts * c + p * c + j * w).update(from: recv + j * block + ((bi * tl + t) * parts + p) * w, count: w)
+        }}}}
+    }
+
+    // MARK: AttentionOp
+
+    public func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                        batch: Int, tokens: Int, layer: Int, scratch: Scratch) {
+        do {
+            if u == 1 {
+                try core.forward(qkv: qkv, out: out, lse: lse, batch: batch, tokens: tokens, heads: heads, layer: layer,
+                                 scratch: scratch)
+                return
+            }
+            let T = u * tokens
+            try toHeadSharded(qkv, qkvH[layer].ptr, batch: batch, tokens: tokens, parts: 3, label: "ulysses qkv L\(layer)")
+            try core.forward(qkv: qkvH[layer].ptr, out: outH[layer].ptr, lse: lse, batch: batch, tokens: T,
+                             heads: heads / u, layer: layer, scratch: scratch)
+            try toTokenSharded(outH[layer].ptr, out, batch: batch, tokens: tokens, parts: 1, label: "ulysses out L\(layer)")
+        } catch { onError(error) }
+    }
+
+    public func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
+                         lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int,
+                         scratch: Scratch) {
+        do {
+            if u == 1 {
+                try core.backward(dqkv: dqkv, dout: dout, out: out, lse: lse, qkv: qkv, batch: batch, tokens: tokens,
+                                  heads: heads, layer: layer, scratch: scratch)
+                return
+            }
+            let T = u * tokens
+            try toHeadSharded(dout, doutH.ptr, batch: batch, tokens: tokens, parts: 1, label: "ulysses dout L\(layer)")
+            dqkvH.ptr.update(repeating: 0, count: batch * T * 3 * (heads / u) * headDim)
+            try core.backward(dqkv: dqkvH.ptr, dout: doutH.ptr, out: outH[layer].ptr, lse: lse, qkv: qkvH[layer].ptr,
+                              batch: batch, tokens: T, heads: heads / u, layer: layer, scratch: scratch)
+            try toTokenSharded(dqkvH.ptr, dqkv, batch: batch, tokens: tokens, parts: 3, label: "ulysses dqkv L\(layer)")
+        } catch { onError(error) }
+    }
+}

@@ -15,6 +15,7 @@ usage: tessera <command> [arguments]
   config show CONFIG.toml [--section.key VALUE ...]   print the effective config
   prepare --input FILE... --out DIR [--val-fraction F]   turn text into llm.c token shards
   bench [--sizes S,M,L] [--threads N] [--steps N] [--warmup N] [--json] [--profile]   sgemm ceiling, tokens/s and MFU
+  bench-comm [--max-mib 64] [--iters auto|N] [--rounds 7] [--json] [--breakdown]   under mpirun: allreduce busbw, Swift layer vs plain C
 
 Any config key can be overridden on the command line, e.g. --training.steps 50.
 """
@@ -100,6 +101,12 @@ do {
         if let note = coreTypeNote { print("note: \(note)") }
         print(Bench.run(names: names, threads: threads, steps: steps, warmup: warmup, json: args.contains("--json"),
                         profile: args.contains("--profile")))
+    case "bench-comm":
+        let options = try CommBench.Options(parsing: args)
+        let runtime = MPIRuntime()
+        let status = CommBench.command(options, runtime: runtime)
+        runtime.finalize()
+        if status != 0 { exit(status) }
     case "help", "--help", "-h":
         print(usage)
     default:

@@ -1,8 +1,9 @@
 // `tessera bench-comm`: allreduce bus bandwidth through the Swift communication layer (the public
 // `Communicator.allreduce`, watchdog armed and wait recorded on the timeline, as in training) against a plain C
 // MPI loop (Sources/CCommBench) over the same sizes, in one run, in the same processes, on the same buffer.
-// For each size the two are measured alternately over several rounds (the order flips every round) and the
-// best round of each is reported, so drifts of a shared VM hit both alike. Bandwidth follows nccl-tests:
+// For each size every round runs C, Swift, Swift, C (mirrored every other round); bandwidth comes
+// from each kind's best round, the Swift/C ratio and the Swift − C time per call from the median over rounds of
+// the within-round comparison, which cancels the slow drifts of a shared VM. Bandwidth follows nccl-tests:
 // algbw = bytes / time, busbw = algbw × 2(n−1)/n. See docs/benchmarks.md, "Allreduce: Swift layer vs plain C".
 
 import CCommBench
@@ -17,14 +18,14 @@ public enum CommBench {
         /// Iterations per timed loop; nil = chosen per size for about `targetSeconds` per loop.
         public var iters: Int? = nil
         /// Timed loops of each kind (C, Swift) per size.
-        public var rounds = 7
+        public var rounds = 9
         public var json = false
         /// Also measures the Swift layer with no watchdog and the per-call cost of the layer's pieces.
         public var breakdown = false
-        public var targetSeconds = 0.02
+        public var targetSeconds = 0.01
         public init() {}
 
-        public static let usage = "usage: tessera bench-comm [--max-mib 64] [--iters auto|N] [--rounds 7] [--json] [--breakdown]"
+        public static let usage = "usage: tessera bench-comm [--max-mib 64] [--iters auto|N] [--rounds 9] [--json] [--breakdown]"
 
         public init(parsing args: [String]) throws {
             var i = 0
@@ -42,7 +43,9 @@ public enum CommBench {
             while i < args.count {
                 let a = args[i]
                 switch a {
-                case "--max-mib": maxMiB = try int(a, try value(a), min: 1)
+                case "--max-mib":
+                    maxMiB = try int(a, try value(a), min: 1)
+                    guard maxMiB <= 1024 else { throw CommBenchError("bench-comm: --max-mib is at most 1024, got \(maxMiB)") }
                 case "--iters":
                     let v = try value(a)
                     iters = v == "auto" ? nil : try int(a, v, min: 1)
@@ -56,20 +59,29 @@ public enum CommBench {
         }
     }
 
-    /// One message size: best (and median) seconds per allreduce of each kind.
+    /// One message size: seconds per allreduce of each kind, one entry per round (the mean of the round's two loops
+    /// of that kind).
     public struct Row: Sendable {
         public let bytes: Int, iters: Int
-        public let c: Stats, swift: Stats
-        /// Swift with `Watchdog.shared = nil` (breakdown only).
-        public let swiftNoWatchdog: Stats?
+        public let c: [Double], swift: [Double]
+        /// Swift with `Watchdog.shared = nil` (breakdown only; a round then runs C, Swift, no-watchdog, no-watchdog, Swift, C).
+        public let swiftNoWatchdog: [Double]?
+
+        public var cBest: Double { c.min()! }
+        public var swiftBest: Double { swift.min()! }
+        /// Swift busbw / C busbw: the median over rounds of C time / Swift time within a round. Pairing the two
+        /// loops of a round cancels the slow drifts of a shared machine that best-of-rounds leaves in.
+        public var ratio: Double { median(zip(c, swift).map { $0 / $1 }) }
+        /// Best-of-rounds Swift busbw / best-of-rounds C busbw.
+        public var bestRatio: Double { cBest / swiftBest }
+        /// Swift − C seconds per call, median over rounds of the within-round difference.
+        public var extra: Double { median(zip(swift, c).map { $0 - $1 }) }
+        public var extraNoWatchdog: Double? { swiftNoWatchdog.map { median(zip($0, c).map { $0 - $1 }) } }
     }
 
-    public struct Stats: Sendable {
-        public let best: Double, median: Double
-        init(_ xs: [Double]) {
-            let s = xs.sorted()
-            best = s[0]; median = s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
-        }
+    static func median(_ xs: [Double]) -> Double {
+        let s = xs.sorted()
+        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
     }
 
     /// 1 KiB, 2 KiB, ..., up to `maxMiB` MiB.
@@ -130,20 +142,32 @@ public enum CommBench {
             _ = try swiftSeconds(comm, buf, count: count, iters: 2, label: label)
             let probe = max(try cSeconds(comm, buf, count: count, iters: 4),
                             try swiftSeconds(comm, buf, count: count, iters: 4, label: label))
-            let iters = o.iters ?? min(max(Int(o.targetSeconds / max(probe, 1e-9)), 5), 20_000)
+            let iters = o.iters ?? min(max(Int(o.targetSeconds / max(probe, 1e-9)), 1), 20_000)
+            // Each round runs the loops in mirrored order (C, Swift, Swift, C, or the reverse on odd rounds) and
+            // averages each kind's two loops, so order effects and drift within a round cancel.
+            enum Kind { case c, swift, noWatchdog }
+            let kinds: [Kind] = o.breakdown ? [.c, .swift, .noWatchdog] : [.c, .swift]
             var c: [Double] = [], s: [Double] = [], n: [Double] = []
             for round in 0..<o.rounds {
-                func runC() throws { c.append(try cSeconds(comm, buf, count: count, iters: iters)) }
-                func runSwift() throws { s.append(try swiftSeconds(comm, buf, count: count, iters: iters, label: label)) }
-                if round % 2 == 0 { try runC(); try runSwift() } else { try runSwift(); try runC() }
-                if o.breakdown {
-                    let dog = Watchdog.shared
-                    Watchdog.shared = nil
-                    n.append(try swiftSeconds(comm, buf, count: count, iters: iters, label: label))
-                    Watchdog.shared = dog
+                let order = round % 2 == 0 ? kinds : kinds.reversed()
+                var t: [Kind: Double] = [:]
+                for k in order + order.reversed() {
+                    let dt: Double
+                    switch k {
+                    case .c: dt = try cSeconds(comm, buf, count: count, iters: iters)
+                    case .swift: dt = try swiftSeconds(comm, buf, count: count, iters: iters, label: label)
+                    case .noWatchdog:
+                        let dog = Watchdog.shared
+                        Watchdog.shared = nil
+                        defer { Watchdog.shared = dog }
+                        dt = try swiftSeconds(comm, buf, count: count, iters: iters, label: label)
+                    }
+                    t[k, default: 0] += dt / 2
                 }
+                c.append(t[.c]!); s.append(t[.swift]!)
+                if o.breakdown { n.append(t[.noWatchdog]!) }
             }
-            let row = Row(bytes: bytes, iters: iters, c: Stats(c), swift: Stats(s), swiftNoWatchdog: o.breakdown ? Stats(n) : nil)
+            let row = Row(bytes: bytes, iters: iters, c: c, swift: s, swiftNoWatchdog: o.breakdown ? n : nil)
             rows.append(row)
             progress(row)
         }
@@ -203,24 +227,27 @@ public enum CommBench {
         let rank0 = runtime.rank == 0
         func say(_ s: String) { if rank0 { print(s); fflush(nil) } }
         let factor = busFactor(ranks: world.size)
-        say("tessera bench-comm — allreduce (in place, float32, sum) on \(world.size) ranks, \(ProcessInfo.processInfo.activeProcessorCount) core(s)")
-        say("Open MPI single-copy mechanism: \(MPIRuntime.singleCopyMechanism)")
-        say("C: plain MPI_Allreduce loop (CCommBench). Swift: Communicator.allreduce with the watchdog armed.")
-        say("\(o.rounds) alternating rounds per size, best round of each; \(o.iters.map { "\($0) iterations" } ?? "iterations sized to ~\(Int(o.targetSeconds * 1000)) ms") per round; busbw = bytes/time × 2(n−1)/n")
-        say("")
-        let header = "size".leftPadded(8) + "iters".leftPadded(7) + "C µs".leftPadded(11) + "Swift µs".leftPadded(11)
-            + "C busbw GB/s".leftPadded(14) + "Swift busbw GB/s".leftPadded(18) + "Swift/C".leftPadded(9)
-            + (o.breakdown ? "no-dog µs".leftPadded(11) + "Δ µs".leftPadded(8) + "Δ no-dog µs".leftPadded(13) : "")
-        say(header)
         func busbw(_ bytes: Int, _ s: Double) -> Double { Double(bytes) / s * factor / 1e9 }
+        say("tessera bench-comm — allreduce (in place, float32, sum) on \(world.size) ranks, "
+            + "\(ProcessInfo.processInfo.activeProcessorCount) core(s)")
+        say("Open MPI single-copy mechanism: \(MPIRuntime.singleCopyMechanism)")
+        say("C: plain MPI_Allreduce loop (CCommBench). Swift: Communicator.allreduce, watchdog armed, timeline recording.")
+        say("\(o.rounds) rounds per size; a round runs C, Swift, Swift, C (mirrored every other round) and averages each "
+            + "kind's two loops of " + (o.iters.map { "\($0) calls" } ?? "~\(Int(o.targetSeconds * 1000)) ms") + ".")
+        say("µs and busbw: best round. busbw = bytes/time × 2(n−1)/n. Swift/C and Swift−C: median over rounds of the "
+            + "within-round ratio (busbw) and difference (µs per call).")
+        say("")
+        say("size".leftPadded(8) + "iters".leftPadded(7) + "C µs".leftPadded(11) + "Swift µs".leftPadded(11)
+            + "C busbw GB/s".leftPadded(14) + "Swift busbw GB/s".leftPadded(18) + "Swift/C".leftPadded(9)
+            + "Swift−C µs".leftPadded(12)
+            + (o.breakdown ? "no-watchdog µs".leftPadded(16) + "no-watchdog−C µs".leftPadded(18) : ""))
         func line(_ r: Row) -> String {
-            let cb = busbw(r.bytes, r.c.best), sb = busbw(r.bytes, r.swift.best)
             var l = sizeName(r.bytes).leftPadded(8) + "\(r.iters)".leftPadded(7)
-                + num(r.c.best * 1e6, 2).leftPadded(11) + num(r.swift.best * 1e6, 2).leftPadded(11)
-                + num(cb, 3).leftPadded(14) + num(sb, 3).leftPadded(18) + num(sb / cb, 3).leftPadded(9)
-            if let n = r.swiftNoWatchdog {
-                l += num(n.best * 1e6, 2).leftPadded(11) + num((r.swift.best - r.c.best) * 1e6, 2).leftPadded(8)
-                    + num((n.best - r.c.best) * 1e6, 2).leftPadded(13)
+                + num(r.cBest * 1e6, 2).leftPadded(11) + num(r.swiftBest * 1e6, 2).leftPadded(11)
+                + num(busbw(r.bytes, r.cBest), 3).leftPadded(14) + num(busbw(r.bytes, r.swiftBest), 3).leftPadded(18)
+                + num(r.ratio, 3).leftPadded(9) + num(r.extra * 1e6, 2).leftPadded(12)
+            if let n = r.swiftNoWatchdog, let e = r.extraNoWatchdog {
+                l += num(n.min()! * 1e6, 2).leftPadded(16) + num(e * 1e6, 2).leftPadded(18)
             }
             return l
         }
@@ -228,39 +255,45 @@ public enum CommBench {
         do { rows = try measure(world, options: o) { say(line($0)) } } catch {
             MPIRuntime.abort("\(error)")
         }
-        let big = rows.filter { $0.bytes >= 64 * 1024 }
-        let ratio = { (r: Row) in r.c.best / r.swift.best }  // Swift busbw / C busbw
-        if let worst = big.min(by: { ratio($0) < ratio($1) }) {
-            let w = ratio(worst)
-            say("")
-            say("Swift layer within \(num(max(0, 1 - w) * 100, 1))% of C across sizes ≥ 64 KiB "
-                + "(worst Swift/C busbw \(num(w, 3)) at \(sizeName(worst.bytes)); "
-                + "median-of-rounds worst \(num(big.map { $0.c.median / $0.swift.median }.min()!, 3)))")
+        say("")
+        let big = rows.filter { $0.bytes >= 64 * 1024 }, small = rows.filter { $0.bytes < 64 * 1024 }
+        if let worst = big.min(by: { $0.ratio < $1.ratio }), let worstBest = big.min(by: { $0.bestRatio < $1.bestRatio }) {
+            say("Swift layer within \(num(max(0, 1 - worst.ratio) * 100, 1))% of C across sizes ≥ 64 KiB "
+                + "(worst Swift/C \(num(worst.ratio, 3)) at \(sizeName(worst.bytes)); best round against best round: "
+                + "worst \(num(worstBest.bestRatio, 3)) at \(sizeName(worstBest.bytes)))")
         }
-        if let small = rows.filter({ $0.bytes < 64 * 1024 }).min(by: { ratio($0) < ratio($1) }) {
-            say("Below 64 KiB (latency-bound): worst Swift/C \(num(ratio(small), 3)) at \(sizeName(small.bytes)), "
-                + "Swift − C = \(num((small.swift.best - small.c.best) * 1e6, 2)) µs per call")
+        if let worst = small.min(by: { $0.ratio < $1.ratio }) {
+            let extras = small.map(\.extra).sorted()
+            say("Below 64 KiB (latency-bound): worst Swift/C \(num(worst.ratio, 3)) at \(sizeName(worst.bytes)); "
+                + "Swift − C per call \(num(extras.first! * 1e6, 2))–\(num(extras.last! * 1e6, 2)) µs")
         }
         if o.breakdown && rank0 {
             let p = pieceCosts(communicatorName: world.name, label: "bench-comm 1 KiB")
             say("")
-            say("Per-call cost of the Swift layer's pieces, timed alone on rank 0 (ns per call):")
-            say("  two clock reads (nowNs)                              \(num(p.clockPair, 1).leftPadded(8))")
-            say("  operation string \"MPI_Allreduce <label>\"             \(num(p.labelString, 1).leftPadded(8))")
-            say("  watchdog string \"... on communicator 'world'\"       \(num(p.watchdogString, 1).leftPadded(8))")
-            say("  Watchdog arm + disarm (incl. building that string)   \(num(p.armDisarm, 1).leftPadded(8))")
-            say("  Timeline.commWait (no trace)                         \(num(p.timelineCommWait, 1).leftPadded(8))")
+            say("What Communicator.blocking adds around the MPI call, each piece timed alone in a tight loop on rank 0 "
+                + "(warm caches; between MPI calls the same pieces cost more: compare Swift−C with no-watchdog−C above), "
+                + "ns per call:")
+            say("  two clock reads (nowNs)                               \(num(p.clockPair, 1).leftPadded(7))")
+            say("  operation string \"MPI_Allreduce <label>\"              \(num(p.labelString, 1).leftPadded(7))")
+            say("  watchdog text \"<operation> on communicator 'world'\"   \(num(p.watchdogString, 1).leftPadded(7))"
+                + "   (includes the operation string)")
+            say("  Watchdog arm + disarm, building that text             \(num(p.armDisarm, 1).leftPadded(7))"
+                + "   (clock read, 2 lock/unlock, dictionary insert + remove)")
+            say("  Timeline.commWait, no trace                           \(num(p.timelineCommWait, 1).leftPadded(7))"
+                + "   (its name closure is not evaluated without a trace)")
         }
         if o.json && rank0 {
             for r in rows {
                 var obj: [String: Any] = [
-                    "bytes": r.bytes, "ranks": world.size, "iters": r.iters,
-                    "c_s": r.c.best, "swift_s": r.swift.best, "c_median_s": r.c.median, "swift_median_s": r.swift.median,
-                    "c_busbw_gbs": busbw(r.bytes, r.c.best), "swift_busbw_gbs": busbw(r.bytes, r.swift.best),
-                    "c_algbw_gbs": Double(r.bytes) / r.c.best / 1e9, "swift_algbw_gbs": Double(r.bytes) / r.swift.best / 1e9,
-                    "ratio": r.c.best / r.swift.best,
+                    "bytes": r.bytes, "ranks": world.size, "iters": r.iters, "rounds": r.c.count,
+                    "c_s": r.cBest, "swift_s": r.swiftBest, "c_median_s": median(r.c), "swift_median_s": median(r.swift),
+                    "c_busbw_gbs": busbw(r.bytes, r.cBest), "swift_busbw_gbs": busbw(r.bytes, r.swiftBest),
+                    "c_algbw_gbs": Double(r.bytes) / r.cBest / 1e9, "swift_algbw_gbs": Double(r.bytes) / r.swiftBest / 1e9,
+                    "ratio": r.ratio, "best_ratio": r.bestRatio, "swift_extra_s": r.extra,
                 ]
-                if let n = r.swiftNoWatchdog { obj["swift_no_watchdog_s"] = n.best }
+                if let n = r.swiftNoWatchdog, let e = r.extraNoWatchdog {
+                    obj["swift_no_watchdog_s"] = n.min()!; obj["swift_no_watchdog_extra_s"] = e
+                }
                 if let d = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
                     say(String(decoding: d, as: UTF8.self))
                 }

@@ -15,7 +15,7 @@ usage: tessera <command> [arguments]
   config show CONFIG.toml [--section.key VALUE ...]   print the effective config
   prepare --input FILE... --out DIR [--val-fraction F]   turn text into llm.c token shards
   bench [--sizes S,M,L] [--threads N] [--steps N] [--warmup N] [--json] [--profile]   sgemm ceiling, tokens/s and MFU
-  bench-comm [--max-mib 64] [--iters auto|N] [--rounds 7] [--json] [--breakdown]   under mpirun: allreduce busbw, Swift layer vs plain C
+  bench-comm [--max-mib 64] [--iters auto|N] [--rounds 9] [--json] [--breakdown]   under mpirun: allreduce busbw, Swift layer vs plain C
 
 Any config key can be overridden on the command line, e.g. --training.steps 50.
 """

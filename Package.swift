@@ -23,6 +23,8 @@ let package = Package(
                        providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
+        // Plain C MPI loops that `tessera bench-comm` measures the Swift communication layer against.
+        .target(name: "CCommBench", dependencies: ["CMPI"]),
         // Step phase accounting (compute / communication wait / idle) and Chrome trace files.
         .target(name: "TesseraTimeline", swiftSettings: fast),
         // MPI bindings and the process mesh.
@@ -40,7 +42,7 @@ let package = Package(
         // Training: config, data, optimizer, schedule, loop, metrics, sampling.
         .target(name: "TesseraTraining",
                 dependencies: ["TesseraModel", "TesseraKernels", "TesseraComm", "TesseraTimeline", "TesseraDataParallel",
-                               "TesseraSequenceParallel", "TOMLKit"],
+                               "TesseraSequenceParallel", "TOMLKit", "CCommBench"],
                 swiftSettings: fast),
         // The `tessera` command.
         .executableTarget(name: "tessera", dependencies: ["TesseraTraining"], swiftSettings: fast),

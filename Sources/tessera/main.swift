@@ -3,7 +3,7 @@ import TesseraComm
 import TesseraKernels
 import TesseraTraining
 
-// The `tessera` command. Subcommands: train, config show, prepare, bench.
+// The `tessera` command. Subcommands: train, config show, prepare, bench, bench-dp, bench-comm, mpi-check.
 
 let usage = """
 usage: tessera <command> [arguments]
@@ -16,9 +16,9 @@ usage: tessera <command> [arguments]
   prepare --input FILE... --out DIR [--val-fraction F]   turn text into llm.c token shards
   bench [--sizes S,M,L] [--threads N] [--steps N] [--warmup N] [--json] [--profile]   sgemm ceiling, tokens/s and MFU
   mpi-check [--pp N] [--dp N] [--ring N] [--ulysses N] [--inject-fault RANK]   under mpirun: check every MPI call and the mesh
-
   bench-dp [--size M] [--steps N] [--rounds N] [--threads N] [--bucket-mb X] [--zero]   (under mpirun -np 2)
         data-parallel scaling against one rank, in one run, and the share of the reduction hidden behind backward
+  bench-comm [--max-mib 64] [--iters auto|N] [--rounds 9] [--json] [--breakdown]   under mpirun: allreduce busbw, Swift layer vs plain C
 
 Any config key can be overridden on the command line, e.g. --training.steps 50.
 """
@@ -128,6 +128,12 @@ do {
         runtime.finalize()
     case "mpi-check":
         exit(CommSelfCheck.command(arguments: args))
+    case "bench-comm":
+        let options = try CommBench.Options(parsing: args)
+        let runtime = MPIRuntime()
+        let status = CommBench.command(options, runtime: runtime)
+        runtime.finalize()
+        if status != 0 { exit(status) }
     case "help", "--help", "-h":
         print(usage)
     default:

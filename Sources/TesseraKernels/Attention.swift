@@ -31,7 +31,8 @@ public struct AttentionLayout: Sendable {
 
     public init(batch: Int, heads: Int, headDim: Int, tq: Int, tk: Int, qOffset: Int = 0, kOffset: Int = 0,
                 causal: Bool = true, qRow: Int, kRow: Int, vRow: Int, oRow: Int,
-                qBatch: Int, kBatch: Int, vBatch: Int, oBatch: Int) {
+                qBatch: Int, kBatch: Int, vBatch: Int, oBatch: Int, blockQ: Int = 64, blockK: Int = 64) {
+        self.blockQ = blockQ; self.blockK = blockK
         self.batch = batch; self.heads = heads; self.headDim = headDim; self.tq = tq; self.tk = tk
         self.qOffset = qOffset; self.kOffset = kOffset; self.causal = causal
         self.qRow = qRow; self.kRow = kRow; self.vRow = vRow; self.oRow = oRow

@@ -361,7 +361,14 @@ final class ConfigTests: XCTestCase {
         assertConfigError(try load("[parallelism]\nulysses = 3\n"),
                           contains: ["model.n_head = 4 is not divisible by parallelism.ulysses = 3"])
         assertConfigError(try load("[parallelism]\nring = 3\n"),
-                          contains: ["training.seq_len = 256 is not divisible by parallelism.ring × parallelism.ulysses"])
+                          contains: ["training.seq_len = 256 cannot be split for ring attention: it needs 2 × parallelism.ring = 6",
+                                     "expected a multiple of 6 such as 252 or 258"])
+        // Zigzag needs 2 × ring chunks: 18 splits into ring × ulysses = 6 slices but not into 4 chunks.
+        assertConfigError(try load("[model]\nn_head = 6\nd_model = 192\n[training]\nseq_len = 18\n[parallelism]\nring = 2\nulysses = 3\n"),
+                          contains: ["training.seq_len = 18 cannot be split", "parallelism.ulysses = 3 slices", "multiple of 12 such as 12 or 24"])
+        assertConfigError(try load("[parallelism]\nulysses = 4\n[training]\nseq_len = 254\n"),
+                          contains: ["training.seq_len = 254 is not divisible by parallelism.ulysses = 4"])
+        XCTAssertNoThrow(try load("[training]\nseq_len = 96\n[parallelism]\nring = 2\nulysses = 2\n"))
         assertConfigError(try load("[parallelism]\npp = 8\n"),
                           contains: ["model.n_layer = 4 is less than parallelism.pp × parallelism.virtual_stages = 8 × 1 = 8"])
         assertConfigError(try load("[parallelism]\nvirtual_stages = 2\n"),
@@ -405,10 +412,11 @@ final class ConfigTests: XCTestCase {
         assertConfigError(try c.validateForThisBuild(),
                           contains: ["checkpoint.every = 10: checkpointing is not available",
                                      "memory.policy = \"full\"", "not available in this build yet"])
-        for key in ["pp", "ring", "ulysses"] {
-            let loaded = try load("[training]\nbatch_size = 8\n[model]\nn_head = 4\n",
-                                  overrides: [(key: "parallelism." + key, value: "2")])
-            assertConfigError(try loaded.validateForThisBuild(), contains: ["parallelism.\(key) = 2:", "not available"])
+        let loaded = try load("[training]\nbatch_size = 8\n[model]\nn_head = 4\n", overrides: [(key: "parallelism.pp", value: "2")])
+        assertConfigError(try loaded.validateForThisBuild(), contains: ["parallelism.pp = 2:", "not available"])
+        for key in ["ring", "ulysses"] {
+            let built = try load("[training]\nseq_len = 64\n[model]\nn_head = 4\n", overrides: [(key: "parallelism." + key, value: "2")])
+            XCTAssertNoThrow(try built.validateForThisBuild(), "sequence parallelism is built")
         }
     }
 

@@ -29,6 +29,8 @@ public final class Communicator: @unchecked Sendable {
     public let name: String
     /// This process's rank in MPI_COMM_WORLD (for messages).
     public let worldRank: Int
+    /// Bytes this rank has sent to other ranks point to point and in all-to-alls (for traffic reports).
+    public var bytesSent = 0
 
     public init(handle: MPI_Comm, name: String, worldRank: Int) {
         self.handle = handle; self.name = name; self.worldRank = worldRank
@@ -146,6 +148,7 @@ public final class Communicator: @unchecked Sendable {
     public func alltoall<T: MPIScalar>(send: UnsafePointer<T>, recv: UnsafeMutablePointer<T>, count: Int,
                                        label: String = "") throws {
         let n = try n32(count, "MPI_Alltoall")
+        bytesSent += (size - 1) * count * MemoryLayout<T>.stride
         try blocking("MPI_Alltoall", label) { MPI_Alltoall(raw(send), n, T.mpiType, recv, n, T.mpiType, handle) }
     }
 
@@ -155,6 +158,7 @@ public final class Communicator: @unchecked Sendable {
                                        label: String = "") throws {
         var sc = try sendCounts.map { try n32($0, "MPI_Alltoallv") }, sd = try sendDisplacements.map { try n32($0, "MPI_Alltoallv") }
         var rc = try recvCounts.map { try n32($0, "MPI_Alltoallv") }, rd = try recvDisplacements.map { try n32($0, "MPI_Alltoallv") }
+        bytesSent += (sendCounts.reduce(0, +) - sendCounts[rank]) * MemoryLayout<T>.stride
         try blocking("MPI_Alltoallv", label) {
             MPI_Alltoallv(raw(send), &sc, &sd, T.mpiType, recv, &rc, &rd, T.mpiType, handle)
         }
@@ -173,6 +177,7 @@ public final class Communicator: @unchecked Sendable {
 
     public func send<T: MPIScalar>(_ buf: UnsafePointer<T>, count: Int, to dest: Int, tag: Int, label: String = "") throws {
         let n = try n32(count, "MPI_Send")
+        if dest != rank { bytesSent += count * MemoryLayout<T>.stride }
         try blocking("MPI_Send", label.isEmpty ? "to \(dest) tag \(tag)" : label) { MPI_Send(raw(buf), n, T.mpiType, Int32(dest), Int32(tag), handle) }
     }
 
@@ -194,6 +199,7 @@ public final class Communicator: @unchecked Sendable {
                                        recv: UnsafeMutablePointer<T>, recvCount: Int, from source: Int, recvTag: Int,
                                        label: String = "") throws {
         let sn = try n32(sendCount, "MPI_Sendrecv"), rn = try n32(recvCount, "MPI_Sendrecv")
+        if dest != rank { bytesSent += sendCount * MemoryLayout<T>.stride }
         try blocking("MPI_Sendrecv", label.isEmpty ? "to \(dest) from \(source)" : label) {
             MPI_Sendrecv(raw(send), sn, T.mpiType, Int32(dest), Int32(sendTag), recv, rn, T.mpiType, Int32(source),
                          Int32(recvTag), handle, tmpi_status_ignore())

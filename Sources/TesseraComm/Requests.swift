@@ -118,13 +118,15 @@ extension Communicator {
     public func ialltoall<T: MPIScalar>(send: UnsafePointer<T>, recv: UnsafeMutablePointer<T>, count: Int,
                                         label: String = "MPI_Ialltoall") throws -> Request {
         let n = try n32(count, label)
+        bytesSent += (size - 1) * count * MemoryLayout<T>.stride
         return try start(label) { MPI_Ialltoall(raw(send), n, T.mpiType, recv, n, T.mpiType, handle, &$0.handle) }
     }
 
     public func ialltoall<T: MPIScalar>(send: UnsafePointer<T>, sendCounts: [Int], sendDisplacements: [Int],
                                         recv: UnsafeMutablePointer<T>, recvCounts: [Int], recvDisplacements: [Int],
                                         label: String = "MPI_Ialltoallv") throws -> Request {
-        try start(label) { r in
+        bytesSent += (sendCounts.reduce(0, +) - sendCounts[rank]) * MemoryLayout<T>.stride
+        return try start(label) { r in
             MPI_Ialltoallv(raw(send), try r.own(sendCounts), try r.own(sendDisplacements), T.mpiType, recv,
                            try r.own(recvCounts), try r.own(recvDisplacements), T.mpiType, handle, &r.handle)
         }
@@ -143,6 +145,7 @@ extension Communicator {
     public func isend<T: MPIScalar>(_ buf: UnsafePointer<T>, count: Int, to dest: Int, tag: Int,
                                     label: String = "MPI_Isend") throws -> Request {
         let n = try n32(count, label)
+        if dest != rank { bytesSent += count * MemoryLayout<T>.stride }
         return try start(label) { MPI_Isend(raw(buf), n, T.mpiType, Int32(dest), Int32(tag), handle, &$0.handle) }
     }
 

@@ -54,11 +54,17 @@ public struct AttentionLayout: Sendable {
 
 }
 
+/// Called now and then by one worker while a kernel runs, so that communication in flight (ring
+/// attention's next key/value block) keeps moving: this MPI progresses only inside MPI calls.
+public protocol KernelProgress: AnyObject, Sendable {
+    func poll()
+}
+
 public enum Attention {
     /// O [batch, tq, heads*hd] (strided by oRow/oBatch) and lse [batch, heads, tq] are written.
     public static func forward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                                q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                               layout g: AttentionLayout, scratch: Scratch) {
+                               layout g: AttentionLayout, scratch: Scratch, progress: KernelProgress? = nil) {
         let bq = g.blockQ, bk = g.blockK, hd = g.headDim
         let nqb = (g.tq + bq - 1) / bq
         let tasks = g.batch * g.heads * nqb
@@ -68,6 +74,7 @@ public enum Attention {
         let O = SendPtr(out), LSE = SendPtr(lse), Q = SendConstPtr(q), K = SendConstPtr(k), V = SendConstPtr(v)
         let scale = g.scale
         Threads.parallelTasks(tasks) { w, task in
+            if w == 0 { progress?.poll() }
             // Heaviest (latest) query blocks first for causal balance.
             let qb = nqb - 1 - task % nqb
             let bh = task / nqb, h = bh % g.heads, b = bh / g.heads
@@ -126,7 +133,7 @@ public enum Attention {
                                 dv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
                                 out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
                                 q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                                layout g: AttentionLayout, scratch: Scratch) {
+                                layout g: AttentionLayout, scratch: Scratch, progress: KernelProgress? = nil) {
         let bq = g.blockQ, bk = g.blockK, hd = g.headDim
         let tasks = g.batch * g.heads
         let workers = min(Threads.count, max(tasks, 1))
@@ -145,6 +152,7 @@ public enum Attention {
             for i in 0..<g.tq { dsum[i] = vdot(dop + i * g.oRow, op + i * g.oRow, hd) }
             var k0 = 0
             while k0 < g.tk {
+                if w == 0 { progress?.poll() }
                 let nk = min(bk, g.tk - k0)
                 // First query row that sees key k0 (causal), rounded down to a query block.
                 var qStart = g.causal ? Swift.max(0, g.kOffset + k0 - g.qOffset) : 0

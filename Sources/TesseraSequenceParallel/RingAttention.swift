@@ -42,6 +42,17 @@ public final class LocalCore: AttentionCore {
     }
 }
 
+/// Polls the requests in flight from inside the attention kernel (one worker, between blocks).
+final class RequestPoller: KernelProgress, @unchecked Sendable {
+    var requests: [Request] = []
+    var failure: Error?
+    func poll() {
+        guard failure == nil else { return }
+        do { try Request.testAll(requests) } catch { failure = error }
+    }
+    func check() throws { if let f = failure { failure = nil; throw f } }
+}
+
 public final class RingCore: AttentionCore {
     public let comm: Communicator
     public let layout: SequenceLayout
@@ -50,6 +61,7 @@ public final class RingCore: AttentionCore {
     let partOut: FloatBuffer, partLse: FloatBuffer, chunkLse: [FloatBuffer]
     /// Attention FLOPs this rank computed (QKᵀ and PV, forward), for the balance report.
     public private(set) var forwardFlops = 0.0
+    let poller = RequestPoller()
     /// Time blocked waiting for blocks after computing (ns), forward and backward.
     public private(set) var waitNs: (forward: UInt64, backward: UInt64) = (0, 0)
 
@@ -58,7 +70,7 @@ public final class RingCore: AttentionCore {
         self.comm = comm; self.layout = layout; self.headDim = headDim
         let kvCount = maxBatch * layout.ringLocal * 2 * heads * headDim
         kv = [FloatBuffer(kvCount), FloatBuffer(kvCount)]
-        dkv = [FloatBuffer(kvCount), FloatBuffer(kvCount)]
+        dkv = [FloatBuffer(kvCount), FloatBuffer(kvCount), FloatBuffer(kvCount)]
         partOut = FloatBuffer(maxBatch * layout.chunk * heads * headDim)
         partLse = FloatBuffer(maxBatch * heads * layout.chunk)
         chunkLse = [FloatBuffer(maxBatch * heads * layout.chunk), FloatBuffer(maxBatch * heads * layout.chunk)]
@@ -105,11 +117,14 @@ public final class RingCore: AttentionCore {
                 reqs.append(try comm.isend(cur, count: n, to: next, tag: tag, label: "ring kv L\(layer) s\(s)"))
             }
             let src = (r - s + R) % R
+            poller.requests = reqs
             for (qi, q) in myRuns.enumerated() {
                 for k in layout.runs(ringRank: src) where !Self.masked(q, k) {
                     let g = pairLayout(batch: batch, heads: heads, tokens: tokens, q: q, k: k, oRow: c, oBatch: ch * c)
                     Attention.forward(out: partOut.ptr, lse: partLse.ptr, q: qkv + q.local * 3 * c,
-                                      k: cur + k.local * 2 * c, v: cur + k.local * 2 * c + c, layout: g, scratch: scratch)
+                                      k: cur + k.local * 2 * c, v: cur + k.local * 2 * c + c, layout: g, scratch: scratch,
+                                      progress: reqs.isEmpty ? nil : poller)
+                    try poller.check()
                     Attention.merge(accOut: out + q.local * c, accLse: chunkLse[qi].ptr, accRow: c, accBatch: tokens * c,
                                     partOut: partOut.ptr, partLse: partLse.ptr, batch: batch, t: ch, heads: heads, headDim: headDim)
                     forwardFlops += Self.pairFlops(q, k, batch: batch, heads: heads, headDim: headDim)
@@ -139,38 +154,50 @@ public final class RingCore: AttentionCore {
             }
         }
         packKV(qkv, into: kv[0].ptr, batch: batch, tokens: tokens, c: c)
-        dkv[0].ptr.update(repeating: 0, count: n)
         let tag = layer * 4 + 1, dtag = layer * 4 + 2
+        // dkv[0], dkv[1]: this step's accumulator being built, then sent (double buffered); dkv[2]: incoming.
+        var incoming: Request? = nil
+        var sending: [Request?] = [nil, nil]
         for s in 0..<R {
-            let cur = kv[s % 2].ptr, dcur = dkv[s % 2].ptr
-            var reqs: [Request] = []
+            let cur = kv[s % 2].ptr, acc = dkv[s % 2].ptr
+            var kvReqs: [Request] = []
             if s < R - 1 {
-                reqs.append(try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: tag, label: "ring kv bwd L\(layer) s\(s + 1)"))
-                reqs.append(try comm.isend(cur, count: n, to: next, tag: tag, label: "ring kv bwd L\(layer) s\(s)"))
+                kvReqs.append(try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: tag, label: "ring kv bwd L\(layer) s\(s + 1)"))
+                kvReqs.append(try comm.isend(cur, count: n, to: next, tag: tag, label: "ring kv bwd L\(layer) s\(s)"))
             }
+            if let r = sending[s % 2] { try r.wait() }
+            acc.update(repeating: 0, count: n)
             let src = (r - s + R) % R
+            poller.requests = kvReqs + [incoming, sending[(s + 1) % 2]].compactMap { $0 }
             for (qi, q) in myRuns.enumerated() {
                 for k in layout.runs(ringRank: src) where !Self.masked(q, k) {
                     let g = pairLayout(batch: batch, heads: heads, tokens: tokens, q: q, k: k, oRow: c, oBatch: tokens * c)
-                    var gl = g
-                    gl.oRow = c; gl.oBatch = tokens * c
-                    Attention.backward(dq: dqkv + q.local * 3 * c, dk: dcur + k.local * 2 * c, dv: dcur + k.local * 2 * c + c,
+                    Attention.backward(dq: dqkv + q.local * 3 * c, dk: acc + k.local * 2 * c, dv: acc + k.local * 2 * c + c,
                                        dout: dout + q.local * c, out: out + q.local * c, lse: chunkLse[qi].ptr,
                                        q: qkv + q.local * 3 * c, k: cur + k.local * 2 * c, v: cur + k.local * 2 * c + c,
-                                       layout: gl, scratch: scratch)
-                    try Request.testAll(reqs)
+                                       layout: g, scratch: scratch, progress: poller)
+                    try poller.check()
                 }
             }
-            // The gradient accumulator of the block just used goes on to the next rank; the previous rank's
-            // comes in (after the last step: this rank's own, complete).
-            reqs.append(try comm.irecv(dkv[(s + 1) % 2].ptr, count: n, from: prev, tag: dtag, label: "ring dkv L\(layer) s\(s + 1)"))
-            reqs.append(try comm.isend(dcur, count: n, to: next, tag: dtag, label: "ring dkv L\(layer) s\(s)"))
             let t0 = nowNsSP()
-            try Request.waitAll(reqs)
+            // The accumulator of this block from the ranks that held it before (sent while this step computed).
+            if let inc = incoming {
+                try inc.wait()
+                let d = dkv[2].ptr
+                for j in 0..<n { acc[j] += d[j] }
+            }
+            sending[s % 2] = try comm.isend(acc, count: n, to: next, tag: dtag, label: "ring dkv L\(layer) s\(s)")
+            // Next step's accumulator, or (after the last step) this rank's own block, complete.
+            incoming = try comm.irecv(dkv[2].ptr, count: n, from: prev, tag: dtag, label: "ring dkv L\(layer) s\(s + 1)")
+            try Request.waitAll(kvReqs)
             waitNs.backward += nowNsSP() - t0
         }
+        let t0 = nowNsSP()
+        try incoming!.wait()
+        try Request.waitAll(sending.compactMap { $0 })
+        waitNs.backward += nowNsSP() - t0
         // Own dK, dV into the k and v columns of dqkv.
-        let mine = dkv[R % 2].ptr
+        let mine = dkv[2].ptr
         for row in 0..<(batch * tokens) {
             let d = dqkv + row * 3 * c + c, s = mine + row * 2 * c
             for j in 0..<(2 * c) { d[j] += s[j] }
@@ -186,6 +213,45 @@ public final class RingCore: AttentionCore {
     }
 
     public func resetCounters() { forwardFlops = 0; waitNs = (0, 0) }
+
+    /// Bytes of this core's buffers.
+    public var bytes: Int { (kv + dkv + [partOut, partLse] + chunkLse).reduce(0) { $0 + $1.bytes } }
+
+    /// The buffers `init` allocates, without allocating them.
+    public static func plannedBytes(layout: SequenceLayout, heads: Int, headDim: Int, maxBatch: Int) -> Int {
+        let kvCount = maxBatch * layout.ringLocal * 2 * heads * headDim
+        return 4 * (5 * kvCount + maxBatch * layout.chunk * heads * headDim + 3 * maxBatch * heads * layout.chunk)
+    }
+
+    /// The ring's communication alone, as `layers` forward and backward passes make it, with no compute:
+    /// seconds (forward, backward) for the comparison with the waits measured in training.
+    public func exchangeAlone(batch: Int, heads: Int, layers: Int) throws -> (forward: Double, backward: Double) {
+        let c = heads * headDim, R = comm.size, n = batch * layout.ringLocal * 2 * c
+        try comm.barrier()
+        var t0 = nowNsSP()
+        for layer in 0..<layers {
+            for s in 0..<(R - 1) {
+                try Request.waitAll([try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: layer * 4),
+                                     try comm.isend(kv[s % 2].ptr, count: n, to: next, tag: layer * 4)])
+            }
+        }
+        let forward = Double(nowNsSP() - t0) / 1e9
+        try comm.barrier()
+        t0 = nowNsSP()
+        for layer in 0..<layers {
+            for s in 0..<R {
+                var reqs: [Request] = []
+                if s < R - 1 {
+                    reqs += [try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: layer * 4 + 1),
+                             try comm.isend(kv[s % 2].ptr, count: n, to: next, tag: layer * 4 + 1)]
+                }
+                reqs += [try comm.irecv(dkv[(s + 1) % 2].ptr, count: n, from: prev, tag: layer * 4 + 2),
+                         try comm.isend(dkv[s % 2].ptr, count: n, to: next, tag: layer * 4 + 2)]
+                try Request.waitAll(reqs)
+            }
+        }
+        return (forward, Double(nowNsSP() - t0) / 1e9)
+    }
 }
 
 import Foundation

@@ -45,9 +45,19 @@ public final class SequenceParallelAttention: AttentionOp {
         }
     }
 
-    /// Bytes of saved head-sharded tensors (Ulysses) and communication buffers.
+    /// Bytes of saved head-sharded tensors (Ulysses), communication buffers and the ring's buffers.
     public var extraBytes: Int {
-        (qkvH + outH + [sendBuf, recvBuf, doutH, dqkvH]).reduce(0) { $0 + $1.bytes }
+        (qkvH + outH + [sendBuf, recvBuf, doutH, dqkvH]).reduce(0) { $0 + $1.bytes } + ((core as? RingCore)?.bytes ?? 0)
+    }
+
+    /// What `init` allocates for these shapes, without allocating (for memory planning).
+    public static func plannedBytes(heads: Int, headDim: Int, layout: SequenceLayout, layers: Int, maxBatch: Int) -> Int {
+        let c = heads * headDim, full = maxBatch * layout.local * 3 * c, out = maxBatch * layout.local * c
+        var floats = 0
+        if layout.ulysses > 1 { floats += layers * (full + out) + 3 * full + out }
+        let ring = layout.ring > 1
+            ? RingCore.plannedBytes(layout: layout, heads: heads / layout.ulysses, headDim: headDim, maxBatch: maxBatch) : 0
+        return 4 * floats + ring
     }
 
     // MARK: Ulysses all-to-alls

@@ -18,6 +18,8 @@ usage: tessera <command> [arguments]
   mpi-check [--pp N] [--dp N] [--ring N] [--ulysses N] [--inject-fault RANK]   under mpirun: check every MPI call and the mesh
   bench-dp [--size M] [--steps N] [--rounds N] [--threads N] [--bucket-mb X] [--zero]   (under mpirun -np 2)
         data-parallel scaling against one rank, in one run, and the share of the reduction hidden behind backward
+  bench-sp [--ring R] [--ulysses U] [--seq 1024,2048,4096] [--steps N] [--budget-mib X]   (under mpirun -np R×U)
+        sequence-parallel steps: ring overlap, attention bytes vs theory, balance, memory; --budget-mib plans lengths
   bench-comm [--max-mib 64] [--iters auto|N] [--rounds 9] [--json] [--breakdown]   under mpirun: allreduce busbw, Swift layer vs plain C
 
 Any config key can be overridden on the command line, e.g. --training.steps 50.
@@ -125,6 +127,29 @@ do {
         guard args.isEmpty else { fail("bench-dp: unexpected arguments: \(args.joined(separator: " "))") }
         let runtime = MPIRuntime()
         if let report = try ScalingBench.run(runtime: runtime, options: o) { print(report) }
+        runtime.finalize()
+    case "bench-sp":
+        var o = SequenceBench.Options()
+        for (flag, ref) in [("--ring", \SequenceBench.Options.ring), ("--ulysses", \.ulysses), ("--steps", \.steps),
+                            ("--warmup", \.warmup), ("--threads", \.threads)] as [(String, WritableKeyPath<SequenceBench.Options, Int>)] {
+            if let v = takeOption(&args, flag) {
+                guard let i = Int(v), i >= (flag == "--warmup" ? 0 : 1) else { fail("bench-sp: \(flag) expects a positive integer, got '\(v)'") }
+                o[keyPath: ref] = i
+            }
+        }
+        if let v = takeOption(&args, "--seq") {
+            let seqs = v.split(separator: ",").compactMap { Int($0) }
+            guard !seqs.isEmpty, seqs.allSatisfy({ $0 > 0 }) else { fail("bench-sp: --seq expects lengths like 1024,2048; got '\(v)'") }
+            o.seqs = seqs
+        }
+        if let v = takeOption(&args, "--budget-mib") {
+            guard let x = Double(v), x > 0 else { fail("bench-sp: --budget-mib expects a number > 0, got '\(v)'") }
+            o.budgetMiB = x
+        }
+        guard args.isEmpty else { fail("bench-sp: unexpected arguments: \(args.joined(separator: " "))") }
+        if let budget = o.budgetMiB { print(SequenceBench.plan(budgetMiB: budget)); break }
+        let runtime = MPIRuntime()
+        if let report = try SequenceBench.run(runtime: runtime, options: o) { print(report) }
         runtime.finalize()
     case "mpi-check":
         exit(CommSelfCheck.command(arguments: args))

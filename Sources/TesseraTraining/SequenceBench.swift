@@ -61,7 +61,7 @@ public enum SequenceBench {
         let world = runtime.worldCommunicator
         var out = ["tessera bench-sp — model M (6 layers, d 256, 8 heads), batch 1, ring \(o.ring) × ulysses \(o.ulysses) "
                    + "= \(runtime.size) rank(s), \(o.threads) thread(s) per rank, median of \(o.steps) steps", ""]
-        out.append("seq     step ms   tok/s    ring wait fwd/bwd ms   ring alone fwd/bwd ms   hidden fwd/bwd   "
+        out.append("seq     step ms   tok/s    ring wait fwd/bwd ms (max)     ring alone fwd/bwd ms   hidden fwd/bwd   "
                    + "sent MB/rank (theory)   attn work max/mean   activations MiB/rank")
         for seq in o.seqs {
             let trainer = try Trainer(config: config(seq: seq, o: o, data: path), runtime: runtime, options: .init(measurePeak: false))
@@ -79,10 +79,13 @@ public enum SequenceBench {
             let steps = Double(o.steps)
             let sent = try world.allreduce(Double(comms.reduce(0) { $0 + $1.bytesSent }) / steps, op: .max)
             let theory = theoryBytes(seq: seq, ring: o.ring, ulysses: o.ulysses, layers: model.nLayer, dModel: model.dModel)
-            var waitF = 0.0, waitB = 0.0, aloneF = 0.0, aloneB = 0.0, workRatio = 1.0
+            var waitF = 0.0, waitB = 0.0, maxWaitF = 0.0, maxWaitB = 0.0, aloneF = 0.0, aloneB = 0.0, workRatio = 1.0
             if let ring {
-                waitF = try world.allreduce(Double(ring.waitNs.forward) / 1e9 / steps, op: .max)
-                waitB = try world.allreduce(Double(ring.waitNs.backward) / 1e9 / steps, op: .max)
+                // The rank that computes slowest waits only for communication; the others also for it.
+                waitF = try world.allreduce(Double(ring.waitNs.forward) / 1e9 / steps, op: .min)
+                waitB = try world.allreduce(Double(ring.waitNs.backward) / 1e9 / steps, op: .min)
+                maxWaitF = try world.allreduce(Double(ring.waitNs.forward) / 1e9 / steps, op: .max)
+                maxWaitB = try world.allreduce(Double(ring.waitNs.backward) / 1e9 / steps, op: .max)
                 let alone = try ring.exchangeAlone(batch: 1, heads: model.nHead / o.ulysses, layers: model.nLayer)
                 aloneF = try world.allreduce(alone.forward, op: .max); aloneB = try world.allreduce(alone.backward, op: .max)
                 let w = ring.forwardFlops / steps
@@ -91,43 +94,50 @@ public enum SequenceBench {
             }
             let acts = Double(trainer.acts.store.totalBytes + (sp?.extraBytes ?? 0)) / 1_048_576
             let actsMax = try world.allreduce(acts, op: .max)
+            let planned = plannedBytes(seq: seq, ring: o.ring, ulysses: o.ulysses) / 1_048_576
             let t = median(times)
             func pct(_ wait: Double, _ alone: Double) -> String { alone > 0 ? fmt(100 * max(0, 1 - wait / alone), 0) + "%" : "–" }
             let row = "\(seq)".padding(toLength: 8, withPad: " ", startingAt: 0)
                 + fmt(1000 * t, 0).padding(toLength: 10, withPad: " ", startingAt: 0)
                 + fmt(Double(seq) / t, 0).padding(toLength: 9, withPad: " ", startingAt: 0)
-                + (ring != nil ? "\(fmt(1000 * waitF, 1)) / \(fmt(1000 * waitB, 1))" : "–").padding(toLength: 23, withPad: " ", startingAt: 0)
+                + (ring != nil ? "\(fmt(1000 * waitF, 1)) / \(fmt(1000 * waitB, 1)) (\(fmt(1000 * maxWaitF, 0))/\(fmt(1000 * maxWaitB, 0)))" : "–").padding(toLength: 27, withPad: " ", startingAt: 0)
                 + (ring != nil ? "\(fmt(1000 * aloneF, 1)) / \(fmt(1000 * aloneB, 1))" : "–").padding(toLength: 24, withPad: " ", startingAt: 0)
                 + (ring != nil ? "\(pct(waitF, aloneF)) / \(pct(waitB, aloneB))" : "–").padding(toLength: 17, withPad: " ", startingAt: 0)
                 + "\(fmt(sent / 1e6, 2)) (\(fmt(theory / 1e6, 2)))".padding(toLength: 24, withPad: " ", startingAt: 0)
                 + fmt(workRatio, 3).padding(toLength: 21, withPad: " ", startingAt: 0)
-                + fmt(actsMax, 1)
+                + "\(fmt(actsMax, 2)) (planned \(fmt(planned, 2)))"
             out.append(row)
         }
         out.append("")
-        out.append("hidden = 1 − (time the ring waits for blocks after computing) ÷ (the same transfers with no compute);")
+        out.append("ring wait: time blocked on ring transfers after computing, per step: the least over ranks (the slowest rank")
+        out.append("waits only for communication) and, in brackets, the most (which adds waiting for slower ranks).")
+        out.append("hidden = 1 − ring wait ÷ (the same transfers with no compute);")
         out.append("sent = point-to-point and all-to-all bytes of attention per rank per step (max over ranks).")
         return runtime.rank == 0 ? out.joined(separator: "\n") : nil
     }
 
-    /// The longest sequence each layout can train with at most `budgetMiB` of activations per rank.
-    public static func plan(budgetMiB: Double) -> String {
+    /// Planned activation bytes per rank for model M, batch 1, a sequence of `seq` tokens on ring × ulysses ranks:
+    /// saved tensors and workspace (linear in tokens, measured on two tiny allocations) plus the
+    /// sequence-parallel buffers (`SequenceParallelAttention.plannedBytes`).
+    public static func plannedBytes(seq: Int, ring r: Int, ulysses u: Int) -> Double {
         let gpt = GPTConfig(vocabSize: model.vocabSize, nLayer: model.nLayer, nHead: model.nHead, dModel: model.dModel,
                             blockSize: 1)
-        // Activation bytes are linear in tokens: measure the slope and intercept on tiny allocations.
         let a1 = Activations(config: gpt, batch: 1, tokens: 64).store.totalBytes
         let a2 = Activations(config: gpt, batch: 1, tokens: 128).store.totalBytes
         let perToken = Double(a2 - a1) / 64, fixed = Double(a1) - 64 * perToken
+        let l = SequenceLayout(seqLen: seq, ring: r, ulysses: u, ringRank: 0, ulyssesRank: 0)
+        let extra = r * u > 1 ? SequenceParallelAttention.plannedBytes(heads: gpt.nHead, headDim: gpt.headDim, layout: l,
+                                                                     layers: gpt.nLayer, maxBatch: 1) : 0
+        return fixed + perToken * Double(l.local) + Double(extra)
+    }
+
+    /// The longest sequence each layout can train with at most `budgetMiB` of activations per rank.
+    public static func plan(budgetMiB: Double) -> String {
         let budget = budgetMiB * 1_048_576
-        func bytes(_ seq: Int, _ r: Int, _ u: Int) -> Double {
-            let l = SequenceLayout(seqLen: seq, ring: r, ulysses: u, ringRank: 0, ulyssesRank: 0)
-            let extra = r * u > 1 ? SequenceParallelAttention.plannedBytes(heads: gpt.nHead, headDim: gpt.headDim, layout: l,
-                                                                         layers: gpt.nLayer, maxBatch: 1) : 0
-            return fixed + perToken * Double(l.local) + Double(extra)
-        }
+        func bytes(_ seq: Int, _ r: Int, _ u: Int) -> Double { plannedBytes(seq: seq, ring: r, ulysses: u) }
         var out = ["Longest trainable sequence of model M (batch 1) with at most \(fmt(budgetMiB, 0)) MiB of activations per rank",
                    "(saved tensors, workspace and sequence-parallel buffers; from the allocation formulas):", "",
-                   "layout            ranks   longest seq   × single rank   MiB per rank at that length"]
+                   "layout                ranks   longest seq   × single rank   MiB per rank at that length"]
         var single = 0
         for (r, u) in [(1, 1), (2, 1), (4, 1), (8, 1), (1, 2), (1, 4), (2, 2)] {
             let step = SequenceLayout.tokenMultiple(ring: r, ulysses: u)
@@ -136,7 +146,7 @@ public enum SequenceBench {
             if bytes(s, r, u) > budget { s = 0 }
             if r * u == 1 { single = s }
             let name = r * u == 1 ? "single rank" : u == 1 ? "ring \(r)" : r == 1 ? "ulysses \(u)" : "ring \(r) × ulysses \(u)"
-            out.append(name.padding(toLength: 18, withPad: " ", startingAt: 0) + "\(r * u)".padding(toLength: 8, withPad: " ", startingAt: 0)
+            out.append(name.padding(toLength: 22, withPad: " ", startingAt: 0) + "\(r * u)".padding(toLength: 8, withPad: " ", startingAt: 0)
                        + "\(s)".padding(toLength: 14, withPad: " ", startingAt: 0)
                        + (single > 0 ? fmt(Double(s) / Double(single), 2) : "–").padding(toLength: 16, withPad: " ", startingAt: 0)
                        + fmt(bytes(s, r, u) / 1_048_576, 1))

@@ -36,6 +36,29 @@ final class SequenceParallelTests: XCTestCase {
         try check(np: 4, "dp2ring2", ["--parallelism.dp", "2", "--parallelism.ring", "2", "--parallelism.zero", "1"])
     }
 
+    /// `tessera bench-sp` on real ranks: the attention bytes each rank sends equal the formulas, the
+    /// activation memory equals the plan the budget table is computed from, and the work is balanced.
+    func testBenchReportsTrafficMemoryAndBalanceAsPlanned() throws {
+        for (np, flags) in [(2, ["--ring", "2"]), (2, ["--ulysses", "2"]), (4, ["--ring", "2", "--ulysses", "2"])] {
+            let (status, out) = try runProcess(["mpirun", "-np", "\(np)", CommandTests.binary, "bench-sp", "--seq", "128",
+                                                "--steps", "1", "--warmup", "0"] + flags, timeout: 300)
+            XCTAssertEqual(status, 0, out)
+            guard let row = out.split(separator: "\n").first(where: { $0.hasPrefix("128 ") }) else {
+                XCTFail("no result row: \(out)"); continue
+            }
+            let numbers = row.replacingOccurrences(of: "(", with: " ").replacingOccurrences(of: ")", with: " ")
+                .split(separator: " ").compactMap { Double($0) }
+            // … sent, theory, work ratio, activations, planned (the last five numbers).
+            let tail = Array(numbers.suffix(5))
+            XCTAssertEqual(tail.count, 5, String(row))
+            guard tail.count == 5 else { continue }
+            XCTAssertGreaterThan(tail[0], 0, String(row))
+            XCTAssertEqual(tail[0], tail[1], accuracy: 0.005, "bytes sent vs theory: \(row)")
+            XCTAssertLessThanOrEqual(tail[2], 1.05, "attention work max/mean: \(row)")
+            XCTAssertEqual(tail[3], tail[4], accuracy: 0.005, "activation MiB vs plan: \(row)")
+        }
+    }
+
     /// A head count Ulysses cannot split stops every rank before any work with the arithmetic.
     func testImpossibleHeadSplitIsAConfigError() throws {
         let cfg = try DataParallelTests.config()

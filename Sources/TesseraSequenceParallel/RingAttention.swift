@@ -64,6 +64,14 @@ public final class RingCore: AttentionCore {
     let poller = RequestPoller()
     /// Time blocked waiting for blocks after computing (ns), forward and backward.
     public private(set) var waitNs: (forward: UInt64, backward: UInt64) = (0, 0)
+    /// Message timing for the exposure analysis, per kind (0 kv forward, 1 kv backward, 2 dK/dV): when each
+    /// message this rank sent was posted, and when this rank started and ended waiting for each message it
+    /// received. Messages of one kind between two ranks arrive in order, so the i-th receive here is the
+    /// previous rank's i-th send.
+    public private(set) var sendPosts: [[UInt64]] = [[], [], []]
+    public private(set) var receiveWaits: [[(start: UInt64, end: UInt64)]] = [[], [], []]
+    /// Record message timing (off by default: the arrays grow every step).
+    public var recordTiming = false
 
     /// `maxBatch` × ring-local tokens × `heads` × `headDim` bounds every buffer.
     public init(comm: Communicator, layout: SequenceLayout, heads: Int, headDim: Int, maxBatch: Int) {
@@ -115,6 +123,7 @@ public final class RingCore: AttentionCore {
             if s < R - 1 {
                 reqs.append(try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: tag, label: "ring kv L\(layer) s\(s + 1)"))
                 reqs.append(try comm.isend(cur, count: n, to: next, tag: tag, label: "ring kv L\(layer) s\(s)"))
+                if recordTiming { sendPosts[0].append(nowNsSP()) }
             }
             let src = (r - s + R) % R
             poller.requests = reqs
@@ -133,7 +142,9 @@ public final class RingCore: AttentionCore {
             }
             let t0 = nowNsSP()
             try Request.waitAll(reqs)
-            waitNs.forward += nowNsSP() - t0
+            let t1 = nowNsSP()
+            waitNs.forward += t1 - t0
+            if recordTiming && !reqs.isEmpty { receiveWaits[0].append((t0, t1)) }
         }
         // lse [batch, heads, tokens] from the per-chunk accumulators.
         for (qi, q) in myRuns.enumerated() {
@@ -164,6 +175,7 @@ public final class RingCore: AttentionCore {
             if s < R - 1 {
                 kvReqs.append(try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: tag, label: "ring kv bwd L\(layer) s\(s + 1)"))
                 kvReqs.append(try comm.isend(cur, count: n, to: next, tag: tag, label: "ring kv bwd L\(layer) s\(s)"))
+                if recordTiming { sendPosts[1].append(nowNsSP()) }
             }
             if let r = sending[s % 2] { try r.wait() }
             acc.update(repeating: 0, count: n)
@@ -182,18 +194,24 @@ public final class RingCore: AttentionCore {
             let t0 = nowNsSP()
             // The accumulator of this block from the ranks that held it before (sent while this step computed).
             if let inc = incoming {
+                let w0 = nowNsSP()
                 try inc.wait()
+                if recordTiming { receiveWaits[2].append((w0, nowNsSP())) }
                 let d = dkv[2].ptr
                 for j in 0..<n { acc[j] += d[j] }
             }
             sending[s % 2] = try comm.isend(acc, count: n, to: next, tag: dtag, label: "ring dkv L\(layer) s\(s)")
+            if recordTiming { sendPosts[2].append(nowNsSP()) }
             // Next step's accumulator, or (after the last step) this rank's own block, complete.
             incoming = try comm.irecv(dkv[2].ptr, count: n, from: prev, tag: dtag, label: "ring dkv L\(layer) s\(s + 1)")
+            let k0 = nowNsSP()
             try Request.waitAll(kvReqs)
+            if recordTiming && !kvReqs.isEmpty { receiveWaits[1].append((k0, nowNsSP())) }
             waitNs.backward += nowNsSP() - t0
         }
         let t0 = nowNsSP()
         try incoming!.wait()
+        if recordTiming { receiveWaits[2].append((t0, nowNsSP())) }
         try Request.waitAll(sending.compactMap { $0 })
         waitNs.backward += nowNsSP() - t0
         // Own dK, dV into the k and v columns of dqkv.
@@ -212,7 +230,33 @@ public final class RingCore: AttentionCore {
         return Double(batch * heads) * Double(visible) * 4 * Double(headDim)
     }
 
-    public func resetCounters() { forwardFlops = 0; waitNs = (0, 0) }
+    public func resetCounters() {
+        forwardFlops = 0; waitNs = (0, 0); sendPosts = [[], [], []]; receiveWaits = [[], [], []]
+    }
+
+    /// Communication time not hidden behind compute, (forward, backward) in seconds summed over the recorded
+    /// messages: for each received message, the part of the wait after both sides were ready (the sender had
+    /// posted it and this rank had started waiting). Waiting for a slower sender is load imbalance, not
+    /// communication, and is excluded. Collective over the ring (each rank needs the previous rank's posts).
+    public func exposedCommunication() throws -> (forward: Double, backward: Double) {
+        var exposed = [0.0, 0.0, 0.0]
+        for kind in 0..<3 {
+            let mine = sendPosts[kind].map { Double($0) }
+            var theirs = [Double](repeating: 0, count: receiveWaits[kind].count)
+            try mine.withUnsafeBufferPointer { m in
+                try theirs.withUnsafeMutableBufferPointer { t in
+                    try comm.sendrecv(send: m.baseAddress!, sendCount: m.count, to: next, sendTag: 900 + kind,
+                                      recv: t.baseAddress!, recvCount: t.count, from: prev, recvTag: 900 + kind,
+                                      label: "ring timing")
+                }
+            }
+            for (i, w) in receiveWaits[kind].enumerated() {
+                let ready = max(Double(w.start), theirs[i])
+                exposed[kind] += max(0, Double(w.end) - ready) / 1e9
+            }
+        }
+        return (exposed[0], exposed[1] + exposed[2])
+    }
 
     /// Bytes of this core's buffers.
     public var bytes: Int { (kv + dkv + [partOut, partLse] + chunkLse).reduce(0) { $0 + $1.bytes } }

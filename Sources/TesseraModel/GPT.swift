@@ -12,6 +12,13 @@ public protocol AttentionOp: AnyObject {
     func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
                   lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int,
                   scratch: Scratch)
+    /// Called when the backward pass reaches the block, before its MLP backward: a chance to start the
+    /// communication the attention backward needs (ring attention fetches its first key/value block).
+    func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int)
+}
+
+extension AttentionOp {
+    public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int) {}
 }
 
 /// Causal self-attention over the whole local sequence with the blockwise kernel.
@@ -170,6 +177,7 @@ public final class GPT: @unchecked Sendable {
     func backwardBlock(_ l: Int, _ a: Activations) {
         let c = config.dModel, n = a.n
         let p = pBlocks[l], g = gBlocks[l], s = a.layers[l]
+        attention.prepareBackward(qkv: s.qkv, batch: a.batch, tokens: a.tokens, layer: l)
         // MLP: out = resid2 + c_proj(gelu(c_fc(ln_2(resid2))))
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dfch, dweight: g.fcProjW, dbias: g.fcProjB, dout: a.dres, inp: s.fchGelu,
                         weight: p.fcProjW, n: n, inDim: 4 * c, outDim: c, accumulateInput: false) }

@@ -14,6 +14,8 @@ import TesseraKernels
 
 /// Attention of a fused qkv [batch, tokens, 3·heads·hd] → out [batch, tokens, heads·hd], lse [batch, heads, tokens].
 public protocol AttentionCore: AnyObject {
+    /// Called before the layer's MLP backward: start any communication the attention backward will need.
+    func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, layer: Int) throws
     func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                  batch: Int, tokens: Int, heads: Int, layer: Int, scratch: Scratch) throws
     /// Writes dq and accumulates dk, dv into dqkv (zeroed by the caller).
@@ -26,6 +28,7 @@ public protocol AttentionCore: AnyObject {
 public final class LocalCore: AttentionCore {
     let headDim: Int
     public init(headDim: Int) { self.headDim = headDim }
+    public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, layer: Int) {}
 
     public func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                         batch: Int, tokens: Int, heads: Int, layer: Int, scratch: Scratch) {
@@ -154,6 +157,26 @@ public final class RingCore: AttentionCore {
         }
     }
 
+    // Backward order: at step s rank r works on the block of ring rank r+1+s, so its own block comes last and
+    // its gradient accumulator ends complete where it belongs (nothing to send after the last compute). Key/value
+    // blocks and accumulators both move to the previous rank. The first block (the next rank's) is requested by
+    // `prepareBackward`, called before the layer's MLP backward, so it travels while that computes.
+
+    /// Pending first key/value block of a layer's backward (from `prepareBackward`).
+    var prefetch: (layer: Int, requests: [Request])?
+
+    public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, layer: Int) throws {
+        let c = heads * headDim, R = comm.size, n = batch * tokens * 2 * c
+        guard R > 1 else { return }
+        if let p = prefetch { try Request.waitAll(p.requests) }  // a previous layer's, never consumed (eval)
+        packKV(qkv, into: kv[1].ptr, batch: batch, tokens: tokens, c: c)
+        let tag = layer * 4 + 1
+        let reqs = [try comm.irecv(kv[0].ptr, count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s0"),
+                    try comm.isend(kv[1].ptr, count: n, to: prev, tag: tag, label: "ring kv bwd L\(layer) own")]
+        if recordTiming { sendPosts[1].append(nowNsSP()) }
+        prefetch = (layer, reqs)
+    }
+
     public func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
                          lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int,
                          layer: Int, scratch: Scratch) throws {
@@ -164,23 +187,46 @@ public final class RingCore: AttentionCore {
                 (chunkLse[qi].ptr + bh * ch).update(from: lse + bh * tokens + q.local, count: ch)
             }
         }
-        packKV(qkv, into: kv[0].ptr, batch: batch, tokens: tokens, c: c)
+        if prefetch?.layer != layer { try prepareBackward(qkv: qkv, batch: batch, tokens: tokens, heads: heads, layer: layer) }
         let tag = layer * 4 + 1, dtag = layer * 4 + 2
-        // dkv[0], dkv[1]: this step's accumulator being built, then sent (double buffered); dkv[2]: incoming.
+        // kv[s % 2]: this step's block. dkv[0], dkv[1]: accumulators being built, then sent (double buffered);
+        // dkv[2]: the accumulator arriving from the next rank.
+        var kvSend: Request? = nil                       // the block sent on to the previous rank
+        var kvRecv: Request? = nil                       // the next step's block
         var incoming: Request? = nil
         var sending: [Request?] = [nil, nil]
+        let first = prefetch!.requests
+        prefetch = nil
         for s in 0..<R {
-            let cur = kv[s % 2].ptr, acc = dkv[s % 2].ptr
-            var kvReqs: [Request] = []
-            if s < R - 1 {
-                kvReqs.append(try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: tag, label: "ring kv bwd L\(layer) s\(s + 1)"))
-                kvReqs.append(try comm.isend(cur, count: n, to: next, tag: tag, label: "ring kv bwd L\(layer) s\(s)"))
+            let t0 = nowNsSP()
+            if s == 0 {
+                try first[0].wait()
+                if recordTiming { receiveWaits[1].append((t0, nowNsSP())) }
+                kvSend = first[1]
+            } else if let rr = kvRecv {
+                try rr.wait()
+                if recordTiming { receiveWaits[1].append((t0, nowNsSP())) }
+            }
+            waitNs.backward += nowNsSP() - t0
+            let curBuf = kv[s % 2], cur = curBuf.ptr
+            if s == R - 1 {
+                // Own block, last: the buffer may still be on its way to the previous rank.
+                if let k = kvSend { try k.wait(); kvSend = nil }
+                packKV(qkv, into: cur, batch: batch, tokens: tokens, c: c)
+            }
+            // Pass this block on to the previous rank (it needs it next step) and fetch the next one.
+            kvRecv = nil
+            if s + 1 <= R - 2 {
+                if let k = kvSend { try k.wait() }           // kv[(s+1) % 2] is free once its last send is done
+                kvRecv = try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s\(s + 1)")
+                kvSend = try comm.isend(cur, count: n, to: prev, tag: tag, label: "ring kv bwd L\(layer) s\(s)")
                 if recordTiming { sendPosts[1].append(nowNsSP()) }
             }
-            if let r = sending[s % 2] { try r.wait() }
+            let acc = dkv[s % 2].ptr
+            if let w = sending[s % 2] { try w.wait() }
             acc.update(repeating: 0, count: n)
-            let src = (r - s + R) % R
-            poller.requests = kvReqs + [incoming, sending[(s + 1) % 2]].compactMap { $0 }
+            let src = (r + 1 + s) % R
+            poller.requests = [kvRecv, kvSend, incoming, sending[(s + 1) % 2]].compactMap { $0 }
             for (qi, q) in myRuns.enumerated() {
                 for k in layout.runs(ringRank: src) where !Self.masked(q, k) {
                     let g = pairLayout(batch: batch, heads: heads, tokens: tokens, q: q, k: k, oRow: c, oBatch: tokens * c)
@@ -191,31 +237,28 @@ public final class RingCore: AttentionCore {
                     try poller.check()
                 }
             }
-            let t0 = nowNsSP()
-            // The accumulator of this block from the ranks that held it before (sent while this step computed).
+            // This block's accumulator from the ranks that worked on it before (sent while this step computed).
             if let inc = incoming {
                 let w0 = nowNsSP()
                 try inc.wait()
-                if recordTiming { receiveWaits[2].append((w0, nowNsSP())) }
+                let w1 = nowNsSP()
+                if recordTiming { receiveWaits[2].append((w0, w1)) }
+                waitNs.backward += w1 - w0
                 let d = dkv[2].ptr
                 for j in 0..<n { acc[j] += d[j] }
+                incoming = nil
             }
-            sending[s % 2] = try comm.isend(acc, count: n, to: next, tag: dtag, label: "ring dkv L\(layer) s\(s)")
-            if recordTiming { sendPosts[2].append(nowNsSP()) }
-            // Next step's accumulator, or (after the last step) this rank's own block, complete.
-            incoming = try comm.irecv(dkv[2].ptr, count: n, from: prev, tag: dtag, label: "ring dkv L\(layer) s\(s + 1)")
-            let k0 = nowNsSP()
-            try Request.waitAll(kvReqs)
-            if recordTiming && !kvReqs.isEmpty { receiveWaits[1].append((k0, nowNsSP())) }
-            waitNs.backward += nowNsSP() - t0
+            if s < R - 1 {
+                sending[s % 2] = try comm.isend(acc, count: n, to: prev, tag: dtag, label: "ring dkv L\(layer) s\(s)")
+                if recordTiming { sendPosts[2].append(nowNsSP()) }
+                incoming = try comm.irecv(dkv[2].ptr, count: n, from: next, tag: dtag, label: "ring dkv L\(layer) s\(s + 1)")
+            }
         }
         let t0 = nowNsSP()
-        try incoming!.wait()
-        if recordTiming { receiveWaits[2].append((t0, nowNsSP())) }
-        try Request.waitAll(sending.compactMap { $0 })
+        try Request.waitAll(([kvSend] + sending).compactMap { $0 })
         waitNs.backward += nowNsSP() - t0
-        // Own dK, dV into the k and v columns of dqkv.
-        let mine = dkv[2].ptr
+        // Own dK, dV (complete: the last step's accumulator) into the k and v columns of dqkv.
+        let mine = dkv[(R - 1) % 2].ptr
         for row in 0..<(batch * tokens) {
             let d = dqkv + row * 3 * c + c, s = mine + row * 2 * c
             for j in 0..<(2 * c) { d[j] += s[j] }
@@ -245,8 +288,10 @@ public final class RingCore: AttentionCore {
             var theirs = [Double](repeating: 0, count: receiveWaits[kind].count)
             try mine.withUnsafeBufferPointer { m in
                 try theirs.withUnsafeMutableBufferPointer { t in
-                    try comm.sendrecv(send: m.baseAddress!, sendCount: m.count, to: next, sendTag: 900 + kind,
-                                      recv: t.baseAddress!, recvCount: t.count, from: prev, recvTag: 900 + kind,
+                    // Forward blocks go to the next rank; backward blocks and accumulators to the previous one.
+                    let to = kind == 0 ? next : prev, from = kind == 0 ? prev : next
+                    try comm.sendrecv(send: m.baseAddress!, sendCount: m.count, to: to, sendTag: 900 + kind,
+                                      recv: t.baseAddress!, recvCount: t.count, from: from, recvTag: 900 + kind,
                                       label: "ring timing")
                 }
             }
@@ -283,15 +328,12 @@ public final class RingCore: AttentionCore {
         try comm.barrier()
         t0 = nowNsSP()
         for layer in 0..<layers {
-            for s in 0..<R {
-                var reqs: [Request] = []
-                if s < R - 1 {
-                    reqs += [try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: layer * 4 + 1),
-                             try comm.isend(kv[s % 2].ptr, count: n, to: next, tag: layer * 4 + 1)]
-                }
-                reqs += [try comm.irecv(dkv[(s + 1) % 2].ptr, count: n, from: prev, tag: layer * 4 + 2),
-                         try comm.isend(dkv[s % 2].ptr, count: n, to: next, tag: layer * 4 + 2)]
-                try Request.waitAll(reqs)
+            // R − 1 key/value blocks and R − 1 accumulators, all to the previous rank.
+            for s in 0..<(R - 1) {
+                try Request.waitAll([try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: next, tag: layer * 4 + 1),
+                                     try comm.isend(kv[s % 2].ptr, count: n, to: prev, tag: layer * 4 + 1),
+                                     try comm.irecv(dkv[2].ptr, count: n, from: next, tag: layer * 4 + 2),
+                                     try comm.isend(dkv[s % 2].ptr, count: n, to: prev, tag: layer * 4 + 2)])
             }
         }
         return (forward, Double(nowNsSP() - t0) / 1e9)

@@ -109,6 +109,16 @@ public final class SequenceParallelAttention: AttentionOp {
         } catch { onError(error) }
     }
 
+    public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int) {
+        do {
+            if u == 1 {
+                try core.prepareBackward(qkv: qkv, batch: batch, tokens: tokens, heads: heads, layer: layer)
+            } else {
+                try core.prepareBackward(qkv: qkvH[layer].ptr, batch: batch, tokens: u * tokens, heads: heads / u, layer: layer)
+            }
+        } catch { onError(error) }
+    }
+
     public func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
                          lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int,
                          scratch: Scratch) {

@@ -38,7 +38,7 @@ public enum SequenceBench {
         var bytes = 0.0
         if r > 1 {
             let block = Double(batch * (seq / r) * 2 * (c / u) * 4)
-            bytes += Double(layers * (3 * r - 2)) * block
+            bytes += Double(layers * 3 * (r - 1)) * block
         }
         if u > 1 {
             let tl = Double(seq / (r * u))

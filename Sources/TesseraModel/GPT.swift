@@ -15,10 +15,13 @@ public protocol AttentionOp: AnyObject {
     /// Called when the backward pass reaches the block, before its MLP backward: a chance to start the
     /// communication the attention backward needs (ring attention fetches its first key/value block).
     func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int)
+    func poll()
 }
 
 extension AttentionOp {
     public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int) {}
+    /// Called between the block's other backward ops: drive communication started by `prepareBackward`.
+    public func poll() {}
 }
 
 /// Causal self-attention over the whole local sequence with the blockwise kernel.
@@ -177,19 +180,25 @@ public final class GPT: @unchecked Sendable {
     func backwardBlock(_ l: Int, _ a: Activations) {
         let c = config.dModel, n = a.n
         let p = pBlocks[l], g = gBlocks[l], s = a.layers[l]
-        attention.prepareBackward(qkv: s.qkv, batch: a.batch, tokens: a.tokens, layer: l)
+        attention.prepareBackward(qkv: s.qkv, batch: a.batch, tokens: a.tokens, layer: l)  // no-op if already asked
         // MLP: out = resid2 + c_proj(gelu(c_fc(ln_2(resid2))))
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dfch, dweight: g.fcProjW, dbias: g.fcProjB, dout: a.dres, inp: s.fchGelu,
                         weight: p.fcProjW, n: n, inDim: 4 * c, outDim: c, accumulateInput: false) }
+        attention.poll()
         OpProfile.time(.gelu) { GELU.backward(dx: a.dfch, dout: a.dfch, x: s.fch, n: n * 4 * c) }
+        attention.poll()
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.fcW, dbias: g.fcB, dout: a.dfch, inp: s.ln2, weight: p.fcW,
                         n: n, inDim: c, outDim: 4 * c, accumulateInput: false) }
+        attention.poll()
         OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: g.ln2w, dbias: g.ln2b, dout: a.dln, x: s.resid2, weight: p.ln2w,
                            mean: s.ln2Mean, rstd: s.ln2Rstd, n: n, c: c, scratch: a.scratch) }
+        attention.poll()
         // Attention: resid2 = x + c_proj(attn(c_attn(ln_1(x))))
         OpProfile.time(.matmul) { Linear.backward(dinp: a.datty, dweight: g.projW, dbias: g.projB, dout: a.dres, inp: s.atty, weight: p.projW,
                         n: n, inDim: c, outDim: c, accumulateInput: false) }
         a.dqkv.update(repeating: 0, count: n * 3 * c)
+        // The next block down's attention backward may fetch data while this one computes.
+        if l > 0 { attention.prepareBackward(qkv: a.layers[l - 1].qkv, batch: a.batch, tokens: a.tokens, layer: l - 1) }
         OpProfile.time(.attention) { attention.backward(dqkv: a.dqkv, dout: a.datty, out: s.atty, lse: s.lse, qkv: s.qkv, batch: a.batch,
                            tokens: a.tokens, layer: l, scratch: a.scratch) }
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.attnW, dbias: g.attnB, dout: a.dqkv, inp: s.ln1, weight: p.attnW,

@@ -159,35 +159,58 @@ public final class RingCore: AttentionCore {
 
     // Backward order: at step s rank r works on the block of ring rank r+1+s, so its own block comes last and
     // its gradient accumulator ends complete where it belongs (nothing to send after the last compute). Key/value
-    // blocks and accumulators both move to the previous rank. The first block (the next rank's) is requested by
-    // `prepareBackward`, called before the layer's MLP backward, so it travels while that computes.
+    // blocks and accumulators both move to the previous rank. A layer's first block (the next rank's) is
+    // requested one layer ahead (`prepareBackward`): the model asks for layer l−1's while layer l's attention
+    // backward runs, whose kernels poll it, so it arrives hidden; the top layer's is asked for before the
+    // backward pass's first block and polled between its ops.
 
-    /// Pending first key/value block of a layer's backward (from `prepareBackward`).
-    var prefetch: (layer: Int, requests: [Request])?
+    /// Per layer parity: the prefetched first block and the requests of the prefetch. `ownBuf`: this rank's
+    /// own block, packed and sent for the previous rank's prefetch (one layer at a time).
+    var preBuf: [FloatBuffer] = [], ownBuf: FloatBuffer?
+    var ownSend: Request?
+    var prefetch: [(layer: Int, requests: [Request])?] = [nil, nil]
+    /// Index of each prefetch's entry in sendPosts[1].
+    var prefetchPost: [Int?] = [nil, nil]
+
+    /// Drives pending prefetches (between the model's other backward ops; errors surface at their waits).
+    public func pollPrefetch() {
+        for p in prefetch { if let p { _ = try? Request.testAll(p.requests) } }
+    }
+
+    var prefetchRequests: [Request] { prefetch.compactMap { $0?.requests }.flatMap { $0 } }
 
     public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, layer: Int) throws {
-        let c = heads * headDim, R = comm.size, n = batch * tokens * 2 * c
-        guard R > 1 else { return }
-        if let p = prefetch { try Request.waitAll(p.requests) }  // a previous layer's, never consumed (eval)
-        packKV(qkv, into: kv[1].ptr, batch: batch, tokens: tokens, c: c)
+        let c = heads * headDim, R = comm.size, n = batch * tokens * 2 * c, slot = layer % 2
+        guard R > 1, prefetch[slot]?.layer != layer else { return }
+        if preBuf.isEmpty {
+            preBuf = [FloatBuffer(kv[0].count), FloatBuffer(kv[0].count)]
+            ownBuf = FloatBuffer(kv[0].count)
+        }
+        if let p = prefetch[slot] { try Request.waitAll(p.requests) }  // an older layer's, never consumed (eval)
+        if let old = pendingPreSend[slot] { try old.wait(); pendingPreSend[slot] = nil }
+        if let o = ownSend { try o.wait(); ownSend = nil }
+        packKV(qkv, into: ownBuf!.ptr, batch: batch, tokens: tokens, c: c)
         let tag = layer * 4 + 1
-        let reqs = [try comm.irecv(kv[0].ptr, count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s0"),
-                    try comm.isend(kv[1].ptr, count: n, to: prev, tag: tag, label: "ring kv bwd L\(layer) own")]
-        if recordTiming { sendPosts[1].append(nowNsSP()) }
-        prefetch = (layer, reqs)
+        let reqs = [try comm.irecv(preBuf[slot].ptr, count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s0"),
+                    try comm.isend(ownBuf!.ptr, count: n, to: prev, tag: tag, label: "ring kv bwd L\(layer) own")]
+        ownSend = reqs[1]
+        if recordTiming { prefetchPost[slot] = sendPosts[1].count; sendPosts[1].append(nowNsSP()) }
+        prefetch[slot] = (layer, reqs)
     }
+    /// The send of a prefetch buffer onward to the previous rank (it must finish before the buffer is reused).
+    var pendingPreSend: [Request?] = [nil, nil]
 
     public func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
                          lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int,
                          layer: Int, scratch: Scratch) throws {
         let c = heads * headDim, R = comm.size, r = comm.rank, ch = layout.chunk, n = batch * tokens * 2 * c
-        let myRuns = layout.runs(ringRank: r)
+        let myRuns = layout.runs(ringRank: r), slot = layer % 2
         for (qi, q) in myRuns.enumerated() {
             for bh in 0..<(batch * heads) {
                 (chunkLse[qi].ptr + bh * ch).update(from: lse + bh * tokens + q.local, count: ch)
             }
         }
-        if prefetch?.layer != layer { try prepareBackward(qkv: qkv, batch: batch, tokens: tokens, heads: heads, layer: layer) }
+        if prefetch[slot]?.layer != layer { try prepareBackward(qkv: qkv, batch: batch, tokens: tokens, heads: heads, layer: layer) }
         let tag = layer * 4 + 1, dtag = layer * 4 + 2
         // kv[s % 2]: this step's block. dkv[0], dkv[1]: accumulators being built, then sent (double buffered);
         // dkv[2]: the accumulator arriving from the next rank.
@@ -195,24 +218,28 @@ public final class RingCore: AttentionCore {
         var kvRecv: Request? = nil                       // the next step's block
         var incoming: Request? = nil
         var sending: [Request?] = [nil, nil]
-        let first = prefetch!.requests
-        prefetch = nil
+        let first = prefetch[slot]!.requests
+        prefetch[slot] = nil
+        prefetchPost[slot] = nil
         for s in 0..<R {
             let t0 = nowNsSP()
             if s == 0 {
                 try first[0].wait()
                 if recordTiming { receiveWaits[1].append((t0, nowNsSP())) }
-                kvSend = first[1]
             } else if let rr = kvRecv {
                 try rr.wait()
                 if recordTiming { receiveWaits[1].append((t0, nowNsSP())) }
             }
             waitNs.backward += nowNsSP() - t0
-            let curBuf = kv[s % 2], cur = curBuf.ptr
+            // Step 0 works on the prefetched block; later steps on kv[s % 2]; the last on this rank's own block.
+            let cur: UnsafeMutablePointer<Float>
             if s == R - 1 {
-                // Own block, last: the buffer may still be on its way to the previous rank.
-                if let k = kvSend { try k.wait(); kvSend = nil }
+                // Own block, packed again (the own-block buffer already serves the next layer's prefetch).
+                cur = kv[s % 2].ptr
+                if s >= 2, let k = kvSend { try k.wait(); kvSend = nil }   // kv[s % 2] was sent on two steps ago
                 packKV(qkv, into: cur, batch: batch, tokens: tokens, c: c)
+            } else {
+                cur = s == 0 ? preBuf[slot].ptr : kv[s % 2].ptr
             }
             // Pass this block on to the previous rank (it needs it next step) and fetch the next one.
             kvRecv = nil
@@ -221,12 +248,13 @@ public final class RingCore: AttentionCore {
                 kvRecv = try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s\(s + 1)")
                 kvSend = try comm.isend(cur, count: n, to: prev, tag: tag, label: "ring kv bwd L\(layer) s\(s)")
                 if recordTiming { sendPosts[1].append(nowNsSP()) }
+                if s == 0 { pendingPreSend[slot] = kvSend }
             }
             let acc = dkv[s % 2].ptr
             if let w = sending[s % 2] { try w.wait() }
             acc.update(repeating: 0, count: n)
             let src = (r + 1 + s) % R
-            poller.requests = [kvRecv, kvSend, incoming, sending[(s + 1) % 2]].compactMap { $0 }
+            poller.requests = [kvRecv, kvSend, ownSend, incoming, sending[(s + 1) % 2]].compactMap { $0 } + prefetchRequests
             for (qi, q) in myRuns.enumerated() {
                 for k in layout.runs(ringRank: src) where !Self.masked(q, k) {
                     let g = pairLayout(batch: batch, heads: heads, tokens: tokens, q: q, k: k, oRow: c, oBatch: tokens * c)
@@ -256,6 +284,7 @@ public final class RingCore: AttentionCore {
         }
         let t0 = nowNsSP()
         try Request.waitAll(([kvSend] + sending).compactMap { $0 })
+        pendingPreSend[slot] = nil
         waitNs.backward += nowNsSP() - t0
         // Own dK, dV (complete: the last step's accumulator) into the k and v columns of dqkv.
         let mine = dkv[(R - 1) % 2].ptr
@@ -304,12 +333,14 @@ public final class RingCore: AttentionCore {
     }
 
     /// Bytes of this core's buffers.
-    public var bytes: Int { (kv + dkv + [partOut, partLse] + chunkLse).reduce(0) { $0 + $1.bytes } }
+    public var bytes: Int {
+        (kv + dkv + [partOut, partLse] + chunkLse + preBuf + (ownBuf.map { [$0] } ?? [])).reduce(0) { $0 + $1.bytes }
+    }
 
     /// The buffers `init` allocates, without allocating them.
     public static func plannedBytes(layout: SequenceLayout, heads: Int, headDim: Int, maxBatch: Int) -> Int {
         let kvCount = maxBatch * layout.ringLocal * 2 * heads * headDim
-        return 4 * (5 * kvCount + maxBatch * layout.chunk * heads * headDim + 3 * maxBatch * heads * layout.chunk)
+        return 4 * (8 * kvCount + maxBatch * layout.chunk * heads * headDim + 3 * maxBatch * heads * layout.chunk)
     }
 
     /// The ring's communication alone, as `layers` forward and backward passes make it, with no compute:

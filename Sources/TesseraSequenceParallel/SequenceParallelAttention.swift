@@ -109,6 +109,8 @@ public final class SequenceParallelAttention: AttentionOp {
         } catch { onError(error) }
     }
 
+    public func poll() { (core as? RingCore)?.pollPrefetch() }
+
     public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int) {
         do {
             if u == 1 {

@@ -164,59 +164,53 @@ public final class RingCore: AttentionCore {
     // backward runs, whose kernels poll it, so it arrives hidden; the top layer's is asked for before the
     // backward pass's first block and polled between its ops.
 
-    /// The prefetched first block of a layer's backward, the prefetch's requests, and `ownBuf`: this rank's
-    /// own block, packed and sent for the previous rank's prefetch. One layer at a time: a request for
-    /// layer l−1 made while layer l's backward still needs the buffer (step 0) waits in `deferred` until
-    /// step 0 is done, then starts and travels during the rest of layer l.
-    var preBuf: FloatBuffer?, ownBuf: FloatBuffer?
+    /// Per layer parity: the prefetched first block and the requests of the prefetch. `ownBuf`: this rank's
+    /// own block, packed and sent for the previous rank's prefetch (one layer at a time).
+    var preBuf: [FloatBuffer] = [], ownBuf: FloatBuffer?
     var ownSend: Request?
-    var prefetch: (layer: Int, requests: [Request])?
-    var deferred: (qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, layer: Int)?
-    var preBufBusy = false
+    var prefetch: [(layer: Int, requests: [Request])?] = [nil, nil]
+    /// Index of each prefetch's entry in sendPosts[1].
+    var prefetchPost: [Int?] = [nil, nil]
 
-    /// Drives the pending prefetch (between the model's other backward ops; errors surface at its wait).
+    /// Drives pending prefetches (between the model's other backward ops; errors surface at their waits).
     public func pollPrefetch() {
-        if let p = prefetch { _ = try? Request.testAll(p.requests) }
+        for p in prefetch { if let p { _ = try? Request.testAll(p.requests) } }
     }
 
-    var prefetchRequests: [Request] { prefetch?.requests ?? [] }
+    var prefetchRequests: [Request] { prefetch.compactMap { $0?.requests }.flatMap { $0 } }
 
     public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, layer: Int) throws {
-        guard comm.size > 1, prefetch?.layer != layer else { return }
-        // The buffer holds another layer's block (arrived or in use): start once that layer's step 0 is done.
-        if preBufBusy || prefetch != nil { deferred = (qkv, batch, tokens, heads, layer); return }
-        try startPrefetch(qkv: qkv, batch: batch, tokens: tokens, heads: heads, layer: layer)
-    }
-
-    func startPrefetch(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, layer: Int) throws {
-        let c = heads * headDim, n = batch * tokens * 2 * c
-        if preBuf == nil { preBuf = FloatBuffer(kv[0].count); ownBuf = FloatBuffer(kv[0].count) }
-        if let p = prefetch { try Request.waitAll(p.requests) }  // an older layer's, never consumed (eval)
+        let c = heads * headDim, R = comm.size, n = batch * tokens * 2 * c, slot = layer % 2
+        guard R > 1, prefetch[slot]?.layer != layer else { return }
+        if preBuf.isEmpty {
+            preBuf = [FloatBuffer(kv[0].count), FloatBuffer(kv[0].count)]
+            ownBuf = FloatBuffer(kv[0].count)
+        }
+        if let p = prefetch[slot] { try Request.waitAll(p.requests) }  // an older layer's, never consumed (eval)
+        if let old = pendingPreSend[slot] { try old.wait(); pendingPreSend[slot] = nil }
         if let o = ownSend { try o.wait(); ownSend = nil }
         packKV(qkv, into: ownBuf!.ptr, batch: batch, tokens: tokens, c: c)
         let tag = layer * 4 + 1
-        let reqs = [try comm.irecv(preBuf!.ptr, count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s0"),
+        let reqs = [try comm.irecv(preBuf[slot].ptr, count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s0"),
                     try comm.isend(ownBuf!.ptr, count: n, to: prev, tag: tag, label: "ring kv bwd L\(layer) own")]
         ownSend = reqs[1]
-        if recordTiming { sendPosts[1].append(nowNsSP()) }
-        prefetch = (layer, reqs)
+        if recordTiming { prefetchPost[slot] = sendPosts[1].count; sendPosts[1].append(nowNsSP()) }
+        prefetch[slot] = (layer, reqs)
     }
+    /// The send of a prefetch buffer onward to the previous rank (it must finish before the buffer is reused).
+    var pendingPreSend: [Request?] = [nil, nil]
 
     public func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
                          lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int,
                          layer: Int, scratch: Scratch) throws {
         let c = heads * headDim, R = comm.size, r = comm.rank, ch = layout.chunk, n = batch * tokens * 2 * c
-        let myRuns = layout.runs(ringRank: r)
+        let myRuns = layout.runs(ringRank: r), slot = layer % 2
         for (qi, q) in myRuns.enumerated() {
             for bh in 0..<(batch * heads) {
                 (chunkLse[qi].ptr + bh * ch).update(from: lse + bh * tokens + q.local, count: ch)
             }
         }
-        if prefetch?.layer != layer {
-            deferred = nil
-            try startPrefetch(qkv: qkv, batch: batch, tokens: tokens, heads: heads, layer: layer)  // drops a stale one
-        }
-        preBufBusy = true
+        if prefetch[slot]?.layer != layer { try prepareBackward(qkv: qkv, batch: batch, tokens: tokens, heads: heads, layer: layer) }
         let tag = layer * 4 + 1, dtag = layer * 4 + 2
         // kv[s % 2]: this step's block. dkv[0], dkv[1]: accumulators being built, then sent (double buffered);
         // dkv[2]: the accumulator arriving from the next rank.
@@ -224,8 +218,9 @@ public final class RingCore: AttentionCore {
         var kvRecv: Request? = nil                       // the next step's block
         var incoming: Request? = nil
         var sending: [Request?] = [nil, nil]
-        let first = prefetch!.requests
-        prefetch = nil
+        let first = prefetch[slot]!.requests
+        prefetch[slot] = nil
+        prefetchPost[slot] = nil
         for s in 0..<R {
             let t0 = nowNsSP()
             if s == 0 {
@@ -244,7 +239,7 @@ public final class RingCore: AttentionCore {
                 if s >= 2, let k = kvSend { try k.wait(); kvSend = nil }   // kv[s % 2] was sent on two steps ago
                 packKV(qkv, into: cur, batch: batch, tokens: tokens, c: c)
             } else {
-                cur = s == 0 ? preBuf!.ptr : kv[s % 2].ptr
+                cur = s == 0 ? preBuf[slot].ptr : kv[s % 2].ptr
             }
             // Pass this block on to the previous rank (it needs it next step) and fetch the next one.
             kvRecv = nil
@@ -253,6 +248,7 @@ public final class RingCore: AttentionCore {
                 kvRecv = try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s\(s + 1)")
                 kvSend = try comm.isend(cur, count: n, to: prev, tag: tag, label: "ring kv bwd L\(layer) s\(s)")
                 if recordTiming { sendPosts[1].append(nowNsSP()) }
+                if s == 0 { pendingPreSend[slot] = kvSend }
             }
             let acc = dkv[s % 2].ptr
             if let w = sending[s % 2] { try w.wait() }
@@ -267,15 +263,6 @@ public final class RingCore: AttentionCore {
                                        q: qkv + q.local * 3 * c, k: cur + k.local * 2 * c, v: cur + k.local * 2 * c + c,
                                        layout: g, scratch: scratch, progress: poller)
                     try poller.check()
-                }
-            }
-            if s == 0 {
-                // The prefetched block is used up (and, with R > 2, sent on): the next layer down may prefetch.
-                if R > 2, let k = kvSend { try k.wait() }
-                preBufBusy = false
-                if let d = deferred {
-                    deferred = nil
-                    try startPrefetch(qkv: d.qkv, batch: d.batch, tokens: d.tokens, heads: d.heads, layer: d.layer)
                 }
             }
             // This block's accumulator from the ranks that worked on it before (sent while this step computed).
@@ -297,6 +284,7 @@ public final class RingCore: AttentionCore {
         }
         let t0 = nowNsSP()
         try Request.waitAll(([kvSend] + sending).compactMap { $0 })
+        pendingPreSend[slot] = nil
         waitNs.backward += nowNsSP() - t0
         // Own dK, dV (complete: the last step's accumulator) into the k and v columns of dqkv.
         let mine = dkv[(R - 1) % 2].ptr
@@ -346,13 +334,13 @@ public final class RingCore: AttentionCore {
 
     /// Bytes of this core's buffers.
     public var bytes: Int {
-        (kv + dkv + [partOut, partLse] + chunkLse + [preBuf, ownBuf].compactMap { $0 }).reduce(0) { $0 + $1.bytes }
+        (kv + dkv + [partOut, partLse] + chunkLse + preBuf + (ownBuf.map { [$0] } ?? [])).reduce(0) { $0 + $1.bytes }
     }
 
     /// The buffers `init` allocates, without allocating them.
     public static func plannedBytes(layout: SequenceLayout, heads: Int, headDim: Int, maxBatch: Int) -> Int {
         let kvCount = maxBatch * layout.ringLocal * 2 * heads * headDim
-        return 4 * (7 * kvCount + maxBatch * layout.chunk * heads * headDim + 3 * maxBatch * heads * layout.chunk)
+        return 4 * (8 * kvCount + maxBatch * layout.chunk * heads * headDim + 3 * maxBatch * heads * layout.chunk)
     }
 
     /// The ring's communication alone, as `layers` forward and backward passes make it, with no compute:

@@ -149,6 +149,19 @@ extension Communicator {
         return try start(label) { MPI_Isend(raw(buf), n, T.mpiType, Int32(dest), Int32(tag), handle, &$0.handle) }
     }
 
+    /// Sends `rows` rows of `width` elements spaced `stride` apart (a block of columns of a row-major matrix)
+    /// without packing them, through an MPI vector datatype; the receiver gets rows × width contiguous elements.
+    public func isendRows<T: MPIScalar>(_ base: UnsafePointer<T>, rows: Int, width: Int, stride: Int, to dest: Int,
+                                        tag: Int, label: String = "MPI_Isend (rows)") throws -> Request {
+        var type: MPI_Datatype? = nil
+        try check(MPI_Type_vector(try n32(rows, label), try n32(width, label), try n32(stride, label), T.mpiType, &type),
+                  "MPI_Type_vector (\(label))", rank: worldRank)
+        try check(MPI_Type_commit(&type), "MPI_Type_commit (\(label))", rank: worldRank)
+        defer { MPI_Type_free(&type) }  // pending sends with the type complete normally
+        if dest != rank { bytesSent += rows * width * MemoryLayout<T>.stride }
+        return try start(label) { MPI_Isend(raw(base), 1, type, Int32(dest), Int32(tag), handle, &$0.handle) }
+    }
+
     public func irecv<T: MPIScalar>(_ buf: UnsafeMutablePointer<T>, count: Int, from source: Int, tag: Int,
                                     label: String = "MPI_Irecv") throws -> Request {
         let n = try n32(count, label)

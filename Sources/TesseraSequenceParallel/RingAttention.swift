@@ -164,9 +164,9 @@ public final class RingCore: AttentionCore {
     // backward runs, whose kernels poll it, so it arrives hidden; the top layer's is asked for before the
     // backward pass's first block and polled between its ops.
 
-    /// Per layer parity: the prefetched first block and the requests of the prefetch. `ownBuf`: this rank's
-    /// own block, packed and sent for the previous rank's prefetch (one layer at a time).
-    var preBuf: [FloatBuffer] = [], ownBuf: FloatBuffer?
+    /// Per layer parity: the prefetched first block and the requests of the prefetch. This rank's own block
+    /// goes to the previous rank straight from the saved qkv (an MPI vector type: the k and v columns).
+    var preBuf: [FloatBuffer] = []
     var ownSend: Request?
     var prefetch: [(layer: Int, requests: [Request])?] = [nil, nil]
     /// Index of each prefetch's entry in sendPosts[1].
@@ -184,15 +184,14 @@ public final class RingCore: AttentionCore {
         guard R > 1, prefetch[slot]?.layer != layer else { return }
         if preBuf.isEmpty {
             preBuf = [FloatBuffer(kv[0].count), FloatBuffer(kv[0].count)]
-            ownBuf = FloatBuffer(kv[0].count)
         }
         if let p = prefetch[slot] { try Request.waitAll(p.requests) }  // an older layer's, never consumed (eval)
         if let old = pendingPreSend[slot] { try old.wait(); pendingPreSend[slot] = nil }
         if let o = ownSend { try o.wait(); ownSend = nil }
-        packKV(qkv, into: ownBuf!.ptr, batch: batch, tokens: tokens, c: c)
         let tag = layer * 4 + 1
         let reqs = [try comm.irecv(preBuf[slot].ptr, count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s0"),
-                    try comm.isend(ownBuf!.ptr, count: n, to: prev, tag: tag, label: "ring kv bwd L\(layer) own")]
+                    try comm.isendRows(qkv + c, rows: batch * tokens, width: 2 * c, stride: 3 * c, to: prev, tag: tag,
+                                       label: "ring kv bwd L\(layer) own")]
         ownSend = reqs[1]
         if recordTiming { prefetchPost[slot] = sendPosts[1].count; sendPosts[1].append(nowNsSP()) }
         prefetch[slot] = (layer, reqs)
@@ -334,13 +333,13 @@ public final class RingCore: AttentionCore {
 
     /// Bytes of this core's buffers.
     public var bytes: Int {
-        (kv + dkv + [partOut, partLse] + chunkLse + preBuf + (ownBuf.map { [$0] } ?? [])).reduce(0) { $0 + $1.bytes }
+        (kv + dkv + [partOut, partLse] + chunkLse + preBuf).reduce(0) { $0 + $1.bytes }
     }
 
     /// The buffers `init` allocates, without allocating them.
     public static func plannedBytes(layout: SequenceLayout, heads: Int, headDim: Int, maxBatch: Int) -> Int {
         let kvCount = maxBatch * layout.ringLocal * 2 * heads * headDim
-        return 4 * (8 * kvCount + maxBatch * layout.chunk * heads * headDim + 3 * maxBatch * heads * layout.chunk)
+        return 4 * (7 * kvCount + maxBatch * layout.chunk * heads * headDim + 3 * maxBatch * heads * layout.chunk)
     }
 
     /// The ring's communication alone, as `layers` forward and backward passes make it, with no compute:

@@ -218,7 +218,7 @@ struct Suite {
         try alltoallV(.blocking); try alltoallV(.nonBlocking(.test))
         try broadcast(.blocking); try broadcast(.nonBlocking(.testAll))
         try barrier(.blocking); try barrier(.nonBlocking(.test))
-        try sendRecv(); try sendrecvRing(); try isendIrecv()
+        try sendRecv(); try sendrecvRing(); try isendIrecv(); try isendRowsRing()
         try requestsInFlight()
         try errorPaths()
     }
@@ -430,6 +430,21 @@ struct Suite {
             try c.sendrecv(send: send.p, sendCount: k, to: next, sendTag: 12, recv: recv.p, recvCount: k, from: prev,
                            recvTag: 12)
             e.equal(recv.values, (0..<k).map { Int64(value(prev, $0)) }, "values from rank \(prev)")
+        }
+    }
+
+    /// A block of columns sent without packing: each rank sends columns 1..<3 of a 4-row × 5-column matrix
+    /// to the next rank, which receives them as 8 contiguous values.
+    func isendRowsRing() throws {
+        try check("isendRows (column block, vector type) around the ring") { e in
+            let rows = 4, cols = 5, width = 2
+            let matrix = Buf<Float>(rows * cols) { Float(value(r, $0)) }, recv = Buf<Float>(rows * width + 1) { _ in sentinel() }
+            let receive = try c.irecv(recv.p, count: rows * width, from: prev, tag: 13)
+            let send = try c.isendRows(matrix.p + 1, rows: rows, width: width, stride: cols, to: next, tag: 13)
+            try complete([receive, send], .waitAll, &e)
+            var expected: [Float] = []
+            for row in 0..<rows { for col in 1...width { expected.append(Float(value(prev, row * cols + col))) } }
+            e.equal(recv.values, expected + [sentinel()], "columns 1-2 of rank \(prev)'s matrix")
         }
     }
 

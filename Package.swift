@@ -39,15 +39,17 @@ let package = Package(
         // Sequence parallelism: zigzag token layout, ring attention, Ulysses all-to-all, their hybrid.
         .target(name: "TesseraSequenceParallel",
                 dependencies: ["TesseraComm", "TesseraModel", "TesseraKernels", "TesseraTimeline"], swiftSettings: fast),
+        // Pipeline parallelism: schedules as data (planner, simulation); the engine comes next.
+        .target(name: "TesseraPipeline", swiftSettings: fast),
         // Training: config, data, optimizer, schedule, loop, metrics, sampling.
         .target(name: "TesseraTraining",
                 dependencies: ["TesseraModel", "TesseraKernels", "TesseraComm", "TesseraTimeline", "TesseraDataParallel",
-                               "TesseraSequenceParallel", "TOMLKit", "CCommBench"],
+                               "TesseraSequenceParallel", "TesseraPipeline", "TOMLKit", "CCommBench"],
                 swiftSettings: fast),
         // The `tessera` command.
         .executableTarget(name: "tessera", dependencies: ["TesseraTraining"], swiftSettings: fast),
         .testTarget(name: "TesseraTests",
                     dependencies: ["TesseraTraining", "TesseraModel", "TesseraKernels", "TesseraComm", "TesseraTimeline",
-                                 "TesseraDataParallel", "TesseraSequenceParallel", "tessera"]),
+                                 "TesseraDataParallel", "TesseraSequenceParallel", "TesseraPipeline", "tessera"]),
     ]
 )

@@ -151,6 +151,12 @@ struct ConfigChecks {
                 divisible("training.seq_len", t.seqLen, by: [("parallelism.ulysses", p.ulysses)])
             }
         }
+        if p.pipelineSchedule == "interleaved", p.pp > 1, t.microbatches >= 1, t.microbatches % p.pp != 0 {
+            fail(["training.microbatches", "parallelism.pp", "parallelism.pipeline_schedule"],
+                 "training.microbatches = \(t.microbatches) is not a multiple of parallelism.pp = \(p.pp), which the interleaved "
+                 + "schedule needs (\(t.microbatches) = \(p.pp) × \(t.microbatches / p.pp) + \(t.microbatches % p.pp)); expected "
+                 + "\(max(p.pp, t.microbatches / p.pp * p.pp)) or \((t.microbatches / p.pp + 1) * p.pp)")
+        }
         let (stages, overflow) = p.pp.multipliedReportingOverflow(by: p.virtualStages)
         if p.pp >= 1, p.virtualStages >= 1, m.nLayer >= 1, overflow || m.nLayer < stages {
             fail(["model.n_layer", "parallelism.pp", "parallelism.virtual_stages"],

@@ -1,6 +1,7 @@
 import Foundation
 import TesseraComm
 import TesseraKernels
+import TesseraPipeline
 import TesseraTraining
 
 // The `tessera` command. Subcommands: train, config show, prepare, bench, bench-dp, bench-comm, mpi-check.
@@ -15,6 +16,7 @@ usage: tessera <command> [arguments]
   config show CONFIG.toml [--section.key VALUE ...]   print the effective config
   prepare --input FILE... --out DIR [--val-fraction F]   turn text into llm.c token shards
   bench [--sizes S,M,L] [--threads N] [--steps N] [--warmup N] [--json] [--profile]   sgemm ceiling, tokens/s and MFU
+  plan CONFIG.toml [--section.key VALUE ...]   the pipeline schedule grid (ranks × time), bubble and live micro-batches
   mpi-check [--pp N] [--dp N] [--ring N] [--ulysses N] [--inject-fault RANK]   under mpirun: check every MPI call and the mesh
   bench-dp [--size M] [--steps N] [--rounds N] [--threads N] [--bucket-mb X] [--zero]   (under mpirun -np 2)
         data-parallel scaling against one rank, in one run, and the share of the reduction hidden behind backward
@@ -151,6 +153,14 @@ do {
         let runtime = MPIRuntime()
         if let report = try SequenceBench.run(runtime: runtime, options: o) { print(report) }
         runtime.finalize()
+    case "plan":
+        let (overrides, rest) = try ConfigLoader.splitOverrides(args)
+        guard rest.count == 1, let path = rest.first else { fail("usage: tessera plan CONFIG.toml [--section.key VALUE ...]") }
+        let config = try ConfigLoader.load(path: path, overrides: overrides)
+        let p = config.parallelism
+        let plan = try PipelinePlanner.plan(schedule: p.pipelineSchedule, stages: p.pp,
+                                            microbatches: config.training.microbatches, virtualStages: p.virtualStages)
+        print(try PipelineSimulation(plan: plan).report(plan: plan))
     case "mpi-check":
         exit(CommSelfCheck.command(arguments: args))
     case "bench-comm":

@@ -78,6 +78,38 @@ final class PipelinePlanTests: XCTestCase {
         XCTAssertTrue(out.contains("training.microbatches = 6 is not a multiple of parallelism.pp = 4"), out)
     }
 
+    /// Stage split: contiguous, every layer once, at least one per stage, and the most expensive stage as
+    /// cheap as any contiguous split allows (checked against brute force for small cases).
+    func testBalancedStagePartition() {
+        let even = StagePartition.balanced(layerCount: 8, stages: 4, blockCost: 1)
+        XCTAssertEqual(even.layers, [0..<2, 2..<4, 4..<6, 6..<8])
+        // A heavy LM head on the last stage moves layers off it.
+        let heavy = StagePartition.balanced(layerCount: 8, stages: 2, blockCost: 1, last: 2)
+        XCTAssertEqual(heavy.layers, [0..<5, 5..<8])
+        XCTAssertEqual(heavy.costs, [5, 5])
+        for L in 1...9 { for n in 1...L { for last in [0.0, 0.5, 3] {
+            let part = StagePartition.balanced(layerCount: L, stages: n, blockCost: 1, first: 0.25, last: last)
+            XCTAssertEqual(part.layers.count, n)
+            XCTAssertEqual(part.layers.first?.lowerBound, 0); XCTAssertEqual(part.layers.last?.upperBound, L)
+            for (a, b) in zip(part.layers, part.layers.dropFirst()) { XCTAssertEqual(a.upperBound, b.lowerBound) }
+            XCTAssertTrue(part.layers.allSatisfy { !$0.isEmpty })
+            // Brute force over all cut positions.
+            var bestMax = Double.infinity
+            func search(_ k: Int, _ start: Int, _ worst: Double) {
+                if k == n - 1 {
+                    let c = Double(L - start) + (k == 0 ? 0.25 : 0) + last
+                    if L - start >= 1 { bestMax = min(bestMax, max(worst, c)) }
+                    return
+                }
+                for end in (start + 1)...max(start + 1, L - (n - 1 - k)) where end <= L {
+                    search(k + 1, end, max(worst, Double(end - start) + (k == 0 ? 0.25 : 0)))
+                }
+            }
+            search(0, 0, 0)
+            XCTAssertEqual(part.costs.max()!, bestMax, accuracy: 1e-12, "L\(L) n\(n) last \(last)")
+        }}}
+    }
+
     /// The 1F1B order of Megatron-LM for p = 4, m = 8 on the first and last ranks.
     func testOneFOneBOrder() throws {
         let plan = try PipelinePlanner.plan(schedule: "1f1b", stages: 4, microbatches: 8)

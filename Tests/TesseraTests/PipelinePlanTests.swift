@@ -65,14 +65,14 @@ final class PipelinePlanTests: XCTestCase {
 
     /// `tessera plan` prints the grid and the bubble of a config's schedule; a bad combination is a config error.
     func testPlanCommand() throws {
-        let cfg = repoRoot.appendingPathComponent("Configs/default.toml").path
+        let cfg = try DataParallelTests.config()  // its own small data file (Configs/ point at data fetched by run-default)
         var (status, out) = try runProcess([CommandTests.binary, "plan", cfg, "--parallelism.pp", "2", "--training.microbatches", "4"])
         XCTAssertEqual(status, 0, out)
         XCTAssertTrue(out.contains("pipeline schedule 1f1b: 2 stage(s), 4 micro-batch(es)"), out)
         XCTAssertTrue(out.contains("rank 1 |"), out)
         XCTAssertEqual(out.components(separatedBy: " 20.0% ").count - 1, 4, "idle and theory 20% on both ranks: \(out)")
         (status, out) = try runProcess([CommandTests.binary, "plan", cfg, "--parallelism.pp", "4", "--training.microbatches", "6",
-                                        "--training.batch_size", "36", "--parallelism.pipeline_schedule", "interleaved",
+                                        "--training.batch_size", "48", "--parallelism.pipeline_schedule", "interleaved",
                                         "--parallelism.virtual_stages", "2", "--model.n_layer", "8"])
         XCTAssertNotEqual(status, 0)
         XCTAssertTrue(out.contains("training.microbatches = 6 is not a multiple of parallelism.pp = 4"), out)

@@ -22,20 +22,21 @@ public enum ConfigLoader {
     public static let commandLine = "command line"
 
     /// Parses a TOML file, applies overrides like `[("training.steps", "50")]`, validates; throws ConfigError.
-    public static func load(path: String, overrides: [(key: String, value: String)]) throws -> TesseraConfig {
-        try load(text: readConfigFile(path), source: path, overrides: overrides)
+    /// `dataFiles: false` skips the check that the data files exist (for commands that never read them).
+    public static func load(path: String, overrides: [(key: String, value: String)], dataFiles: Bool = true) throws -> TesseraConfig {
+        try load(text: readConfigFile(path), source: path, overrides: overrides, dataFiles: dataFiles)
     }
 
     /// Like `load(path:overrides:)` for TOML text; `source` names the text in messages.
     /// `load(text: "", source: "defaults", overrides: [])` gives the defaults (if `data.train` is overridden).
     public static func load(text: String, source: String,
-                            overrides: [(key: String, value: String)]) throws -> TesseraConfig {
+                            overrides: [(key: String, value: String)], dataFiles: Bool = true) throws -> TesseraConfig {
         var tree = try ConfigTree.parse(text: text, source: source)
         var errors = tree.apply(overrides)
         let reader = ConfigReader.read(tree)
         errors += reader.errors
         guard errors.isEmpty else { throw ConfigError(lines: errors) }
-        try reader.config.validate(origins: reader.origins, fallbackSource: source)
+        try reader.config.validate(origins: reader.origins, fallbackSource: source, dataFiles: dataFiles)
         return reader.config
     }
 

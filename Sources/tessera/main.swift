@@ -156,7 +156,7 @@ do {
     case "plan":
         let (overrides, rest) = try ConfigLoader.splitOverrides(args)
         guard rest.count == 1, let path = rest.first else { fail("usage: tessera plan CONFIG.toml [--section.key VALUE ...]") }
-        let config = try ConfigLoader.load(path: path, overrides: overrides)
+        let config = try ConfigLoader.load(path: path, overrides: overrides, dataFiles: false)  // plans need no data
         let p = config.parallelism
         let plan = try PipelinePlanner.plan(schedule: p.pipelineSchedule, stages: p.pp,
                                             microbatches: config.training.microbatches, virtualStages: p.virtualStages)

@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 @testable import TesseraPipeline
 
@@ -65,7 +66,11 @@ final class PipelinePlanTests: XCTestCase {
 
     /// `tessera plan` prints the grid and the bubble of a config's schedule; a bad combination is a config error.
     func testPlanCommand() throws {
-        let cfg = try DataParallelTests.config()  // its own small data file (Configs/ point at data fetched by run-default)
+        // A config whose data file does not exist: planning needs no data.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-plan-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let cfg = dir.appendingPathComponent("plan.toml").path
+        try "[data]\ntrain = \"\(dir.path)/missing.txt\"\n[training]\nbatch_size = 16\n".write(toFile: cfg, atomically: true, encoding: .utf8)
         var (status, out) = try runProcess([CommandTests.binary, "plan", cfg, "--parallelism.pp", "2", "--training.microbatches", "4"])
         XCTAssertEqual(status, 0, out)
         XCTAssertTrue(out.contains("pipeline schedule 1f1b: 2 stage(s), 4 micro-batch(es)"), out)

@@ -79,9 +79,10 @@ public enum CommSelfCheck {
             runtime.finalize()
             return outcome.passed ? 0 : 1
         } catch let error where error is UsageError || error is MeshError {
-            // Found before any communication and the same on every rank: each finalizes, rank 0 explains.
-            runtime.finalize()
+            // Found before any communication and the same on every rank: rank 0 explains, then every rank
+            // finalizes (a collective: no rank exits, and makes mpirun stop the job, before the message is out).
             if runtime.rank == 0 { FileHandle.standardError.write(Data("tessera: \(explain(error))\n".utf8)) }
+            runtime.finalize()
             return 2
         } catch {
             MPIRuntime.abort("mpi-check: \(error)")

@@ -68,9 +68,11 @@ do {
         if runtime.rank == 0, let note = coreTypeNote { print("tessera: note: \(note)") }
         let trainer: Trainer
         do { trainer = try Trainer(config: config, runtime: runtime, options: options) } catch {
-            // Config-level errors are the same on every rank: each finalizes, rank 0 explains.
+            // Config-level errors are the same on every rank: rank 0 explains, then every rank finalizes (a
+            // collective, so no rank exits, and makes mpirun stop the job, before the message is out).
+            if runtime.rank == 0 { FileHandle.standardError.write(Data("tessera: \(path): \(error)\n".utf8)) }
             runtime.finalize()
-            runtime.rank == 0 ? fail("\(path): \(error)") : exit(2)
+            exit(2)
         }
         var metrics: MetricsSink? = nil
         if runtime.rank == 0 {

@@ -92,18 +92,35 @@ public final class DataParallel: BackwardObserver {
         }
     }
 
+    /// ZeRO-1: how much of bucket r goes to each rank (its overlap with the rank's partition), and where this
+    /// rank's piece lands in its gradient shard.
+    func scatterPieces(_ r: Range<Int>) -> (counts: [Int], at: Int) {
+        let counts = partitions.map { p in max(0, min(p.upperBound, r.upperBound) - max(p.lowerBound, r.lowerBound)) }
+        let mine = partitions[group.rank]
+        return (counts, min(max(0, max(mine.lowerBound, r.lowerBound) - mine.lowerBound), mine.count))
+    }
+
     private func launch(_ k: Int) throws {
         let r = buckets[k]
         let label = "\(zero ? "reduce-scatter" : "allreduce") grad bucket \(k) (\(r.count * 4 / 1024) KiB)"
         if zero {
-            // Piece for rank j: the bucket ∩ partition j. This rank's piece lands at its place in the shard.
-            let counts = partitions.map { p in max(0, min(p.upperBound, r.upperBound) - max(p.lowerBound, r.lowerBound)) }
-            let mine = partitions[group.rank]
-            let at = min(max(0, max(mine.lowerBound, r.lowerBound) - mine.lowerBound), mine.count)
+            let (counts, at) = scatterPieces(r)
             requests.append(try group.ireduceScatter(send: grads + r.lowerBound, recv: gradShard!.ptr + at,
                                                      counts: counts, label: label))
         } else {
             requests.append(try group.iallreduce(grads + r.lowerBound, count: r.count, label: label))
+        }
+    }
+
+    /// The same reduction, bucket by bucket, blocking, with nothing to overlap (the benchmarks' reference).
+    public func reduceBlocking() throws {
+        for r in buckets {
+            if zero {
+                let (counts, at) = scatterPieces(r)
+                try group.reduceScatter(send: grads + r.lowerBound, recv: gradShard!.ptr + at, counts: counts)
+            } else {
+                try group.allreduce(grads + r.lowerBound, count: r.count)
+            }
         }
     }
 

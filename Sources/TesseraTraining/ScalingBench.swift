@@ -41,17 +41,7 @@ public enum ScalingBench {
         let dpl = multi.dataParallel!
         try world.barrier()
         let t0 = nowNs()
-        for b in dpl.buckets {
-            if dpl.zero {
-                let counts = dpl.partitions.map { p in max(0, min(p.upperBound, b.upperBound) - max(p.lowerBound, b.lowerBound)) }
-                let mine = dpl.partitions[dpl.group.rank]
-                let at = min(max(0, max(mine.lowerBound, b.lowerBound) - mine.lowerBound), mine.count)
-                try dpl.group.reduceScatter(send: multi.model.grads.storage.ptr + b.lowerBound, recv: dpl.gradShard!.ptr + at,
-                                            counts: counts)
-            } else {
-                try dpl.group.allreduce(multi.model.grads.storage.ptr + b.lowerBound, count: b.count)
-            }
-        }
+        try dpl.reduceBlocking()
         if dpl.zero { dpl.allgatherParameters(multi.model.params) }
         return try world.allreduce(Double(nowNs() - t0) / 1e9, op: .max)
     }

@@ -120,12 +120,18 @@ public enum SequenceBench {
     /// Planned activation bytes per rank for model M, batch 1, a sequence of `seq` tokens on ring × ulysses ranks:
     /// saved tensors and workspace (linear in tokens, measured on two tiny allocations) plus the
     /// sequence-parallel buffers (`SequenceParallelAttention.plannedBytes`).
-    public static func plannedBytes(seq: Int, ring r: Int, ulysses u: Int) -> Double {
-        let gpt = GPTConfig(vocabSize: model.vocabSize, nLayer: model.nLayer, nHead: model.nHead, dModel: model.dModel,
-                            blockSize: 1)
+    static let gpt = GPTConfig(vocabSize: model.vocabSize, nLayer: model.nLayer, nHead: model.nHead, dModel: model.dModel,
+                               blockSize: 1)
+    /// Activation bytes = fixed + perToken × tokens, measured once on two small allocations.
+    static let activationBytes: (fixed: Double, perToken: Double) = {
         let a1 = Activations(config: gpt, batch: 1, tokens: 64).store.totalBytes
         let a2 = Activations(config: gpt, batch: 1, tokens: 128).store.totalBytes
-        let perToken = Double(a2 - a1) / 64, fixed = Double(a1) - 64 * perToken
+        let perToken = Double(a2 - a1) / 64
+        return (Double(a1) - 64 * perToken, perToken)
+    }()
+
+    public static func plannedBytes(seq: Int, ring r: Int, ulysses u: Int) -> Double {
+        let (fixed, perToken) = activationBytes
         let l = SequenceLayout(seqLen: seq, ring: r, ulysses: u, ringRank: 0, ulyssesRank: 0)
         let extra = r * u > 1 ? SequenceParallelAttention.plannedBytes(heads: gpt.nHead, headDim: gpt.headDim, layout: l,
                                                                      layers: gpt.nLayer, maxBatch: 1) : 0

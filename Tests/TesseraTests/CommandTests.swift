@@ -12,10 +12,7 @@ final class CommandTests: XCTestCase {
     func run(_ argv: [String]) throws -> (Int32, String) { try runProcess(argv) }
 
     func tinyJob(_ dir: URL) throws -> String {
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        var text = ""
-        for i in 0..<300 { text += "Line \(i % 17): all work and no play makes a dull model.\n" }
-        try text.write(to: dir.appendingPathComponent("text.txt"), atomically: true, encoding: .utf8)
+        try writeTrainingText(in: dir, lines: 300)
         let toml = """
         [job]
         name = "tiny"

@@ -21,10 +21,7 @@ final class LaunchTests: XCTestCase {
         let tag = name.filter { $0.isLetter || $0.isNumber }
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-launch-\(tag)-\(getpid())")
         try? FileManager.default.removeItem(at: dir)
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        var text = ""
-        for i in 0..<200 { text += "Line \(i % 13): the quick brown fox jumps over the lazy dog.\n" }
-        try text.write(to: dir.appendingPathComponent("text.txt"), atomically: true, encoding: .utf8)
+        try writeTrainingText(in: dir, lines: 200)
         // training.threads is left at its default, 0: the wrapper chooses the thread count.
         let toml = """
         [job]

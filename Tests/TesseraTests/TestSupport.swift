@@ -41,6 +41,17 @@ extension Array where Element == Float {
 
 func copyArray(_ p: UnsafePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
 
+/// Creates `dir` and writes DIR/text.txt, `lines` lines of byte-level training text; returns its path.
+@discardableResult
+func writeTrainingText(in dir: URL, lines: Int) throws -> String {
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    var text = ""
+    for i in 0..<lines { text += "Line \(i % 23): the quick brown fox jumps over \(i % 7) lazy dogs.\n" }
+    let url = dir.appendingPathComponent("text.txt")
+    try text.write(to: url, atomically: true, encoding: .utf8)
+    return url.path
+}
+
 /// Runs a command (through /usr/bin/env) with a time limit; returns (exit status, stdout + stderr).
 /// MPI jobs get Open MPI's root and oversubscription settings.
 func runProcess(_ argv: [String], timeout: TimeInterval = 300) throws -> (Int32, String) {

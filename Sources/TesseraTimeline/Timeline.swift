@@ -40,12 +40,12 @@ public final class Timeline: @unchecked Sendable {
 
     /// Times a piece of work (forward, backward, optimizer); communication waits inside it are not compute.
     @inline(__always)
-    public func work<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
+    public func work<T>(_ name: @autoclosure () -> String, _ body: () throws -> T) rethrows -> T {
         let t0 = nowNs(), c0 = commTotalNs
         let r = try body()
         let t1 = nowNs(), inside = commTotalNs - c0, dt = t1 - t0
         step.computeNs += dt > inside ? dt - inside : 0
-        trace?.complete(name, cat: "compute", beginNs: t0, endNs: t1, track: .compute)
+        trace?.complete(name(), cat: "compute", beginNs: t0, endNs: t1, track: .compute)
         return r
     }
 

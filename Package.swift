@@ -39,8 +39,9 @@ let package = Package(
         // Sequence parallelism: zigzag token layout, ring attention, Ulysses all-to-all, their hybrid.
         .target(name: "TesseraSequenceParallel",
                 dependencies: ["TesseraComm", "TesseraModel", "TesseraKernels", "TesseraTimeline"], swiftSettings: fast),
-        // Pipeline parallelism: schedules as data (planner, simulation); the engine comes next.
-        .target(name: "TesseraPipeline", swiftSettings: fast),
+        // Pipeline parallelism: schedules as data (planner, simulation), stage partition, the engine.
+        .target(name: "TesseraPipeline",
+                dependencies: ["TesseraComm", "TesseraModel", "TesseraKernels", "TesseraTimeline"], swiftSettings: fast),
         // Training: config, data, optimizer, schedule, loop, metrics, sampling.
         .target(name: "TesseraTraining",
                 dependencies: ["TesseraModel", "TesseraKernels", "TesseraComm", "TesseraTimeline", "TesseraDataParallel",

@@ -49,6 +49,9 @@ public final class ProcessMesh: @unchecked Sendable {
     public let ulysses: Communicator
     /// Ranks holding the same parameters (one pipeline stage): data × sequence. Gradients are reduced here.
     public let replicas: Communicator
+    /// The first and last pipeline stage of one pipeline (same data and sequence coordinate): both hold the
+    /// tied token embedding and sum its gradient here. A middle stage's group is itself alone.
+    public let embedding: Communicator
 
     /// Collective over `world`: every rank must call it with the same shape. Throws a message naming the
     /// `-np` the shape needs if the world size differs (before any other communication).
@@ -66,7 +69,9 @@ public final class ProcessMesh: @unchecked Sendable {
         ring = try world.split(color: (c.pp * D + c.dp) * U + c.ulysses, key: c.ring, name: "ring")
         ulysses = try world.split(color: (c.pp * D + c.dp) * R + c.ring, key: c.ulysses, name: "ulysses")
         replicas = try world.split(color: c.pp, key: (c.dp * R + c.ring) * U + c.ulysses, name: "replicas")
-        _ = P
+        let ends = c.pp == 0 || c.pp == P - 1
+        embedding = try world.split(color: ends ? (c.dp * R + c.ring) * U + c.ulysses : D * R * U + world.rank,
+                                    key: c.pp, name: "embedding")
     }
 
     /// World ranks of the members of each group of this rank, for reports and tests.
@@ -83,6 +88,9 @@ public final class ProcessMesh: @unchecked Sendable {
             case "ring": same = o.pp == c.pp && o.dp == c.dp && o.ulysses == c.ulysses
             case "ulysses": same = o.pp == c.pp && o.dp == c.dp && o.ring == c.ring
             case "replicas": same = o.pp == c.pp
+            case "embedding":
+                let ends = { (pp: Int) in pp == 0 || pp == s.pp - 1 }
+                same = ends(c.pp) ? ends(o.pp) && o.dp == c.dp && o.ring == c.ring && o.ulysses == c.ulysses : o == c
             default: same = true
             }
             if same { out.append(s.rank(of: o)) }
@@ -90,6 +98,8 @@ public final class ProcessMesh: @unchecked Sendable {
         return out
     }
 
+    /// The groups `tessera mpi-check` exercises (the embedding group is a pair of pipeline ends, checked by
+    /// the pipeline tests' gradients).
     public var groups: [Communicator] { [pipeline, data, sequence, ring, ulysses, replicas] }
 }
 

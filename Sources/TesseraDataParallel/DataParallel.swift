@@ -36,6 +36,11 @@ public final class DataParallel: BackwardObserver {
     public var step = 0
     private var requests: [Request] = []
     private var launched = 0
+    /// Buckets reaching below this storage offset wait for `beforeHeld` (pipeline parallelism: the tied
+    /// token embedding's gradient is first summed between the first and last stage).
+    public var holdBelow = 0
+    public var beforeHeld: (() throws -> Void)?
+    private var heldDone = false
 
     /// Statistics of the last `finish()`.
     public private(set) var lastWaitNs: UInt64 = 0
@@ -77,7 +82,7 @@ public final class DataParallel: BackwardObserver {
 
     /// Call before the backward pass of a step's last micro-batch.
     public func beginReduction(step: Int) {
-        self.step = step; active = true; launched = 0; requests.removeAll(keepingCapacity: true)
+        self.step = step; active = true; launched = 0; heldDone = false; requests.removeAll(keepingCapacity: true)
     }
 
     // MARK: BackwardObserver
@@ -85,7 +90,8 @@ public final class DataParallel: BackwardObserver {
     public func gradientsFinal(from offset: Int) {
         guard active else { return }
         orAbort {
-            while launched < buckets.count && buckets[launched].lowerBound >= offset {
+            while launched < buckets.count && buckets[launched].lowerBound >= offset
+                    && buckets[launched].lowerBound >= holdBelow {
                 try launch(launched); launched += 1
             }
             try Request.testAll(requests)  // drive progress of buckets in flight
@@ -127,6 +133,8 @@ public final class DataParallel: BackwardObserver {
     /// Starts any bucket not yet started and waits for all. Afterwards the reduced gradients are in place.
     public func finish() {
         orAbort {
+            if !heldDone, let f = beforeHeld { try f() }
+            heldDone = true
             while launched < buckets.count { try launch(launched); launched += 1 }
             let t0 = nowNs()
             try Request.waitAll(requests)

@@ -77,33 +77,49 @@ public final class GPT: @unchecked Sendable {
             fcProjW = p[s + "mlp.c_proj.weight"]; fcProjB = p[s + "mlp.c_proj.bias"]
         }
     }
-    private let pBlocks: [BlockTensors], gBlocks: [BlockTensors]
-    /// Storage offsets of ln_f and of each block's first tensor (gradient-readiness boundaries).
+    /// Per global layer: the block's tensors, nil for layers another pipeline stage holds.
+    private let pBlocks: [BlockTensors?], gBlocks: [BlockTensors?]
+    /// Storage offsets of ln_f and of each held block's first tensor (gradient-readiness boundaries).
     private let lnfOffset: Int, blockOffsets: [Int]
+    /// The part of the global model this rank holds.
+    public let stage: ModelStage
     /// Told during `backward` when gradients become final (data parallelism starts reducing them).
     public weak var observer: BackwardObserver?
 
-    public init(config: GPTConfig, seed: UInt64) {
+    /// The whole model, or (pipeline parallelism) the stage `stage` of it, initialised from the seed.
+    public init(config: GPTConfig, seed: UInt64, stage: ModelStage? = nil) {
         self.config = config
-        let p = ParameterSet(specs: GPTParameters.specs(config)), g = p.sameLayout()
+        let stage = stage ?? .whole(config)
+        self.stage = stage
+        let p = ParameterSet(specs: GPTParameters.specs(config, stage: stage)), g = p.sameLayout()
         p.initialize(seed: seed)
         params = p; grads = g
         attention = LocalAttention(heads: config.nHead, headDim: config.headDim)
-        pBlocks = (0..<config.nLayer).map { BlockTensors(p, $0) }
-        gBlocks = (0..<config.nLayer).map { BlockTensors(g, $0) }
-        lnfOffset = p.offset(of: "transformer.ln_f.weight")
-        blockOffsets = (0..<config.nLayer).map { p.offset(of: "transformer.h.\($0).ln_1.weight") }
+        pBlocks = (0..<config.nLayer).map { stage.holds(layer: $0) ? BlockTensors(p, $0) : nil }
+        gBlocks = (0..<config.nLayer).map { stage.holds(layer: $0) ? BlockTensors(g, $0) : nil }
+        lnfOffset = stage.hasHead ? p.offset(of: "transformer.ln_f.weight") : 0
+        blockOffsets = (0..<config.nLayer).map { stage.holds(layer: $0) ? p.offset(of: "transformer.h.\($0).ln_1.weight") : 0 }
+    }
+
+    /// Activations for one micro-batch through chunk `chunk` of this stage, sharing `workspace`.
+    public func activations(chunk: Int, batch: Int, tokens: Int, workspace: Workspace) -> Activations {
+        Activations(config: config, batch: batch, tokens: tokens, layers: stage.chunks[chunk],
+                    embeds: stage.embeds(chunk: chunk), head: stage.endsWithHead(chunk: chunk), workspace: workspace)
     }
 
     // MARK: forward
 
-    /// Runs the blocks and ln_f on the ids in `a` (tokenIds, positions). Leaves ln_f output in `a.lnf`.
+    /// Runs the activations' chunk: the embeddings of the ids in `a` (tokenIds, positions) if it starts the
+    /// model, else from the input already in `a.input(of: first layer)`; then its blocks; then ln_f if it
+    /// ends the model, leaving ln_f's output in `a.lnf`.
     public func forwardBody(_ a: Activations) {
         let c = config.dModel, n = a.n
-        OpProfile.time(.embedding) { Embedding.forward(out: a.residual[0], tokens: a.tokenIds, positions: a.positions,
-                          wte: params["transformer.wte.weight"], wpe: params["transformer.wpe.weight"], n: n, c: c) }
-        for l in 0..<config.nLayer {
-            let p = pBlocks[l], s = a.layers[l], x = a.residual[l]
+        if a.embeds {
+            OpProfile.time(.embedding) { Embedding.forward(out: a.residual[0], tokens: a.tokenIds, positions: a.positions,
+                              wte: params["transformer.wte.weight"], wpe: params["transformer.wpe.weight"], n: n, c: c) }
+        }
+        for l in a.layerRange {
+            let p = pBlocks[l]!, s = a.layer(l), x = a.input(of: l)
             OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln1, mean: s.ln1Mean, rstd: s.ln1Rstd, x: x, weight: p.ln1w, bias: p.ln1b, n: n, c: c) }
             OpProfile.time(.matmul) { Linear.forward(out: s.qkv, inp: s.ln1, weight: p.attnW, bias: p.attnB, n: n, inDim: c, outDim: 3 * c) }
             OpProfile.time(.attention) { attention.forward(qkv: s.qkv, out: s.atty, lse: s.lse, batch: a.batch, tokens: a.tokens, layer: l,
@@ -115,9 +131,10 @@ public final class GPT: @unchecked Sendable {
             OpProfile.time(.matmul) { Linear.forward(out: s.fch, inp: s.ln2, weight: p.fcW, bias: p.fcB, n: n, inDim: c, outDim: 4 * c) }
             OpProfile.time(.gelu) { GELU.forward(out: s.fchGelu, x: s.fch, n: n * 4 * c) }
             OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.fchGelu, weight: p.fcProjW, bias: p.fcProjB, n: n, inDim: 4 * c, outDim: c) }
-            OpProfile.time(.residual) { Residual.forward(out: a.residual[l + 1], a: s.resid2, b: a.tmp, n: n * c) }
+            OpProfile.time(.residual) { Residual.forward(out: a.input(of: l + 1), a: s.resid2, b: a.tmp, n: n * c) }
         }
-        OpProfile.time(.layerNorm) { LayerNorm.forward(out: a.lnf, mean: a.lnfMean, rstd: a.lnfRstd, x: a.residual[config.nLayer],
+        guard a.head else { return }
+        OpProfile.time(.layerNorm) { LayerNorm.forward(out: a.lnf, mean: a.lnfMean, rstd: a.lnfRstd, x: a.output,
                           weight: params["transformer.ln_f.weight"], bias: params["transformer.ln_f.bias"], n: n, c: c) }
     }
 
@@ -158,19 +175,24 @@ public final class GPT: @unchecked Sendable {
         }
     }
 
-    /// The backward pass after `forwardLoss`. Tells `observer` which gradients are final as it goes:
-    /// storage is ordered wte, wpe, h.0 … h.L-1, ln_f, so after block l everything from h.l on is final.
+    /// The backward pass after `forwardLoss` (or, for a chunk without the head, after `forwardBody` with
+    /// d(loss)/d(chunk output) in `a.dres`). Leaves d(loss)/d(chunk input) in `a.dres` when the chunk does not
+    /// start with the embeddings. Tells `observer` which gradients are final as it goes: storage is ordered
+    /// wte, wpe, h.0 … h.L-1, ln_f, so after block l everything from h.l on is final.
     public func backward(_ a: Activations) {
-        let c = config.dModel, n = a.n, L = config.nLayer
-        a.dres.update(repeating: 0, count: n * c)
-        OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: grads["transformer.ln_f.weight"], dbias: grads["transformer.ln_f.bias"],
-                           dout: a.dln, x: a.residual[L], weight: params["transformer.ln_f.weight"],
-                           mean: a.lnfMean, rstd: a.lnfRstd, n: n, c: c, scratch: a.scratch) }
-        observer?.gradientsFinal(from: lnfOffset)
-        for l in stride(from: L - 1, through: 0, by: -1) {
+        let c = config.dModel, n = a.n
+        if a.head {
+            a.dres.update(repeating: 0, count: n * c)
+            OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: grads["transformer.ln_f.weight"], dbias: grads["transformer.ln_f.bias"],
+                               dout: a.dln, x: a.output, weight: params["transformer.ln_f.weight"],
+                               mean: a.lnfMean, rstd: a.lnfRstd, n: n, c: c, scratch: a.scratch) }
+            observer?.gradientsFinal(from: lnfOffset)
+        }
+        for l in a.layerRange.reversed() {
             backwardBlock(l, a)
             observer?.gradientsFinal(from: blockOffsets[l])
         }
+        guard a.embeds else { return }
         OpProfile.time(.embedding) { Embedding.backward(dwte: grads["transformer.wte.weight"], dwpe: grads["transformer.wpe.weight"],
                            dout: a.dres, tokens: a.tokenIds, positions: a.positions, n: n, c: c) }
         observer?.gradientsFinal(from: 0)
@@ -179,7 +201,7 @@ public final class GPT: @unchecked Sendable {
     /// On entry a.dres holds d(loss)/d(block output); on exit d(loss)/d(block input).
     func backwardBlock(_ l: Int, _ a: Activations) {
         let c = config.dModel, n = a.n
-        let p = pBlocks[l], g = gBlocks[l], s = a.layers[l]
+        let p = pBlocks[l]!, g = gBlocks[l]!, s = a.layer(l)
         attention.prepareBackward(qkv: s.qkv, batch: a.batch, tokens: a.tokens, layer: l)  // no-op if already asked
         // MLP: out = resid2 + c_proj(gelu(c_fc(ln_2(resid2))))
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dfch, dweight: g.fcProjW, dbias: g.fcProjB, dout: a.dres, inp: s.fchGelu,
@@ -198,12 +220,12 @@ public final class GPT: @unchecked Sendable {
                         n: n, inDim: c, outDim: c, accumulateInput: false) }
         a.dqkv.update(repeating: 0, count: n * 3 * c)
         // The next block down's attention backward may fetch data while this one computes.
-        if l > 0 { attention.prepareBackward(qkv: a.layers[l - 1].qkv, batch: a.batch, tokens: a.tokens, layer: l - 1) }
+        if l > a.layerRange.lowerBound { attention.prepareBackward(qkv: a.layer(l - 1).qkv, batch: a.batch, tokens: a.tokens, layer: l - 1) }
         OpProfile.time(.attention) { attention.backward(dqkv: a.dqkv, dout: a.datty, out: s.atty, lse: s.lse, qkv: s.qkv, batch: a.batch,
                            tokens: a.tokens, layer: l, scratch: a.scratch) }
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.attnW, dbias: g.attnB, dout: a.dqkv, inp: s.ln1, weight: p.attnW,
                         n: n, inDim: c, outDim: 3 * c, accumulateInput: false) }
-        OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: g.ln1w, dbias: g.ln1b, dout: a.dln, x: a.residual[l], weight: p.ln1w,
+        OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: g.ln1w, dbias: g.ln1b, dout: a.dln, x: a.input(of: l), weight: p.ln1w,
                            mean: s.ln1Mean, rstd: s.ln1Rstd, n: n, c: c, scratch: a.scratch) }
     }
 }

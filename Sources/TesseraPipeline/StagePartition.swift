@@ -8,6 +8,8 @@ public struct StagePartition: Sendable, Equatable {
     /// Estimated cost of each virtual stage (the unit of the inputs).
     public let costs: [Double]
 
+    public init(layers: [Range<Int>], costs: [Double]) { self.layers = layers; self.costs = costs }
+
     /// Balanced contiguous split of `layerCount` equal blocks over `stages` virtual stages, with `first` and
     /// `last` extra cost on the first and last stage. Every stage gets at least one layer.
     public static func balanced(layerCount L: Int, stages n: Int, blockCost: Double, first: Double = 0,

@@ -52,7 +52,7 @@ public enum Bench {
         let med = times[times.count / 2]
         let flops = cfg.flopsPerToken(seqLen: s.seq) * Double(tokens)
         return Row(size: s, parameters: cfg.parameterCount, stepSeconds: med, tokensPerSecond: Double(tokens) / med,
-                   mfu: flops / med / peak, activationBytes: acts.store.totalBytes,
+                   mfu: flops / med / peak, activationBytes: acts.totalBytes,
                    profile: OpProfile.totals.map { ($0.0, $0.1 / Double(steps)) })
     }
 

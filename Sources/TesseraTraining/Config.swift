@@ -185,14 +185,26 @@ public struct ParallelismConfig: Sendable, Equatable {
     public var pipelineSchedule: String
     /// Model chunks per pipeline rank (interleaved schedule).
     public var virtualStages: Int
+    /// Layers of each virtual stage in order, comma-separated ("3,3,2"); empty = balanced by cost.
+    public var stageLayers: String
     /// Gradient all-reduce bucket size in MiB.
     public var bucketMb: Double
+
+    /// The explicit split of `stageLayers` (nil when empty or malformed; validation reports the latter).
+    public var explicitStageLayers: [Int]? {
+        let parts = stageLayers.split(separator: ",", omittingEmptySubsequences: false)
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !stageLayers.trimmingCharacters(in: .whitespaces).isEmpty else { return nil }
+        let counts = parts.compactMap { Int($0) }
+        return counts.count == parts.count ? counts : nil
+    }
     /// Seconds before a stalled collective is reported.
     public var timeoutS: Double
 
     public init(pp: Int = 1, dp: Int = 1, ring: Int = 1, ulysses: Int = 1, zero: Int = 0,
-                pipelineSchedule: String = "1f1b", virtualStages: Int = 1, bucketMb: Double = 25,
-                timeoutS: Double = 300) {
+                pipelineSchedule: String = "1f1b", virtualStages: Int = 1, stageLayers: String = "",
+                bucketMb: Double = 25, timeoutS: Double = 300) {
+        self.stageLayers = stageLayers
         self.pp = pp
         self.dp = dp
         self.ring = ring

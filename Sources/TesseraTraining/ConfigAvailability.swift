@@ -6,9 +6,10 @@ extension TesseraConfig {
     public func validateForThisBuild() throws {
         var errors: [String] = []
         let p = parallelism
-        let degrees = [("pp", p.pp, "pipeline parallelism")]
-        for (key, degree, feature) in degrees where degree > 1 {
-            errors.append("parallelism.\(key) = \(degree): \(feature) is not available in this build yet")
+        if p.pp > 1 && p.ulysses > 1 {
+            errors.append("parallelism.pp = \(p.pp) with parallelism.ulysses = \(p.ulysses): pipeline stages with Ulysses attention "
+                + "are not available in this build yet (Ulysses keeps one micro-batch's head-sharded tensors per layer); "
+                + "use parallelism.ring for sequence parallelism under a pipeline")
         }
         if checkpoint.every > 0 {
             errors.append("checkpoint.every = \(checkpoint.every): checkpointing is not available in this build yet")

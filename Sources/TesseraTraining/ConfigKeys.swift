@@ -110,6 +110,7 @@ enum ConfigSchema {
         .int("parallelism", "zero", \.parallelism.zero),
         .string("parallelism", "pipeline_schedule", \.parallelism.pipelineSchedule),
         .int("parallelism", "virtual_stages", \.parallelism.virtualStages),
+        .string("parallelism", "stage_layers", \.parallelism.stageLayers),
         .double("parallelism", "bucket_mb", \.parallelism.bucketMb),
         .double("parallelism", "timeout_s", \.parallelism.timeoutS),
 

@@ -163,6 +163,19 @@ struct ConfigChecks {
                  "model.n_layer = \(m.nLayer) is less than parallelism.pp × parallelism.virtual_stages = "
                  + "\(p.pp) × \(p.virtualStages) = \(overflow ? "(too large)" : String(stages)); expected at least one layer per pipeline stage")
         }
+        if !p.stageLayers.trimmingCharacters(in: .whitespaces).isEmpty, !overflow {
+            let want = "\(stages) comma-separated layer counts (parallelism.pp × parallelism.virtual_stages), each at least 1, "
+                + "summing to model.n_layer = \(m.nLayer)"
+            if let counts = p.explicitStageLayers {
+                if counts.count != stages || counts.contains(where: { $0 < 1 }) || counts.reduce(0, +) != m.nLayer {
+                    fail(["parallelism.stage_layers"], "parallelism.stage_layers = \(String(reflecting: p.stageLayers)) gives "
+                         + "\(counts.count) stage(s) with \(counts.reduce(0, +)) layers; expected \(want)")
+                }
+            } else {
+                fail(["parallelism.stage_layers"], "parallelism.stage_layers = \(String(reflecting: p.stageLayers)) is not a list of "
+                     + "integers; expected \(want), e.g. \(String(reflecting: Array(repeating: "1", count: max(stages, 1)).joined(separator: ",")))")
+            }
+        }
     }
 
     mutating func checkDataFiles() {

@@ -50,9 +50,21 @@ public final class AdamWOptimizer {
     /// Bytes of optimizer state (both moments) on this rank.
     public var stateBytes: Int { m.bytes + v.bytes }
 
-    /// Squared L2 norm of the gradients this optimizer holds.
+    /// Parameter storage left out of the gradient norm: the last pipeline stage's copy of the tied token
+    /// embedding (the first stage's copy, identical after their gradients are summed, counts once).
+    public var normExcluded: Range<Int> = 0..<0
+
+    /// Squared L2 norm of the gradients this optimizer holds (outside `normExcluded`).
     public func localSquaredNorm() -> Double {
-        segments.reduce(0) { $0 + AdamW.sumOfSquares(grad + $1.state, $1.count) }
+        var sum = 0.0
+        for s in segments {
+            let lo = s.param, hi = s.param + s.count
+            let cutLo = max(lo, normExcluded.lowerBound), cutHi = min(hi, normExcluded.upperBound)
+            if cutLo >= cutHi { sum += AdamW.sumOfSquares(grad + s.state, s.count); continue }
+            if cutLo > lo { sum += AdamW.sumOfSquares(grad + s.state, cutLo - lo) }
+            if hi > cutHi { sum += AdamW.sumOfSquares(grad + s.state + (cutHi - lo), hi - cutHi) }
+        }
+        return sum
     }
 
     /// Clips by the global norm and applies one AdamW step at learning rate `lr`. Returns the norm before clipping.

@@ -93,7 +93,7 @@ public enum SequenceBench {
                 let wMax = try world.allreduce(w, op: .max), wSum = try world.allreduce(w, op: .sum)
                 workRatio = wMax / (wSum / Double(runtime.size))
             }
-            let acts = Double(trainer.acts.store.totalBytes + (sp?.extraBytes ?? 0)) / 1_048_576
+            let acts = Double(trainer.acts!.totalBytes + (sp?.extraBytes ?? 0)) / 1_048_576
             let actsMax = try world.allreduce(acts, op: .max)
             let planned = plannedBytes(seq: seq, ring: o.ring, ulysses: o.ulysses) / 1_048_576
             let t = median(times)
@@ -124,8 +124,8 @@ public enum SequenceBench {
                                blockSize: 1)
     /// Activation bytes = fixed + perToken × tokens, measured once on two small allocations.
     static let activationBytes: (fixed: Double, perToken: Double) = {
-        let a1 = Activations(config: gpt, batch: 1, tokens: 64).store.totalBytes
-        let a2 = Activations(config: gpt, batch: 1, tokens: 128).store.totalBytes
+        let a1 = Activations(config: gpt, batch: 1, tokens: 64).totalBytes
+        let a2 = Activations(config: gpt, batch: 1, tokens: 128).totalBytes
         let perToken = Double(a2 - a1) / 64
         return (Double(a1) - 64 * perToken, perToken)
     }()

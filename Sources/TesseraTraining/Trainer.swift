@@ -3,6 +3,7 @@ import TesseraComm
 import TesseraDataParallel
 import TesseraKernels
 import TesseraModel
+import TesseraPipeline
 import TesseraSequenceParallel
 import TesseraTimeline
 
@@ -52,7 +53,13 @@ public final class Trainer {
     let runtime: MPIRuntime?
     let trainLoader: DataLoader
     let valLoader: DataLoader?
-    let acts: Activations
+    /// The micro-batch's activations (nil under pipeline parallelism: the engine keeps a pool per chunk).
+    let acts: Activations!
+    /// Pipeline parallelism (pp > 1): the layer split, the plan and the engine that runs it.
+    public let pipelineLayout: PipelineLayout?
+    public let pipeline: PipelineEngine?
+    /// World rank 0 under pipeline parallelism: the whole trained model, gathered for sampling.
+    var wholeModel: GPT?
     public let microBatch: Int
     public let sgemmPeak: Double  // FLOP/s of this rank's threads, measured at start
     public let mesh: ProcessMesh?
@@ -110,8 +117,15 @@ public final class Trainer {
         } else { valLoader = nil }
         let gpt = GPTConfig(vocabSize: m.vocabSize, nLayer: m.nLayer, nHead: m.nHead, dModel: m.dModel,
                             blockSize: m.blockSize)
-        model = GPT(config: gpt, seed: seed)
         microBatch = t.batchSize / (p.dp * t.microbatches)
+        if let mesh, p.pp > 1 {
+            let layout = try PipelineLayout(config: config)
+            pipelineLayout = layout
+            model = GPT(config: gpt, seed: seed, stage: layout.stage(rank: mesh.coordinate.pp))
+        } else {
+            pipelineLayout = nil
+            model = GPT(config: gpt, seed: seed)
+        }
         // Sequence parallelism: this rank holds `positions` of every sequence (zigzag ring chunks, Ulysses slices).
         if let mesh, mesh.sequence.size > 1 {
             let layout = SequenceLayout(seqLen: t.seqLen, ring: p.ring, ulysses: p.ulysses, ringRank: mesh.coordinate.ring,
@@ -129,7 +143,14 @@ public final class Trainer {
             localPositions = (0..<t.seqLen).map { Int32($0) }
             fullIds = []; fullTargets = []
         }
-        acts = Activations(config: gpt, batch: microBatch, tokens: localPositions.count)
+        if let mesh, let layout = pipelineLayout {
+            acts = nil
+            pipeline = try PipelineEngine(plan: layout.plan, model: model, comm: mesh.pipeline, batch: microBatch,
+                                          tokens: localPositions.count)
+        } else {
+            acts = Activations(config: gpt, batch: microBatch, tokens: localPositions.count)
+            pipeline = nil
+        }
         let o = config.optimizer
         if let mesh, mesh.replicas.size > 1 || p.zero == 1 {
             // Gradients are summed over every rank holding the same parameters: data × sequence replicas.
@@ -144,6 +165,17 @@ public final class Trainer {
             dataParallel = nil
             optimizer = AdamWOptimizer(params: model.params, grads: model.grads, beta1: o.beta1, beta2: o.beta2,
                                        eps: o.eps, weightDecay: o.weightDecay, clip: o.gradClip)
+        }
+        // The tied token embedding: the first and last stage each hold a copy and sum their gradients before
+        // the replicas reduce them; the gradient norm counts the first stage's copy only.
+        if let mesh, pipelineLayout != nil, model.stage.holdsTokenEmbedding {
+            let wteCount = gpt.vocabSize * gpt.dModel, grads = model.grads, embedding = mesh.embedding
+            precondition(model.params.offset(of: "transformer.wte.weight") == 0, "wte must lead the parameter storage")
+            if let dpl = dataParallel {
+                dpl.holdBelow = wteCount
+                dpl.beforeHeld = { try embedding.reduceTiedEmbedding(grads, count: wteCount) }
+            }
+            if !model.stage.hasEmbedding { optimizer.normExcluded = 0..<wteCount }
         }
         unshardedOptimizerBytes = 2 * model.params.count * 4
         schedule = LRSchedule(peak: o.lr, minRatio: o.minLrRatio, warmup: o.warmupSteps, total: t.steps, decay: o.decay)
@@ -166,10 +198,23 @@ public final class Trainer {
         model.grads.zero()
         let gradScale = 1 / Float(tokensPerStep)
         var lossSum = 0.0
-        for mb in 0..<t.microbatches {
+        if let pipeline {
+            // The plan runs every micro-batch; this replica's sequences of micro-batch mb start at `first`.
+            pipeline.load = { [unowned self] mb, a in
+                let first = dpRank * localBatch + mb * microBatch
+                loadLocal(into: a) { ids, targets in
+                    trainLoader.fill(step: step, globalBatch: t.batchSize, sequences: first..<(first + microBatch),
+                                     inputs: ids, targets: targets)
+                }
+            }
+            pipeline.beforeLastBackward = { [unowned self] in dataParallel?.beginReduction(step: step) }
+            lossSum = orAbort(step) { try pipeline.run(actions: pipelineLayout!.plan.actions[mesh!.coordinate.pp], mode: .train,
+                                                        gradScale: gradScale, step: step) }
+        }
+        for mb in 0..<(pipeline == nil ? t.microbatches : 0) {
             let first = dpRank * localBatch + mb * microBatch
             timeline.work("data mb \(mb)") {
-                loadLocal { ids, targets in
+                loadLocal(into: acts) { ids, targets in
                     trainLoader.fill(step: step, globalBatch: t.batchSize, sequences: first..<(first + microBatch),
                                      inputs: ids, targets: targets)
                 }
@@ -182,23 +227,42 @@ public final class Trainer {
         injectFault(step: step)
         if let dpl = dataParallel {
             dpl.finish()
-            lossSum = dpl.sum(lossSum, label: "loss")
+        } else if let mesh, pipeline != nil {
+            orAbort(step) { try mesh.embedding.reduceTiedEmbedding(model.grads, count: model.config.vocabSize * model.config.dModel) }
         }
+        lossSum = globalSum(lossSum, label: "loss", step: step)
         if step == 0, let path = options.dumpGradientsPath { dumpGradients(path) }
         let norm = timeline.work("optimizer") {
             optimizer.step(lr: schedule.lr(step)) { local in
+                var sq = local
                 // Sharded gradients (ZeRO-1): the squared norm is a sum over replicas.
-                guard let dpl = dataParallel, dpl.zero else { return local }
-                return dpl.sum(local, label: "gradient norm")
+                if let dpl = dataParallel, dpl.zero { sq = dpl.sum(sq, label: "gradient norm") }
+                // Pipeline stages hold different tensors: their squared norms add up.
+                if let mesh, pipeline != nil {
+                    sq = orAbort(step) { try mesh.pipeline.allreduce(sq, op: .sum, label: "gradient norm over stages") }
+                }
+                return sq
             }
         }
         if let dpl = dataParallel { timeline.work("parameter allgather") { dpl.allgatherParameters(model.params) } }
         return (lossSum / Double(tokensPerStep), norm)
     }
 
+    /// A sum over every rank of the job (the loss: ranks without the head contribute zero, and the replicas'
+    /// partial sums add up to the global batch's).
+    func globalSum(_ x: Double, label: String, step: Int) -> Double {
+        guard let world = mesh?.world, world.size > 1 else { return x }
+        return orAbort(step) { try world.allreduce(x, op: .sum, label: label) }
+    }
+
+    /// Runs communication; an MPI error ends the job with a message naming rank, operation and step.
+    func orAbort<T>(_ step: Int, _ body: () throws -> T) -> T {
+        do { return try body() } catch { MPIRuntime.abort("\(error) at step \(step + 1); aborting the job") }
+    }
+
     /// Fills the activations' token ids, targets and positions with this rank's tokens of a micro-batch:
     /// `fill` writes whole sequences; under sequence parallelism they are gathered to the local positions.
-    func loadLocal(_ fill: (UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Int32>) -> Void) {
+    func loadLocal(into acts: Activations, _ fill: (UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Int32>) -> Void) {
         guard sequenceLayout != nil else {
             fill(acts.tokenIds, acts.targets)
             acts.setContiguousPositions()
@@ -229,9 +293,10 @@ public final class Trainer {
         }
     }
 
-    /// Rank 0 writes the full reduced gradient (ZeRO: gathered from the shards) as safetensors.
+    /// Rank 0 writes the full reduced gradient (ZeRO: gathered from the shards; pipeline: from every stage)
+    /// as safetensors.
     func dumpGradients(_ path: String) {
-        let full = FloatBuffer(model.grads.count)
+        let stage = model.grads.sameLayout(), full = stage.storage
         if let dpl = dataParallel, dpl.zero {
             let own = dpl.ownedRange
             (full.ptr + own.lowerBound).update(from: dpl.reducedGradients, count: own.count)
@@ -240,10 +305,10 @@ public final class Trainer {
         } else {
             full.ptr.update(from: model.grads.storage.ptr, count: model.grads.count)
         }
-        guard isRank0 else { return }
+        guard let whole = gatherWholeModel(stage), isRank0 else { return }
         var tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = []
-        for (i, spec) in model.grads.specs.enumerated() {
-            tensors.append((spec.name, spec.shape, UnsafeBufferPointer(start: full.ptr + model.grads.offsets[i], count: spec.count)))
+        for (i, spec) in whole.specs.enumerated() {
+            tensors.append((spec.name, spec.shape, UnsafeBufferPointer(start: whole.pointer(i), count: spec.count)))
         }
         do { try SafeTensorsFile.write(path: path, tensors: tensors) } catch {
             log("tessera: cannot write gradients to \(path): \(error)")
@@ -257,9 +322,23 @@ public final class Trainer {
         let batches = t.evalBatches
         var sum = 0.0
         let mine = (dpRank * localBatch)..<((dpRank + 1) * localBatch)
+        if let pipeline, let layout = pipelineLayout {
+            let actions = PipelineEngine.evaluationActions(microbatches: t.microbatches, chunks: layout.chunks)
+            for b in 0..<batches {
+                pipeline.load = { [unowned self] mb, a in
+                    let first = mine.lowerBound + mb * microBatch
+                    loadLocal(into: a) { ids, targets in
+                        valLoader.fillEval(batch: b, batches: batches, batchSize: t.batchSize,
+                                           sequences: first..<(first + microBatch), inputs: ids, targets: targets)
+                    }
+                }
+                sum += orAbort(0) { try pipeline.run(actions: actions, mode: .evaluate, gradScale: 0, step: 0) }
+            }
+            return globalSum(sum, label: "validation loss", step: 0) / Double(batches * tokensPerStep)
+        }
         for b in 0..<batches {
             for first in stride(from: mine.lowerBound, to: mine.upperBound, by: microBatch) {
-                loadLocal { ids, targets in
+                loadLocal(into: acts) { ids, targets in
                     valLoader.fillEval(batch: b, batches: batches, batchSize: t.batchSize,
                                        sequences: first..<(first + microBatch), inputs: ids, targets: targets)
                 }
@@ -312,6 +391,11 @@ public final class Trainer {
             history.append(record)
         }
         writeTrace()
+        if pipeline != nil && config.sample.tokens > 0, let whole = gatherWholeModel(model.params) {
+            let m = GPT(config: model.config, seed: 0)
+            m.params.storage.ptr.update(from: whole.storage.ptr, count: whole.count)
+            wholeModel = m
+        }
         return history
     }
 
@@ -353,6 +437,7 @@ public final class Trainer {
         if let v = valLoader { s += "; \(v.source.count) validation tokens" }
         if let mesh {
             s += "\n  mesh: \(mesh.shape) = \(mesh.shape.size) rank(s); \(localBatch) sequence(s) per data-parallel rank"
+            if let layout = pipelineLayout { s += "\n" + layout.describe(microbatches: t.microbatches) }
             if let l = sequenceLayout {
                 s += "; \(l.local) of \(l.seqLen) tokens per sequence on each rank"
                 s += l.ring > 1 ? " (ring: \(2 * l.ring) zigzag chunks of \(l.chunk)" + (l.ulysses > 1 ? "; Ulysses inside each ring position)" : ")") : " (Ulysses)"
@@ -382,7 +467,7 @@ public final class Trainer {
     public func sample() -> String {
         let s = config.sample
         let prompt = Array(s.prompt.utf8).map { Int32($0) }
-        let out = Sampler(model: model).generate(prompt: prompt, count: s.tokens, temperature: s.temperature,
+        let out = Sampler(model: wholeModel ?? model).generate(prompt: prompt, count: s.tokens, temperature: s.temperature,
                                                  topK: s.topK, seed: UInt64(bitPattern: Int64(config.training.seed)))
         // Byte-level models print text; other vocabularies (a user's tokenizer) print token ids.
         return model.config.vocabSize == 256 ? s.prompt + Sampler.text(out) : out.map(String.init).joined(separator: " ")

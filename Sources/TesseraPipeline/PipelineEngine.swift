@@ -1,0 +1,256 @@
+// Runs a pipeline plan on one rank: the plan says which forward or backward to run next; the engine moves
+// the data. Forward of (micro-batch, chunk) at virtual stage s receives its input from s − 1 straight into
+// the micro-batch's activations and sends its output to s + 1; backward receives the output gradient from
+// s + 1 and sends the input gradient to s − 1. Every message is non-blocking and tagged with the receiving
+// virtual stage, the micro-batch and the direction, so messages can arrive in any order.
+//
+// Deadlock freedom: a receive is posted one action ahead of its use (so the transfer overlaps the current
+// action) and waited for only when its action starts; sends are never waited for inside the step (their
+// buffers are set aside until the send completes, and new buffers are made if none is free). So a rank only
+// ever blocks on data the plan says it needs, and the planner tests prove that every plan's data
+// dependencies complete. At the end of the step every send is complete, because every rank has received
+// everything its actions needed.
+//
+// Memory: activations of a (micro-batch, chunk) live from its forward to its backward, in a pool per chunk
+// that grows to the schedule's peak in the first step and is reused after. The pool's size is what the
+// schedule costs: with 1F1B at most `stages` micro-batches per rank, with GPipe all of them.
+
+import TesseraComm
+import TesseraKernels
+import TesseraModel
+import TesseraTimeline
+
+public final class PipelineEngine {
+    public enum Mode: Sendable { case train, evaluate }
+
+    public let plan: PipelinePlan
+    public let model: GPT
+    /// The pipeline group: rank i runs stage i.
+    public let comm: Communicator
+    public let batch: Int, tokens: Int
+    let workspace: Workspace
+    let rank: Int, stages: Int
+    /// Fills a micro-batch's token ids and positions (chunks that embed) and targets (the chunk with the head).
+    public var load: (_ microbatch: Int, _ activations: Activations) -> Void = { _, _ in }
+    /// Called just before the rank's last backward of the step (data parallelism starts reducing then).
+    public var beforeLastBackward: () -> Void = {}
+
+    private var pool: [[Activations]]          // free activation sets, per chunk
+    private var sending: [(set: Activations, chunk: Int, request: Request)] = []  // released, output still in flight
+    private var live: [Int: Activations] = [:]  // key(mb, chunk) → activations from forward to backward
+    private var inputRecv: [Int: Request] = [:] // key(mb, chunk) → receive of the forward input (into live[key])
+    private var gradFree: [FloatBuffer] = []
+    private var gradRecv: [Int: (buffer: FloatBuffer, request: Request)] = [:]
+    private var gradSending: [(buffer: FloatBuffer, request: Request)] = []
+    private var outputSends: [Int: Request] = [:]  // key(mb, chunk) → send of the forward output
+
+    /// Activation sets allocated per chunk (the pool's high-water mark) and their bytes each.
+    public var setsAllocated: [Int] { allocated }
+    private var allocated: [Int]
+    /// Peak number of (micro-batch, chunk) activations alive at once (forward done or input arriving,
+    /// backward not yet done) in the last `run`.
+    public private(set) var peakLive = 0
+    /// Time spent computing forwards and backwards (excluding waits for data) and the whole run, last `run`.
+    public private(set) var busyNs: UInt64 = 0, spanNs: UInt64 = 0
+    /// Time blocked waiting for a neighbour's activation or gradient, last `run`.
+    public private(set) var waitNs: UInt64 = 0
+    private var alive = 0
+
+    public init(plan: PipelinePlan, model: GPT, comm: Communicator, batch: Int, tokens: Int) throws {
+        precondition(comm.size == plan.stages, "pipeline group of \(comm.size) ranks for \(plan.stages) stages")
+        precondition(model.stage.chunks.count == plan.virtualStages, "model stage has \(model.stage.chunks.count) chunks, plan \(plan.virtualStages)")
+        self.plan = plan; self.model = model; self.comm = comm; self.batch = batch; self.tokens = tokens
+        rank = comm.rank; stages = plan.stages
+        workspace = Workspace(n: batch * tokens, c: model.config.dModel, training: true)
+        pool = Array(repeating: [], count: plan.virtualStages)
+        allocated = Array(repeating: 0, count: plan.virtualStages)
+        setBytes = Array(repeating: 0, count: plan.virtualStages)
+        let maxTag = Self.tag(microbatch: plan.microbatches - 1, virtualStage: plan.virtualStageCount - 1,
+                              backward: true, virtualStages: plan.virtualStageCount)
+        if maxTag > PipelineEngine.tagUpperBound {
+            throw PipelinePlanError(description: "\(plan.microbatches) micro-batches × \(plan.virtualStageCount) virtual stages need "
+                                    + "MPI tags up to \(maxTag), above the \(PipelineEngine.tagUpperBound) every MPI allows")
+        }
+    }
+
+    /// The smallest MPI_TAG_UB the standard guarantees.
+    public static let tagUpperBound = 32767
+
+    /// The tag of a message to virtual stage `vs` about micro-batch `mb`.
+    static func tag(microbatch mb: Int, virtualStage vs: Int, backward: Bool, virtualStages: Int) -> Int {
+        (mb * virtualStages + vs) * 2 + (backward ? 1 : 0)
+    }
+    func tag(_ mb: Int, _ vs: Int, backward: Bool) -> Int {
+        Self.tag(microbatch: mb, virtualStage: vs, backward: backward, virtualStages: plan.virtualStageCount)
+    }
+    func key(_ mb: Int, _ chunk: Int) -> Int { mb * plan.virtualStages + chunk }
+    var next: Int { (rank + 1) % stages }
+    var prev: Int { (rank - 1 + stages) % stages }
+    func virtualStage(_ chunk: Int) -> Int { plan.virtualStage(rank: rank, chunk: chunk) }
+    var lastVirtualStage: Int { plan.virtualStageCount - 1 }
+
+    /// Bytes one activation set of each chunk holds for the backward (known once one is allocated).
+    public private(set) var setBytes: [Int]
+    /// Activation bytes of the pools (every set allocated so far) plus the shared workspace.
+    public var activationBytes: Int {
+        workspace.bytes + zip(setBytes, allocated).reduce(0) { $0 + $1.0 * $1.1 }
+    }
+    /// Bytes of the gradient message buffers allocated so far.
+    public var messageBytes: Int { gradBuffers * batch * tokens * model.config.dModel * 4 }
+    private var gradBuffers = 0
+
+    // MARK: running a step
+
+    /// Runs this rank's actions (forward-only plans evaluate). Returns the sum of the loss over the tokens of
+    /// the micro-batches whose loss this rank computes (zero on ranks without the head).
+    public func run(actions: [PipelineAction], mode: Mode, gradScale: Float, step: Int) throws -> Double {
+        let t0 = nowNs()
+        busyNs = 0; waitNs = 0; peakLive = 0; alive = 0
+        let lastBackward = actions.lastIndex { $0.kind == .backward }
+        var loss = 0.0
+        for (i, a) in actions.enumerated() {
+            try postReceive(for: a)
+            if i + 1 < actions.count { try postReceive(for: actions[i + 1]) }
+            switch a.kind {
+            case .forward:
+                loss += try forward(a, mode: mode, gradScale: gradScale)
+            case .backward:
+                if i == lastBackward { beforeLastBackward() }
+                try backward(a)
+            }
+            try reclaim()
+        }
+        // Every receive has been consumed; the sends complete as their receivers finish.
+        let w0 = nowNs()
+        try Request.waitAll(sending.map(\.request) + gradSending.map(\.request))
+        waitNs += nowNs() - w0
+        try reclaim()
+        precondition(live.isEmpty && inputRecv.isEmpty && gradRecv.isEmpty, "pipeline step ended with activations alive")
+        spanNs = nowNs() - t0
+        return loss
+    }
+
+    /// A set of activations for `chunk`: a free one, or a new one (the pool grows to the schedule's peak).
+    private func acquire(chunk: Int) -> Activations {
+        alive += 1; peakLive = max(peakLive, alive)
+        if let a = pool[chunk].popLast() { return a }
+        allocated[chunk] += 1
+        let a = model.activations(chunk: chunk, batch: batch, tokens: tokens, workspace: workspace)
+        setBytes[chunk] = a.store.savedBytes
+        return a
+    }
+
+    /// Returns a set to the pool once its output send (if any) has completed.
+    private func release(_ a: Activations, chunk: Int, key k: Int) throws {
+        alive -= 1
+        if let r = outputSends.removeValue(forKey: k), !(try r.test()) {
+            sending.append((a, chunk, r))
+        } else {
+            pool[chunk].append(a)
+        }
+    }
+
+    /// Moves sets and gradient buffers whose sends completed back to their pools.
+    private func reclaim() throws {
+        var i = 0
+        while i < sending.count {
+            if try sending[i].request.test() { pool[sending[i].chunk].append(sending[i].set); sending.remove(at: i) } else { i += 1 }
+        }
+        i = 0
+        while i < gradSending.count {
+            if try gradSending[i].request.test() { gradFree.append(gradSending[i].buffer); gradSending.remove(at: i) } else { i += 1 }
+        }
+    }
+
+    private func gradBuffer() -> FloatBuffer {
+        if let b = gradFree.popLast() { return b }
+        gradBuffers += 1
+        return FloatBuffer(batch * tokens * model.config.dModel)
+    }
+
+    /// Posts the receive an action needs, once: the forward input from the previous virtual stage, or the
+    /// output gradient from the next one.
+    private func postReceive(for a: PipelineAction) throws {
+        let vs = virtualStage(a.chunk), k = key(a.microbatch, a.chunk), n = batch * tokens * model.config.dModel
+        switch a.kind {
+        case .forward:
+            guard vs > 0, live[k] == nil else { return }
+            let set = acquire(chunk: a.chunk)
+            live[k] = set
+            inputRecv[k] = try comm.irecv(set.residual[0], count: n, from: prev, tag: tag(a.microbatch, vs, backward: false),
+                                          label: "pipeline activation mb \(a.microbatch) → stage \(vs)")
+        case .backward:
+            guard vs < lastVirtualStage, gradRecv[k] == nil else { return }
+            let buf = gradBuffer()
+            gradRecv[k] = (buf, try comm.irecv(buf.ptr, count: n, from: next, tag: tag(a.microbatch, vs, backward: true),
+                                              label: "pipeline gradient mb \(a.microbatch) → stage \(vs)"))
+        }
+    }
+
+    private func waitFor(_ r: Request) throws {
+        let t0 = nowNs()
+        try r.wait()
+        waitNs += nowNs() - t0
+    }
+
+    private func forward(_ a: PipelineAction, mode: Mode, gradScale: Float) throws -> Double {
+        let vs = virtualStage(a.chunk), k = key(a.microbatch, a.chunk)
+        let set: Activations
+        if vs > 0 {
+            set = live[k]!
+            try waitFor(inputRecv.removeValue(forKey: k)!)
+        } else {
+            set = acquire(chunk: a.chunk)
+            live[k] = set
+        }
+        if set.embeds || set.head { load(a.microbatch, set) }
+        let t0 = nowNs()
+        var loss = 0.0
+        Timeline.shared.work("F\(a.microbatch)" + (plan.virtualStages > 1 ? ".\(a.chunk)" : "")) {
+            if set.head {
+                loss = mode == .train ? model.forwardLoss(set, gradScale: gradScale) : model.lossSum(set)
+            } else {
+                model.forwardBody(set)
+            }
+        }
+        busyNs += nowNs() - t0
+        if vs < lastVirtualStage {
+            outputSends[k] = try comm.isend(set.output, count: batch * tokens * model.config.dModel, to: next,
+                                            tag: tag(a.microbatch, vs + 1, backward: false),
+                                            label: "pipeline activation mb \(a.microbatch) → stage \(vs + 1)")
+        }
+        if mode == .evaluate {
+            live[k] = nil
+            try release(set, chunk: a.chunk, key: k)
+        }
+        return loss
+    }
+
+    private func backward(_ a: PipelineAction) throws {
+        let vs = virtualStage(a.chunk), k = key(a.microbatch, a.chunk), n = batch * tokens * model.config.dModel
+        guard let set = live.removeValue(forKey: k) else {
+            preconditionFailure("backward of micro-batch \(a.microbatch) chunk \(a.chunk) before its forward")
+        }
+        if vs < lastVirtualStage {
+            let (buf, r) = gradRecv.removeValue(forKey: k)!
+            try waitFor(r)
+            set.dres.update(from: buf.ptr, count: n)
+            gradFree.append(buf)
+        }
+        let t0 = nowNs()
+        Timeline.shared.work("B\(a.microbatch)" + (plan.virtualStages > 1 ? ".\(a.chunk)" : "")) { model.backward(set) }
+        busyNs += nowNs() - t0
+        if vs > 0 {
+            let buf = gradBuffer()
+            buf.ptr.update(from: set.dres, count: n)
+            gradSending.append((buf, try comm.isend(buf.ptr, count: n, to: prev, tag: tag(a.microbatch, vs - 1, backward: true),
+                                                    label: "pipeline gradient mb \(a.microbatch) → stage \(vs - 1)")))
+        }
+        try release(set, chunk: a.chunk, key: k)
+    }
+
+    /// The forward-only actions of an evaluation pass: every micro-batch through every chunk in order.
+    public static func evaluationActions(microbatches m: Int, chunks v: Int) -> [PipelineAction] {
+        (0..<m).flatMap { mb in (0..<v).map { PipelineAction(.forward, microbatch: mb, chunk: $0) } }
+    }
+}

@@ -47,6 +47,10 @@ public final class Activations: @unchecked Sendable {
     public let residual: [UnsafeMutablePointer<Float>]
     public let layers: [Layer]
     public let lnf, lnfMean, lnfRstd: UnsafeMutablePointer<Float>
+    /// d(loss)/d(ln_f output), written by the loss in the forward pass and read by the backward. Its own
+    /// saved buffer when other micro-batches' forwards may run in between (pipeline schedules), else the
+    /// workspace's `dln`.
+    public let dlnf: UnsafeMutablePointer<Float>
     public let tokenIds: UnsafeMutablePointer<Int32>, positions: UnsafeMutablePointer<Int32>,
                 targets: UnsafeMutablePointer<Int32>
     public let workspace: Workspace
@@ -64,12 +68,13 @@ public final class Activations: @unchecked Sendable {
     /// The whole model, with its own workspace.
     public convenience init(config: GPTConfig, batch: Int, tokens: Int, training: Bool = true) {
         self.init(config: config, batch: batch, tokens: tokens, layers: 0..<config.nLayer, embeds: true, head: true,
-                  workspace: Workspace(n: batch * tokens, c: config.dModel, training: training))
+                  workspace: Workspace(n: batch * tokens, c: config.dModel, training: training), ownLossGradient: false)
     }
 
     /// Layers `layers` of the model; `workspace` must have room for batch × tokens.
+    /// `ownLossGradient`: the head's loss gradient gets its own buffer (see `dlnf`).
     public init(config: GPTConfig, batch: Int, tokens: Int, layers range: Range<Int>, embeds: Bool, head: Bool,
-                workspace: Workspace) {
+                workspace: Workspace, ownLossGradient: Bool = true) {
         self.batch = batch; self.tokens = tokens; self.capacity = tokens; self.config = config
         layerRange = range; self.embeds = embeds; self.head = head; self.workspace = workspace
         let n = batch * tokens, c = config.dModel, s = store
@@ -83,6 +88,7 @@ public final class Activations: @unchecked Sendable {
         }
         let h = head ? 1 : 0
         lnf = s.saved(h * n * c); lnfMean = s.saved(h * n); lnfRstd = s.saved(h * n)
+        dlnf = head && ownLossGradient ? s.saved(n * c) : workspace.dln
         let idBuf = UnsafeMutablePointer<Int32>.allocate(capacity: max(3 * n, 1))
         idBuf.initialize(repeating: 0, count: max(3 * n, 1))
         tokenIds = idBuf; positions = idBuf + n; targets = idBuf + 2 * n

@@ -164,14 +164,14 @@ public final class GPT: @unchecked Sendable {
         return loss
     }
 
-    /// Forward and the fused LM head + cross-entropy, which also produces d(loss)/d(ln_f output) in a.dln
+    /// Forward and the fused LM head + cross-entropy, which also produces d(loss)/d(ln_f output) in a.dlnf
     /// and accumulates the LM head's share of the wte gradient. Returns the loss sum.
     public func forwardLoss(_ a: Activations, gradScale: Float) -> Double {
         forwardBody(a)
         let wte = params["transformer.wte.weight"], dwte = grads["transformer.wte.weight"]
         return OpProfile.time(.lmHeadLoss) {
             CrossEntropy.fused(x: a.lnf, wte: wte, targets: a.targets, n: a.n, c: config.dModel,
-                               vocab: config.vocabSize, gradScale: gradScale, dx: a.dln, dwte: dwte, scratch: a.scratch)
+                               vocab: config.vocabSize, gradScale: gradScale, dx: a.dlnf, dwte: dwte, scratch: a.scratch)
         }
     }
 
@@ -184,7 +184,7 @@ public final class GPT: @unchecked Sendable {
         if a.head {
             a.dres.update(repeating: 0, count: n * c)
             OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: grads["transformer.ln_f.weight"], dbias: grads["transformer.ln_f.bias"],
-                               dout: a.dln, x: a.output, weight: params["transformer.ln_f.weight"],
+                               dout: a.dlnf, x: a.output, weight: params["transformer.ln_f.weight"],
                                mean: a.lnfMean, rstd: a.lnfRstd, n: n, c: c, scratch: a.scratch) }
             observer?.gradientsFinal(from: lnfOffset)
         }

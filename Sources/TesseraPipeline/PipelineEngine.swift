@@ -32,6 +32,8 @@ public final class PipelineEngine {
     let rank: Int, stages: Int
     /// Fills a micro-batch's token ids and positions (chunks that embed) and targets (the chunk with the head).
     public var load: (_ microbatch: Int, _ activations: Activations) -> Void = { _, _ in }
+    /// Drives MPI progress while this rank computes, so that sends posted before a compute move during it.
+    public var progress: ProgressThread?
     /// Called just before the rank's last backward of the step (data parallelism starts reducing then).
     public var beforeLastBackward: () -> Void = {}
 
@@ -106,6 +108,8 @@ public final class PipelineEngine {
     public func run(actions: [PipelineAction], mode: Mode, gradScale: Float, step: Int) throws -> Double {
         let t0 = nowNs()
         busyNs = 0; waitNs = 0; peakLive = 0; alive = 0
+        progress?.begin()
+        defer { progress?.end() }
         let lastBackward = actions.lastIndex { $0.kind == .backward }
         var loss = 0.0
         for (i, a) in actions.enumerated() {
@@ -203,8 +207,8 @@ public final class PipelineEngine {
             set = acquire(chunk: a.chunk)
             live[k] = set
         }
-        if set.embeds || set.head { load(a.microbatch, set) }
         let t0 = nowNs()
+        if set.embeds || set.head { load(a.microbatch, set) }
         var loss = 0.0
         Timeline.shared.work("F\(a.microbatch)" + (plan.virtualStages > 1 ? ".\(a.chunk)" : "")) {
             if set.head {

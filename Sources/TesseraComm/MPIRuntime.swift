@@ -44,19 +44,7 @@ public final class MPIRuntime: @unchecked Sendable {
         rank = Int(r); size = Int(s)
     }
 
-    /// The job's progress thread, made on first use (collective: every rank must ask for it at the same point).
-    public func progressThread() throws -> ProgressThread {
-        if let p = progress { return p }
-        let p = try ProgressThread(world: worldCommunicator)
-        progress = p
-        return p
-    }
-    private var progress: ProgressThread?
-
-    public func finalize() {
-        progress?.stop()
-        MPI_Finalize()
-    }
+    public func finalize() { MPI_Finalize() }
 
     /// Open MPI shared-memory settings tessera applies unless the environment sets them.
     public static let sharedMemoryTuning = [("OMPI_MCA_btl_vader_max_send_size", "262144"),

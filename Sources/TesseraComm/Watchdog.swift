@@ -24,7 +24,14 @@ public final class Watchdog: @unchecked Sendable {
         self.rank = rank
         timeoutNs = UInt64(timeoutSeconds * 1e9)
         self.onTimeout = onTimeout
-        let t = Thread { [unowned self] in self.watch() }
+        // The thread holds the watchdog weakly and ends once it is gone (benchmarks make several trainers).
+        let period = min(max(timeoutNs / 20, 10_000_000), 250_000_000)
+        let t = Thread { [weak self] in
+            while true {
+                usleep(UInt32(period / 1000))
+                guard let dog = self, dog.check() else { return }
+            }
+        }
         t.name = "tessera-watchdog"
         t.stackSize = 1 << 18
         thread = t
@@ -45,10 +52,9 @@ public final class Watchdog: @unchecked Sendable {
         lock.lock(); slots[token].used = false; slots[token].comm = nil; lock.unlock()
     }
 
-    private func watch() {
-        let period = min(max(timeoutNs / 20, 10_000_000), 250_000_000)
-        while true {
-            usleep(UInt32(period / 1000))
+    /// One look at the armed waits; false once one has timed out (and `onTimeout` was told).
+    private func check() -> Bool {
+        do {
             lock.lock()
             // Read the clock under the lock: an entry armed after an earlier reading would have `since` > `now`
             // and the unsigned difference would wrap (a trap in debug, a false timeout in release).
@@ -61,8 +67,9 @@ public final class Watchdog: @unchecked Sendable {
                 let at = step >= 0 ? " at step \(step)" : ""
                 onTimeout("rank \(rank): watchdog: \(what)\(at) has not completed within "
                     + "parallelism.timeout_s = \(secs.formatted()) s; aborting the job")
-                return
+                return false
             }
+            return true
         }
     }
 }

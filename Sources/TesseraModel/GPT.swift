@@ -85,6 +85,15 @@ public final class GPT: @unchecked Sendable {
     public let stage: ModelStage
     /// Told during `backward` when gradients become final (data parallelism starts reducing them).
     public weak var observer: BackwardObserver?
+    /// Called between the ops of every block, forward and backward: a chance to drive communication in
+    /// flight (the pipeline engine's transfers; this MPI moves messages only inside MPI calls).
+    public var progress: (() -> Void)?
+
+    /// Between two ops: drive the attention's and the caller's communication.
+    @inline(__always) func poll() {
+        attention.poll()
+        progress?()
+    }
 
     /// The whole model, or (pipeline parallelism) the stage `stage` of it, initialised from the seed.
     public init(config: GPTConfig, seed: UInt64, stage: ModelStage? = nil) {
@@ -122,16 +131,21 @@ public final class GPT: @unchecked Sendable {
             let p = pBlocks[l]!, s = a.layer(l), x = a.input(of: l)
             OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln1, mean: s.ln1Mean, rstd: s.ln1Rstd, x: x, weight: p.ln1w, bias: p.ln1b, n: n, c: c) }
             OpProfile.time(.matmul) { Linear.forward(out: s.qkv, inp: s.ln1, weight: p.attnW, bias: p.attnB, n: n, inDim: c, outDim: 3 * c) }
+            progress?()
             OpProfile.time(.attention) { attention.forward(qkv: s.qkv, out: s.atty, lse: s.lse, batch: a.batch, tokens: a.tokens, layer: l,
                               scratch: a.scratch) }
+            progress?()
             OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.atty, weight: p.projW, bias: p.projB, n: n, inDim: c, outDim: c) }
             OpProfile.time(.residual) { Residual.forward(out: s.resid2, a: x, b: a.tmp, n: n * c) }
             OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln2, mean: s.ln2Mean, rstd: s.ln2Rstd, x: s.resid2, weight: p.ln2w, bias: p.ln2b,
                               n: n, c: c) }
+            progress?()
             OpProfile.time(.matmul) { Linear.forward(out: s.fch, inp: s.ln2, weight: p.fcW, bias: p.fcB, n: n, inDim: c, outDim: 4 * c) }
+            progress?()
             OpProfile.time(.gelu) { GELU.forward(out: s.fchGelu, x: s.fch, n: n * 4 * c) }
             OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.fchGelu, weight: p.fcProjW, bias: p.fcProjB, n: n, inDim: 4 * c, outDim: c) }
             OpProfile.time(.residual) { Residual.forward(out: a.input(of: l + 1), a: s.resid2, b: a.tmp, n: n * c) }
+            progress?()
         }
         guard a.head else { return }
         OpProfile.time(.layerNorm) { LayerNorm.forward(out: a.lnf, mean: a.lnfMean, rstd: a.lnfRstd, x: a.output,
@@ -206,25 +220,28 @@ public final class GPT: @unchecked Sendable {
         // MLP: out = resid2 + c_proj(gelu(c_fc(ln_2(resid2))))
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dfch, dweight: g.fcProjW, dbias: g.fcProjB, dout: a.dres, inp: s.fchGelu,
                         weight: p.fcProjW, n: n, inDim: 4 * c, outDim: c, accumulateInput: false) }
-        attention.poll()
+        poll()
         OpProfile.time(.gelu) { GELU.backward(dx: a.dfch, dout: a.dfch, x: s.fch, n: n * 4 * c) }
-        attention.poll()
+        poll()
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.fcW, dbias: g.fcB, dout: a.dfch, inp: s.ln2, weight: p.fcW,
                         n: n, inDim: c, outDim: 4 * c, accumulateInput: false) }
-        attention.poll()
+        poll()
         OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: g.ln2w, dbias: g.ln2b, dout: a.dln, x: s.resid2, weight: p.ln2w,
                            mean: s.ln2Mean, rstd: s.ln2Rstd, n: n, c: c, scratch: a.scratch) }
-        attention.poll()
+        poll()
         // Attention: resid2 = x + c_proj(attn(c_attn(ln_1(x))))
         OpProfile.time(.matmul) { Linear.backward(dinp: a.datty, dweight: g.projW, dbias: g.projB, dout: a.dres, inp: s.atty, weight: p.projW,
                         n: n, inDim: c, outDim: c, accumulateInput: false) }
+        progress?()
         a.dqkv.update(repeating: 0, count: n * 3 * c)
         // The next block down's attention backward may fetch data while this one computes.
         if l > a.layerRange.lowerBound { attention.prepareBackward(qkv: a.layer(l - 1).qkv, batch: a.batch, tokens: a.tokens, layer: l - 1) }
         OpProfile.time(.attention) { attention.backward(dqkv: a.dqkv, dout: a.datty, out: s.atty, lse: s.lse, qkv: s.qkv, batch: a.batch,
                            tokens: a.tokens, layer: l, scratch: a.scratch) }
+        progress?()
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.attnW, dbias: g.attnB, dout: a.dqkv, inp: s.ln1, weight: p.attnW,
                         n: n, inDim: c, outDim: 3 * c, accumulateInput: false) }
+        progress?()
         OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: g.ln1w, dbias: g.ln1b, dout: a.dln, x: a.input(of: l), weight: p.ln1w,
                            mean: s.ln1Mean, rstd: s.ln1Rstd, n: n, c: c, scratch: a.scratch) }
     }

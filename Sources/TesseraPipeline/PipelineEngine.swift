@@ -32,8 +32,6 @@ public final class PipelineEngine {
     let rank: Int, stages: Int
     /// Fills a micro-batch's token ids and positions (chunks that embed) and targets (the chunk with the head).
     public var load: (_ microbatch: Int, _ activations: Activations) -> Void = { _, _ in }
-    /// Drives MPI progress while this rank computes, so that sends posted before a compute move during it.
-    public var progress: ProgressThread?
     /// Called just before the rank's last backward of the step (data parallelism starts reducing then).
     public var beforeLastBackward: () -> Void = {}
 
@@ -54,6 +52,8 @@ public final class PipelineEngine {
     public private(set) var peakLive = 0
     /// Time spent computing forwards and backwards (excluding waits for data) and the whole run, last `run`.
     public private(set) var busyNs: UInt64 = 0, spanNs: UInt64 = 0
+    /// When the last `run` started and ended (monotonic clock, comparable between ranks of one host).
+    public private(set) var startNs: UInt64 = 0, endNs: UInt64 = 0
     /// Time blocked waiting for a neighbour's activation or gradient, last `run`.
     public private(set) var waitNs: UInt64 = 0
     private var alive = 0
@@ -108,8 +108,10 @@ public final class PipelineEngine {
     public func run(actions: [PipelineAction], mode: Mode, gradScale: Float, step: Int) throws -> Double {
         let t0 = nowNs()
         busyNs = 0; waitNs = 0; peakLive = 0; alive = 0
-        progress?.begin()
-        defer { progress?.end() }
+        // This MPI moves a multi-fragment message only inside MPI calls: the model calls back between its
+        // ops, and the engine tests its transfers in flight, so they progress while it computes.
+        model.progress = { [unowned self] in self.poll() }
+        defer { model.progress = nil }
         let lastBackward = actions.lastIndex { $0.kind == .backward }
         var loss = 0.0
         for (i, a) in actions.enumerated() {
@@ -130,7 +132,8 @@ public final class PipelineEngine {
         waitNs += nowNs() - w0
         try reclaim()
         precondition(live.isEmpty && inputRecv.isEmpty && gradRecv.isEmpty, "pipeline step ended with activations alive")
-        spanNs = nowNs() - t0
+        endNs = nowNs()
+        startNs = t0; spanNs = endNs - t0
         return loss
     }
 
@@ -164,6 +167,14 @@ public final class PipelineEngine {
         while i < gradSending.count {
             if try gradSending[i].request.test() { gradFree.append(gradSending[i].buffer); gradSending.remove(at: i) } else { i += 1 }
         }
+    }
+
+    /// Tests every transfer in flight once (drives MPI progress; errors surface at the waits).
+    private func poll() {
+        for r in outputSends.values { _ = try? r.test() }
+        for r in inputRecv.values { _ = try? r.test() }
+        for g in gradRecv.values { _ = try? g.request.test() }
+        for g in gradSending { _ = try? g.request.test() }
     }
 
     private func gradBuffer() -> FloatBuffer {

@@ -15,7 +15,6 @@ public enum PipelineBench {
         public var size = "M", layers = 8, steps = 3, warmup = 1, threads = 1
         public var microbatches = [1, 2, 4, 8]
         public var schedules = ["gpipe", "1f1b", "interleaved"]
-        public var progressThread = true
         public init() {}
     }
 
@@ -47,9 +46,10 @@ public enum PipelineBench {
         let gpt = GPTConfig(vocabSize: s.vocab, nLayer: o.layers, nHead: s.heads, dModel: s.d, blockSize: s.seq)
         out.append("tessera bench-pp — size \(s.name) with \(o.layers) layers (\(fmt(Double(gpt.parameterCount) / 1e6, 2))M parameters), "
                    + "global batch \(s.batch)×\(s.seq), \(p) stages, \(o.threads) thread(s) per rank, median of \(o.steps) steps after \(o.warmup)")
-        out.append("MPI progress thread: \(o.progressThread ? "on" : "off"); single-copy: \(MPIRuntime.singleCopyMechanism)")
-        out.append("idle = 1 − (time in forwards and backwards) ÷ (the pipeline's span), per stage; live = peak micro-batches "
-                   + "whose activations a stage held; MiB = its activation pool + workspace")
+        out.append("single-copy: \(MPIRuntime.singleCopyMechanism)")
+        out.append("idle = 1 − (time in forwards and backwards) ÷ (the pipeline's span: first stage's start to last stage's end); "
+                   + "live = peak micro-batches whose activations a stage held, counting an input already arriving; MiB = its "
+                   + "activation pool + workspace")
         out.append("")
         var header = "schedule     m  v  theory "
         for r in 0..<p { header += "  idle s\(r)" }
@@ -65,19 +65,23 @@ public enum PipelineBench {
                     continue
                 }
                 if s.batch % m != 0 || o.layers < p * v { continue }
-                var opts = TrainerOptions(measurePeak: false)
-                opts.progressThread = o.progressThread
                 let trainer = try Trainer(config: config(s, o: o, pp: p, schedule: schedule, m: m, data: path), runtime: runtime,
-                                          options: opts)
+                                          options: TrainerOptions(measurePeak: false))
                 let engine = trainer.pipeline!
                 var idle: [Double] = [], steps: [Double] = [], live = 0
+                var span = [Double](repeating: 0, count: 2), spans = [Double](repeating: 0, count: 2)
                 for i in 0..<(o.warmup + o.steps) {
                     try world.barrier()
                     let t0 = nowNs()
                     _ = trainer.trainStep(i)
                     let dt = Double(nowNs() - t0) / 1e9
                     if i >= o.warmup {
-                        idle.append(1 - Double(engine.busyNs) / Double(max(engine.spanNs, 1)))
+                        // The pipeline's span: first stage's start to last stage's end (one host, one monotonic clock).
+                        span = [-Double(engine.startNs), Double(engine.endNs)]
+                        try span.withUnsafeMutableBufferPointer { b in
+                            try spans.withUnsafeMutableBufferPointer { try world.allreduce(send: b.baseAddress!, recv: $0.baseAddress!, count: 2, op: .max) }
+                        }
+                        idle.append(1 - Double(engine.busyNs) / max(spans[0] + spans[1], 1))
                         steps.append(try world.allreduce(dt, op: .max))
                         live = max(live, engine.peakLive)
                     }
@@ -98,7 +102,8 @@ public enum PipelineBench {
             }
         }
         out.append("")
-        out.append("theory: GPipe and 1F1B (p−1)/(m+p−1), interleaved (p−1)/(v·m+p−1); live: 1F1B ≤ p − stage (warm-up depth + 1), GPipe m")
+        out.append("theory: GPipe and 1F1B (p−1)/(m+p−1), interleaved (p−1)/(v·m+p−1); live: GPipe m; 1F1B p − stage, "
+                   + "plus one input arriving on stages that receive: at most p")
         return runtime.rank == 0 ? out.joined(separator: "\n") : nil
     }
 }

@@ -16,8 +16,6 @@ public struct TrainerOptions: Sendable {
     /// Write the reduced gradients of step 1 (rank 0, full model, safetensors) to this file.
     public var dumpGradientsPath: String?
     public var measurePeak = true
-    /// Pipeline parallelism: drive MPI progress from a helper thread while ranks compute (`--no-progress-thread`).
-    public var progressThread = true
     public init(traceDir: String? = nil, fault: FaultInjection? = nil, dumpGradientsPath: String? = nil,
                 measurePeak: Bool = true) {
         self.traceDir = traceDir; self.fault = fault; self.dumpGradientsPath = dumpGradientsPath
@@ -147,10 +145,8 @@ public final class Trainer {
         }
         if let mesh, let layout = pipelineLayout {
             acts = nil
-            let engine = try PipelineEngine(plan: layout.plan, model: model, comm: mesh.pipeline, batch: microBatch,
-                                            tokens: localPositions.count)
-            if options.progressThread, let runtime { engine.progress = try runtime.progressThread() }
-            pipeline = engine
+            pipeline = try PipelineEngine(plan: layout.plan, model: model, comm: mesh.pipeline, batch: microBatch,
+                                          tokens: localPositions.count)
         } else {
             acts = Activations(config: gpt, batch: microBatch, tokens: localPositions.count)
             pipeline = nil

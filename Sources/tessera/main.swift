@@ -14,7 +14,6 @@ usage: tessera <command> [arguments]
         --trace DIR                 write a Chrome trace per rank (DIR/trace-rank<R>.json; open in ui.perfetto.dev)
         --dump-grads FILE           write step 1's reduced gradients (safetensors, rank 0) for layout comparisons
         --fault-inject MODE:RANK:STEP   debugging: rank RANK exits (MODE exit) or hangs (MODE hang) at step STEP
-        --no-progress-thread        pipeline: no helper thread driving MPI progress during compute (for comparison)
   config show CONFIG.toml [--section.key VALUE ...]   print the effective config
   prepare --input FILE... --out DIR [--val-fraction F]   turn text into llm.c token shards
   bench [--sizes S,M,L] [--threads N] [--steps N] [--warmup N] [--json] [--profile]   sgemm ceiling, tokens/s and MFU
@@ -25,7 +24,7 @@ usage: tessera <command> [arguments]
   bench-sp [--ring R] [--ulysses U] [--seq 1024,2048,4096] [--steps N] [--budget-mib X]   (under mpirun -np R×U)
         sequence-parallel steps: ring overlap, attention bytes vs theory, balance, memory; --budget-mib plans lengths
   bench-pp [--size M] [--layers 8] [--microbatches 1,2,4,8] [--schedules gpipe,1f1b,interleaved] [--steps N]
-        [--no-progress-thread]   (under mpirun -np P: one stage per rank) pipeline bubble per stage vs theory, live
+        (under mpirun -np P: one stage per rank) pipeline bubble per stage vs theory, live
         micro-batches and activation memory per stage
   bench-comm [--max-mib 64] [--iters auto|N] [--rounds 9] [--json] [--breakdown]   under mpirun: allreduce busbw, Swift layer vs plain C
 
@@ -63,7 +62,6 @@ do {
         options.traceDir = takeOption(&args, "--trace")
         options.dumpGradientsPath = takeOption(&args, "--dump-grads")
         options.fault = try takeOption(&args, "--fault-inject").map { try FaultInjection(parsing: $0) }
-        if let i = args.firstIndex(of: "--no-progress-thread") { options.progressThread = false; args.remove(at: i) }
         let (overrides, rest) = try ConfigLoader.splitOverrides(args)
         guard rest.count == 1, let path = rest.first else {
             fail(rest.isEmpty ? "train needs a config file\n\n" + usage
@@ -98,7 +96,6 @@ do {
         // Accepts (and ignores) train's run flags, so a launcher can pass train's arguments unchanged.
         var showArgs = Array(args.dropFirst())
         for flag in ["--trace", "--dump-grads", "--fault-inject"] { _ = takeOption(&showArgs, flag) }
-        showArgs.removeAll { $0 == "--no-progress-thread" }
         let (overrides, rest) = try ConfigLoader.splitOverrides(showArgs)
         guard rest.count == 1, let path = rest.first else {
             fail(rest.isEmpty ? "config show needs a config file" : "config show takes one config file; unexpected: \(rest.dropFirst().joined(separator: " "))")
@@ -182,7 +179,6 @@ do {
             for n in names where !PipelinePlanner.schedules.contains(n) { fail("bench-pp: unknown schedule '\(n)' (gpipe, 1f1b, interleaved)") }
             o.schedules = names
         }
-        if let i = args.firstIndex(of: "--no-progress-thread") { o.progressThread = false; args.remove(at: i) }
         guard args.isEmpty else { fail("bench-pp: unexpected arguments: \(args.joined(separator: " "))") }
         let runtime = MPIRuntime()
         if let report = try PipelineBench.run(runtime: runtime, options: o) { print(report) }

@@ -34,6 +34,8 @@ public final class Workspace: @unchecked Sendable {
 public final class Activations: @unchecked Sendable {
     public struct Layer {
         public let ln1, ln1Mean, ln1Rstd, qkv, atty, lse, resid2, ln2, ln2Mean, ln2Rstd, fch, fchGelu: UnsafeMutablePointer<Float>
+        /// What the attention op keeps for its backward (`AttentionOp.savedFloats`; empty for local attention).
+        public let attnSaved: UnsafeMutablePointer<Float>
     }
 
     public let batch: Int, config: GPTConfig
@@ -65,16 +67,17 @@ public final class Activations: @unchecked Sendable {
 
     public var n: Int { batch * tokens }
 
-    /// The whole model, with its own workspace.
-    public convenience init(config: GPTConfig, batch: Int, tokens: Int, training: Bool = true) {
+    /// The whole model, with its own workspace; `attentionSaved`: the attention op's floats per layer.
+    public convenience init(config: GPTConfig, batch: Int, tokens: Int, training: Bool = true, attentionSaved: Int = 0) {
         self.init(config: config, batch: batch, tokens: tokens, layers: 0..<config.nLayer, embeds: true, head: true,
-                  workspace: Workspace(n: batch * tokens, c: config.dModel, training: training), ownLossGradient: false)
+                  workspace: Workspace(n: batch * tokens, c: config.dModel, training: training), ownLossGradient: false,
+                  attentionSaved: attentionSaved)
     }
 
     /// Layers `layers` of the model; `workspace` must have room for batch × tokens.
     /// `ownLossGradient`: the head's loss gradient gets its own buffer (see `dlnf`).
     public init(config: GPTConfig, batch: Int, tokens: Int, layers range: Range<Int>, embeds: Bool, head: Bool,
-                workspace: Workspace, ownLossGradient: Bool = true) {
+                workspace: Workspace, ownLossGradient: Bool = true, attentionSaved: Int = 0) {
         self.batch = batch; self.tokens = tokens; self.capacity = tokens; self.config = config
         layerRange = range; self.embeds = embeds; self.head = head; self.workspace = workspace
         let n = batch * tokens, c = config.dModel, s = store
@@ -84,7 +87,7 @@ public final class Activations: @unchecked Sendable {
             Layer(ln1: s.saved(n * c), ln1Mean: s.saved(n), ln1Rstd: s.saved(n), qkv: s.saved(n * 3 * c),
                   atty: s.saved(n * c), lse: s.saved(lseCount), resid2: s.saved(n * c),
                   ln2: s.saved(n * c), ln2Mean: s.saved(n), ln2Rstd: s.saved(n),
-                  fch: s.saved(n * 4 * c), fchGelu: s.saved(n * 4 * c))
+                  fch: s.saved(n * 4 * c), fchGelu: s.saved(n * 4 * c), attnSaved: s.saved(attentionSaved))
         }
         let h = head ? 1 : 0
         lnf = s.saved(h * n * c); lnfMean = s.saved(h * n); lnfRstd = s.saved(h * n)

@@ -5,21 +5,26 @@
 import TesseraKernels
 
 /// How a block computes attention over its fused qkv. The single-rank implementation is `LocalAttention`.
+/// Whatever else an implementation keeps for the backward (Ulysses: the head-sharded q, k, v and output)
+/// lives in the micro-batch's activations: `savedFloats` per layer, passed back as `saved`.
 public protocol AttentionOp: AnyObject {
+    /// Floats per layer the op saves for its backward, for a micro-batch of this shape.
+    func savedFloats(batch: Int, tokens: Int) -> Int
     func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
-                 batch: Int, tokens: Int, layer: Int, scratch: Scratch)
+                 saved: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, layer: Int, scratch: Scratch)
     /// Accumulates into dqkv (zeroed by the caller).
     func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
-                  lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int,
-                  scratch: Scratch)
+                  lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, saved: UnsafeMutablePointer<Float>, batch: Int,
+                  tokens: Int, layer: Int, scratch: Scratch)
     /// Called when the backward pass reaches the block, before its MLP backward: a chance to start the
     /// communication the attention backward needs (ring attention fetches its first key/value block).
-    func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int)
+    func prepareBackward(qkv: UnsafePointer<Float>, saved: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, layer: Int)
     func poll()
 }
 
 extension AttentionOp {
-    public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int) {}
+    public func savedFloats(batch: Int, tokens: Int) -> Int { 0 }
+    public func prepareBackward(qkv: UnsafePointer<Float>, saved: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, layer: Int) {}
     /// Called between the block's other backward ops: drive communication started by `prepareBackward`.
     public func poll() {}
 }
@@ -37,15 +42,15 @@ public final class LocalAttention: AttentionOp {
     }
 
     public func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
-                        batch: Int, tokens: Int, layer: Int, scratch: Scratch) {
+                        saved: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, layer: Int, scratch: Scratch) {
         let c = heads * headDim
         Attention.forward(out: out, lse: lse, q: qkv, k: qkv + c, v: qkv + 2 * c, layout: layout(batch, tokens),
                           scratch: scratch)
     }
 
     public func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
-                         lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int,
-                         scratch: Scratch) {
+                         lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, saved: UnsafeMutablePointer<Float>, batch: Int,
+                         tokens: Int, layer: Int, scratch: Scratch) {
         let c = heads * headDim
         Attention.backward(dq: dqkv, dk: dqkv + c, dv: dqkv + 2 * c, dout: dout, out: out, lse: lse,
                            q: qkv, k: qkv + c, v: qkv + 2 * c, layout: layout(batch, tokens), scratch: scratch)
@@ -113,7 +118,8 @@ public final class GPT: @unchecked Sendable {
     /// Activations for one micro-batch through chunk `chunk` of this stage, sharing `workspace`.
     public func activations(chunk: Int, batch: Int, tokens: Int, workspace: Workspace) -> Activations {
         Activations(config: config, batch: batch, tokens: tokens, layers: stage.chunks[chunk],
-                    embeds: stage.embeds(chunk: chunk), head: stage.endsWithHead(chunk: chunk), workspace: workspace)
+                    embeds: stage.embeds(chunk: chunk), head: stage.endsWithHead(chunk: chunk), workspace: workspace,
+                    attentionSaved: attention.savedFloats(batch: batch, tokens: tokens))
     }
 
     // MARK: forward
@@ -132,7 +138,7 @@ public final class GPT: @unchecked Sendable {
             OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln1, mean: s.ln1Mean, rstd: s.ln1Rstd, x: x, weight: p.ln1w, bias: p.ln1b, n: n, c: c) }
             OpProfile.time(.matmul) { Linear.forward(out: s.qkv, inp: s.ln1, weight: p.attnW, bias: p.attnB, n: n, inDim: c, outDim: 3 * c) }
             progress?()
-            OpProfile.time(.attention) { attention.forward(qkv: s.qkv, out: s.atty, lse: s.lse, batch: a.batch, tokens: a.tokens, layer: l,
+            OpProfile.time(.attention) { attention.forward(qkv: s.qkv, out: s.atty, lse: s.lse, saved: s.attnSaved, batch: a.batch, tokens: a.tokens, layer: l,
                               scratch: a.scratch) }
             progress?()
             OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.atty, weight: p.projW, bias: p.projB, n: n, inDim: c, outDim: c) }
@@ -216,7 +222,7 @@ public final class GPT: @unchecked Sendable {
     func backwardBlock(_ l: Int, _ a: Activations) {
         let c = config.dModel, n = a.n
         let p = pBlocks[l]!, g = gBlocks[l]!, s = a.layer(l)
-        attention.prepareBackward(qkv: s.qkv, batch: a.batch, tokens: a.tokens, layer: l)  // no-op if already asked
+        attention.prepareBackward(qkv: s.qkv, saved: s.attnSaved, batch: a.batch, tokens: a.tokens, layer: l)  // no-op if already asked
         // MLP: out = resid2 + c_proj(gelu(c_fc(ln_2(resid2))))
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dfch, dweight: g.fcProjW, dbias: g.fcProjB, dout: a.dres, inp: s.fchGelu,
                         weight: p.fcProjW, n: n, inDim: 4 * c, outDim: c, accumulateInput: false) }
@@ -235,8 +241,11 @@ public final class GPT: @unchecked Sendable {
         progress?()
         a.dqkv.update(repeating: 0, count: n * 3 * c)
         // The next block down's attention backward may fetch data while this one computes.
-        if l > a.layerRange.lowerBound { attention.prepareBackward(qkv: a.layer(l - 1).qkv, batch: a.batch, tokens: a.tokens, layer: l - 1) }
-        OpProfile.time(.attention) { attention.backward(dqkv: a.dqkv, dout: a.datty, out: s.atty, lse: s.lse, qkv: s.qkv, batch: a.batch,
+        if l > a.layerRange.lowerBound {
+            let below = a.layer(l - 1)
+            attention.prepareBackward(qkv: below.qkv, saved: below.attnSaved, batch: a.batch, tokens: a.tokens, layer: l - 1)
+        }
+        OpProfile.time(.attention) { attention.backward(dqkv: a.dqkv, dout: a.datty, out: s.atty, lse: s.lse, qkv: s.qkv, saved: s.attnSaved, batch: a.batch,
                            tokens: a.tokens, layer: l, scratch: a.scratch) }
         progress?()
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.attnW, dbias: g.attnB, dout: a.dqkv, inp: s.ln1, weight: p.attnW,

@@ -221,7 +221,7 @@ public final class PipelineEngine {
         let t0 = nowNs()
         if set.embeds || set.head { load(a.microbatch, set) }
         var loss = 0.0
-        Timeline.shared.work("F\(a.microbatch)" + (plan.virtualStages > 1 ? ".\(a.chunk)" : "")) {
+        Timeline.shared.work((mode == .evaluate ? "eval F" : "F") + "\(a.microbatch)" + (plan.virtualStages > 1 ? ".\(a.chunk)" : "")) {
             if set.head {
                 loss = mode == .train ? model.forwardLoss(set, gradScale: gradScale) : model.lossSum(set)
             } else {

@@ -3,7 +3,9 @@
 // Ulysses (U > 1): one all-to-all turns q, k, v from [local tokens, all heads] into [the ring-local
 // sequence, H / U heads]; the core (local or ring) attends; a second all-to-all turns the output back.
 // Backward mirrors it: dout goes to the head-sharded layout, the core's backward runs, and dq, dk, dv come
-// back to the token-sharded layout. The head-sharded qkv and output of every layer are kept for backward.
+// back to the token-sharded layout. The head-sharded qkv and output of every layer are kept for backward,
+// in the micro-batch's activations (`saved`: [qkvH | outH], see `savedFloats`), so several micro-batches
+// can be alive at once (pipeline schedules).
 // With U = 1 the core runs on the local tokens directly (ring attention, or one kernel call).
 
 import TesseraComm
@@ -16,14 +18,12 @@ public final class SequenceParallelAttention: AttentionOp {
     public let ulysses: Communicator?
     public let core: AttentionCore
     let u: Int
-    /// Ulysses: per layer, the head-sharded qkv [B, ringLocal, 3·H/U·hd] and output [B, ringLocal, H/U·hd].
-    let qkvH: [FloatBuffer], outH: [FloatBuffer]
     let sendBuf: FloatBuffer, recvBuf: FloatBuffer, doutH: FloatBuffer, dqkvH: FloatBuffer
     /// Where communication failures go (the trainer aborts the job naming rank, operation and step).
     public var onError: (Error) -> Never = { MPIRuntime.abort("\($0); aborting the job") }
 
     public init(heads: Int, headDim: Int, layout: SequenceLayout, ring: Communicator?, ulysses: Communicator?,
-                layers: Int, maxBatch: Int) {
+                maxBatch: Int) {
         self.heads = heads; self.headDim = headDim; self.layout = layout
         u = layout.ulysses
         self.ulysses = u > 1 ? ulysses : nil
@@ -35,19 +35,20 @@ public final class SequenceParallelAttention: AttentionOp {
         }
         let c = heads * headDim, full = maxBatch * layout.local * 3 * c
         if u > 1 {
-            qkvH = (0..<layers).map { _ in FloatBuffer(full) }
-            outH = (0..<layers).map { _ in FloatBuffer(maxBatch * layout.local * c) }
             sendBuf = FloatBuffer(full); recvBuf = FloatBuffer(full)
             doutH = FloatBuffer(maxBatch * layout.local * c); dqkvH = FloatBuffer(full)
         } else {
-            qkvH = []; outH = []
             sendBuf = FloatBuffer(0); recvBuf = FloatBuffer(0); doutH = FloatBuffer(0); dqkvH = FloatBuffer(0)
         }
     }
 
-    /// Bytes of saved head-sharded tensors (Ulysses), communication buffers and the ring's buffers.
+    /// Ulysses: per layer, the head-sharded qkv [B, ringLocal, 3·H/U·hd] then the output [B, ringLocal, H/U·hd]
+    /// (as many floats as the local qkv and output: B · local tokens · 4 · H · hd).
+    public func savedFloats(batch: Int, tokens: Int) -> Int { u > 1 ? batch * tokens * 4 * heads * headDim : 0 }
+
+    /// Bytes of the communication buffers and the ring's buffers (the saved tensors are in the activations).
     public var extraBytes: Int {
-        (qkvH + outH + [sendBuf, recvBuf, doutH, dqkvH]).reduce(0) { $0 + $1.bytes } + ((core as? RingCore)?.bytes ?? 0)
+        [sendBuf, recvBuf, doutH, dqkvH].reduce(0) { $0 + $1.bytes } + ((core as? RingCore)?.bytes ?? 0)
     }
 
     /// What `init` allocates for these shapes, without allocating (for memory planning).
@@ -94,36 +95,36 @@ public final class SequenceParallelAttention: AttentionOp {
     // MARK: AttentionOp
 
     public func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
-                        batch: Int, tokens: Int, layer: Int, scratch: Scratch) {
+                        saved: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, layer: Int, scratch: Scratch) {
         do {
             if u == 1 {
                 try core.forward(qkv: qkv, out: out, lse: lse, batch: batch, tokens: tokens, heads: heads, layer: layer,
                                  scratch: scratch)
                 return
             }
-            let T = u * tokens
-            try toHeadSharded(qkv, qkvH[layer].ptr, batch: batch, tokens: tokens, parts: 3, label: "ulysses qkv L\(layer)")
-            try core.forward(qkv: qkvH[layer].ptr, out: outH[layer].ptr, lse: lse, batch: batch, tokens: T,
+            let T = u * tokens, qkvH = saved, outH = saved + batch * tokens * 3 * heads * headDim
+            try toHeadSharded(qkv, qkvH, batch: batch, tokens: tokens, parts: 3, label: "ulysses qkv L\(layer)")
+            try core.forward(qkv: qkvH, out: outH, lse: lse, batch: batch, tokens: T,
                              heads: heads / u, layer: layer, scratch: scratch)
-            try toTokenSharded(outH[layer].ptr, out, batch: batch, tokens: tokens, parts: 1, label: "ulysses out L\(layer)")
+            try toTokenSharded(outH, out, batch: batch, tokens: tokens, parts: 1, label: "ulysses out L\(layer)")
         } catch { onError(error) }
     }
 
     public func poll() { (core as? RingCore)?.pollPrefetch() }
 
-    public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int) {
+    public func prepareBackward(qkv: UnsafePointer<Float>, saved: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, layer: Int) {
         do {
             if u == 1 {
                 try core.prepareBackward(qkv: qkv, batch: batch, tokens: tokens, heads: heads, layer: layer)
             } else {
-                try core.prepareBackward(qkv: qkvH[layer].ptr, batch: batch, tokens: u * tokens, heads: heads / u, layer: layer)
+                try core.prepareBackward(qkv: saved, batch: batch, tokens: u * tokens, heads: heads / u, layer: layer)
             }
         } catch { onError(error) }
     }
 
     public func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
-                         lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, layer: Int,
-                         scratch: Scratch) {
+                         lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, saved: UnsafeMutablePointer<Float>, batch: Int,
+                         tokens: Int, layer: Int, scratch: Scratch) {
         do {
             if u == 1 {
                 try core.backward(dqkv: dqkv, dout: dout, out: out, lse: lse, qkv: qkv, batch: batch, tokens: tokens,
@@ -133,7 +134,8 @@ public final class SequenceParallelAttention: AttentionOp {
             let T = u * tokens
             try toHeadSharded(dout, doutH.ptr, batch: batch, tokens: tokens, parts: 1, label: "ulysses dout L\(layer)")
             dqkvH.ptr.update(repeating: 0, count: batch * T * 3 * (heads / u) * headDim)
-            try core.backward(dqkv: dqkvH.ptr, dout: doutH.ptr, out: outH[layer].ptr, lse: lse, qkv: qkvH[layer].ptr,
+            let qkvH = saved, outH = saved + batch * tokens * 3 * heads * headDim
+            try core.backward(dqkv: dqkvH.ptr, dout: doutH.ptr, out: outH, lse: lse, qkv: qkvH,
                               batch: batch, tokens: T, heads: heads / u, layer: layer, scratch: scratch)
             try toTokenSharded(dqkvH.ptr, dqkv, batch: batch, tokens: tokens, parts: 3, label: "ulysses dqkv L\(layer)")
         } catch { onError(error) }

@@ -133,7 +133,7 @@ public final class Trainer {
             sequenceLayout = layout
             localPositions = layout.positions.map { Int32($0) }
             let sp = SequenceParallelAttention(heads: gpt.nHead, headDim: gpt.headDim, layout: layout, ring: mesh.ring,
-                                               ulysses: mesh.ulysses, layers: gpt.nLayer, maxBatch: microBatch)
+                                               ulysses: mesh.ulysses, maxBatch: microBatch)
             sp.onError = { MPIRuntime.abort("\($0) at step \(Watchdog.shared?.step ?? 0); aborting the job") }
             model.attention = sp
             fullIds = [Int32](repeating: 0, count: microBatch * t.seqLen)
@@ -148,7 +148,8 @@ public final class Trainer {
             pipeline = try PipelineEngine(plan: layout.plan, model: model, comm: mesh.pipeline, batch: microBatch,
                                           tokens: localPositions.count)
         } else {
-            acts = Activations(config: gpt, batch: microBatch, tokens: localPositions.count)
+            acts = Activations(config: gpt, batch: microBatch, tokens: localPositions.count,
+                               attentionSaved: model.attention.savedFloats(batch: microBatch, tokens: localPositions.count))
             pipeline = nil
         }
         let o = config.optimizer

@@ -98,10 +98,16 @@ final class CommandTests: XCTestCase {
         XCTAssertTrue(out.contains("mesh: pp 1 × dp 2 × ring 1 × ulysses 1 = 2 rank(s)"), out)
         XCTAssertTrue(out.contains("step 2/2"), out)
         for r in 0..<2 { XCTAssertTrue(FileManager.default.fileExists(atPath: "\(trace)/trace-rank\(r).json"), out) }
-        // A mesh value this build cannot run yet reaches tessera, which explains it — not a shell error.
-        (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--parallelism.pp", "2"])
+        // A pipeline job through the wrapper: 2 stages on 2 ranks, and the sample from the gathered model.
+        (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--parallelism.pp", "2",
+                                        "--training.microbatches", "2", "--training.steps", "2"])
+        XCTAssertEqual(status, 0, out)
+        XCTAssertTrue(out.contains("pipeline: 2 stages, 1f1b schedule, 2 micro-batch(es)"), out)
+        XCTAssertTrue(out.contains("--- sample (20 tokens"), out)
+        // A config this build cannot run yet reaches tessera, which explains it — not a shell error.
+        (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--memory.policy", "full"])
         XCTAssertNotEqual(status, 0)
-        XCTAssertTrue(out.contains("parallelism.pp"), out)
+        XCTAssertTrue(out.contains("memory.policy = \"full\""), out)
         XCTAssertFalse(out.contains("value too great"), out)
         // A config error stops the wrapper before mpirun.
         (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--model.n_layr", "2"])

@@ -413,7 +413,10 @@ final class ConfigTests: XCTestCase {
                           contains: ["checkpoint.every = 10: checkpointing is not available",
                                      "memory.policy = \"full\"", "not available in this build yet"])
         let loaded = try load("[training]\nbatch_size = 8\n[model]\nn_head = 4\n", overrides: [(key: "parallelism.pp", value: "2")])
-        assertConfigError(try loaded.validateForThisBuild(), contains: ["parallelism.pp = 2:", "not available"])
+        XCTAssertNoThrow(try loaded.validateForThisBuild(), "pipeline parallelism is built")
+        let ppUlysses = try load("[training]\nbatch_size = 8\nseq_len = 64\n[model]\nn_head = 4\n",
+                                 overrides: [(key: "parallelism.pp", value: "2"), (key: "parallelism.ulysses", value: "2")])
+        XCTAssertNoThrow(try ppUlysses.validateForThisBuild(), "pipeline with Ulysses is built")
         for key in ["ring", "ulysses"] {
             let built = try load("[training]\nseq_len = 64\n[model]\nn_head = 4\n", overrides: [(key: "parallelism." + key, value: "2")])
             XCTAssertNoThrow(try built.validateForThisBuild(), "sequence parallelism is built")

@@ -3,8 +3,8 @@ import XCTest
 
 /// Pipeline parallelism against the single-rank run of the same config, with real `mpirun` jobs: GPipe and
 /// 1F1B at pp 2 and 4 with 1, 4 and 8 micro-batches, interleaved 1F1B (2 chunks per rank) at pp 2 and 4 with
-/// 4 and 8, an explicit layer split, and the compositions pp 2 × dp 2 (ZeRO-1), pp 2 × ring 2 and the
-/// 8-rank pp 2 × dp 2 × ring 2. Every step's loss (10 steps, clipping active) and the validation loss within
+/// 4 and 8, an explicit layer split, and the compositions pp 2 × dp 2 (ZeRO-1), pp 2 × ring 2, pp 2 ×
+/// Ulysses 2 (GPipe: four micro-batches' head-sharded tensors alive at once) and the 8-rank pp 2 × dp 2 × ring 2. Every step's loss (10 steps, clipping active) and the validation loss within
 /// 1e-5 relative, step 1's gradients — gathered from every stage, the tied embedding from the first —
 /// within 1e-5 relative norm.
 final class PipelineTests: XCTestCase {
@@ -49,7 +49,52 @@ final class PipelineTests: XCTestCase {
     func testPipelineTimesRing() throws {
         try check(np: 4, "pp2ring2", pipeline("1f1b", pp: 2, microbatches: 4, ["--parallelism.ring", "2"]))
     }
+    func testPipelineTimesUlysses() throws {
+        try check(np: 4, "pp2uly2", pipeline("gpipe", pp: 2, microbatches: 4, ["--parallelism.ulysses", "2"]))
+    }
     func testPipelineTimesDataTimesRing() throws {
         try check(np: 8, "pp2dp2ring2", pipeline("interleaved", pp: 2, microbatches: 4, ["--parallelism.dp", "2", "--parallelism.ring", "2"]))
+    }
+
+    /// Impossible pipelines stop before any work, naming the keys and what was expected.
+    func testConfigErrorsBeforeAnyWork() throws {
+        let cfg = try DataParallelTests.config()
+        for (flags, expected) in [
+            (["--parallelism.pp", "4", "--model.n_layer", "2"],
+             "model.n_layer = 2 is less than parallelism.pp × parallelism.virtual_stages = 4 × 1 = 4"),
+            (["--parallelism.pp", "2", "--parallelism.pipeline_schedule", "interleaved", "--parallelism.virtual_stages", "2",
+              "--model.n_layer", "4", "--training.microbatches", "1"],
+             "training.microbatches = 1 is not a multiple of parallelism.pp = 2"),
+            (["--parallelism.pp", "2", "--model.n_layer", "8", "--parallelism.stage_layers", "4,3"],
+             "parallelism.stage_layers = \"4,3\" gives 2 stage(s) with 7 layers; expected 2 comma-separated layer counts"),
+            (["--parallelism.pp", "2", "--parallelism.stage_layers", "one,two"], "is not a list of integers"),
+        ] {
+            let (status, out) = try runProcess([CommandTests.binary, "train", cfg] + flags, timeout: 60)
+            XCTAssertEqual(status, 2, out)
+            XCTAssertTrue(out.contains(expected), "expected '\(expected)' in:\n\(out)")
+            XCTAssertFalse(out.contains("step 1/"), out)
+        }
+    }
+
+    /// `--trace`: each stage's Chrome trace shows every micro-batch's forward and backward, in the order the
+    /// 1F1B plan gives that stage, and the activation and gradient messages in flight between stages.
+    func testTraceShowsEveryMicrobatchOnEveryStage() throws {
+        let traceDir = DataParallelTests.dir.appendingPathComponent("pp-trace").path
+        try? FileManager.default.removeItem(atPath: traceDir)
+        _ = try DataParallelTests.run(np: 2, "pp-trace", Self.shape + pipeline("1f1b", pp: 2, microbatches: 4)
+                                      + ["--training.steps", "1", "--training.eval_every", "0", "--trace", traceDir])
+        let expected = [["F0", "F1", "B0", "F2", "B1", "F3", "B2", "B3"], ["F0", "B0", "F1", "B1", "F2", "B2", "F3", "B3"]]
+        for rank in 0..<2 {
+            let path = traceDir + "/trace-rank\(rank).json"
+            let obj = try JSONSerialization.jsonObject(with: try Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any]
+            let events = try XCTUnwrap(obj?["traceEvents"] as? [[String: Any]], path)
+            let spans = events.filter { $0["ph"] as? String == "X" }
+                .sorted { ($0["ts"] as? Double ?? 0) < ($1["ts"] as? Double ?? 0) }
+            let actions = spans.compactMap { $0["name"] as? String }.filter { $0.range(of: #"^[FB]\d+$"#, options: .regularExpression) != nil }
+            XCTAssertEqual(actions, expected[rank], "stage \(rank)'s forwards and backwards in \(path)")
+            let inFlight = events.filter { $0["ph"] as? String == "b" }.compactMap { $0["name"] as? String }
+            XCTAssertTrue(inFlight.contains { $0.hasPrefix("pipeline activation mb") }, "activations in flight: \(path)")
+            XCTAssertTrue(inFlight.contains { $0.hasPrefix("pipeline gradient mb") }, "gradients in flight: \(path)")
+        }
     }
 }

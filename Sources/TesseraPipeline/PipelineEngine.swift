@@ -246,15 +246,16 @@ public final class PipelineEngine {
         guard let set = live.removeValue(forKey: k) else {
             preconditionFailure("backward of micro-batch \(a.microbatch) chunk \(a.chunk) before its forward")
         }
+        var t0 = nowNs()
         if vs < lastVirtualStage {
             let (buf, r) = gradRecv.removeValue(forKey: k)!
             try waitFor(r)
+            t0 = nowNs()
             set.dres.update(from: buf.ptr, count: n)
             gradFree.append(buf)
         }
-        let t0 = nowNs()
         Timeline.shared.work("B\(a.microbatch)" + (plan.virtualStages > 1 ? ".\(a.chunk)" : "")) { model.backward(set) }
-        busyNs += nowNs() - t0
+        defer { busyNs += nowNs() - t0 }
         if vs > 0 {
             let buf = gradBuffer()
             buf.ptr.update(from: set.dres, count: n)

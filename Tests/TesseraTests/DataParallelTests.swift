@@ -148,7 +148,8 @@ final class DataParallelTests: XCTestCase {
     /// The ready multi-rank jobs in Configs/ run as shipped (shortened, on a small text).
     func testReadyMultiRankConfigsRun() throws {
         _ = try Self.config()
-        for (name, np, zero) in [("dp2", 2, false), ("dp4-zero1", 4, true)] {
+        for (name, np, zero, mesh) in [("dp2", 2, false, "pp 1 × dp 2"), ("dp4-zero1", 4, true, "pp 1 × dp 4"),
+                                       ("pp2", 2, false, "pp 2 × dp 1")] {
             let out = Self.dir.appendingPathComponent("ready-\(name)").path
             let (status, text) = try runProcess(["mpirun", "-np", "\(np)", CommandTests.binary, "train",
                 repoRoot.appendingPathComponent("Configs/\(name).toml").path, "--training.steps", "1",
@@ -156,7 +157,7 @@ final class DataParallelTests: XCTestCase {
                 "--data.train", Self.dir.appendingPathComponent("text.txt").path, "--job.output_dir", out], timeout: 300)
             XCTAssertEqual(status, 0, text)
             XCTAssertTrue(text.contains("step 1/1"), text)
-            XCTAssertTrue(text.contains("mesh: pp 1 × dp \(np)"), text)
+            XCTAssertTrue(text.contains("mesh: \(mesh)"), text)
             XCTAssertEqual(text.contains("ZeRO-1 over \(np)"), zero, text)
         }
     }

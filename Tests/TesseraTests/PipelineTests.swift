@@ -97,4 +97,28 @@ final class PipelineTests: XCTestCase {
             XCTAssertTrue(inFlight.contains { $0.hasPrefix("pipeline gradient mb") }, "gradients in flight: \(path)")
         }
     }
+
+    /// `tessera bench-pp` on real stages: GPipe keeps all m micro-batches' activations alive on every stage,
+    /// 1F1B at most p (stage 0: p, stage 1: one finished forward plus the input arriving), and 1F1B's
+    /// activation memory is below GPipe's. (The idle columns are timings: reported, not asserted.)
+    func testBenchShowsLiveMicrobatchesPerStage() throws {
+        let (status, out) = try runProcess(["mpirun", "-np", "2", CommandTests.binary, "bench-pp", "--size", "S", "--layers", "4",
+                                            "--steps", "1", "--warmup", "0", "--microbatches", "4",
+                                            "--schedules", "gpipe,1f1b"], timeout: 300)
+        XCTAssertEqual(status, 0, out)
+        func row(_ schedule: String) -> [Double] {
+            guard let line = out.split(separator: "\n").first(where: { $0.hasPrefix(schedule + " ") }) else { return [] }
+            return line.replacingOccurrences(of: "%", with: " ").split(separator: " ").compactMap { Double($0) }
+        }
+        // m, v, theory, idle s0, idle s1, max |Δ|, step ms, live s0, live s1, MiB s0, MiB s1
+        let gpipe = row("gpipe"), oneF = row("1f1b")
+        XCTAssertEqual(gpipe.count, 11, out)
+        XCTAssertEqual(oneF.count, 11, out)
+        guard gpipe.count == 11, oneF.count == 11 else { return }
+        XCTAssertEqual(gpipe[2], 20.0, accuracy: 0.05, "theory (p−1)/(m+p−1) for p 2, m 4")
+        XCTAssertEqual(Array(gpipe[7...8]), [4, 4], "GPipe keeps all 4 micro-batches alive: \(out)")
+        XCTAssertEqual(Array(oneF[7...8]), [2, 2], "1F1B keeps at most p = 2: \(out)")
+        XCTAssertLessThan(oneF[9], gpipe[9], "1F1B's activation memory on stage 0 is below GPipe's")
+        XCTAssertLessThan(oneF[10], gpipe[10], "… and on stage 1")
+    }
 }

@@ -54,6 +54,8 @@ public final class PipelineEngine {
     public private(set) var busyNs: UInt64 = 0, spanNs: UInt64 = 0
     /// When the last `run` started and ended (monotonic clock, comparable between ranks of one host).
     public private(set) var startNs: UInt64 = 0, endNs: UInt64 = 0
+    /// Forward and backward compute time, last `run` (busy = forward + backward).
+    public private(set) var forwardNs: UInt64 = 0, backwardNs: UInt64 = 0
     /// Time blocked waiting for a neighbour's activation or gradient, last `run`.
     public private(set) var waitNs: UInt64 = 0
     private var alive = 0
@@ -107,7 +109,7 @@ public final class PipelineEngine {
     /// the micro-batches whose loss this rank computes (zero on ranks without the head).
     public func run(actions: [PipelineAction], mode: Mode, gradScale: Float, step: Int) throws -> Double {
         let t0 = nowNs()
-        busyNs = 0; waitNs = 0; peakLive = 0; alive = 0
+        busyNs = 0; waitNs = 0; peakLive = 0; alive = 0; forwardNs = 0; backwardNs = 0
         // This MPI moves a multi-fragment message only inside MPI calls: the model calls back between its
         // ops, and the engine tests its transfers in flight, so they progress while it computes.
         model.progress = { [unowned self] in self.poll() }
@@ -228,7 +230,8 @@ public final class PipelineEngine {
                 model.forwardBody(set)
             }
         }
-        busyNs += nowNs() - t0
+        let dt = nowNs() - t0
+        busyNs += dt; forwardNs += dt
         if vs < lastVirtualStage {
             outputSends[k] = try comm.isend(set.output, count: batch * tokens * model.config.dModel, to: next,
                                             tag: tag(a.microbatch, vs + 1, backward: false),
@@ -255,7 +258,7 @@ public final class PipelineEngine {
             gradFree.append(buf)
         }
         Timeline.shared.work("B\(a.microbatch)" + (plan.virtualStages > 1 ? ".\(a.chunk)" : "")) { model.backward(set) }
-        defer { busyNs += nowNs() - t0 }
+        defer { let dt = nowNs() - t0; busyNs += dt; backwardNs += dt }
         if vs > 0 {
             let buf = gradBuffer()
             buf.ptr.update(from: set.dres, count: n)

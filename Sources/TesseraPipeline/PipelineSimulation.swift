@@ -18,6 +18,12 @@ public struct PipelineSimulation: Sendable {
 
     /// Forward costs `forward` time units, backward `backward` (2:1 as in the bubble formulas).
     public init(plan: PipelinePlan, forward: Int = 1, backward: Int = 2) throws {
+        try self.init(plan: plan, forwardPerRank: Array(repeating: forward, count: plan.stages),
+                      backwardPerRank: Array(repeating: backward, count: plan.stages))
+    }
+
+    /// Each rank's own forward and backward cost (per action): what a measured, unequal pipeline predicts.
+    public init(plan: PipelinePlan, forwardPerRank: [Int], backwardPerRank: [Int]) throws {
         let p = plan.stages, last = plan.virtualStageCount - 1
         var next = [Int](repeating: 0, count: p)          // index of each rank's next action
         var free = [Int](repeating: 0, count: p)          // when each rank is free
@@ -50,7 +56,7 @@ public struct PipelineSimulation: Sendable {
                                         + stuck.joined(separator: "; "))
             }
             let a = plan.actions[r][next[r]], vs = plan.virtualStage(rank: r, chunk: a.chunk)
-            let end = start + (a.kind == .forward ? forward : backward)
+            let end = start + (a.kind == .forward ? forwardPerRank[r] : backwardPerRank[r])
             if a.kind == .forward {
                 doneF[key(a.microbatch, vs)] = end; alive[r] += 1; peak[r] = max(peak[r], alive[r])
             } else {

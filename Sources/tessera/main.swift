@@ -23,7 +23,7 @@ usage: tessera <command> [arguments]
         data-parallel scaling against one rank, in one run, and the share of the reduction hidden behind backward
   bench-sp [--ring R] [--ulysses U] [--seq 1024,2048,4096] [--steps N] [--budget-mib X]   (under mpirun -np R×U)
         sequence-parallel steps: ring overlap, attention bytes vs theory, balance, memory; --budget-mib plans lengths
-  bench-pp [--size M] [--layers 8] [--microbatches 1,2,4,8] [--schedules gpipe,1f1b,interleaved] [--steps N]
+  bench-pp [--size M] [--layers 8] [--microbatches 1,2,4,8] [--schedules gpipe,1f1b,interleaved] [--steps N] [--rounds N]
         (under mpirun -np P: one stage per rank) pipeline bubble per stage vs theory, live
         micro-batches and activation memory per stage
   bench-comm [--max-mib 64] [--iters auto|N] [--rounds 9] [--json] [--breakdown]   under mpirun: allreduce busbw, Swift layer vs plain C
@@ -163,7 +163,7 @@ do {
         var o = PipelineBench.Options()
         o.size = (takeOption(&args, "--size") ?? o.size).uppercased()
         for (flag, ref) in [("--layers", \PipelineBench.Options.layers), ("--steps", \.steps), ("--warmup", \.warmup),
-                            ("--threads", \.threads)] as [(String, WritableKeyPath<PipelineBench.Options, Int>)] {
+                            ("--threads", \.threads), ("--rounds", \.rounds)] as [(String, WritableKeyPath<PipelineBench.Options, Int>)] {
             if let v = takeOption(&args, flag) {
                 guard let i = Int(v), i >= (flag == "--warmup" ? 0 : 1) else { fail("bench-pp: \(flag) expects a positive integer, got '\(v)'") }
                 o[keyPath: ref] = i

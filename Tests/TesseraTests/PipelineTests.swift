@@ -110,15 +110,16 @@ final class PipelineTests: XCTestCase {
             guard let line = out.split(separator: "\n").first(where: { $0.hasPrefix(schedule + " ") }) else { return [] }
             return line.replacingOccurrences(of: "%", with: " ").split(separator: " ").compactMap { Double($0) }
         }
-        // m, v, theory, idle s0, idle s1, max |Δ|, step ms, live s0, live s1, MiB s0, MiB s1
+        // m, v, theory, idle s0, idle s1, pred s0, pred s1, |Δ| theory, |Δ| pred, imbalance, step ms, live s0, live s1,
+        // MiB s0, MiB s1
         let gpipe = row("gpipe"), oneF = row("1f1b")
-        XCTAssertEqual(gpipe.count, 11, out)
-        XCTAssertEqual(oneF.count, 11, out)
-        guard gpipe.count == 11, oneF.count == 11 else { return }
+        XCTAssertEqual(gpipe.count, 15, out)
+        XCTAssertEqual(oneF.count, 15, out)
+        guard gpipe.count == 15, oneF.count == 15 else { return }
         XCTAssertEqual(gpipe[2], 20.0, accuracy: 0.05, "theory (p−1)/(m+p−1) for p 2, m 4")
-        XCTAssertEqual(Array(gpipe[7...8]), [4, 4], "GPipe keeps all 4 micro-batches alive: \(out)")
-        XCTAssertEqual(Array(oneF[7...8]), [2, 2], "1F1B keeps at most p = 2: \(out)")
-        XCTAssertLessThan(oneF[9], gpipe[9], "1F1B's activation memory on stage 0 is below GPipe's")
-        XCTAssertLessThan(oneF[10], gpipe[10], "… and on stage 1")
+        XCTAssertEqual(Array(gpipe[11...12]), [4, 4], "GPipe keeps all 4 micro-batches alive: \(out)")
+        XCTAssertEqual(Array(oneF[11...12]), [2, 2], "1F1B keeps at most p = 2: \(out)")
+        XCTAssertLessThan(oneF[13], gpipe[13], "1F1B's activation memory on stage 0 is below GPipe's")
+        XCTAssertLessThan(oneF[14], gpipe[14], "… and on stage 1")
     }
 }

@@ -45,6 +45,23 @@ func takeOption(_ args: inout [String], _ name: String) -> String? {
     return v
 }
 
+/// Takes integer options `flags` out of `args` into `options` (at least 1; `--warmup` may be 0).
+func takeIntegers<O>(_ args: inout [String], _ command: String, into options: inout O, _ flags: [(String, WritableKeyPath<O, Int>)]) {
+    for (flag, ref) in flags {
+        guard let v = takeOption(&args, flag) else { continue }
+        guard let i = Int(v), i >= (flag == "--warmup" ? 0 : 1) else { fail("\(command): \(flag) expects a positive integer, got '\(v)'") }
+        options[keyPath: ref] = i
+    }
+}
+
+/// Takes a comma-separated list of positive integers (`--seq 1024,2048`), nil when absent.
+func takeIntegerList(_ args: inout [String], _ command: String, _ flag: String, example: String) -> [Int]? {
+    guard let v = takeOption(&args, flag) else { return nil }
+    let values = v.split(separator: ",").compactMap { Int($0) }
+    guard !values.isEmpty, values.allSatisfy({ $0 > 0 }) else { fail("\(command): \(flag) expects values like \(example); got '\(v)'") }
+    return values
+}
+
 func option(_ args: [String], _ name: String) -> String? {
     guard let i = args.firstIndex(of: name), i + 1 < args.count else { return nil }
     return args[i + 1]
@@ -120,13 +137,8 @@ do {
     case "bench-dp":
         var o = ScalingBench.Options()
         o.size = (takeOption(&args, "--size") ?? o.size).uppercased()
-        for (flag, ref) in [("--steps", \ScalingBench.Options.steps), ("--rounds", \.rounds), ("--threads", \.threads),
-                            ("--warmup", \.warmup)] as [(String, WritableKeyPath<ScalingBench.Options, Int>)] {
-            if let v = takeOption(&args, flag) {
-                guard let i = Int(v), i >= (flag == "--warmup" ? 0 : 1) else { fail("bench-dp: \(flag) expects a positive integer, got '\(v)'") }
-                o[keyPath: ref] = i
-            }
-        }
+        takeIntegers(&args, "bench-dp", into: &o, [("--steps", \.steps), ("--rounds", \.rounds), ("--threads", \.threads),
+                                                   ("--warmup", \.warmup)])
         if let v = takeOption(&args, "--bucket-mb") {
             guard let x = Double(v), x > 0 else { fail("bench-dp: --bucket-mb expects a number > 0, got '\(v)'") }
             o.bucketMb = x
@@ -138,18 +150,9 @@ do {
         runtime.finalize()
     case "bench-sp":
         var o = SequenceBench.Options()
-        for (flag, ref) in [("--ring", \SequenceBench.Options.ring), ("--ulysses", \.ulysses), ("--steps", \.steps),
-                            ("--warmup", \.warmup), ("--threads", \.threads)] as [(String, WritableKeyPath<SequenceBench.Options, Int>)] {
-            if let v = takeOption(&args, flag) {
-                guard let i = Int(v), i >= (flag == "--warmup" ? 0 : 1) else { fail("bench-sp: \(flag) expects a positive integer, got '\(v)'") }
-                o[keyPath: ref] = i
-            }
-        }
-        if let v = takeOption(&args, "--seq") {
-            let seqs = v.split(separator: ",").compactMap { Int($0) }
-            guard !seqs.isEmpty, seqs.allSatisfy({ $0 > 0 }) else { fail("bench-sp: --seq expects lengths like 1024,2048; got '\(v)'") }
-            o.seqs = seqs
-        }
+        takeIntegers(&args, "bench-sp", into: &o, [("--ring", \.ring), ("--ulysses", \.ulysses), ("--steps", \.steps),
+                                                   ("--warmup", \.warmup), ("--threads", \.threads)])
+        if let seqs = takeIntegerList(&args, "bench-sp", "--seq", example: "1024,2048") { o.seqs = seqs }
         if let v = takeOption(&args, "--budget-mib") {
             guard let x = Double(v), x > 0 else { fail("bench-sp: --budget-mib expects a number > 0, got '\(v)'") }
             o.budgetMiB = x
@@ -162,18 +165,9 @@ do {
     case "bench-pp":
         var o = PipelineBench.Options()
         o.size = (takeOption(&args, "--size") ?? o.size).uppercased()
-        for (flag, ref) in [("--layers", \PipelineBench.Options.layers), ("--steps", \.steps), ("--warmup", \.warmup),
-                            ("--threads", \.threads), ("--rounds", \.rounds)] as [(String, WritableKeyPath<PipelineBench.Options, Int>)] {
-            if let v = takeOption(&args, flag) {
-                guard let i = Int(v), i >= (flag == "--warmup" ? 0 : 1) else { fail("bench-pp: \(flag) expects a positive integer, got '\(v)'") }
-                o[keyPath: ref] = i
-            }
-        }
-        if let v = takeOption(&args, "--microbatches") {
-            let ms = v.split(separator: ",").compactMap { Int($0) }
-            guard !ms.isEmpty, ms.allSatisfy({ $0 > 0 }) else { fail("bench-pp: --microbatches expects counts like 1,4,8; got '\(v)'") }
-            o.microbatches = ms
-        }
+        takeIntegers(&args, "bench-pp", into: &o, [("--layers", \.layers), ("--steps", \.steps), ("--warmup", \.warmup),
+                                                   ("--threads", \.threads), ("--rounds", \.rounds)])
+        if let ms = takeIntegerList(&args, "bench-pp", "--microbatches", example: "1,4,8") { o.microbatches = ms }
         if let v = takeOption(&args, "--schedules") {
             let names = v.split(separator: ",").map(String.init)
             for n in names where !PipelinePlanner.schedules.contains(n) { fail("bench-pp: unknown schedule '\(n)' (gpipe, 1f1b, interleaved)") }

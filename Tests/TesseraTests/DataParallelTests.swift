@@ -11,7 +11,6 @@ import XCTest
 final class DataParallelTests: XCTestCase {
     static let tolerance = 1e-5
     static let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-dp-\(getpid())")
-    nonisolated(unsafe) static var baseline: Run?
 
     struct Run {
         let losses: [Double]
@@ -77,11 +76,26 @@ final class DataParallelTests: XCTestCase {
         return Run(losses: losses, valLosses: vals, grads: g, optimizerStateBytes: stateBytes, output: out)
     }
 
-    func baseline() throws -> Run {
-        if let b = Self.baseline { return b }
-        let b = try Self.run(np: 1, "single", [])
-        Self.baseline = b
+    func baseline() throws -> Run { try Self.baseline(shape: [], name: "single") }
+
+    /// The single-rank run of the test config with `shape` overrides, run once per shape and kept.
+    nonisolated(unsafe) static var baselines: [[String]: Run] = [:]
+    static func baseline(shape: [String], name: String) throws -> Run {
+        if let b = baselines[shape] { return b }
+        let b = try run(np: 1, name, shape)
+        baselines[shape] = b
         return b
+    }
+
+    /// Runs a layout of the test config (`shape` + `overrides`) on `np` ranks and compares it with the single
+    /// rank of the same shape (`assertSame`). Returns the run for further checks.
+    @discardableResult
+    static func checkLayout(np: Int, _ name: String, shape: [String], _ overrides: [String], file: StaticString = #filePath,
+                            line: UInt = #line) throws -> Run {
+        let base = try baseline(shape: shape, name: "single" + shape.joined().replacingOccurrences(of: "-", with: ""))
+        let r = try run(np: np, name, shape + overrides)
+        assertSame(r, base, name: name, file: file, line: line)
+        return r
     }
 
     func assertMatchesSingleRank(np: Int, _ name: String, _ overrides: [String], file: StaticString = #filePath,

@@ -10,19 +10,8 @@ import XCTest
 final class PipelineTests: XCTestCase {
     /// 8 layers (pp 4 × 2 chunks), batch 16 (8 micro-batches of 1 under dp 2), 32 tokens (ring 2: 4 chunks).
     static let shape = ["--model.n_layer", "8"]
-    nonisolated(unsafe) static var baseline: DataParallelTests.Run?
-
-    func baseline() throws -> DataParallelTests.Run {
-        if let b = Self.baseline { return b }
-        let b = try DataParallelTests.run(np: 1, "pp-single", Self.shape)
-        Self.baseline = b
-        return b
-    }
-
     func check(np: Int, _ name: String, _ overrides: [String], file: StaticString = #filePath, line: UInt = #line) throws {
-        let base = try baseline()
-        let r = try DataParallelTests.run(np: np, name, Self.shape + overrides)
-        DataParallelTests.assertSame(r, base, name: name, file: file, line: line)
+        let r = try DataParallelTests.checkLayout(np: np, name, shape: Self.shape, overrides, file: file, line: line)
         XCTAssertTrue(r.output.contains("pipeline: "), r.output, file: file, line: line)
     }
 

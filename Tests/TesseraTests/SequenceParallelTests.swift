@@ -9,19 +9,8 @@ final class SequenceParallelTests: XCTestCase {
     /// 4 heads (Ulysses 4), 64 tokens (ring 8: 16 chunks of 4), batch 4.
     static let shape = ["--model.n_head", "4", "--model.block_size", "64", "--training.seq_len", "64",
                         "--training.batch_size", "4"]
-    nonisolated(unsafe) static var baseline: DataParallelTests.Run?
-
-    func baseline() throws -> DataParallelTests.Run {
-        if let b = Self.baseline { return b }
-        let b = try DataParallelTests.run(np: 1, "sp-single", Self.shape)
-        Self.baseline = b
-        return b
-    }
-
     func check(np: Int, _ name: String, _ overrides: [String], file: StaticString = #filePath, line: UInt = #line) throws {
-        let base = try baseline()
-        let r = try DataParallelTests.run(np: np, name, Self.shape + overrides)
-        DataParallelTests.assertSame(r, base, name: name, file: file, line: line)
+        try DataParallelTests.checkLayout(np: np, name, shape: Self.shape, overrides, file: file, line: line)
     }
 
     func testRing2() throws { try check(np: 2, "ring2", ["--parallelism.ring", "2"]) }

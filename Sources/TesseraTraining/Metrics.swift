@@ -20,6 +20,9 @@ public struct PhaseSummary: Sendable, Equatable {
     public var computeMean: Double, computeMax: Double
     public var commMean: Double, commMax: Double
     public var idleMean: Double, idleMax: Double
+    /// Pipeline parallelism: the part of the communication wait spent waiting for a neighbour stage's
+    /// activation or gradient (the bubble, plus transfers not yet done); nil without a pipeline.
+    public var pipelineWaitMean: Double? = nil, pipelineWaitMax: Double? = nil
 }
 
 extension PhaseTotals {
@@ -57,6 +60,9 @@ public final class MetricsSink {
             obj["phases"] = ["ranks": p.ranks, "compute_s_mean": p.computeMean, "compute_s_max": p.computeMax,
                              "comm_s_mean": p.commMean, "comm_s_max": p.commMax, "idle_s_mean": p.idleMean,
                              "idle_s_max": p.idleMax] as [String: Any]
+            if let m = p.pipelineWaitMean, let x = p.pipelineWaitMax {
+                obj["phases"] = (obj["phases"] as! [String: Any]).merging(["pipeline_wait_s_mean": m, "pipeline_wait_s_max": x]) { a, _ in a }
+            }
         }
         if let file, let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
             file.write(data + Data("\n".utf8))
@@ -67,6 +73,7 @@ public final class MetricsSink {
         if let v = r.valLoss { scalars.append(("val/loss", v)) }
         if let p = r.phases {
             scalars += [("phases/compute_s_max", p.computeMax), ("phases/comm_s_max", p.commMax), ("phases/idle_s_max", p.idleMax)]
+            if let x = p.pipelineWaitMax { scalars.append(("phases/pipeline_wait_s_max", x)) }
         }
         tensorboard?.scalars(scalars, step: r.step)
         tensorboard?.flush()
@@ -81,7 +88,9 @@ public final class MetricsSink {
     public static func phaseLine(_ p: PhaseSummary) -> String {
         let ms = { (x: Double) in fmt(1000 * x, 1) }
         return "    per step, mean/max over \(p.ranks) ranks: compute \(ms(p.computeMean))/\(ms(p.computeMax)) ms  "
-            + "comm wait \(ms(p.commMean))/\(ms(p.commMax)) ms  idle \(ms(p.idleMean))/\(ms(p.idleMax)) ms"
+            + "comm wait \(ms(p.commMean))/\(ms(p.commMax)) ms"
+            + (p.pipelineWaitMean.map { "  (of which waiting for pipeline neighbours \(ms($0))/\(ms(p.pipelineWaitMax ?? 0)) ms)" } ?? "")
+            + "  idle \(ms(p.idleMean))/\(ms(p.idleMax)) ms"
     }
 
     /// The progress line printed at each log interval.

@@ -13,12 +13,14 @@ public struct PipelineLayout: Sendable {
     /// Layer range of each virtual stage (virtual stage s = chunk · stages + rank).
     public let partition: StagePartition
     public let plan: PipelinePlan
+    let gpt: GPTConfig
 
     public init(config: TesseraConfig) throws {
         let p = config.parallelism, m = config.model, t = config.training
         stages = p.pp
         chunks = p.pipelineSchedule == "interleaved" ? p.virtualStages : 1
         let gpt = GPTConfig(vocabSize: m.vocabSize, nLayer: m.nLayer, nHead: m.nHead, dModel: m.dModel, blockSize: m.blockSize)
+        self.gpt = gpt
         if let counts = p.explicitStageLayers {
             var lo = 0, ranges: [Range<Int>] = []
             for c in counts { ranges.append(lo..<(lo + c)); lo += c }
@@ -53,7 +55,10 @@ public struct PipelineLayout: Sendable {
         var s = "  pipeline: \(stages) stages, \(plan.schedule) schedule, \(m) micro-batch(es)"
         if chunks > 1 { s += ", \(chunks) chunks per rank" }
         s += String(format: "; theoretical bubble %.1f%%", 100 * plan.theoreticalBubble)
-        for r in 0..<stages { s += "\n    stage \(r): \(stage(rank: r))" }
+        for r in 0..<stages {
+            let count = GPTParameters.specs(gpt, stage: stage(rank: r)).reduce(0) { $0 + $1.count }
+            s += "\n    stage \(r): \(stage(rank: r)) (\(fmt(Double(count) / 1e6, 2))M parameters)"
+        }
         return s
     }
 }

@@ -357,7 +357,7 @@ public final class Trainer {
         let flopsPerStep = model.config.flopsPerToken(seqLen: t.seqLen) * Double(tokensPerStep)
         if isRank0 { log(banner()) }
         var stepTimes: [Double] = []
-        var interval = PhaseTotals(), intervalSteps = 0
+        var interval = PhaseTotals(), intervalSteps = 0, intervalPipelineWaitNs: UInt64 = 0
         for step in 0..<t.steps {
             Watchdog.shared?.step = step + 1
             timeline.beginStep()
@@ -366,6 +366,7 @@ public final class Trainer {
             let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             timeline.endStep()
             interval.add(timeline.step); intervalSteps += 1
+            intervalPipelineWaitNs += pipeline?.waitNs ?? 0
             stepTimes.append(dt)
             let last = step == t.steps - 1
             let doEval = t.evalEvery > 0 && ((step + 1) % t.evalEvery == 0 || last)
@@ -381,8 +382,8 @@ public final class Trainer {
             record.optimizerStateBytes = optimizer.stateBytes
             // Log steps are the same on every rank, so the phase summary (a collective) is too.
             if (step + 1) % t.logEvery == 0 || step == 0 || last || val != nil {
-                record.phases = phaseSummary(interval, steps: intervalSteps)
-                interval = PhaseTotals(); intervalSteps = 0
+                record.phases = phaseSummary(interval, steps: intervalSteps, pipelineWaitNs: intervalPipelineWaitNs)
+                interval = PhaseTotals(); intervalSteps = 0; intervalPipelineWaitNs = 0
                 if isRank0 {
                     log(MetricsSink.line(record))
                     if let ph = record.phases, ph.ranks > 1 { log(MetricsSink.phaseLine(ph)) }
@@ -401,22 +402,25 @@ public final class Trainer {
     }
 
     /// Mean and max over all ranks of each phase's seconds per step in the interval.
-    func phaseSummary(_ p: PhaseTotals, steps: Int) -> PhaseSummary {
+    func phaseSummary(_ p: PhaseTotals, steps: Int, pipelineWaitNs: UInt64) -> PhaseSummary {
         let n = Double(max(steps, 1))
-        var local = [Double(p.computeNs) / 1e9 / n, Double(p.commNs) / 1e9 / n, Double(p.idleNs) / 1e9 / n]
+        var local = [Double(p.computeNs) / 1e9 / n, Double(p.commNs) / 1e9 / n, Double(p.idleNs) / 1e9 / n,
+                     Double(pipelineWaitNs) / 1e9 / n]
         var mean = local, maxv = local
         let ranks = mesh?.world.size ?? 1
         if let world = mesh?.world, ranks > 1 {
             do {
                 try local.withUnsafeMutableBufferPointer { l in
-                    try mean.withUnsafeMutableBufferPointer { try world.allreduce(send: l.baseAddress!, recv: $0.baseAddress!, count: 3, op: .sum, label: "phase times") }
-                    try maxv.withUnsafeMutableBufferPointer { try world.allreduce(send: l.baseAddress!, recv: $0.baseAddress!, count: 3, op: .max, label: "phase times") }
+                    try mean.withUnsafeMutableBufferPointer { try world.allreduce(send: l.baseAddress!, recv: $0.baseAddress!, count: 4, op: .sum, label: "phase times") }
+                    try maxv.withUnsafeMutableBufferPointer { try world.allreduce(send: l.baseAddress!, recv: $0.baseAddress!, count: 4, op: .max, label: "phase times") }
                 }
             } catch { MPIRuntime.abort("\(error) while summarising phase times") }
-            for i in 0..<3 { mean[i] /= Double(ranks) }
+            for i in 0..<4 { mean[i] /= Double(ranks) }
         }
-        return PhaseSummary(ranks: ranks, computeMean: mean[0], computeMax: maxv[0], commMean: mean[1], commMax: maxv[1],
-                            idleMean: mean[2], idleMax: maxv[2])
+        var summary = PhaseSummary(ranks: ranks, computeMean: mean[0], computeMax: maxv[0], commMean: mean[1], commMax: maxv[1],
+                                   idleMean: mean[2], idleMax: maxv[2])
+        if pipeline != nil { summary.pipelineWaitMean = mean[3]; summary.pipelineWaitMax = maxv[3] }
+        return summary
     }
 
     func writeTrace() {

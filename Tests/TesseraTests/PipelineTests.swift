@@ -66,12 +66,14 @@ final class PipelineTests: XCTestCase {
     }
 
     /// `--trace`: each stage's Chrome trace shows every micro-batch's forward and backward, in the order the
-    /// 1F1B plan gives that stage, and the activation and gradient messages in flight between stages.
+    /// 1F1B plan gives that stage, and the activation and gradient messages in flight between stages; the
+    /// phase line says how much of the communication wait was waiting for a neighbour stage.
     func testTraceShowsEveryMicrobatchOnEveryStage() throws {
         let traceDir = DataParallelTests.dir.appendingPathComponent("pp-trace").path
         try? FileManager.default.removeItem(atPath: traceDir)
-        _ = try DataParallelTests.run(np: 2, "pp-trace", Self.shape + pipeline("1f1b", pp: 2, microbatches: 4)
-                                      + ["--training.steps", "1", "--training.eval_every", "0", "--trace", traceDir])
+        let r = try DataParallelTests.run(np: 2, "pp-trace", Self.shape + pipeline("1f1b", pp: 2, microbatches: 4)
+                                          + ["--training.steps", "1", "--training.eval_every", "0", "--trace", traceDir])
+        XCTAssertTrue(r.output.contains("(of which waiting for pipeline neighbours"), "phase line names the pipeline wait: \(r.output)")
         let expected = [["F0", "F1", "B0", "F2", "B1", "F3", "B2", "B3"], ["F0", "B0", "F1", "B1", "F2", "B2", "F3", "B3"]]
         for rank in 0..<2 {
             let path = traceDir + "/trace-rank\(rank).json"

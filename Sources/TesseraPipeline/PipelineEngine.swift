@@ -99,15 +99,12 @@ public final class PipelineEngine {
     public var activationBytes: Int {
         workspace.bytes + zip(setBytes, allocated).reduce(0) { $0 + $1.0 * $1.1 }
     }
-    /// Bytes of the gradient message buffers allocated so far.
-    public var messageBytes: Int { gradBuffers * batch * tokens * model.config.dModel * 4 }
-    private var gradBuffers = 0
 
     // MARK: running a step
 
     /// Runs this rank's actions (forward-only plans evaluate). Returns the sum of the loss over the tokens of
     /// the micro-batches whose loss this rank computes (zero on ranks without the head).
-    public func run(actions: [PipelineAction], mode: Mode, gradScale: Float, step: Int) throws -> Double {
+    public func run(actions: [PipelineAction], mode: Mode, gradScale: Float) throws -> Double {
         let t0 = nowNs()
         busyNs = 0; waitNs = 0; peakLive = 0; alive = 0; forwardNs = 0; backwardNs = 0
         // This MPI moves a multi-fragment message only inside MPI calls: the model calls back between its
@@ -180,9 +177,7 @@ public final class PipelineEngine {
     }
 
     private func gradBuffer() -> FloatBuffer {
-        if let b = gradFree.popLast() { return b }
-        gradBuffers += 1
-        return FloatBuffer(batch * tokens * model.config.dModel)
+        gradFree.popLast() ?? FloatBuffer(batch * tokens * model.config.dModel)
     }
 
     /// Posts the receive an action needs, once: the forward input from the previous virtual stage, or the

@@ -210,7 +210,7 @@ public final class Trainer {
             }
             pipeline.beforeLastBackward = { [unowned self] in dataParallel?.beginReduction(step: step) }
             lossSum = orAbort(step) { try pipeline.run(actions: pipelineLayout!.plan.actions[mesh!.coordinate.pp], mode: .train,
-                                                        gradScale: gradScale, step: step) }
+                                                        gradScale: gradScale) }
         }
         for mb in 0..<(pipeline == nil ? t.microbatches : 0) {
             let first = dpRank * localBatch + mb * microBatch
@@ -333,7 +333,7 @@ public final class Trainer {
                                            sequences: first..<(first + microBatch), inputs: ids, targets: targets)
                     }
                 }
-                sum += orAbort(0) { try pipeline.run(actions: actions, mode: .evaluate, gradScale: 0, step: 0) }
+                sum += orAbort(0) { try pipeline.run(actions: actions, mode: .evaluate, gradScale: 0) }
             }
             return globalSum(sum, label: "validation loss", step: 0) / Double(batches * tokensPerStep)
         }

@@ -1,6 +1,6 @@
 // Pipeline schedules as data. A plan is, for every pipeline rank, the ordered list of actions it runs in
 // one training step: the forward or backward of one micro-batch through one of its model chunks. The
-// engine (a later part of the pipeline capability) derives the messages from the actions: the forward of
+// engine (PipelineEngine.swift) derives the messages from the actions: the forward of
 // (micro-batch, virtual stage s) receives its input from virtual stage s−1 and sends its output to s+1;
 // the backward receives the output gradient from s+1 and sends the input gradient to s−1. Virtual stage
 // s = chunk · stages + rank (Megatron-LM's interleaving: chunks are dealt round robin).

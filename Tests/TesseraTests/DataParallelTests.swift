@@ -235,15 +235,23 @@ final class DataParallelTests: XCTestCase {
     }
 
     func testWatchdogAbortsAStalledCollective() throws {
-        let cfg = try Self.config()
-        let (status, out) = try runProcess(["mpirun", "-np", "2", CommandTests.binary, "train", cfg, "--parallelism.dp", "2",
-                                            "--parallelism.timeout_s", "3", "--fault-inject", "hang:1:2"], timeout: 120)
-        XCTAssertNotEqual(status, 0, out)
-        XCTAssertTrue(out.contains("rank 1: fault injection: hanging at step 2"), out)
-        XCTAssertTrue(out.contains("rank 0: watchdog:"), out)
+        let out = try Self.assertHangEndsJob(["--parallelism.dp", "2"])
         XCTAssertTrue(out.contains("grad bucket"), out)
         XCTAssertTrue(out.contains("at step 2 has not completed within parallelism.timeout_s = 3 s"), out)
-        XCTAssertFalse(out.contains("step 10/10"), out)
+    }
+
+    /// Runs the test config on 2 ranks with `overrides` while rank 1 hangs at step 2 (3 s watchdog): the job must
+    /// end non-zero, rank 0's watchdog must report, and training must not finish. Returns the output.
+    @discardableResult
+    static func assertHangEndsJob(_ overrides: [String], file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        let cfg = try config()
+        let (status, out) = try runProcess(["mpirun", "-np", "2", CommandTests.binary, "train", cfg] + overrides
+                                           + ["--parallelism.timeout_s", "3", "--fault-inject", "hang:1:2"], timeout: 120)
+        XCTAssertNotEqual(status, 0, out, file: file, line: line)
+        XCTAssertTrue(out.contains("rank 1: fault injection: hanging at step 2"), out, file: file, line: line)
+        XCTAssertTrue(out.contains("rank 0: watchdog:"), out, file: file, line: line)
+        XCTAssertFalse(out.contains("step 10/10"), out, file: file, line: line)
+        return out
     }
 
     func testBadFaultSpecIsRejected() throws {

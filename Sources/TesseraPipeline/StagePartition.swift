@@ -8,7 +8,21 @@ public struct StagePartition: Sendable, Equatable {
     /// Estimated cost of each virtual stage (the unit of the inputs).
     public let costs: [Double]
 
-    public init(layers: [Range<Int>], costs: [Double]) { self.layers = layers; self.costs = costs }
+    init(layers: [Range<Int>], costs: [Double]) { self.layers = layers; self.costs = costs }
+
+    /// The cost of virtual stage k of n holding `layers` blocks.
+    static func stageCost(_ k: Int, of n: Int, layers: Int, blockCost: Double, first: Double, last: Double) -> Double {
+        Double(layers) * blockCost + (k == 0 ? first : 0) + (k == n - 1 ? last : 0)
+    }
+
+    /// A split given as layers per virtual stage, in order, with its costs.
+    public static func explicit(layerCounts: [Int], blockCost: Double, first: Double = 0, last: Double = 0) -> StagePartition {
+        var lo = 0, ranges: [Range<Int>] = []
+        for c in layerCounts { ranges.append(lo..<(lo + c)); lo += c }
+        return StagePartition(layers: ranges, costs: ranges.enumerated().map { k, r in
+            stageCost(k, of: ranges.count, layers: r.count, blockCost: blockCost, first: first, last: last)
+        })
+    }
 
     /// Balanced contiguous split of `layerCount` equal blocks over `stages` virtual stages, with `first` and
     /// `last` extra cost on the first and last stage. Every stage gets at least one layer.
@@ -21,7 +35,7 @@ public struct StagePartition: Sendable, Equatable {
         var cut = [[Int]](repeating: [Int](repeating: 0, count: L + 1), count: n + 1)
         best[0][0] = 0
         func cost(_ k: Int, _ lo: Int, _ hi: Int) -> Double {  // stage k holds layers lo..<hi
-            Double(hi - lo) * blockCost + (k == 0 ? first : 0) + (k == n - 1 ? last : 0)
+            stageCost(k, of: n, layers: hi - lo, blockCost: blockCost, first: first, last: last)
         }
         for k in 1...n {
             for i in k...L {

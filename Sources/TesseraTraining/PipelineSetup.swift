@@ -21,15 +21,10 @@ public struct PipelineLayout: Sendable {
         chunks = p.pipelineSchedule == "interleaved" ? p.virtualStages : 1
         let gpt = GPTConfig(vocabSize: m.vocabSize, nLayer: m.nLayer, nHead: m.nHead, dModel: m.dModel, blockSize: m.blockSize)
         self.gpt = gpt
+        let cost = Self.costs(gpt, seqLen: t.seqLen)
         if let counts = p.explicitStageLayers {
-            var lo = 0, ranges: [Range<Int>] = []
-            for c in counts { ranges.append(lo..<(lo + c)); lo += c }
-            let cost = Self.costs(gpt, seqLen: t.seqLen)
-            partition = StagePartition(layers: ranges, costs: ranges.enumerated().map { i, r in
-                Double(r.count) * cost.block + (i == 0 ? cost.first : 0) + (i == ranges.count - 1 ? cost.last : 0)
-            })
+            partition = .explicit(layerCounts: counts, blockCost: cost.block, first: cost.first, last: cost.last)
         } else {
-            let cost = Self.costs(gpt, seqLen: t.seqLen)
             partition = .balanced(layerCount: m.nLayer, stages: stages * chunks, blockCost: cost.block, first: cost.first,
                                   last: cost.last)
         }

@@ -31,8 +31,10 @@ let package = Package(
         .target(name: "TesseraComm", dependencies: ["CMPI", "TesseraTimeline"], swiftSettings: fast),
         // CPU kernels: thread pool, SIMD math, forward/backward of every op, blockwise attention.
         .target(name: "TesseraKernels", dependencies: ["COpenBLAS"], swiftSettings: fast),
+        // Activation memory: the store and its meter, layer policies, the offload tier, the budget planner.
+        .target(name: "TesseraMemory", dependencies: ["TesseraKernels"], swiftSettings: fast),
         // The GPT-2 model: named global parameters, their initialisation, forward and backward.
-        .target(name: "TesseraModel", dependencies: ["TesseraKernels"], swiftSettings: fast),
+        .target(name: "TesseraModel", dependencies: ["TesseraKernels", "TesseraMemory"], swiftSettings: fast),
         // Data parallelism: bucketed, overlapped gradient reduction and ZeRO-1 partitions.
         .target(name: "TesseraDataParallel",
                 dependencies: ["TesseraComm", "TesseraModel", "TesseraKernels", "TesseraTimeline"], swiftSettings: fast),
@@ -44,13 +46,13 @@ let package = Package(
                 dependencies: ["TesseraComm", "TesseraModel", "TesseraKernels", "TesseraTimeline"], swiftSettings: fast),
         // Training: config, data, optimizer, schedule, loop, metrics, sampling.
         .target(name: "TesseraTraining",
-                dependencies: ["TesseraModel", "TesseraKernels", "TesseraComm", "TesseraTimeline", "TesseraDataParallel",
+                dependencies: ["TesseraModel", "TesseraMemory", "TesseraKernels", "TesseraComm", "TesseraTimeline", "TesseraDataParallel",
                                "TesseraSequenceParallel", "TesseraPipeline", "TOMLKit", "CCommBench"],
                 swiftSettings: fast),
         // The `tessera` command.
         .executableTarget(name: "tessera", dependencies: ["TesseraTraining"], swiftSettings: fast),
         .testTarget(name: "TesseraTests",
-                    dependencies: ["TesseraTraining", "TesseraModel", "TesseraKernels", "TesseraComm", "TesseraTimeline",
+                    dependencies: ["TesseraTraining", "TesseraModel", "TesseraMemory", "TesseraKernels", "TesseraComm", "TesseraTimeline",
                                  "TesseraDataParallel", "TesseraSequenceParallel", "TesseraPipeline", "tessera"]),
     ]
 )

@@ -1,34 +1,68 @@
 // Activation buffers of one micro-batch of `batch` sequences × `tokens` local tokens, through the layers
 // `layerRange` (all of them without pipeline parallelism; one model chunk with it).
-// Per layer l of the range, at local index i = l − first (N = batch·tokens, C = d_model):
-//   residual[i]        [N, C]   block input (residual[0] = the chunk's input: the embeddings on the first
-//                               stage, the received activation elsewhere; residual[count] = chunk output)
+// Per layer l of the range (N = batch·tokens, C = d_model), a block's tensors (`Layer`):
 //   ln1, ln1Mean/Rstd  [N, C], [N]
 //   qkv                [N, 3C]  fused q, k, v
 //   atty, lse          [N, C], [batch, heads, tokens]   attention output and log-sum-exp
 //   resid2             [N, C]   residual after attention
 //   ln2, ln2Mean/Rstd  [N, C], [N]
 //   fch, fchGelu       [N, 4C]  MLP pre- and post-activation
-// plus ln_f (on the chunk that ends with the head) and the token/position/target ids. The backward's
-// workspace (`Workspace`) is used by one forward or backward at a time, so the activation sets of the
-// micro-batches a pipeline stage keeps alive share one.
+//   attnSaved                   what the attention op keeps (Ulysses: head-sharded q/k/v and output)
+// and the residual stream: residual[i] = the input of block first+i (residual[0] = the chunk's input: the
+// embeddings on the first stage, the received activation elsewhere; residual[count] = the chunk's output),
+// plus ln_f (on the chunk that ends with the head) and the token/position/target ids.
+//
+// Where a block's tensors live depends on its `LayerPolicy` (see LayerPolicy.swift):
+//   keep       saved buffers of this set
+//   selective  saved: qkv (unless the attention op never reads it in backward), atty, lse, attnSaved;
+//              the rest in the workspace's recompute buffer, refilled before the block's backward
+//   full       all in the workspace's recompute buffer
+//   offload    in a staging slot of the workspace while produced or consumed; on the tier in between
+// The residual stream and ln_f are always saved. The workspace (`Workspace`) is used by one forward or
+// backward at a time, so the activation sets of the micro-batches a pipeline stage keeps alive share one.
 
 import TesseraKernels
+import TesseraMemory
 
-/// Transient buffers of a forward or backward pass (gradients in flight, outputs consumed at once).
+/// Transient buffers of a forward or backward pass (gradients in flight, outputs consumed at once), the
+/// recompute buffer and the offload staging slots.
 public final class Workspace: @unchecked Sendable {
     public let dres, dln, dqkv, datty, dfch, tmp: UnsafeMutablePointer<Float>
     public let scratch = Scratch()
     public let store = ActivationStore()
+    let n: Int, c: Int
+    /// One block's tensors, for recomputed blocks (made when a set first needs it).
+    private(set) var recompute: Activations.Layer?
+    /// Staging slots of offloaded blocks (made when a set first needs them).
+    private(set) var staging: OffloadStaging?
 
     /// Room for `n` tokens of width `c`; `training: false` leaves out the backward's buffers.
     public init(n: Int, c: Int, training: Bool) {
+        self.n = n; self.c = c
         let w = training ? 1 : 0, s = store
         dres = s.workspace(w * n * c); dln = s.workspace(w * n * c); dqkv = s.workspace(w * n * 3 * c)
         datty = s.workspace(w * n * c); dfch = s.workspace(w * n * 4 * c)
         tmp = s.workspace(n * c)
     }
+
+    /// Backward workspace bytes (not activation memory).
     public var bytes: Int { store.workspaceBytes }
+    /// Recompute buffer and staging slots.
+    public var activationBytes: Int { store.activationBytes }
+
+    func recomputeLayer(_ shape: Activations.LayerShape) -> Activations.Layer {
+        if let r = recompute { return r }
+        let r = shape.carve(store.allocate(shape.floats, .recompute))
+        recompute = r
+        return r
+    }
+
+    func stagingSlots(_ tier: OffloadTier, _ shape: Activations.LayerShape) -> OffloadStaging {
+        if let s = staging { return s }
+        let s = OffloadStaging(tier: tier, floats: shape.floats, store: store)
+        staging = s
+        return s
+    }
 }
 
 public final class Activations: @unchecked Sendable {
@@ -36,6 +70,25 @@ public final class Activations: @unchecked Sendable {
         public let ln1, ln1Mean, ln1Rstd, qkv, atty, lse, resid2, ln2, ln2Mean, ln2Rstd, fch, fchGelu: UnsafeMutablePointer<Float>
         /// What the attention op keeps for its backward (`AttentionOp.savedFloats`; empty for local attention).
         public let attnSaved: UnsafeMutablePointer<Float>
+    }
+
+    /// Sizes of one block's tensors, and their layout in one contiguous buffer (recompute, offload slots).
+    struct LayerShape {
+        let n: Int, c: Int, lse: Int, attention: Int
+        var floats: Int { 15 * n * c + 4 * n + lse + attention }
+        func carve(_ p: UnsafeMutablePointer<Float>) -> Layer {
+            var o = 0
+            func take(_ k: Int) -> UnsafeMutablePointer<Float> { defer { o += k }; return p + o }
+            return Layer(ln1: take(n * c), ln1Mean: take(n), ln1Rstd: take(n), qkv: take(3 * n * c), atty: take(n * c),
+                         lse: take(lse), resid2: take(n * c), ln2: take(n * c), ln2Mean: take(n), ln2Rstd: take(n),
+                         fch: take(4 * n * c), fchGelu: take(4 * n * c), attnSaved: take(attention))
+        }
+    }
+
+    /// Where a block's tensors are.
+    enum Home {
+        case resident(Layer)           // keep, selective (mixed saved + recompute buffer), full (recompute buffer)
+        case offloaded(region: Int)    // a staging slot while bound
     }
 
     public let batch: Int, config: GPTConfig
@@ -46,8 +99,12 @@ public final class Activations: @unchecked Sendable {
     /// The blocks these activations cover; `embeds`: the chunk starts with the embeddings; `head`: it ends
     /// with ln_f, the LM head and the loss.
     public let layerRange: Range<Int>, embeds: Bool, head: Bool
+    /// Each block's policy (indexed by local layer).
+    public let policies: [LayerPolicy]
     public let residual: [UnsafeMutablePointer<Float>]
-    public let layers: [Layer]
+    private let homes: [Home]
+    private var bound: [Layer?]
+    private let shape: LayerShape
     public let lnf, lnfMean, lnfRstd: UnsafeMutablePointer<Float>
     /// d(loss)/d(ln_f output), written by the loss in the forward pass and read by the backward. Its own
     /// saved buffer when other micro-batches' forwards may run in between (pipeline schedules), else the
@@ -68,27 +125,46 @@ public final class Activations: @unchecked Sendable {
     public var n: Int { batch * tokens }
 
     /// The whole model, with its own workspace; `attentionSaved`: the attention op's floats per layer.
-    public convenience init(config: GPTConfig, batch: Int, tokens: Int, training: Bool = true, attentionSaved: Int = 0) {
+    public convenience init(config: GPTConfig, batch: Int, tokens: Int, training: Bool = true, attentionSaved: Int = 0,
+                            memory: MemoryPlan = .init()) {
         self.init(config: config, batch: batch, tokens: tokens, layers: 0..<config.nLayer, embeds: true, head: true,
                   workspace: Workspace(n: batch * tokens, c: config.dModel, training: training), ownLossGradient: false,
-                  attentionSaved: attentionSaved)
+                  attentionSaved: attentionSaved, memory: memory)
     }
 
     /// Layers `layers` of the model; `workspace` must have room for batch × tokens.
     /// `ownLossGradient`: the head's loss gradient gets its own buffer (see `dlnf`).
+    /// `attentionReadsQKV`: the attention op's backward reads the local qkv (false: selective need not keep it).
     public init(config: GPTConfig, batch: Int, tokens: Int, layers range: Range<Int>, embeds: Bool, head: Bool,
-                workspace: Workspace, ownLossGradient: Bool = true, attentionSaved: Int = 0) {
+                workspace: Workspace, ownLossGradient: Bool = true, attentionSaved: Int = 0,
+                attentionReadsQKV: Bool = true, memory: MemoryPlan = .init()) {
         self.batch = batch; self.tokens = tokens; self.capacity = tokens; self.config = config
         layerRange = range; self.embeds = embeds; self.head = head; self.workspace = workspace
         let n = batch * tokens, c = config.dModel, s = store
-        let lseCount = batch * config.nHead * tokens
+        let shape = LayerShape(n: n, c: c, lse: batch * config.nHead * tokens, attention: attentionSaved)
+        self.shape = shape
+        policies = range.map { memory.policy(layer: $0) }
         residual = (0...range.count).map { _ in s.saved(n * c) }
-        layers = range.map { _ in
-            Layer(ln1: s.saved(n * c), ln1Mean: s.saved(n), ln1Rstd: s.saved(n), qkv: s.saved(n * 3 * c),
-                  atty: s.saved(n * c), lse: s.saved(lseCount), resid2: s.saved(n * c),
-                  ln2: s.saved(n * c), ln2Mean: s.saved(n), ln2Rstd: s.saved(n),
-                  fch: s.saved(n * 4 * c), fchGelu: s.saved(n * 4 * c), attnSaved: s.saved(attentionSaved))
+        homes = policies.map { policy in
+            switch policy {
+            case .keep:
+                return .resident(shape.carve(s.saved(shape.floats)))
+            case .full:
+                return .resident(workspace.recomputeLayer(shape))
+            case .selective:
+                let r = workspace.recomputeLayer(shape)
+                return .resident(Layer(ln1: r.ln1, ln1Mean: r.ln1Mean, ln1Rstd: r.ln1Rstd,
+                                       qkv: attentionReadsQKV ? s.saved(3 * n * c) : r.qkv,
+                                       atty: s.saved(n * c), lse: s.saved(shape.lse), resid2: r.resid2, ln2: r.ln2,
+                                       ln2Mean: r.ln2Mean, ln2Rstd: r.ln2Rstd, fch: r.fch, fchGelu: r.fchGelu,
+                                       attnSaved: s.saved(shape.attention)))
+            case .offload:
+                guard let tier = memory.tier else { preconditionFailure("offload policy without an offload tier") }
+                _ = workspace.stagingSlots(tier, shape)
+                return .offloaded(region: tier.reserve(bytes: 4 * shape.floats))
+            }
         }
+        bound = Array(repeating: nil, count: range.count)
         let h = head ? 1 : 0
         lnf = s.saved(h * n * c); lnfMean = s.saved(h * n); lnfRstd = s.saved(h * n)
         dlnf = head && ownLossGradient ? s.saved(n * c) : workspace.dln
@@ -97,14 +173,79 @@ public final class Activations: @unchecked Sendable {
         tokenIds = idBuf; positions = idBuf + n; targets = idBuf + 2 * n
     }
 
-    /// Saved tensors of layer l (a global layer index inside `layerRange`).
-    public func layer(_ l: Int) -> Layer { layers[l - layerRange.lowerBound] }
+    public func policy(_ l: Int) -> LayerPolicy { policies[l - layerRange.lowerBound] }
+
+    /// Tensors of block l (a global layer index inside `layerRange`); an offloaded block only between
+    /// `beginForward`/`endForward` or `beginBackward`/`endBackward`.
+    public func layer(_ l: Int) -> Layer {
+        let i = l - layerRange.lowerBound
+        switch homes[i] {
+        case .resident(let s): return s
+        case .offloaded: return bound[i]!
+        }
+    }
+
+    /// Block l's tensors for its forward (an offloaded block gets a staging slot).
+    func beginForward(_ l: Int) -> Layer {
+        let i = l - layerRange.lowerBound
+        guard case .offloaded(let region) = homes[i] else { return layer(l) }
+        let s = shape.carve(workspace.staging!.beginFill(region: region))
+        bound[i] = s
+        return s
+    }
+
+    /// Block l's forward is done: an offloaded block goes to the tier (`save`: a backward will follow).
+    func endForward(_ l: Int, save: Bool) {
+        let i = l - layerRange.lowerBound
+        guard case .offloaded(let region) = homes[i] else { return }
+        workspace.staging!.endFill(region: region, save: save)
+        bound[i] = nil
+    }
+
+    /// Block l's tensors for its backward (an offloaded block is read back if the prefetch has not), and the
+    /// next offloaded block below starts coming back.
+    func beginBackward(_ l: Int) -> Layer {
+        let i = l - layerRange.lowerBound
+        let s = bindForBackward(i)
+        if i > 0, case .offloaded(let below) = homes[i - 1] { workspace.staging!.prefetch(region: below) }
+        return s
+    }
+
+    private func bindForBackward(_ i: Int) -> Layer {
+        guard case .offloaded(let region) = homes[i] else { return layer(layerRange.lowerBound + i) }
+        let s = shape.carve(workspace.staging!.beginUse(region: region))
+        bound[i] = s
+        return s
+    }
+
+    /// Block l's backward is done: its staging slot and tier region are released.
+    func endBackward(_ l: Int) {
+        let i = l - layerRange.lowerBound
+        guard case .offloaded(let region) = homes[i] else { return }
+        workspace.staging!.endUse(region: region)
+        bound[i] = nil
+    }
+
+    /// Block l's tensors if its q/k/v and attention state are in memory now, without waiting (nil for a
+    /// recomputed block, whose buffer holds another block, or an offloaded block not yet read back).
+    func residentAttentionInputs(_ l: Int) -> Layer? {
+        let i = l - layerRange.lowerBound
+        switch (homes[i], policies[i]) {
+        case (.resident(let s), .keep), (.resident(let s), .selective): return s
+        case (.offloaded(let region), _):
+            return bound[i] ?? workspace.staging!.residentSlot(region: region).map { shape.carve($0) }
+        default: return nil
+        }
+    }
+
     /// The input of layer l; `input(of: layerRange.upperBound)` is the chunk's output.
     public func input(of l: Int) -> UnsafeMutablePointer<Float> { residual[l - layerRange.lowerBound] }
     /// The chunk's output (the last block's output: ln_f's input, or what goes to the next stage).
     public var output: UnsafeMutablePointer<Float> { residual[layerRange.count] }
-    /// Bytes saved for the backward plus the workspace (shared when several sets use one).
-    public var totalBytes: Int { store.savedBytes + workspace.bytes }
+    /// This set's saved bytes plus the workspace's (shared when several sets use one).
+    public var totalBytes: Int { store.savedBytes + workspace.store.totalBytes }
+    /// Activation memory this set holds itself (not counting the shared recompute buffer and slots).
+    public var savedBytes: Int { store.savedBytes }
 
     deinit { tokenIds.deallocate() }
 
@@ -119,4 +260,13 @@ public final class Activations: @unchecked Sendable {
     public func setContiguousPositions(start: Int = 0) {
         for b in 0..<batch { for t in 0..<tokens { positions[b * tokens + t] = Int32(start + t) } }
     }
+}
+
+/// How a model's blocks keep their activations: a policy per global layer and, for offloaded blocks, the tier.
+public struct MemoryPlan {
+    public var policies: [LayerPolicy]
+    public var tier: OffloadTier?
+    public init(policies: [LayerPolicy] = [], tier: OffloadTier? = nil) { self.policies = policies; self.tier = tier }
+    /// The policy of global layer l (keep when the plan does not say).
+    public func policy(layer l: Int) -> LayerPolicy { l < policies.count ? policies[l] : .keep }
 }

@@ -2,7 +2,9 @@
 // contiguous buffer each, same layout); activations of a micro-batch live in `Activations`.
 // Attention goes through `AttentionOp`, the seam where ring and Ulysses attention plug in.
 
+import Foundation
 import TesseraKernels
+import TesseraMemory
 
 /// How a block computes attention over its fused qkv. The single-rank implementation is `LocalAttention`.
 /// Whatever else an implementation keeps for the backward (Ulysses: the head-sharded q, k, v and output)
@@ -20,9 +22,13 @@ public protocol AttentionOp: AnyObject {
     /// communication the attention backward needs (ring attention fetches its first key/value block).
     func prepareBackward(qkv: UnsafePointer<Float>, saved: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, layer: Int)
     func poll()
+    /// Whether `backward` reads the local fused qkv (Ulysses reads its head-sharded copy in `saved` instead,
+    /// so the selective policy need not keep the local one).
+    var backwardReadsLocalQKV: Bool { get }
 }
 
 extension AttentionOp {
+    public var backwardReadsLocalQKV: Bool { true }
     public func savedFloats(batch: Int, tokens: Int) -> Int { 0 }
     public func prepareBackward(qkv: UnsafePointer<Float>, saved: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, layer: Int) {}
     /// Called between the block's other backward ops: drive communication started by `prepareBackward`.
@@ -93,6 +99,10 @@ public final class GPT: @unchecked Sendable {
     /// Called between the ops of every block, forward and backward: a chance to drive communication in
     /// flight (the pipeline engine's transfers; this MPI moves messages only inside MPI calls).
     public var progress: (() -> Void)?
+    /// Each block's activation policy and the offload tier (keep everything by default).
+    public var memory = MemoryPlan()
+    /// Time spent recomputing blocks before their backward (full and selective policies), since reset.
+    public var recomputeNs: UInt64 = 0
 
     /// Between two ops: drive the attention's and the caller's communication.
     @inline(__always) func poll() {
@@ -119,48 +129,88 @@ public final class GPT: @unchecked Sendable {
     public func activations(chunk: Int, batch: Int, tokens: Int, workspace: Workspace) -> Activations {
         Activations(config: config, batch: batch, tokens: tokens, layers: stage.chunks[chunk],
                     embeds: stage.embeds(chunk: chunk), head: stage.endsWithHead(chunk: chunk), workspace: workspace,
-                    attentionSaved: attention.savedFloats(batch: batch, tokens: tokens))
+                    attentionSaved: attention.savedFloats(batch: batch, tokens: tokens),
+                    attentionReadsQKV: attention.backwardReadsLocalQKV, memory: memory)
+    }
+
+    /// Activations of the whole model with their own workspace (no pipeline parallelism).
+    public func activations(batch: Int, tokens: Int, training: Bool = true) -> Activations {
+        Activations(config: config, batch: batch, tokens: tokens, layers: 0..<config.nLayer, embeds: true, head: true,
+                    workspace: Workspace(n: batch * tokens, c: config.dModel, training: training), ownLossGradient: false,
+                    attentionSaved: attention.savedFloats(batch: batch, tokens: tokens),
+                    attentionReadsQKV: attention.backwardReadsLocalQKV, memory: memory)
     }
 
     // MARK: forward
 
     /// Runs the activations' chunk: the embeddings of the ids in `a` (tokenIds, positions) if it starts the
     /// model, else from the input already in `a.input(of: first layer)`; then its blocks; then ln_f if it
-    /// ends the model, leaving ln_f's output in `a.lnf`.
-    public func forwardBody(_ a: Activations) {
+    /// ends the model, leaving ln_f's output in `a.lnf`. `saving`: a backward will follow (offloaded blocks
+    /// are written to the tier; evaluation passes false).
+    public func forwardBody(_ a: Activations, saving: Bool = true) {
         let c = config.dModel, n = a.n
         if a.embeds {
             OpProfile.time(.embedding) { Embedding.forward(out: a.residual[0], tokens: a.tokenIds, positions: a.positions,
                               wte: params["transformer.wte.weight"], wpe: params["transformer.wpe.weight"], n: n, c: c) }
         }
         for l in a.layerRange {
-            let p = pBlocks[l]!, s = a.layer(l), x = a.input(of: l)
-            OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln1, mean: s.ln1Mean, rstd: s.ln1Rstd, x: x, weight: p.ln1w, bias: p.ln1b, n: n, c: c) }
-            OpProfile.time(.matmul) { Linear.forward(out: s.qkv, inp: s.ln1, weight: p.attnW, bias: p.attnB, n: n, inDim: c, outDim: 3 * c) }
-            progress?()
-            OpProfile.time(.attention) { attention.forward(qkv: s.qkv, out: s.atty, lse: s.lse, saved: s.attnSaved, batch: a.batch, tokens: a.tokens, layer: l,
-                              scratch: a.scratch) }
-            progress?()
-            OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.atty, weight: p.projW, bias: p.projB, n: n, inDim: c, outDim: c) }
-            OpProfile.time(.residual) { Residual.forward(out: s.resid2, a: x, b: a.tmp, n: n * c) }
-            OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln2, mean: s.ln2Mean, rstd: s.ln2Rstd, x: s.resid2, weight: p.ln2w, bias: p.ln2b,
-                              n: n, c: c) }
-            progress?()
-            OpProfile.time(.matmul) { Linear.forward(out: s.fch, inp: s.ln2, weight: p.fcW, bias: p.fcB, n: n, inDim: c, outDim: 4 * c) }
-            progress?()
-            OpProfile.time(.gelu) { GELU.forward(out: s.fchGelu, x: s.fch, n: n * 4 * c) }
-            OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.fchGelu, weight: p.fcProjW, bias: p.fcProjB, n: n, inDim: 4 * c, outDim: c) }
-            OpProfile.time(.residual) { Residual.forward(out: a.input(of: l + 1), a: s.resid2, b: a.tmp, n: n * c) }
-            progress?()
+            blockForward(l, a, a.beginForward(l), output: a.input(of: l + 1))
+            a.endForward(l, save: saving)
         }
         guard a.head else { return }
         OpProfile.time(.layerNorm) { LayerNorm.forward(out: a.lnf, mean: a.lnfMean, rstd: a.lnfRstd, x: a.output,
                           weight: params["transformer.ln_f.weight"], bias: params["transformer.ln_f.bias"], n: n, c: c) }
     }
 
+    /// Block l from its input `a.input(of: l)` into the tensors `s`, its result into `output` (nil: the
+    /// recomputation before the backward, which needs the tensors only).
+    func blockForward(_ l: Int, _ a: Activations, _ s: Activations.Layer, output: UnsafeMutablePointer<Float>?) {
+        let c = config.dModel, n = a.n
+        let p = pBlocks[l]!, x = a.input(of: l)
+        OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln1, mean: s.ln1Mean, rstd: s.ln1Rstd, x: x, weight: p.ln1w, bias: p.ln1b, n: n, c: c) }
+        OpProfile.time(.matmul) { Linear.forward(out: s.qkv, inp: s.ln1, weight: p.attnW, bias: p.attnB, n: n, inDim: c, outDim: 3 * c) }
+        progress?()
+        OpProfile.time(.attention) { attention.forward(qkv: s.qkv, out: s.atty, lse: s.lse, saved: s.attnSaved, batch: a.batch, tokens: a.tokens, layer: l,
+                          scratch: a.scratch) }
+        progress?()
+        mlpForward(l, a, s, output: output)
+    }
+
+    /// From the attention output on: projection and residual, ln_2, the MLP (and its residual into `output`).
+    private func mlpForward(_ l: Int, _ a: Activations, _ s: Activations.Layer, output: UnsafeMutablePointer<Float>?) {
+        let c = config.dModel, n = a.n
+        let p = pBlocks[l]!, x = a.input(of: l)
+        OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.atty, weight: p.projW, bias: p.projB, n: n, inDim: c, outDim: c) }
+        OpProfile.time(.residual) { Residual.forward(out: s.resid2, a: x, b: a.tmp, n: n * c) }
+        OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln2, mean: s.ln2Mean, rstd: s.ln2Rstd, x: s.resid2, weight: p.ln2w, bias: p.ln2b,
+                          n: n, c: c) }
+        progress?()
+        OpProfile.time(.matmul) { Linear.forward(out: s.fch, inp: s.ln2, weight: p.fcW, bias: p.fcB, n: n, inDim: c, outDim: 4 * c) }
+        progress?()
+        OpProfile.time(.gelu) { GELU.forward(out: s.fchGelu, x: s.fch, n: n * 4 * c) }
+        guard let output else { return }
+        OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.fchGelu, weight: p.fcProjW, bias: p.fcProjB, n: n, inDim: 4 * c, outDim: c) }
+        OpProfile.time(.residual) { Residual.forward(out: output, a: s.resid2, b: a.tmp, n: n * c) }
+        progress?()
+    }
+
+    /// Refills what block l's policy did not keep, with the forward's own kernels on the same inputs (so the
+    /// values are bit-identical): `full` runs the whole block again (attention included); `selective` runs
+    /// ln_1 and everything after the attention, from the kept attention output.
+    func recompute(_ l: Int, _ a: Activations, _ s: Activations.Layer) {
+        let policy = a.policy(l)
+        guard policy == .full || policy == .selective else { return }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        defer { recomputeNs += DispatchTime.now().uptimeNanoseconds - t0 }
+        if policy == .full { blockForward(l, a, s, output: nil); return }
+        let c = config.dModel, n = a.n, p = pBlocks[l]!
+        OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln1, mean: s.ln1Mean, rstd: s.ln1Rstd, x: a.input(of: l), weight: p.ln1w, bias: p.ln1b, n: n, c: c) }
+        mlpForward(l, a, s, output: nil)
+    }
+
     /// Sum of the cross-entropy over the micro-batch's targets (forward only).
     public func lossSum(_ a: Activations) -> Double {
-        forwardBody(a)
+        forwardBody(a, saving: false)
         return CrossEntropy.fused(x: a.lnf, wte: params["transformer.wte.weight"], targets: a.targets, n: a.n,
                                   c: config.dModel, vocab: config.vocabSize, gradScale: 0, dx: nil, dwte: nil,
                                   scratch: a.scratch)
@@ -209,7 +259,10 @@ public final class GPT: @unchecked Sendable {
             observer?.gradientsFinal(from: lnfOffset)
         }
         for l in a.layerRange.reversed() {
-            backwardBlock(l, a)
+            let s = a.beginBackward(l)
+            recompute(l, a, s)
+            backwardBlock(l, a, s)
+            a.endBackward(l)
             observer?.gradientsFinal(from: blockOffsets[l])
         }
         guard a.embeds else { return }
@@ -219,9 +272,9 @@ public final class GPT: @unchecked Sendable {
     }
 
     /// On entry a.dres holds d(loss)/d(block output); on exit d(loss)/d(block input).
-    func backwardBlock(_ l: Int, _ a: Activations) {
+    func backwardBlock(_ l: Int, _ a: Activations, _ s: Activations.Layer) {
         let c = config.dModel, n = a.n
-        let p = pBlocks[l]!, g = gBlocks[l]!, s = a.layer(l)
+        let p = pBlocks[l]!, g = gBlocks[l]!
         attention.prepareBackward(qkv: s.qkv, saved: s.attnSaved, batch: a.batch, tokens: a.tokens, layer: l)  // no-op if already asked
         // MLP: out = resid2 + c_proj(gelu(c_fc(ln_2(resid2))))
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dfch, dweight: g.fcProjW, dbias: g.fcProjB, dout: a.dres, inp: s.fchGelu,
@@ -240,9 +293,9 @@ public final class GPT: @unchecked Sendable {
                         n: n, inDim: c, outDim: c, accumulateInput: false) }
         progress?()
         a.dqkv.update(repeating: 0, count: n * 3 * c)
-        // The next block down's attention backward may fetch data while this one computes.
-        if l > a.layerRange.lowerBound {
-            let below = a.layer(l - 1)
+        // The next block down's attention backward may fetch data while this one computes (if that block's
+        // attention inputs are in memory now: not a recomputed one, nor an offloaded one still on its way).
+        if l > a.layerRange.lowerBound, let below = a.residentAttentionInputs(l - 1) {
             attention.prepareBackward(qkv: below.qkv, saved: below.attnSaved, batch: a.batch, tokens: a.tokens, layer: l - 1)
         }
         OpProfile.time(.attention) { attention.backward(dqkv: a.dqkv, dout: a.datty, out: s.atty, lse: s.lse, qkv: s.qkv, saved: s.attnSaved, batch: a.batch,

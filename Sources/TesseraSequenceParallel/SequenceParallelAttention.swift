@@ -46,6 +46,9 @@ public final class SequenceParallelAttention: AttentionOp {
     /// (as many floats as the local qkv and output: B · local tokens · 4 · H · hd).
     public func savedFloats(batch: Int, tokens: Int) -> Int { u > 1 ? batch * tokens * 4 * heads * headDim : 0 }
 
+    /// Ulysses' backward reads its head-sharded copy of q, k, v (in `saved`), not the local fused qkv.
+    public var backwardReadsLocalQKV: Bool { u == 1 }
+
     /// Bytes of the communication buffers and the ring's buffers (the saved tensors are in the activations).
     public var extraBytes: Int {
         [sendBuf, recvBuf, doutH, dqkvH].reduce(0) { $0 + $1.bytes } + ((core as? RingCore)?.bytes ?? 0)

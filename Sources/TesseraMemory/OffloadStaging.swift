@@ -1,0 +1,99 @@
+// The staging slots of offloaded blocks: a block's tensors are produced into a slot, written to the tier
+// in the background while the next block computes, and read back into a slot one block ahead of the
+// backward that needs them. Two slots suffice: in the forward pass one fills while the other drains; in
+// the backward pass one is read from while the other is being filled by the prefetch.
+//
+// A slot is named by the tier region of the block it holds (unique per activation set and layer), so the
+// activation sets of a pipeline stage can share one pair of slots: a slot still holding a block that is
+// also on disk can always be taken over, and a block found still in a slot at its backward is used from
+// memory (its write, if not started, is cancelled).
+
+import TesseraKernels
+
+public final class OffloadStaging {
+    public let tier: OffloadTier
+    /// Floats per slot (one block's tensors).
+    public let floats: Int
+    public let slots: [UnsafeMutablePointer<Float>]
+    private var owner: [Int?]          // tier region whose data the slot holds (or is receiving)
+    private var lastJob: [Int]         // the slot's last tier job (0: none)
+    private var lastIsRead: [Bool]
+    private var pinned: [Bool]
+    private var lastUse: [Int]
+    private var clock = 0
+
+    public init(tier: OffloadTier, floats: Int, store: ActivationStore, count: Int = 2) {
+        self.tier = tier; self.floats = floats
+        slots = (0..<count).map { _ in store.allocate(floats, .staging) }
+        owner = Array(repeating: nil, count: count); lastJob = Array(repeating: 0, count: count)
+        lastIsRead = Array(repeating: false, count: count); pinned = Array(repeating: false, count: count)
+        lastUse = Array(repeating: 0, count: count)
+    }
+
+    public var bytes: Int { 4 * floats }
+
+    private func slot(of region: Int) -> Int? { owner.firstIndex { $0 == region } }
+
+    /// An unpinned slot: a free one, else the least recently used; its I/O in flight is finished first.
+    private func take(for region: Int) -> Int {
+        let free = (0..<slots.count).filter { !pinned[$0] }
+        precondition(!free.isEmpty, "offload staging: every slot is in use")
+        let i = free.first { owner[$0] == nil } ?? free.min { lastUse[$0] < lastUse[$1] }!
+        if lastJob[i] > 0 { tier.wait(lastJob[i]) }
+        owner[i] = region; lastJob[i] = 0; lastIsRead[i] = false
+        return i
+    }
+
+    private func touch(_ i: Int) { clock += 1; lastUse[i] = clock }
+
+    /// Forward: the slot to compute block `region`'s tensors into (pinned until `endFill`).
+    public func beginFill(region: Int) -> UnsafeMutablePointer<Float> {
+        let i = slot(of: region) ?? take(for: region)
+        if lastJob[i] > 0 { tier.wait(lastJob[i]) }  // a stale read or write of this region
+        lastJob[i] = 0; lastIsRead[i] = false
+        pinned[i] = true; touch(i)
+        return slots[i]
+    }
+
+    /// Forward done: write the block to the tier (`save`), or drop it (evaluation).
+    public func endFill(region: Int, save: Bool) {
+        guard let i = slot(of: region) else { return }
+        pinned[i] = false
+        if save {
+            lastJob[i] = tier.write(slots[i], bytes: bytes, offset: region); lastIsRead[i] = false
+        } else {
+            owner[i] = nil
+        }
+    }
+
+    /// Starts reading block `region` back, unless a slot holds it already.
+    public func prefetch(region: Int) {
+        guard slot(of: region) == nil else { return }
+        let i = take(for: region)
+        lastJob[i] = tier.read(into: slots[i], bytes: bytes, offset: region); lastIsRead[i] = true
+        touch(i)
+    }
+
+    /// The slot holding block `region` if it is there now, ready to read (no waiting).
+    public func residentSlot(region: Int) -> UnsafeMutablePointer<Float>? {
+        guard let i = slot(of: region), !lastIsRead[i] || tier.isDone(lastJob[i]) else { return nil }
+        return slots[i]
+    }
+
+    /// Backward: the slot holding block `region` (read back now if it is not there; pinned until `endUse`).
+    public func beginUse(region: Int) -> UnsafeMutablePointer<Float> {
+        prefetch(region: region)
+        let i = slot(of: region)!
+        if lastIsRead[i] { tier.wait(lastJob[i]) }
+        pinned[i] = true; touch(i)
+        return slots[i]
+    }
+
+    /// Backward done with block `region`: the slot is free and the tier releases the region.
+    public func endUse(region: Int) {
+        guard let i = slot(of: region) else { return }
+        if !lastIsRead[i], lastJob[i] > 0 { tier.cancel(lastJob[i]) }  // used from memory: no need to write it
+        pinned[i] = false; owner[i] = nil
+        tier.release(offset: region, bytes: bytes)
+    }
+}

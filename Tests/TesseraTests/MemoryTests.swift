@@ -1,0 +1,95 @@
+import Foundation
+import XCTest
+@testable import TesseraKernels
+@testable import TesseraMemory
+@testable import TesseraModel
+
+/// Activation policies on one rank, in process: every policy gives the gradients of `keep` bit for bit,
+/// holds less activation memory, and leaves nothing in the offload directory.
+final class MemoryTests: XCTestCase {
+    let cfg = GPTConfig(vocabSize: 64, nLayer: 4, nHead: 4, dModel: 32, blockSize: 64)
+    let (batch, tokens) = (2, 48)
+
+    func tempDir() -> String {
+        let d = NSTemporaryDirectory() + "tessera-memory-\(getpid())-\(UInt64.random(in: 0..<UInt64.max))"
+        try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+
+    /// Two micro-batches of forward + backward (gradients accumulate), with an evaluation forward between
+    /// them; returns (losses, gradients, activation bytes held, recompute ns).
+    func run(_ policies: [LayerPolicy], tier: OffloadTier? = nil) -> (loss: [Double], grads: [Float], held: Int) {
+        Threads.configure(1)
+        let model = GPT(config: cfg, seed: 7)
+        model.memory = MemoryPlan(policies: policies, tier: tier)
+        let before = ActivationMeter.shared.activationBytes
+        let a = model.activations(batch: batch, tokens: tokens)
+        let held = ActivationMeter.shared.activationBytes - before
+        model.grads.zero()
+        var losses: [Double] = []
+        for mb in 0..<2 {
+            for i in 0..<(batch * tokens) {
+                a.tokenIds[i] = Int32((i * 7 + 3 * mb + 1) % cfg.vocabSize)
+                a.targets[i] = Int32((i * 5 + mb) % cfg.vocabSize)
+            }
+            a.setContiguousPositions()
+            losses.append(model.forwardLoss(a, gradScale: 1 / Float(2 * batch * tokens)))
+            if mb == 0 { losses.append(model.lossSum(a)) }  // an evaluation pass between forward and backward
+            model.backward(a)
+        }
+        return (losses, Array(UnsafeBufferPointer(start: model.grads.storage.ptr, count: model.grads.count)), held)
+    }
+
+    func testEveryPolicyGivesTheGradientsOfKeepBitForBit() throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let tier = try OffloadTier(directory: dir, rank: 0)
+        let keep = run(Array(repeating: .keep, count: 4))
+        XCTAssertGreaterThan(keep.grads.map(abs).max()!, 0)
+        var held: [String: Int] = ["keep": keep.held]
+        let cases: [(String, [LayerPolicy])] = [
+            ("full", Array(repeating: .full, count: 4)), ("selective", Array(repeating: .selective, count: 4)),
+            ("offload", Array(repeating: .offload, count: 4)), ("mixed", [.offload, .full, .selective, .keep]),
+            ("offload-top", [.keep, .keep, .offload, .offload]),
+        ]
+        for (name, policies) in cases {
+            let r = run(policies, tier: tier)
+            held[name] = r.held
+            XCTAssertEqual(r.loss, keep.loss, "\(name): losses")
+            let differ = zip(r.grads, keep.grads).filter { $0 != $1 }.count
+            XCTAssertEqual(differ, 0, "\(name): \(differ) of \(keep.grads.count) gradient elements differ from keep's")
+        }
+        let stats = tier.takeStats()
+        XCTAssertGreaterThan(stats.bytesWritten, 0, "offload wrote nothing")
+        XCTAssertGreaterThan(stats.bytesRead, 0, "offload read nothing back")
+        XCTAssertEqual(tier.heldBytes, 0, "the tier still holds activations after the backward")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [], "offload directory not empty")
+        // Memory: full < selective < keep, offload < keep.
+        XCTAssertLessThan(held["full"]!, held["selective"]!)
+        XCTAssertLessThan(held["selective"]!, held["keep"]!)
+        XCTAssertLessThan(held["offload"]!, held["keep"]!)
+    }
+
+    func testUnwritableOffloadDirectoryIsAClearError() throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let file = dir + "/not-a-directory"
+        FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
+        XCTAssertThrowsError(try OffloadTier(directory: file + "/sub", rank: 3)) { e in
+            let m = "\(e)"
+            XCTAssertTrue(m.contains("memory.offload_dir") && m.contains(file) && m.contains("rank 3"), m)
+        }
+    }
+
+    func testLayerPolicyLists() throws {
+        XCTAssertEqual(try LayerPolicy.parseList("full", layers: 3, key: "k"), [.full, .full, .full])
+        XCTAssertEqual(try LayerPolicy.parseList("full*2, keep", layers: 3, key: "k"), [.full, .full, .keep])
+        XCTAssertEqual(LayerPolicy.describe([.full, .full, .keep]), "full*2,keep")
+        XCTAssertThrowsError(try LayerPolicy.parseList("full,keep", layers: 3, key: "memory.layer_policy")) {
+            XCTAssertTrue("\($0)".contains("memory.layer_policy") && "\($0)".contains("n_layer = 3"), "\($0)")
+        }
+        XCTAssertThrowsError(try LayerPolicy.parseList("ful*3", layers: 3, key: "k")) {
+            XCTAssertTrue("\($0)".contains("'ful*3' is not a layer policy"), "\($0)")
+        }
+    }
+}

@@ -222,7 +222,7 @@ public final class PipelineEngine {
             if set.head {
                 loss = mode == .train ? model.forwardLoss(set, gradScale: gradScale) : model.lossSum(set)
             } else {
-                model.forwardBody(set)
+                model.forwardBody(set, saving: mode == .train)
             }
         }
         let dt = nowNs() - t0
@@ -261,6 +261,25 @@ public final class PipelineEngine {
                                                     label: "pipeline gradient mb \(a.microbatch) → stage \(vs - 1)")))
         }
         try release(set, chunk: a.chunk, key: k)
+    }
+
+    /// Activation sets each chunk's pool grows to under `actions`, by the engine's rule: a set is taken when
+    /// the receive of a forward's input is posted (one action ahead) or its forward starts, and returned after
+    /// its backward (a set whose output send is still in flight when it is returned would add one more).
+    public static func predictedSets(actions: [PipelineAction], chunks: Int, firstChunkReceives: (Int) -> Bool) -> [Int] {
+        var alive = Array(repeating: 0, count: chunks), peak = alive
+        var taken = Set<Int>()
+        func take(_ a: PipelineAction) {
+            guard a.kind == .forward, taken.insert(a.microbatch * chunks + a.chunk).inserted else { return }
+            alive[a.chunk] += 1; peak[a.chunk] = max(peak[a.chunk], alive[a.chunk])
+        }
+        for (i, a) in actions.enumerated() {
+            if firstChunkReceives(a.chunk) { take(a) }
+            if i + 1 < actions.count, firstChunkReceives(actions[i + 1].chunk) { take(actions[i + 1]) }
+            take(a)
+            if a.kind == .backward { alive[a.chunk] -= 1 }
+        }
+        return peak
     }
 
     /// The forward-only actions of an evaluation pass: every micro-batch through every chunk in order.

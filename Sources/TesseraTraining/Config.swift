@@ -250,11 +250,14 @@ public struct MemoryConfig: Sendable, Equatable {
     public var activationBudget: Int
     /// Directory for offloaded activations; empty = `<job.output_dir>/offload`.
     public var offloadDir: String
+    /// One policy per layer ("full*4,keep*2"), overriding `policy`; empty = `policy` for every layer.
+    public var layerPolicy: String
 
-    public init(policy: String = "keep", activationBudget: Int = 0, offloadDir: String = "") {
+    public init(policy: String = "keep", activationBudget: Int = 0, offloadDir: String = "", layerPolicy: String = "") {
         self.policy = policy
         self.activationBudget = activationBudget
         self.offloadDir = offloadDir
+        self.layerPolicy = layerPolicy
     }
 }
 

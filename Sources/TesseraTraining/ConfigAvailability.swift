@@ -8,10 +8,6 @@ extension TesseraConfig {
         if checkpoint.every > 0 {
             errors.append("checkpoint.every = \(checkpoint.every): checkpointing is not available in this build yet")
         }
-        if memory.policy != "keep" {
-            errors.append("memory.policy = \(String(reflecting: memory.policy)): activation memory policies other"
-                + " than \"keep\" are not available in this build yet")
-        }
         guard errors.isEmpty else { throw ConfigError(lines: errors) }
     }
 }

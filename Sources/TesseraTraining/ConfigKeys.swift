@@ -122,6 +122,7 @@ enum ConfigSchema {
         .string("memory", "policy", \.memory.policy),
         .int("memory", "activation_budget", \.memory.activationBudget),
         .string("memory", "offload_dir", \.memory.offloadDir),
+        .string("memory", "layer_policy", \.memory.layerPolicy),
 
         .string("metrics", "path", \.metrics.path),
         .bool("metrics", "tensorboard", \.metrics.tensorboard),

@@ -1,3 +1,4 @@
+import TesseraMemory
 import TesseraSequenceParallel
 // Validation of a decoded configuration: value ranges, allowed strings, relations between keys,
 // and the existence of data files. Every message names its source, the full key(s), what was expected
@@ -118,6 +119,19 @@ struct ConfigChecks {
         integer("checkpoint.keep", c.keep, atLeast: 1)
         oneOf("memory.policy", m.policy, MemoryConfig.policyValues)
         integer("memory.activation_budget", m.activationBudget, atLeast: 0)
+        if m.policy == "auto", m.activationBudget <= 0 {
+            fail(["memory.policy", "memory.activation_budget"], "memory.policy = \"auto\" needs memory.activation_budget > 0 "
+                 + "(bytes of activation memory per rank), found \(m.activationBudget)")
+        }
+        if m.policy == "auto", !m.layerPolicy.isEmpty {
+            fail(["memory.policy", "memory.layer_policy"], "memory.layer_policy = \(String(reflecting: m.layerPolicy)) fixes every "
+                 + "layer's policy, but memory.policy = \"auto\" asks the planner to choose; expected one of the two")
+        }
+        if !m.layerPolicy.isEmpty, config.model.nLayer >= 1 {
+            do { _ = try LayerPolicy.parseList(m.layerPolicy, layers: config.model.nLayer, key: "memory.layer_policy") } catch {
+                fail(["memory.layer_policy"], "\(error)")
+            }
+        }
     }
 
     /// Relations between keys; each is checked only when the keys involved are individually valid.

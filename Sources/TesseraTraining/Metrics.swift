@@ -1,4 +1,5 @@
 import Foundation
+import TesseraMemory
 import TesseraTimeline
 
 /// One logged step: what the progress line shows, the metrics file records and TensorBoard plots.
@@ -13,6 +14,39 @@ public struct StepRecord: Sendable {
     public var phases: PhaseSummary? = nil
     /// Bytes of AdamW moments on this rank (falls by the data-parallel degree under ZeRO-1).
     public var optimizerStateBytes: Int = 0
+    /// Activation memory per rank (at log steps).
+    public var activations: ActivationSummary? = nil
+}
+
+/// Activation memory of one step on this rank.
+public struct ActivationStep: Sendable {
+    /// Most activation bytes held at once (saved tensors, recompute buffer, offload staging).
+    public var peakBytes = 0
+    /// Time recomputing blocks before their backward.
+    public var recomputeSeconds = 0.0
+    /// Offload I/O of the step (nil without an offload tier) and what the tier still holds after it.
+    public var offload: OffloadTier.Stats?
+    public var tierHeldBytes = 0
+    /// Bytes sent over the sequence-parallel groups (ring key/value blocks, Ulysses all-to-alls).
+    public var sequenceBytes = 0
+    public init() {}
+}
+
+/// Activation memory over the ranks, for the log interval's last step.
+public struct ActivationSummary: Sendable, Equatable {
+    /// Peak activation bytes of each rank (world rank order) and rank 0's prediction.
+    public var peakBytes: [Int]
+    public var predictedBytes: [Int]
+    public var recomputeSecondsMax: Double
+    /// Offload totals over the ranks: bytes written and read, I/O thread time, compute time spent waiting.
+    public var offloadWritten: Int, offloadRead: Int, offloadIOSeconds: Double, offloadWaitSeconds: Double
+    /// Bytes left on the tiers after the step (0 unless something leaked).
+    public var tierHeldBytes: Int
+    /// Most bytes any rank sent over its sequence-parallel groups in the step.
+    public var sequenceBytesMax: Int
+    public var offloadHiddenFraction: Double {
+        offloadIOSeconds > 0 ? max(0, 1 - offloadWaitSeconds / offloadIOSeconds) : 1
+    }
 }
 
 public struct PhaseSummary: Sendable, Equatable {
@@ -56,6 +90,14 @@ public final class MetricsSink {
             "optimizer_state_bytes": r.optimizerStateBytes,
         ]
         if let v = r.valLoss { obj["val_loss"] = v }
+        if let a = r.activations {
+            obj["activations"] = ["peak_bytes": a.peakBytes, "predicted_bytes": a.predictedBytes,
+                                  "peak_bytes_max": a.peakBytes.max() ?? 0, "recompute_s_max": a.recomputeSecondsMax,
+                                  "offload_written_bytes": a.offloadWritten, "offload_read_bytes": a.offloadRead,
+                                  "offload_io_s": a.offloadIOSeconds, "offload_wait_s": a.offloadWaitSeconds,
+                                  "offload_hidden": a.offloadHiddenFraction, "tier_held_bytes": a.tierHeldBytes,
+                                  "sequence_bytes_max": a.sequenceBytesMax] as [String: Any]
+        }
         if let p = r.phases {
             obj["phases"] = ["ranks": p.ranks, "compute_s_mean": p.computeMean, "compute_s_max": p.computeMax,
                              "comm_s_mean": p.commMean, "comm_s_max": p.commMax, "idle_s_mean": p.idleMean,
@@ -71,6 +113,7 @@ public final class MetricsSink {
                                            ("perf/tokens_per_s", r.tokensPerSecond), ("perf/mfu", r.mfu),
                                            ("perf/step_s", r.stepSeconds)]
         if let v = r.valLoss { scalars.append(("val/loss", v)) }
+        if let a = r.activations { scalars.append(("memory/activation_peak_mib_max", Double(a.peakBytes.max() ?? 0) / 1_048_576)) }
         if let p = r.phases {
             scalars += [("phases/compute_s_max", p.computeMax), ("phases/comm_s_max", p.commMax), ("phases/idle_s_max", p.idleMax)]
             if let x = p.pipelineWaitMax { scalars.append(("phases/pipeline_wait_s_max", x)) }
@@ -91,6 +134,21 @@ public final class MetricsSink {
             + "comm wait \(ms(p.commMean))/\(ms(p.commMax)) ms"
             + (p.pipelineWaitMean.map { "  (of which waiting for pipeline neighbours \(ms($0))/\(ms(p.pipelineWaitMax ?? 0)) ms)" } ?? "")
             + "  idle \(ms(p.idleMean))/\(ms(p.idleMax)) ms"
+    }
+
+    /// The activation line printed under the progress line.
+    public static func activationLine(_ a: ActivationSummary) -> String {
+        let mib = { (b: Int) in fmt(Double(b) / 1_048_576, 1) }
+        var s = "    activations: peak " + (a.peakBytes.count == 1 ? "\(mib(a.peakBytes[0])) MiB"
+            : "\(mib(a.peakBytes.min() ?? 0))–\(mib(a.peakBytes.max() ?? 0)) MiB per rank")
+        let pred = a.predictedBytes
+        s += " (predicted " + (pred.count == 1 ? "\(mib(pred[0])) MiB)" : "\(mib(pred.min() ?? 0))–\(mib(pred.max() ?? 0)) MiB)")
+        if a.recomputeSecondsMax > 0 { s += "  recompute \(fmt(1000 * a.recomputeSecondsMax, 1)) ms" }
+        if a.offloadWritten > 0 || a.offloadRead > 0 {
+            s += "  offload \(mib(a.offloadWritten)) MiB out, \(mib(a.offloadRead)) MiB in, "
+            s += "\(fmt(100 * a.offloadHiddenFraction, 0))% of \(fmt(1000 * a.offloadIOSeconds, 1)) ms I/O hidden"
+        }
+        return s
     }
 
     /// The progress line printed at each log interval.

@@ -2,6 +2,7 @@ import Foundation
 import TesseraComm
 import TesseraDataParallel
 import TesseraKernels
+import TesseraMemory
 import TesseraModel
 import TesseraPipeline
 import TesseraSequenceParallel
@@ -71,6 +72,10 @@ public final class Trainer {
     let localPositions: [Int32]
     var fullIds: [Int32], fullTargets: [Int32]
     let timeline: Timeline
+    /// Each layer's activation policy, the offload tier and the predicted peak.
+    public let memory: MemorySetup
+    /// Activation measurements of the last step (this rank).
+    public private(set) var lastActivation = ActivationStep()
     /// Full (unsharded) optimizer state bytes, for the ZeRO report.
     public let unshardedOptimizerBytes: Int
     public var log: (String) -> Void = { print($0); fflush(nil) }
@@ -143,13 +148,32 @@ public final class Trainer {
             localPositions = (0..<t.seqLen).map { Int32($0) }
             fullIds = []; fullTargets = []
         }
+        // Activation memory: the policies (or the plan for the budget) before any activations exist.
+        sgemmPeak = options.measurePeak ? SgemmProbe.measure(threads: threads).flops : 0
+        var sets = [1]
+        if let mesh, let layout = pipelineLayout {
+            let plan = layout.plan, rank = mesh.coordinate.pp
+            sets = PipelineEngine.predictedSets(actions: plan.actions[rank], chunks: plan.virtualStages) {
+                plan.virtualStage(rank: rank, chunk: $0) > 0
+            }
+        }
+        let peak = sgemmPeak
+        let world = mesh?.world
+        memory = try MemorySetup(config: config, model: model, rank: runtime?.rank ?? 0, batch: microBatch,
+                                 tokens: localPositions.count, setsPerChunk: sets, ownLossGradient: pipelineLayout != nil,
+                                 flopRate: peak > 0 ? peak : SgemmProbe.measure(threads: threads).flops,
+                                 agree: { x in (try? world?.allreduce(x, op: .min, label: "activation planner inputs")) ?? x })
+        if let tier = memory.tier {
+            let rank = runtime?.rank ?? 0
+            tier.onError = { MPIRuntime.abort("rank \(rank): \($0) at step \(Watchdog.shared?.step ?? 0); aborting the job") }
+        }
+        model.memory = memory.memoryPlan
         if let mesh, let layout = pipelineLayout {
             acts = nil
             pipeline = try PipelineEngine(plan: layout.plan, model: model, comm: mesh.pipeline, batch: microBatch,
                                           tokens: localPositions.count)
         } else {
-            acts = Activations(config: gpt, batch: microBatch, tokens: localPositions.count,
-                               attentionSaved: model.attention.savedFloats(batch: microBatch, tokens: localPositions.count))
+            acts = model.activations(batch: microBatch, tokens: localPositions.count)
             pipeline = nil
         }
         let o = config.optimizer
@@ -180,7 +204,6 @@ public final class Trainer {
         }
         unshardedOptimizerBytes = 2 * model.params.count * 4
         schedule = LRSchedule(peak: o.lr, minRatio: o.minLrRatio, warmup: o.warmupSteps, total: t.steps, decay: o.decay)
-        sgemmPeak = options.measurePeak ? SgemmProbe.measure(threads: threads).flops : 0
     }
 
     /// This rank's data-parallel index and the number of replicas.
@@ -196,6 +219,17 @@ public final class Trainer {
     /// One optimizer step over the global batch. Returns (mean loss, gradient norm), both global.
     public func trainStep(_ step: Int) -> (loss: Double, gradNorm: Double) {
         let t = config.training
+        let seqBytes0 = sequenceBytesSent
+        ActivationMeter.shared.resetPeak()
+        model.recomputeNs = 0
+        defer {
+            var a = ActivationStep()
+            a.peakBytes = ActivationMeter.shared.peakBytes
+            a.recomputeSeconds = Double(model.recomputeNs) / 1e9
+            if let tier = memory.tier { a.offload = tier.takeStats(); a.tierHeldBytes = tier.heldBytes }
+            a.sequenceBytes = sequenceBytesSent - seqBytes0
+            lastActivation = a
+        }
         model.grads.zero()
         let gradScale = 1 / Float(tokensPerStep)
         var lossSum = 0.0
@@ -247,6 +281,12 @@ public final class Trainer {
         }
         if let dpl = dataParallel { timeline.work("parameter allgather") { dpl.allgatherParameters(model.params) } }
         return (lossSum / Double(tokensPerStep), norm)
+    }
+
+    /// Bytes this rank sent over its sequence-parallel groups (ring and Ulysses) so far.
+    var sequenceBytesSent: Int {
+        guard let mesh else { return 0 }
+        return (mesh.shape.ring > 1 ? mesh.ring.bytesSent : 0) + (mesh.shape.ulysses > 1 ? mesh.ulysses.bytesSent : 0)
     }
 
     /// A sum over every rank of the job (the loss: ranks without the head contribute zero, and the replicas'
@@ -383,10 +423,14 @@ public final class Trainer {
             // Log steps are the same on every rank, so the phase summary (a collective) is too.
             if (step + 1) % t.logEvery == 0 || step == 0 || last || val != nil {
                 record.phases = phaseSummary(interval, steps: intervalSteps, pipelineWaitNs: intervalPipelineWaitNs)
+                record.activations = activationSummary()
                 interval = PhaseTotals(); intervalSteps = 0; intervalPipelineWaitNs = 0
                 if isRank0 {
                     log(MetricsSink.line(record))
                     if let ph = record.phases, ph.ranks > 1 { log(MetricsSink.phaseLine(ph)) }
+                    if let a = record.activations, memory.policies.contains(where: { $0 != .keep }) || memory.auto {
+                        log(MetricsSink.activationLine(a))
+                    }
                     metrics?.record(record)
                 }
             }
@@ -399,6 +443,30 @@ public final class Trainer {
             wholeModel = m
         }
         return history
+    }
+
+    /// The last step's activation memory over all ranks (a collective).
+    func activationSummary() -> ActivationSummary {
+        let a = lastActivation, ranks = mesh?.world.size ?? 1, me = runtime?.rank ?? 0
+        var sums = [Double](repeating: 0, count: 2 * ranks + 5)
+        sums[me] = Double(a.peakBytes); sums[ranks + me] = Double(memory.plan.predictedBytes)
+        let o = a.offload ?? OffloadTier.Stats()
+        sums[2 * ranks] = Double(o.bytesWritten); sums[2 * ranks + 1] = Double(o.bytesRead)
+        sums[2 * ranks + 2] = Double(o.ioNs) / 1e9; sums[2 * ranks + 3] = Double(o.waitNs) / 1e9
+        sums[2 * ranks + 4] = Double(a.tierHeldBytes)
+        var maxima = [a.recomputeSeconds, Double(a.sequenceBytes)]
+        if let world = mesh?.world, ranks > 1 {
+            do {
+                let n = sums.count
+                try sums.withUnsafeMutableBufferPointer { try world.allreduce($0.baseAddress!, count: n, op: .sum, label: "activation summary") }
+                try maxima.withUnsafeMutableBufferPointer { try world.allreduce($0.baseAddress!, count: 2, op: .max, label: "activation summary") }
+            } catch { MPIRuntime.abort("\(error) while summarising activation memory") }
+        }
+        return ActivationSummary(peakBytes: sums[0..<ranks].map { Int($0) }, predictedBytes: sums[ranks..<(2 * ranks)].map { Int($0) },
+                                 recomputeSecondsMax: maxima[0], offloadWritten: Int(sums[2 * ranks]),
+                                 offloadRead: Int(sums[2 * ranks + 1]), offloadIOSeconds: sums[2 * ranks + 2],
+                                 offloadWaitSeconds: sums[2 * ranks + 3], tierHeldBytes: Int(sums[2 * ranks + 4]),
+                                 sequenceBytesMax: Int(maxima[1]))
     }
 
     /// Mean and max over all ranks of each phase's seconds per step in the interval.
@@ -464,6 +532,7 @@ public final class Trainer {
             s += "\n  MPI: \(r.size) rank(s), thread level \(r.threadLevelName) granted (MPI_THREAD_MULTIPLE asked)"
             s += "; shared-memory single copy: \(MPIRuntime.singleCopyMechanism)"
         }
+        s += "\n" + memory.describe()
         if let w = MachineCheck.coreTypeWarning { s += "\n  warning: \(w)" }
         return s
     }

@@ -39,7 +39,7 @@ public final class PipelineEngine {
     private var sending: [(set: Activations, chunk: Int, request: Request)] = []  // released, output still in flight
     private var live: [Int: Activations] = [:]  // key(mb, chunk) → activations from forward to backward
     private var inputRecv: [Int: Request] = [:] // key(mb, chunk) → receive of the forward input (into live[key])
-    private var gradFree: [FloatBuffer] = []
+    private var gradFree: [FloatBuffer] = []   // buffers of one activation or gradient (batch × tokens × d_model)
     private var gradRecv: [Int: (buffer: FloatBuffer, request: Request)] = [:]
     private var gradSending: [(buffer: FloatBuffer, request: Request)] = []
     private var outputSends: [Int: Request] = [:]  // key(mb, chunk) → send of the forward output
@@ -227,10 +227,17 @@ public final class PipelineEngine {
         }
         let dt = nowNs() - t0
         busyNs += dt; forwardNs += dt
-        if vs < lastVirtualStage {
+        if vs < lastVirtualStage, mode == .train {
             outputSends[k] = try comm.isend(set.output, count: batch * tokens * model.config.dModel, to: next,
                                             tag: tag(a.microbatch, vs + 1, backward: false),
                                             label: "pipeline activation mb \(a.microbatch) → stage \(vs + 1)")
+        } else if vs < lastVirtualStage {
+            // Evaluation frees the set at once: the output leaves from a copy, so a send still in flight does
+            // not hold a whole activation set (the pool stays at what training needs).
+            let n = batch * tokens * model.config.dModel, buf = gradBuffer()
+            buf.ptr.update(from: set.output, count: n)
+            gradSending.append((buf, try comm.isend(buf.ptr, count: n, to: next, tag: tag(a.microbatch, vs + 1, backward: false),
+                                                    label: "pipeline activation mb \(a.microbatch) → stage \(vs + 1)")))
         }
         if mode == .evaluate {
             live[k] = nil

@@ -93,3 +93,29 @@ final class MemoryTests: XCTestCase {
         }
     }
 }
+
+/// The auto planner against brute force: the cheapest plan that fits, for every budget.
+final class ActivationPlannerTests: XCTestCase {
+    func testPlannerFindsTheCheapestPlanThatFits() throws {
+        // Two groups of layers (two pipeline chunks with different pool sizes) and shared buffers.
+        let a = ActivationPlanner.Layer(sets: 2, keepBytes: 100, selectiveBytes: 40, fullSeconds: 1.0, selectiveSeconds: 0.3,
+                                        offloadSeconds: 0.2)
+        let b = ActivationPlanner.Layer(sets: 1, keepBytes: 100, selectiveBytes: 40, fullSeconds: 1.0, selectiveSeconds: 0.3,
+                                        offloadSeconds: 0.2)
+        let planner = ActivationPlanner(layers: [a, a, b, b], fixedBytes: 50, recomputeBufferBytes: 60, stagingBytes: 120)
+        var all: [[LayerPolicy]] = [[]]
+        for _ in 0..<4 { all = all.flatMap { p in LayerPolicy.allCases.map { p + [$0] } } }
+        let least = planner.smallest.predictedBytes
+        XCTAssertEqual(least, 50 + 60)
+        for budget in stride(from: least, through: 700, by: 7) {
+            let plan = try planner.plan(budget: budget)
+            XCTAssertLessThanOrEqual(plan.predictedBytes, budget)
+            let best = all.filter { planner.bytes($0) <= budget }.map { planner.seconds($0) }.min()!
+            XCTAssertEqual(plan.predictedSeconds, best, accuracy: 1e-9, "budget \(budget): \(plan.policies)")
+        }
+        XCTAssertEqual(try planner.plan(budget: 10_000).policies, [.keep, .keep, .keep, .keep])
+        XCTAssertThrowsError(try planner.plan(budget: least - 1)) { e in
+            XCTAssertTrue("\(e)".contains("smallest feasible plan on this rank: \(least) bytes"), "\(e)")
+        }
+    }
+}

@@ -338,6 +338,18 @@ final class ConfigTests: XCTestCase {
         }
     }
 
+    func testMemorySettings() throws {
+        XCTAssertEqual(try load("[model]\nn_layer = 3\n[memory]\nlayer_policy = \"full*2,keep\"\n").memory.layerPolicy, "full*2,keep")
+        assertConfigError(try load("[memory]\npolicy = \"auto\"\n"),
+                          contains: ["memory.policy = \"auto\" needs memory.activation_budget > 0", "found 0"])
+        assertConfigError(try load("[memory]\npolicy = \"auto\"\nactivation_budget = 1000000\nlayer_policy = \"full\"\n"),
+                          contains: ["memory.layer_policy = \"full\" fixes every layer's policy", "expected one of the two"])
+        assertConfigError(try load("[model]\nn_layer = 3\n[memory]\nlayer_policy = \"full,keep\"\n"),
+                          contains: ["memory.layer_policy = \"full,keep\" gives 2 layer policies", "model.n_layer = 3"])
+        assertConfigError(try load("[memory]\nlayer_policy = \"fast\"\n"),
+                          contains: ["'fast' is not a layer policy", "keep, full, selective, offload"])
+    }
+
     func testNumericRanges() {
         let cases: [(String, String, String)] = [
             ("optimizer.lr", "0", "> 0"), ("optimizer.lr", "-1e-3", "> 0"),
@@ -408,10 +420,12 @@ final class ConfigTests: XCTestCase {
         XCTAssertNoThrow(try c.validateForThisBuild(), "data parallelism and ZeRO-1 are built")
         c = TesseraConfig()
         c.checkpoint.every = 10
-        c.memory.policy = "full"
-        assertConfigError(try c.validateForThisBuild(),
-                          contains: ["checkpoint.every = 10: checkpointing is not available",
-                                     "memory.policy = \"full\"", "not available in this build yet"])
+        assertConfigError(try c.validateForThisBuild(), contains: ["checkpoint.every = 10: checkpointing is not available"])
+        c = TesseraConfig()
+        for policy in ["full", "selective", "offload"] {
+            c.memory.policy = policy
+            XCTAssertNoThrow(try c.validateForThisBuild(), "memory.policy = \(policy) is built")
+        }
         let loaded = try load("[training]\nbatch_size = 8\n[model]\nn_head = 4\n", overrides: [(key: "parallelism.pp", value: "2")])
         XCTAssertNoThrow(try loaded.validateForThisBuild(), "pipeline parallelism is built")
         let ppUlysses = try load("[training]\nbatch_size = 8\nseq_len = 64\n[model]\nn_head = 4\n",

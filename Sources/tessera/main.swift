@@ -26,6 +26,9 @@ usage: tessera <command> [arguments]
   bench-pp [--size M] [--layers 8] [--microbatches 1,2,4,8] [--schedules gpipe,1f1b,interleaved] [--steps N] [--rounds N]
         (under mpirun -np P: one stage per rank) pipeline bubble per stage vs theory, live
         micro-batches and activation memory per stage
+  bench-memory [--sizes M,M-long] [--policies keep,full,selective,offload,auto] [--steps N] [--rounds N]
+        [--budget-mib X | --budget-fraction F] [--offload-dir DIR] [--ring R] [--ulysses U]   (mpirun -np R×U for R×U > 1)
+        activation memory and step time per policy against keep, offload I/O hidden, auto plan vs measured peak
   bench-comm [--max-mib 64] [--iters auto|N] [--rounds 9] [--json] [--breakdown]   under mpirun: allreduce busbw, Swift layer vs plain C
 
 Any config key can be overridden on the command line, e.g. --training.steps 50.
@@ -177,6 +180,25 @@ do {
         let runtime = MPIRuntime()
         if let report = try PipelineBench.run(runtime: runtime, options: o) { print(report) }
         runtime.finalize()
+    case "bench-memory":
+        var o = MemoryBench.Options()
+        if let v = takeOption(&args, "--sizes") { o.sizes = v.split(separator: ",").map { String($0) } }
+        if let v = takeOption(&args, "--policies") {
+            o.policies = v.split(separator: ",").map(String.init)
+            for p in o.policies where !MemoryConfig.policyValues.contains(p) { fail("bench-memory: unknown policy '\(p)'") }
+        }
+        if let v = takeOption(&args, "--offload-dir") { o.offloadDir = v }
+        if let v = takeOption(&args, "--budget-mib") { guard let x = Double(v), x > 0 else { fail("--budget-mib expects a positive number") }; o.budgetMiB = x }
+        if let v = takeOption(&args, "--budget-fraction") {
+            guard let x = Double(v), x > 0 else { fail("--budget-fraction expects a positive number") }
+            o.budgetFraction = x
+        }
+        takeIntegers(&args, "bench-memory", into: &o, [("--steps", \.steps), ("--warmup", \.warmup), ("--threads", \.threads),
+                                                       ("--rounds", \.rounds), ("--ring", \.ring), ("--ulysses", \.ulysses)])
+        guard args.isEmpty else { fail("bench-memory: unexpected arguments: \(args.joined(separator: " "))") }
+        let runtime = o.ring * o.ulysses > 1 || ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] != nil ? MPIRuntime() : nil
+        if let report = try MemoryBench.run(runtime: runtime, options: o) { print(report) }
+        runtime?.finalize()
     case "plan":
         let (overrides, rest) = try ConfigLoader.splitOverrides(args)
         guard rest.count == 1, let path = rest.first else { fail("usage: tessera plan CONFIG.toml [--section.key VALUE ...]") }

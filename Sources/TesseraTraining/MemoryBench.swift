@@ -1,0 +1,131 @@
+import Foundation
+import TesseraComm
+import TesseraKernels
+import TesseraMemory
+import TesseraModel
+
+/// `tessera bench-memory`: for each model size, every activation policy trains a few steps of the real
+/// Trainer in this one process (rounds interleave the policies, so a slow spell of the machine spreads over
+/// all of them), and the table gives per policy: the measured activation peak and the prediction, the cut
+/// against keep, the step time against keep, the recomputation time, the offload I/O and the share of it
+/// hidden behind compute, and the bytes sent over the sequence-parallel groups (extra over keep: full
+/// recomputation re-sends key/value blocks, selective must send none). Under mpirun with --ring or
+/// --ulysses the ranks split each sequence.
+public enum MemoryBench {
+    public struct Options: Sendable {
+        public var sizes = ["M", "M-long"]
+        public var policies = ["keep", "full", "selective", "offload", "auto"]
+        public var steps = 3, warmup = 1, threads = 1, rounds = 2, ring = 1, ulysses = 1
+        /// The auto policy's budget as a fraction of keep's predicted peak (or `budgetMiB` when set).
+        public var budgetFraction = 0.5, budgetMiB = 0.0
+        public var offloadDir = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm/tessera-bench-offload"
+                                                                                 : NSTemporaryDirectory() + "tessera-bench-offload"
+        public init() {}
+    }
+
+    /// The sizes: config M, and the same model with long sequences (4096 tokens, one per step).
+    static let sizes: [Bench.Size] = Bench.sizes + [
+        Bench.Size(name: "M-long", vocab: 256, d: 256, layers: 6, heads: 8, seq: 4096, batch: 1),
+    ]
+
+    static func config(_ s: Bench.Size, o: Options, policy: String, budget: Int, data: String) -> TesseraConfig {
+        var c = TesseraConfig()
+        c.job.name = "bench-memory"
+        c.model = ModelConfig(vocabSize: s.vocab, nLayer: s.layers, nHead: s.heads, dModel: s.d, blockSize: s.seq)
+        c.training.batchSize = s.batch; c.training.seqLen = s.seq; c.training.steps = 1_000_000
+        c.training.threads = o.threads; c.training.evalEvery = 0
+        c.data.format = "text"; c.data.train = data; c.data.valFraction = 0.01
+        c.sample.tokens = 0
+        c.parallelism.ring = o.ring; c.parallelism.ulysses = o.ulysses
+        c.memory.policy = policy; c.memory.offloadDir = o.offloadDir
+        c.memory.activationBudget = policy == "auto" ? budget : 0
+        return c
+    }
+
+    struct Cell {
+        var steps: [Double] = [], recompute: [Double] = [], io: [Double] = [], wait: [Double] = []
+        var peak = 0, predicted = 0, sequenceBytes = 0, layers = "", budget = 0
+    }
+
+    static func median(_ x: [Double]) -> Double { let s = x.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
+
+    public static func run(runtime: MPIRuntime?, options o: Options) throws -> String? {
+        let world = runtime?.worldCommunicator
+        let ranks = runtime?.size ?? 1
+        guard ranks == o.ring * o.ulysses else {
+            throw TrainingError("bench-memory: --ring \(o.ring) × --ulysses \(o.ulysses) needs mpirun -np \(o.ring * o.ulysses), found \(ranks) rank(s)")
+        }
+        let path = NSTemporaryDirectory() + "tessera-bench-memory-\(getpid()).txt"
+        var rng = SplitMix64(seed: 5)
+        FileManager.default.createFile(atPath: path, contents: Data((0..<(1 << 20)).map { _ in UInt8(32 + rng.next() % 95) }))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var out: [String] = []
+        out.append("tessera bench-memory — \(ranks) rank(s) (ring \(o.ring) × Ulysses \(o.ulysses)), \(o.threads) thread(s) per rank, "
+                   + "median of \(o.rounds) round(s) × \(o.steps) steps after \(o.warmup) warm-up, all policies in this one run")
+        out.append("offload tier: \(o.offloadDir); auto budget: "
+                   + (o.budgetMiB > 0 ? "\(fmt(o.budgetMiB, 1)) MiB" : "\(Int(100 * o.budgetFraction))% of keep's predicted peak"))
+        out.append("act = activation memory held (saved tensors + recompute buffer + offload staging; not the backward's "
+                   + "gradient workspace), max over ranks; pred = the planner's prediction; cut = keep's act ÷ this act; "
+                   + "hidden = 1 − (compute time blocked on the tier) ÷ (the I/O thread's time); seq = bytes per step a rank sends "
+                   + "over ring/Ulysses, extra = over keep")
+        for name in o.sizes {
+            guard let s = sizes.first(where: { $0.name == name }) else { throw TrainingError("bench-memory: unknown size '\(name)' (\(sizes.map(\.name).joined(separator: ", ")))") }
+            var cells: [String: Cell] = [:]
+            var keepPredicted = 0
+            for _ in 0..<o.rounds {
+                for policy in o.policies {
+                    let budget = o.budgetMiB > 0 ? Int(o.budgetMiB * 1_048_576) : Int(Double(keepPredicted) * o.budgetFraction)
+                    if policy == "auto" && budget == 0 { continue }  // needs keep's prediction first
+                    let trainer = try Trainer(config: config(s, o: o, policy: policy, budget: budget, data: path), runtime: runtime,
+                                              options: TrainerOptions(measurePeak: false))
+                    if policy == "keep" { keepPredicted = trainer.memory.plan.predictedBytes }
+                    var cell = cells[policy] ?? Cell()
+                    for i in 0..<(o.warmup + o.steps) {
+                        try world?.barrier()
+                        let t0 = DispatchTime.now().uptimeNanoseconds
+                        _ = trainer.trainStep(i)
+                        var dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                        if let world { dt = try world.allreduce(dt, op: .max) }
+                        guard i >= o.warmup else { continue }
+                        let a = trainer.lastActivation
+                        cell.steps.append(dt)
+                        cell.recompute.append(a.recomputeSeconds)
+                        cell.io.append(Double(a.offload?.ioNs ?? 0) / 1e9)
+                        cell.wait.append(Double(a.offload?.waitNs ?? 0) / 1e9)
+                    }
+                    let summary = trainer.activationSummary()
+                    cell.peak = summary.peakBytes.max() ?? 0
+                    cell.predicted = summary.predictedBytes.max() ?? 0
+                    cell.sequenceBytes = summary.sequenceBytesMax
+                    cell.layers = LayerPolicy.describe(trainer.memory.plan.policies)
+                    cell.budget = budget
+                    cells[policy] = cell
+                }
+            }
+            guard let keep = cells["keep"] else { throw TrainingError("bench-memory: the policies must include keep (the baseline)") }
+            let keepStep = median(keep.steps)
+            out.append("")
+            out.append("size \(s.name): d \(s.d), \(s.layers) layers, \(s.heads) heads, batch \(s.batch) × seq \(s.seq)"
+                       + (ranks > 1 ? " (\(s.seq / ranks) tokens per rank)" : ""))
+            out.append("policy     layers                       act MiB  pred MiB   cut   step ms  vs keep  recompute ms  I/O ms  "
+                       + "waited ms  hidden   seq MiB  extra")
+            for policy in o.policies {
+                guard let c = cells[policy] else { continue }
+                let mib = { (b: Int) in fmt(Double(b) / 1_048_576, 1) }
+                let step = median(c.steps), io = median(c.io), wait = median(c.wait)
+                var row = policy.padding(toLength: 10, withPad: " ", startingAt: 0) + " "
+                row += c.layers.padding(toLength: 27, withPad: " ", startingAt: 0)
+                row += mib(c.peak).leftPad(9) + mib(c.predicted).leftPad(10)
+                row += (fmt(Double(keep.peak) / Double(max(c.peak, 1)), 2) + "×").leftPad(7)
+                row += fmt(1000 * step, 0).leftPad(9) + (fmt(step / keepStep, 2) + "×").leftPad(8)
+                row += fmt(1000 * median(c.recompute), 0).leftPad(14) + fmt(1000 * io, 0).leftPad(8) + fmt(1000 * wait, 0).leftPad(11)
+                row += (io > 0 ? fmt(100 * max(0, 1 - wait / io), 0) + "%" : "–").leftPad(8)
+                row += fmt(Double(c.sequenceBytes) / 1_048_576, 1).leftPad(10)
+                row += (ranks > 1 ? fmt(Double(c.sequenceBytes - keep.sequenceBytes) / 1_048_576, 1) : "–").leftPad(7)
+                if policy == "auto" { row += "   (budget \(mib(c.budget)) MiB)" }
+                out.append(row)
+            }
+        }
+        return (runtime?.rank ?? 0) == 0 ? out.joined(separator: "\n") : nil
+    }
+}

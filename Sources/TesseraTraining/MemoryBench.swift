@@ -16,16 +16,19 @@ public enum MemoryBench {
         public var sizes = ["M", "M-long"]
         public var policies = ["keep", "full", "selective", "offload", "auto"]
         public var steps = 3, warmup = 1, threads = 1, rounds = 2, ring = 1, ulysses = 1
-        /// The auto policy's budget as a fraction of keep's predicted peak (or `budgetMiB` when set).
+        /// The auto policy's budget: `budgetFraction` of the way from the least plan's predicted peak (every
+        /// layer recomputed in full) to keep's, or `budgetMiB` when set.
         public var budgetFraction = 0.5, budgetMiB = 0.0
         public var offloadDir = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm/tessera-bench-offload"
                                                                                  : NSTemporaryDirectory() + "tessera-bench-offload"
         public init() {}
     }
 
-    /// The sizes: config M, and the same model with long sequences (4096 tokens, one per step).
+    /// The sizes: config M, and the same model with long sequences (4096 tokens, one per step); XS is for
+    /// smoke tests of the command.
     static let sizes: [Bench.Size] = Bench.sizes + [
         Bench.Size(name: "M-long", vocab: 256, d: 256, layers: 6, heads: 8, seq: 4096, batch: 1),
+        Bench.Size(name: "XS", vocab: 256, d: 32, layers: 2, heads: 2, seq: 64, batch: 4),
     ]
 
     static func config(_ s: Bench.Size, o: Options, policy: String, budget: Int, data: String) -> TesseraConfig {
@@ -63,7 +66,8 @@ public enum MemoryBench {
         out.append("tessera bench-memory — \(ranks) rank(s) (ring \(o.ring) × Ulysses \(o.ulysses)), \(o.threads) thread(s) per rank, "
                    + "median of \(o.rounds) round(s) × \(o.steps) steps after \(o.warmup) warm-up, all policies in this one run")
         out.append("offload tier: \(o.offloadDir); auto budget: "
-                   + (o.budgetMiB > 0 ? "\(fmt(o.budgetMiB, 1)) MiB" : "\(Int(100 * o.budgetFraction))% of keep's predicted peak"))
+                   + (o.budgetMiB > 0 ? "\(fmt(o.budgetMiB, 1)) MiB"
+                      : "\(Int(100 * o.budgetFraction))% of the way from the least plan's predicted peak (full everywhere) to keep's"))
         out.append("act = activation memory held (saved tensors + recompute buffer + offload staging; not the backward's "
                    + "gradient workspace), max over ranks; pred = the planner's prediction; cut = keep's act ÷ this act; "
                    + "hidden = 1 − (compute time blocked on the tier) ÷ (the I/O thread's time); seq = bytes per step a rank sends "
@@ -71,14 +75,18 @@ public enum MemoryBench {
         for name in o.sizes {
             guard let s = sizes.first(where: { $0.name == name }) else { throw TrainingError("bench-memory: unknown size '\(name)' (\(sizes.map(\.name).joined(separator: ", ")))") }
             var cells: [String: Cell] = [:]
-            var keepPredicted = 0
+            var keepPredicted = 0, leastPredicted = 0
             for _ in 0..<o.rounds {
                 for policy in o.policies {
-                    let budget = o.budgetMiB > 0 ? Int(o.budgetMiB * 1_048_576) : Int(Double(keepPredicted) * o.budgetFraction)
+                    let budget = o.budgetMiB > 0 ? Int(o.budgetMiB * 1_048_576)
+                        : leastPredicted + Int(Double(keepPredicted - leastPredicted) * o.budgetFraction)
                     if policy == "auto" && budget == 0 { continue }  // needs keep's prediction first
                     let trainer = try Trainer(config: config(s, o: o, policy: policy, budget: budget, data: path), runtime: runtime,
                                               options: TrainerOptions(measurePeak: false))
-                    if policy == "keep" { keepPredicted = trainer.memory.plan.predictedBytes }
+                    if policy == "keep" {
+                        keepPredicted = trainer.memory.plan.predictedBytes
+                        leastPredicted = trainer.memory.planner.smallest.predictedBytes
+                    }
                     var cell = cells[policy] ?? Cell()
                     for i in 0..<(o.warmup + o.steps) {
                         try world?.barrier()

@@ -163,7 +163,7 @@ final class DataParallelTests: XCTestCase {
     func testReadyMultiRankConfigsRun() throws {
         _ = try Self.config()
         for (name, np, zero, mesh) in [("dp2", 2, false, "pp 1 × dp 2"), ("dp4-zero1", 4, true, "pp 1 × dp 4"),
-                                       ("pp2", 2, false, "pp 2 × dp 1")] {
+                                       ("pp2", 2, false, "pp 2 × dp 1"), ("long-context", 2, false, "pp 1 × dp 1 × ring 2")] {
             let out = Self.dir.appendingPathComponent("ready-\(name)").path
             let (status, text) = try runProcess(["mpirun", "-np", "\(np)", CommandTests.binary, "train",
                 repoRoot.appendingPathComponent("Configs/\(name).toml").path, "--training.steps", "1",
@@ -173,6 +173,7 @@ final class DataParallelTests: XCTestCase {
             XCTAssertTrue(text.contains("step 1/1"), text)
             XCTAssertTrue(text.contains("mesh: \(mesh)"), text)
             XCTAssertEqual(text.contains("ZeRO-1 over \(np)"), zero, text)
+            if name == "long-context" { XCTAssertTrue(text.contains("activations: policy selective*4"), text) }
         }
     }
 

@@ -117,6 +117,19 @@ final class MemoryJobTests: XCTestCase {
         XCTAssertFalse(out.contains("step 1/"), "training started despite the bad offload directory\n\(out)")
     }
 
+    /// `tessera bench-memory` prints a row per policy with measured = predicted activation MiB.
+    func testBenchMemoryCommand() throws {
+        let (status, out) = try runProcess([CommandTests.binary, "bench-memory", "--sizes", "XS", "--policies", "keep,full,offload,auto",
+                                            "--steps", "1", "--warmup", "0", "--rounds", "1",
+                                            "--offload-dir", Self.dir.appendingPathComponent("offload-bench").path], timeout: 300)
+        XCTAssertEqual(status, 0, out)
+        for policy in ["keep", "full", "offload", "auto"] {
+            let row = out.split(separator: "\n").first { $0.hasPrefix(policy.padding(toLength: 11, withPad: " ", startingAt: 0)) }.map { $0.split(separator: " ") }
+            XCTAssertNotNil(row, "no \(policy) row\n\(out)")
+            if let row { XCTAssertEqual(row[2], row[3], "\(policy): measured vs predicted MiB\n\(out)") }
+        }
+    }
+
     func testAutoFitsTheBudgetAndMatchesKeep() throws {
         // Budgets between the least plan and keeping everything: the plan fits, the measurement equals the
         // prediction, and training equals keep's.

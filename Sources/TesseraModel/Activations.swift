@@ -45,6 +45,9 @@ public final class Workspace: @unchecked Sendable {
         tmp = s.workspace(n * c)
     }
 
+    /// Offload writes still running read the staging slots: they finish before the slots are freed.
+    deinit { staging?.tier.drain() }
+
     /// Backward workspace bytes (not activation memory).
     public var bytes: Int { store.workspaceBytes }
     /// Recompute buffer and staging slots.

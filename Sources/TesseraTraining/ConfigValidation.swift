@@ -1,10 +1,10 @@
-import TesseraMemory
-import TesseraSequenceParallel
 // Validation of a decoded configuration: value ranges, allowed strings, relations between keys,
 // and the existence of data files. Every message names its source, the full key(s), what was expected
 // and what was found.
 
 import Foundation
+import TesseraMemory
+import TesseraSequenceParallel
 
 extension TesseraConfig {
     /// Checks every value and that the data files exist; throws a ConfigError listing all problems.

@@ -24,7 +24,7 @@ public final class Sampler {
             let t = window.count
             acts.resize(tokens: t)
             for i in 0..<t { acts.tokenIds[i] = window[i]; acts.positions[i] = Int32(i) }
-            model.forwardBody(acts)
+            model.forwardBody(acts, saving: false)
             logits.withUnsafeMutableBufferPointer { out in
                 CrossEntropy.logits(out: out.baseAddress!, x: acts.lnf + (t - 1) * c, wte: model.params["transformer.wte.weight"],
                                     n: 1, c: c, vocab: v)

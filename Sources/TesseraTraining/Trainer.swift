@@ -162,7 +162,12 @@ public final class Trainer {
         memory = try MemorySetup(config: config, model: model, rank: runtime?.rank ?? 0, batch: microBatch,
                                  tokens: localPositions.count, setsPerChunk: sets, ownLossGradient: pipelineLayout != nil,
                                  flopRate: peak > 0 ? peak : SgemmProbe.measure(threads: threads).flops,
-                                 agree: { x in (try? world?.allreduce(x, op: .min, label: "activation planner inputs")) ?? x })
+                                 agree: { x in
+                                     guard let world else { return x }
+                                     do { return try world.allreduce(x, op: .min, label: "activation planner inputs") } catch {
+                                         MPIRuntime.abort("\(error) while agreeing on the activation planner's inputs; aborting the job")
+                                     }
+                                 })
         if let tier = memory.tier {
             let rank = runtime?.rank ?? 0
             tier.onError = { MPIRuntime.abort("rank \(rank): \($0) at step \(Watchdog.shared?.step ?? 0); aborting the job") }

@@ -38,6 +38,8 @@ public final class OffloadTier: @unchecked Sendable {
     public let directory: String
     /// Bytes the tier holds now (written and not yet released).
     public var heldBytes: Int { worker.cond.lock(); defer { worker.cond.unlock() }; return worker.held }
+    /// Told of each time the compute thread blocked on the tier (start, end in monotonic ns; for traces).
+    public var onBlocked: ((UInt64, UInt64) -> Void)?
     /// Where I/O failures go (the trainer aborts the job naming the rank and step).
     public var onError: (String) -> Never = { fatalError($0) }
 
@@ -118,9 +120,11 @@ public final class OffloadTier: @unchecked Sendable {
         if worker.finished >= id { worker.cond.unlock(); return }
         let t0 = DispatchTime.now().uptimeNanoseconds
         while worker.finished < id && worker.failure == nil { worker.cond.wait() }
-        worker.stats.waitNs += DispatchTime.now().uptimeNanoseconds - t0
+        let t1 = DispatchTime.now().uptimeNanoseconds
+        worker.stats.waitNs += t1 - t0
         let failure = worker.failure
         worker.cond.unlock()
+        onBlocked?(t0, t1)
         if let failure { onError("offload tier '\(directory)': \(failure)") }
     }
 

@@ -103,6 +103,8 @@ public final class GPT: @unchecked Sendable {
     public var memory = MemoryPlan()
     /// Time spent recomputing blocks before their backward (full and selective policies), since reset.
     public var recomputeNs: UInt64 = 0
+    /// Told of each recomputation (name, start, end in monotonic ns): the trainer's trace marks them.
+    public var onRecompute: ((String, UInt64, UInt64) -> Void)?
 
     /// Between two ops: drive the attention's and the caller's communication.
     @inline(__always) func poll() {
@@ -201,7 +203,11 @@ public final class GPT: @unchecked Sendable {
         let policy = a.policy(l)
         guard policy == .full || policy == .selective else { return }
         let t0 = DispatchTime.now().uptimeNanoseconds
-        defer { recomputeNs += DispatchTime.now().uptimeNanoseconds - t0 }
+        defer {
+            let t1 = DispatchTime.now().uptimeNanoseconds
+            recomputeNs += t1 - t0
+            onRecompute?("recompute L\(l) (\(policy.rawValue))", t0, t1)
+        }
         if policy == .full { blockForward(l, a, s, output: nil); return }
         let c = config.dModel, n = a.n, p = pBlocks[l]!
         OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln1, mean: s.ln1Mean, rstd: s.ln1Rstd, x: a.input(of: l), weight: p.ln1w, bias: p.ln1b, n: n, c: c) }

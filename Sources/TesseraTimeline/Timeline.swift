@@ -58,6 +58,12 @@ public final class Timeline: @unchecked Sendable {
         trace?.complete(name(), cat: "wait", beginNs: beginNs, endNs: endNs, track: .compute)
     }
 
+    /// Records a span inside a work span for the trace only (phase totals unchanged): recomputation before a
+    /// block's backward, a wait for the offload tier.
+    public func mark(_ name: @autoclosure () -> String, cat: String, beginNs: UInt64, endNs: UInt64) {
+        trace?.complete(name(), cat: cat, beginNs: beginNs, endNs: endNs, track: .compute)
+    }
+
     /// Records a non-blocking operation's lifetime, issue to observed completion, on the communication track.
     public func commInFlight(_ name: @autoclosure () -> String, beginNs: UInt64, endNs: UInt64) {
         trace?.complete(name(), cat: "comm", beginNs: beginNs, endNs: endNs, track: .communication)

@@ -60,7 +60,9 @@ public enum MemoryBench {
         }
         let path = NSTemporaryDirectory() + "tessera-bench-memory-\(getpid()).txt"
         var rng = SplitMix64(seed: 5)
-        FileManager.default.createFile(atPath: path, contents: Data((0..<(1 << 20)).map { _ in UInt8(32 + rng.next() % 95) }))
+        guard FileManager.default.createFile(atPath: path, contents: Data((0..<(1 << 20)).map { _ in UInt8(32 + rng.next() % 95) })) else {
+            throw TrainingError("bench-memory: cannot write its training text to \(path)")
+        }
         defer { try? FileManager.default.removeItem(atPath: path) }
         var out: [String] = []
         out.append("tessera bench-memory — \(ranks) rank(s) (ring \(o.ring) × Ulysses \(o.ulysses)), \(o.threads) thread(s) per rank, "

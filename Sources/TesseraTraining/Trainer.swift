@@ -173,6 +173,11 @@ public final class Trainer {
             tier.onError = { MPIRuntime.abort("rank \(rank): \($0) at step \(Watchdog.shared?.step ?? 0); aborting the job") }
         }
         model.memory = memory.memoryPlan
+        if timeline.trace != nil {
+            let tl = timeline
+            model.onRecompute = { name, t0, t1 in tl.mark(name, cat: "recompute", beginNs: t0, endNs: t1) }
+            memory.tier?.onBlocked = { t0, t1 in tl.mark("offload wait", cat: "wait", beginNs: t0, endNs: t1) }
+        }
         if let mesh, let layout = pipelineLayout {
             acts = nil
             pipeline = try PipelineEngine(plan: layout.plan, model: model, comm: mesh.pipeline, batch: microBatch,

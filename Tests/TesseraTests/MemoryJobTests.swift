@@ -49,7 +49,7 @@ final class MemoryJobTests: XCTestCase {
             XCTAssertEqual(j.run.valLosses, keep.run.valLosses, "\(what): validation losses differ from keep", file: file, line: line)
             XCTAssertEqual(Set(j.run.grads.keys), Set(keep.run.grads.keys), file: file, line: line)
             var differ = 0
-            for (k, g) in keep.run.grads { differ += zip(g, j.run.grads[k] ?? []).filter { $0 != $1 }.count }
+            for (k, g) in keep.run.grads { differ += g.count == j.run.grads[k]?.count ? zip(g, j.run.grads[k]!).filter { $0 != $1 }.count : g.count }
             XCTAssertEqual(differ, 0, "\(what): \(differ) gradient elements differ from keep's", file: file, line: line)
             XCTAssertEqual(j.peaks.count, np, "\(what): one peak per rank", file: file, line: line)
             XCTAssertEqual(j.peaks, j.predicted, "\(what): measured activation peaks vs predicted", file: file, line: line)
@@ -94,6 +94,25 @@ final class MemoryJobTests: XCTestCase {
                                          "--training.microbatches", "4"])
     }
 
+    /// GPipe (all micro-batches alive) and interleaved 1F1B (two chunks per stage, each with its own pool)
+    /// with a per-layer mix: keep's results bit for bit, and the measured peak of every rank = the prediction.
+    func testMixedPoliciesUnderGPipeAndInterleaved() throws {
+        for (name, schedule) in [("gpipe", ["--parallelism.pipeline_schedule", "gpipe"]),
+                                 ("inter", ["--parallelism.pipeline_schedule", "interleaved", "--parallelism.virtual_stages", "2"])] {
+            let layout = ["--parallelism.pp", "2", "--training.microbatches", "4"] + schedule
+            let keep = try Self.job(np: 2, "\(name)-keep", layout)
+            let mixed = try Self.job(np: 2, "\(name)-mixed", layout + ["--memory.layer_policy", "selective,offload,full,keep",
+                                     "--memory.offload_dir", Self.dir.appendingPathComponent("offload-\(name)").path])
+            XCTAssertEqual(mixed.run.losses, keep.run.losses, name)
+            XCTAssertEqual(mixed.run.valLosses, keep.run.valLosses, name)
+            var differ = 0
+            for (k, g) in keep.run.grads { differ += g.count == mixed.run.grads[k]?.count ? zip(g, mixed.run.grads[k]!).filter { $0 != $1 }.count : g.count }
+            XCTAssertEqual(differ, 0, "\(name): \(differ) gradient elements differ from keep's")
+            XCTAssertEqual(keep.peaks, keep.predicted, "\(name) keep: measured vs predicted")
+            XCTAssertEqual(mixed.peaks, mixed.predicted, "\(name) mixed: measured vs predicted")
+        }
+    }
+
     func testOffloadDirectoryIsEmptyAfterARankDies() throws {
         let offloadDir = Self.dir.appendingPathComponent("offload-fault").path
         let cfg = try DataParallelTests.config()
@@ -108,13 +127,24 @@ final class MemoryJobTests: XCTestCase {
     func testUnwritableOffloadDirectoryFailsBeforeTraining() throws {
         try FileManager.default.createDirectory(at: Self.dir, withIntermediateDirectories: true)
         let file = Self.dir.appendingPathComponent("a-file").path
-        FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data("x".utf8)))
         let cfg = try DataParallelTests.config()
         let (status, out) = try runProcess([CommandTests.binary, "train", cfg, "--memory.policy", "offload",
                                             "--memory.offload_dir", file + "/offload"], timeout: 120)
         XCTAssertNotEqual(status, 0, out)
         XCTAssertTrue(out.contains("memory.offload_dir = '\(file)/offload'") && out.contains("expected a writable directory"), out)
         XCTAssertFalse(out.contains("step 1/"), "training started despite the bad offload directory\n\(out)")
+    }
+
+    /// With `--trace`, each recomputation is a span inside its backward.
+    func testTraceMarksRecomputation() throws {
+        let traceDir = Self.dir.appendingPathComponent("trace").path
+        let cfg = try DataParallelTests.config()
+        let (status, out) = try runProcess([CommandTests.binary, "train", cfg, "--training.steps", "1", "--training.eval_every", "0",
+                                            "--memory.layer_policy", "selective,full", "--trace", traceDir], timeout: 120)
+        XCTAssertEqual(status, 0, out)
+        let trace = try String(contentsOfFile: traceDir + "/trace-rank0.json", encoding: .utf8)
+        XCTAssertTrue(trace.contains("recompute L0 (selective)") && trace.contains("recompute L1 (full)"), String(trace.prefix(2000)))
     }
 
     /// `tessera bench-memory` prints a row per policy with measured = predicted activation MiB.

@@ -74,7 +74,7 @@ final class MemoryTests: XCTestCase {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let file = dir + "/not-a-directory"
-        FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data("x".utf8)))
         XCTAssertThrowsError(try OffloadTier(directory: file + "/sub", rank: 3)) { e in
             let m = "\(e)"
             XCTAssertTrue(m.contains("memory.offload_dir") && m.contains(file) && m.contains("rank 3"), m)

@@ -48,6 +48,8 @@ public enum MemoryBench {
     struct Cell {
         var steps: [Double] = [], recompute: [Double] = [], io: [Double] = [], wait: [Double] = []
         var peak = 0, predicted = 0, sequenceBytes = 0, layers = "", budget = 0
+        /// The planner's predicted extra seconds per step over keep.
+        var predictedExtra = 0.0
     }
 
     static func median(_ x: [Double]) -> Double { let s = x.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
@@ -64,6 +66,10 @@ public enum MemoryBench {
             throw TrainingError("bench-memory: cannot write its training text to \(path)")
         }
         defer { try? FileManager.default.removeItem(atPath: path) }
+        // The planner's time model needs the sgemm rate and the tier's bandwidth: measured once here, as the
+        // trainer measures them for `auto`.
+        let flopRate = SgemmProbe.measure(threads: o.threads).flops
+        let bandwidth = try OffloadTier(directory: o.offloadDir, rank: runtime?.rank ?? 0).measureBandwidth()
         var out: [String] = []
         out.append("tessera bench-memory — \(ranks) rank(s) (ring \(o.ring) × Ulysses \(o.ulysses)), \(o.threads) thread(s) per rank, "
                    + "median of \(o.rounds) round(s) × \(o.steps) steps after \(o.warmup) warm-up, all policies in this one run")
@@ -73,7 +79,8 @@ public enum MemoryBench {
         out.append("act = activation memory held (saved tensors + recompute buffer + offload staging; not the backward's "
                    + "gradient workspace), max over ranks; pred = the planner's prediction; cut = keep's act ÷ this act; "
                    + "hidden = 1 − (compute time blocked on the tier) ÷ (the I/O thread's time); seq = bytes per step a rank sends "
-                   + "over ring/Ulysses, extra = over keep")
+                   + "over ring/Ulysses, extra = over keep; Δ ms = step time over keep's, measured and as the auto planner predicts it "
+                   + "(sgemm \(fmt(flopRate / 1e9, 0)) GFLOP/s, tier write \(fmt(bandwidth.write / 1e9, 2)) / read \(fmt(bandwidth.read / 1e9, 2)) GB/s)")
         for name in o.sizes {
             guard let s = sizes.first(where: { $0.name == name }) else { throw TrainingError("bench-memory: unknown size '\(name)' (\(sizes.map(\.name).joined(separator: ", ")))") }
             var cells: [String: Cell] = [:]
@@ -108,6 +115,8 @@ public enum MemoryBench {
                     cell.predicted = summary.predictedBytes.max() ?? 0
                     cell.sequenceBytes = summary.sequenceBytesMax
                     cell.layers = LayerPolicy.describe(trainer.memory.plan.policies)
+                    cell.predictedExtra = trainer.memory.costs.planner(flopRate: flopRate, tier: bandwidth)
+                        .seconds(trainer.memory.plan.policies)
                     cell.budget = budget
                     cells[policy] = cell
                 }
@@ -117,7 +126,7 @@ public enum MemoryBench {
             out.append("")
             out.append("size \(s.name): d \(s.d), \(s.layers) layers, \(s.heads) heads, batch \(s.batch) × seq \(s.seq)"
                        + (ranks > 1 ? " (\(s.seq / ranks) tokens per rank)" : ""))
-            out.append("policy     layers                       act MiB  pred MiB   cut   step ms  vs keep  recompute ms  I/O ms  "
+            out.append("policy     layers                       act MiB  pred MiB   cut   step ms  vs keep  Δ ms  pred Δ  recompute ms  I/O ms  "
                        + "waited ms  hidden   seq MiB  extra")
             for policy in o.policies {
                 guard let c = cells[policy] else { continue }
@@ -128,6 +137,7 @@ public enum MemoryBench {
                 row += mib(c.peak).leftPad(9) + mib(c.predicted).leftPad(10)
                 row += (fmt(Double(keep.peak) / Double(max(c.peak, 1)), 2) + "×").leftPad(7)
                 row += fmt(1000 * step, 0).leftPad(9) + (fmt(step / keepStep, 2) + "×").leftPad(8)
+                row += fmt(1000 * (step - keepStep), 0).leftPad(6) + fmt(1000 * c.predictedExtra, 0).leftPad(8)
                 row += fmt(1000 * median(c.recompute), 0).leftPad(14) + fmt(1000 * io, 0).leftPad(8) + fmt(1000 * wait, 0).leftPad(11)
                 row += (io > 0 ? fmt(100 * max(0, 1 - wait / io), 0) + "%" : "–").leftPad(8)
                 row += fmt(Double(c.sequenceBytes) / 1_048_576, 1).leftPad(10)

@@ -57,7 +57,8 @@ public struct ActivationCosts {
         let c = Double(config.dModel), n = Double(n)
         let attention = 2 * Double(batch * tokens) * Double(seqLen) * c  // causal: half of 4·t·S·c
         let elementwise = 4 * 20 * n * c / memoryRate                    // LayerNorms, residuals, GELU: ~20 passes of N·C
-        return ((24 * n * c * c + attention) / flopRate + elementwise, 20 * n * c * c / flopRate + 0.75 * elementwise)
+        // full: the whole block (qkv 6, projection 2, MLP 16 · N·C² FLOPs, attention); selective: projection and MLP input (2 + 8).
+        return ((24 * n * c * c + attention) / flopRate + elementwise, 10 * n * c * c / flopRate + 0.75 * elementwise)
     }
 
     /// The planner's view of this rank. `tier`: write and read bytes/s of the offload tier (nil: offload is

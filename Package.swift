@@ -33,6 +33,9 @@ let package = Package(
         .target(name: "TesseraKernels", dependencies: ["COpenBLAS"], swiftSettings: fast),
         // Activation memory: the store and its meter, layer policies, the offload tier, the budget planner.
         .target(name: "TesseraMemory", dependencies: ["TesseraKernels"], swiftSettings: fast),
+        // Checkpoints: the format (manifest, per-rank safetensors shards, checksums), atomic commit, reading
+        // any range of a saved tensor from the shards that overlap it.
+        .target(name: "TesseraCheckpoint", swiftSettings: fast),
         // The GPT-2 model: named global parameters, their initialisation, forward and backward.
         .target(name: "TesseraModel", dependencies: ["TesseraKernels", "TesseraMemory"], swiftSettings: fast),
         // Data parallelism: bucketed, overlapped gradient reduction and ZeRO-1 partitions.
@@ -52,7 +55,7 @@ let package = Package(
         // The `tessera` command.
         .executableTarget(name: "tessera", dependencies: ["TesseraTraining"], swiftSettings: fast),
         .testTarget(name: "TesseraTests",
-                    dependencies: ["TesseraTraining", "TesseraModel", "TesseraMemory", "TesseraKernels", "TesseraComm", "TesseraTimeline",
+                    dependencies: ["TesseraTraining", "TesseraModel", "TesseraMemory", "TesseraCheckpoint", "TesseraKernels", "TesseraComm", "TesseraTimeline",
                                  "TesseraDataParallel", "TesseraSequenceParallel", "TesseraPipeline", "tessera"]),
     ]
 )

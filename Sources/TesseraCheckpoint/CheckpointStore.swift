@@ -1,0 +1,247 @@
+// Writing and reading checkpoint directories. A checkpoint becomes visible only when complete:
+//   1. every rank writes its shard file into <root>/.tmp-step-NNNNNN/ and fsyncs it;
+//   2. rank 0, once all of them have (the caller synchronises), writes manifest.json, fsyncs it and the
+//      directory, renames the directory to step-NNNNNN, fsyncs the root;
+//   3. the `latest` pointer is replaced the same way (write latest.tmp, fsync, rename), and checkpoints
+//      beyond the newest `keep` are removed.
+// A crash at any point leaves either the previous `latest` or the new one, each complete. Temporary
+// directories of crashed saves are never read, and the next commit removes them.
+
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public enum CheckpointStore {
+    public static func name(step: Int) -> String { String(format: "step-%06d", step) }
+    static func tempName(step: Int) -> String { ".tmp-" + name(step: step) }
+    public static func fileName(rank: Int) -> String { "rank-\(rank).safetensors" }
+
+    /// One shard to write: elements `start..<start+values.count` of `kind` of tensor `tensor`.
+    public struct Piece {
+        public let tensor: String, kind: String, start: Int, values: UnsafeBufferPointer<Float>
+        public init(tensor: String, kind: String, start: Int, values: UnsafeBufferPointer<Float>) {
+            self.tensor = tensor; self.kind = kind; self.start = start; self.values = values
+        }
+    }
+
+    /// Writes this rank's shards as one safetensors file in the step's temporary directory (made if missing)
+    /// and fsyncs it. Returns the manifest records of its shards.
+    public static func writeShards(root: String, step: Int, rank: Int, pieces: [Piece]) throws -> [CheckpointManifest.Shard] {
+        let dir = root + "/" + tempName(step: step)
+        do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+            throw CheckpointError("checkpoint.dir = '\(root)': cannot create \(dir): \((error as NSError).localizedDescription)")
+        }
+        let file = fileName(rank: rank), path = dir + "/" + file
+        var header: [String: Any] = [:]
+        var offset = 0
+        for p in pieces {
+            header["\(p.kind)/\(p.tensor)/\(p.start)"] = ["dtype": "F32", "shape": [p.values.count],
+                                                          "data_offsets": [offset, offset + 4 * p.values.count]] as [String: Any]
+            offset += 4 * p.values.count
+        }
+        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        while (json.count + 8) % 8 != 0 { json.append(0x20) }
+        let dataStart = 8 + json.count
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw CheckpointError("\(path): cannot create: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var records: [CheckpointManifest.Shard] = []
+        var prefix = Data()
+        withUnsafeBytes(of: UInt64(json.count).littleEndian) { prefix.append(contentsOf: $0) }
+        prefix.append(json)
+        try prefix.withUnsafeBytes { try writeAll(fd, $0, path: path) }
+        var at = dataStart
+        for p in pieces {
+            let bytes = UnsafeRawBufferPointer(p.values)
+            try writeAll(fd, bytes, path: path)
+            records.append(.init(tensor: p.tensor, kind: p.kind, start: p.start, count: p.values.count, rank: rank, file: file,
+                                 byteOffset: at, checksum: Checksum.hex(Checksum.hash(bytes))))
+            at += bytes.count
+        }
+        guard fsync(fd) == 0 else { throw CheckpointError("\(path): fsync failed: \(String(cString: strerror(errno)))") }
+        return records
+    }
+
+    static func writeAll(_ fd: Int32, _ b: UnsafeRawBufferPointer, path: String) throws {
+        var done = 0
+        while done < b.count {
+            let n = write(fd, b.baseAddress! + done, b.count - done)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw CheckpointError("\(path): write failed: \(String(cString: strerror(errno)))") }
+            done += n
+        }
+    }
+
+    static func fsyncPath(_ path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw CheckpointError("\(path): cannot open to fsync: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw CheckpointError("\(path): fsync failed: \(String(cString: strerror(errno)))") }
+    }
+
+    /// Rank 0, after every rank's `writeShards` returned: makes the checkpoint visible and keeps the newest
+    /// `keep`. Returns its path.
+    @discardableResult
+    public static func commit(root: String, manifest: CheckpointManifest, keep: Int) throws -> String {
+        let fm = FileManager.default
+        let temp = root + "/" + tempName(step: manifest.step), final = root + "/" + name(step: manifest.step)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let data = try encoder.encode(manifest)
+        let manifestPath = temp + "/manifest.json"
+        let fd = open(manifestPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw CheckpointError("\(manifestPath): cannot create: \(String(cString: strerror(errno)))") }
+        do {
+            defer { close(fd) }
+            try data.withUnsafeBytes { try writeAll(fd, $0, path: manifestPath) }
+            guard fsync(fd) == 0 else { throw CheckpointError("\(manifestPath): fsync failed") }
+        }
+        try fsyncPath(temp)
+        if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }  // the same step saved again
+        guard rename(temp, final) == 0 else {
+            throw CheckpointError("cannot rename \(temp) to \(final): \(String(cString: strerror(errno)))")
+        }
+        try fsyncPath(root)
+        try setLatest(root: root, name: name(step: manifest.step))
+        try prune(root: root, keep: keep)
+        return final
+    }
+
+    /// Points `latest` at checkpoint `name` (atomically).
+    public static func setLatest(root: String, name: String) throws {
+        let tmp = root + "/latest.tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw CheckpointError("\(tmp): cannot create: \(String(cString: strerror(errno)))") }
+        do {
+            defer { close(fd) }
+            try Data((name + "\n").utf8).withUnsafeBytes { try writeAll(fd, $0, path: tmp) }
+            guard fsync(fd) == 0 else { throw CheckpointError("\(tmp): fsync failed") }
+        }
+        guard rename(tmp, root + "/latest") == 0 else { throw CheckpointError("cannot update \(root)/latest: \(String(cString: strerror(errno)))") }
+        try fsyncPath(root)
+    }
+
+    /// Complete checkpoints under `root` (a directory step-N holding manifest.json), newest first.
+    public static func list(root: String) -> [(step: Int, path: String)] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        return names.compactMap { n -> (Int, String)? in
+            guard n.hasPrefix("step-"), let s = Int(n.dropFirst(5)),
+                  FileManager.default.fileExists(atPath: root + "/" + n + "/manifest.json") else { return nil }
+            return (s, root + "/" + n)
+        }.sorted { $0.0 > $1.0 }
+    }
+
+    /// The checkpoint `latest` names (nil when there is none).
+    public static func latest(root: String) -> String? {
+        guard let text = try? String(contentsOfFile: root + "/latest", encoding: .utf8) else { return nil }
+        let n = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        let path = root + "/" + n
+        return FileManager.default.fileExists(atPath: path + "/manifest.json") ? path : nil
+    }
+
+    /// Removes all but the newest `keep` complete checkpoints (never the one `latest` names) and the
+    /// temporary directories of saves that never committed.
+    static func prune(root: String, keep: Int) throws {
+        let fm = FileManager.default
+        let current = latest(root: root)
+        for (i, c) in list(root: root).enumerated() where i >= keep && c.path != current {
+            try fm.removeItem(atPath: c.path)
+        }
+        // Temporary directories of saves that never committed, at or below the newest committed step (a save
+        // still in progress is of a newer step).
+        let newest = list(root: root).first?.step ?? 0
+        for n in (try? fm.contentsOfDirectory(atPath: root)) ?? [] where n.hasPrefix(".tmp-step-") {
+            if let s = Int(n.dropFirst(".tmp-step-".count)), s <= newest { try? fm.removeItem(atPath: root + "/" + n) }
+        }
+    }
+}
+
+/// A committed checkpoint: its manifest, and reads of any element range of any saved tensor from the
+/// shards that overlap it, each shard checked against its checksum before its first use.
+public final class CheckpointReader {
+    public let path: String
+    public let manifest: CheckpointManifest
+    private var verified: Set<Int> = []
+
+    public init(path: String) throws {
+        self.path = path
+        let m = path + "/manifest.json"
+        guard let data = FileManager.default.contents(atPath: m) else { throw CheckpointError("\(m): cannot read the manifest") }
+        do { manifest = try JSONDecoder().decode(CheckpointManifest.self, from: data) } catch {
+            throw CheckpointError("\(m): not a Tessera checkpoint manifest: \(error)")
+        }
+        guard manifest.format == CheckpointManifest.formatName else {
+            throw CheckpointError("\(m): format '\(manifest.format)', expected '\(CheckpointManifest.formatName)'")
+        }
+    }
+
+    /// Elements `range` of `kind` of tensor `name` into `dst` (dst[0] is element range.lowerBound).
+    public func read(tensor name: String, kind: String, range: Range<Int>, into dst: UnsafeMutablePointer<Float>) throws {
+        guard let t = manifest.tensor(name) else { throw CheckpointError("\(path): no tensor '\(name)' in the checkpoint") }
+        guard range.lowerBound >= 0, range.upperBound <= t.count else {
+            throw CheckpointError("\(path): elements \(range) of '\(name)' outside its \(t.count)")
+        }
+        var covered = 0
+        for (i, s) in manifest.shards.enumerated() where s.tensor == name && s.kind == kind {
+            let lo = max(s.start, range.lowerBound), hi = min(s.start + s.count, range.upperBound)
+            guard lo < hi else { continue }
+            let values = try shardValues(i)
+            (dst + (lo - range.lowerBound)).update(from: values + (lo - s.start), count: hi - lo)
+            values.deallocate()
+            covered += hi - lo
+        }
+        guard covered >= range.count else {
+            throw CheckpointError("\(path): elements \(range) of \(kind) of '\(name)' are not all in the checkpoint (\(covered) found)")
+        }
+    }
+
+    /// Reads shard i whole and checks it (the caller deallocates).
+    private func shardValues(_ i: Int) throws -> UnsafeMutablePointer<Float> {
+        let s = manifest.shards[i], file = path + "/" + s.file
+        let buf = UnsafeMutablePointer<Float>.allocate(capacity: max(s.count, 1))
+        let fd = open(file, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { buf.deallocate(); throw CheckpointError("\(file): cannot open: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var done = 0
+        let bytes = 4 * s.count
+        while done < bytes {
+            let n = pread(fd, UnsafeMutableRawPointer(buf) + done, bytes - done, off_t(s.byteOffset + done))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { buf.deallocate(); throw CheckpointError("\(file): tensor '\(s.tensor)' (\(s.kind)) is truncated") }
+            done += n
+        }
+        if !verified.contains(i) {
+            let sum = Checksum.hex(Checksum.hash(UnsafeRawBufferPointer(start: buf, count: bytes)))
+            guard sum == s.checksum else {
+                buf.deallocate()
+                throw CheckpointError("\(file): tensor '\(s.tensor)' (\(s.kind), elements \(s.range)) fails its checksum: "
+                                      + "stored \(s.checksum), computed \(sum); the file is corrupt")
+            }
+            verified.insert(i)
+        }
+        return buf
+    }
+
+    /// Checks every shard's checksum.
+    public func verifyAll() throws {
+        for i in manifest.shards.indices { try shardValues(i).deallocate() }
+    }
+
+    /// The newest checkpoint under `root` that verifies, newest first from `latest`; `skipped` gets a line
+    /// for each newer one that did not (so that the caller can say so).
+    public static func newestValid(root: String, skipped: inout [String]) -> CheckpointReader? {
+        var candidates = CheckpointStore.list(root: root).map(\.path)
+        if let l = CheckpointStore.latest(root: root), let i = candidates.firstIndex(of: l) {
+            candidates.remove(at: i); candidates.insert(l, at: 0)
+        }
+        for c in candidates {
+            do {
+                let r = try CheckpointReader(path: c)
+                try r.verifyAll()
+                return r
+            } catch { skipped.append("\(error)") }
+        }
+        return nil
+    }
+}

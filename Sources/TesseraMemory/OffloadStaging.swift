@@ -8,8 +8,6 @@
 // also on disk can always be taken over, and a block found still in a slot at its backward is used from
 // memory (its write, if not started, is cancelled).
 
-import TesseraKernels
-
 public final class OffloadStaging {
     public let tier: OffloadTier
     /// Floats per slot (one block's tensors).
@@ -36,9 +34,12 @@ public final class OffloadStaging {
 
     /// An unpinned slot: a free one, else the least recently used; its I/O in flight is finished first.
     private func take(for region: Int) -> Int {
-        let free = (0..<slots.count).filter { !pinned[$0] }
-        precondition(!free.isEmpty, "offload staging: every slot is in use")
-        let i = free.first { owner[$0] == nil } ?? free.min { lastUse[$0] < lastUse[$1] }!
+        var pick: Int?
+        for j in slots.indices where !pinned[j] {
+            if owner[j] == nil { pick = j; break }
+            if pick == nil || lastUse[j] < lastUse[pick!] { pick = j }
+        }
+        guard let i = pick else { preconditionFailure("offload staging: every slot is in use") }
         if lastJob[i] > 0 { tier.wait(lastJob[i]) }
         owner[i] = region; lastJob[i] = 0; lastIsRead[i] = false
         return i

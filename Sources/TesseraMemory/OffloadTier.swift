@@ -72,7 +72,6 @@ public final class OffloadTier: @unchecked Sendable {
             close(fd)
             throw fail("cannot write and read back a test page: \(e)")
         }
-        probe.removeAll()
         worker = Worker(fd: fd)
         worker.canPunch = punchHole(fd, 0x03 /* PUNCH_HOLE | KEEP_SIZE */, 0, 4096) == 0
         let t = Thread { [worker] in worker.run() }
@@ -115,16 +114,21 @@ public final class OffloadTier: @unchecked Sendable {
     }
 
     /// Blocks until job `id` is done; the time blocked counts as not hidden.
+    /// A failed job (an earlier write included) ends the run here, even when job `id` itself is done: a read
+    /// of a region whose write failed would otherwise return zeros.
     public func wait(_ id: Int) {
         worker.cond.lock()
-        if worker.finished >= id { worker.cond.unlock(); return }
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        while worker.finished < id && worker.failure == nil { worker.cond.wait() }
-        let t1 = DispatchTime.now().uptimeNanoseconds
-        worker.stats.waitNs += t1 - t0
+        var blocked: (UInt64, UInt64)?
+        if worker.finished < id && worker.failure == nil {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            while worker.finished < id && worker.failure == nil { worker.cond.wait() }
+            let t1 = DispatchTime.now().uptimeNanoseconds
+            worker.stats.waitNs += t1 - t0
+            blocked = (t0, t1)
+        }
         let failure = worker.failure
         worker.cond.unlock()
-        onBlocked?(t0, t1)
+        if let blocked { onBlocked?(blocked.0, blocked.1) }
         if let failure { onError("offload tier '\(directory)': \(failure)") }
     }
 

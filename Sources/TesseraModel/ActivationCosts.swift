@@ -11,7 +11,8 @@ public struct ActivationCosts {
     public let batch: Int, tokens: Int, seqLen: Int
     /// Layers per chunk of this rank and, per chunk, activation sets alive at once.
     public let chunks: [Range<Int>], setsPerChunk: [Int]
-    public let embeds: [Bool], heads: [Bool]
+    /// Per chunk: it ends with the head (ln_f, the LM head and the loss).
+    public let heads: [Bool]
     /// The head chunk keeps its own loss gradient (pipeline schedules).
     public let ownLossGradient: Bool
     public let attentionSaved: Int, attentionReadsQKV: Bool
@@ -22,7 +23,6 @@ public struct ActivationCosts {
                 ownLossGradient: Bool, attentionSaved: Int, attentionReadsQKV: Bool, microbatches: Int) {
         self.config = config; self.batch = batch; self.tokens = tokens; self.seqLen = seqLen
         chunks = stage.chunks; self.setsPerChunk = setsPerChunk
-        embeds = stage.chunks.indices.map { stage.embeds(chunk: $0) }
         heads = stage.chunks.indices.map { stage.endsWithHead(chunk: $0) }
         self.ownLossGradient = ownLossGradient; self.attentionSaved = attentionSaved
         self.attentionReadsQKV = attentionReadsQKV; self.microbatches = microbatches
@@ -34,22 +34,14 @@ public struct ActivationCosts {
     }
 
     /// Bytes a block keeps per set under `keep` and `selective` (as `Activations.init` allocates them).
-    public var keepBytes: Int { 4 * shape.floats }
-    public var selectiveBytes: Int {
-        let c = config.dModel
-        return 4 * ((attentionReadsQKV ? 3 * n * c : 0) + n * c + shape.lse + shape.attention)
-    }
+    public var keepBytes: Int { 4 * shape.keptFloats(.keep, readsQKV: attentionReadsQKV) }
+    public var selectiveBytes: Int { 4 * shape.keptFloats(.selective, readsQKV: attentionReadsQKV) }
 
     /// Bytes every plan holds: per set, the residual stream and (head chunk) ln_f and the loss gradient.
     public var fixedBytes: Int {
-        let c = config.dModel
-        var b = 0
-        for (i, r) in chunks.enumerated() {
-            var set = (r.count + 1) * n * c
-            if heads[i] { set += n * c + 2 * n + (ownLossGradient ? n * c : 0) }
-            b += setsPerChunk[i] * 4 * set
+        chunks.indices.reduce(0) {
+            $0 + setsPerChunk[$1] * 4 * shape.fixedFloats(layers: chunks[$1].count, head: heads[$1], ownLossGradient: ownLossGradient)
         }
-        return b
     }
 
     /// Seconds of one block's forward and of a selective recomputation, per micro-batch.

@@ -79,6 +79,20 @@ public final class Activations: @unchecked Sendable {
     struct LayerShape {
         let n: Int, c: Int, lse: Int, attention: Int
         var floats: Int { 15 * n * c + 4 * n + lse + attention }
+        /// Floats a set keeps of one block under `policy` (as `Activations.init` allocates them; the
+        /// recompute buffer and the staging slots are the workspace's).
+        func keptFloats(_ policy: LayerPolicy, readsQKV: Bool) -> Int {
+            switch policy {
+            case .keep: floats
+            case .selective: (readsQKV ? 3 * n * c : 0) + n * c + lse + attention  // qkv, atty, lse, attnSaved
+            case .full, .offload: 0
+            }
+        }
+        /// Floats a set keeps whatever its policies: the residual stream, and ln_f with (pipeline) its own
+        /// loss gradient on the head chunk.
+        func fixedFloats(layers: Int, head: Bool, ownLossGradient: Bool) -> Int {
+            (layers + 1) * n * c + (head ? n * c + 2 * n + (ownLossGradient ? n * c : 0) : 0)
+        }
         func carve(_ p: UnsafeMutablePointer<Float>) -> Layer {
             var o = 0
             func take(_ k: Int) -> UnsafeMutablePointer<Float> { defer { o += k }; return p + o }

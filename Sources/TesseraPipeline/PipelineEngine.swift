@@ -273,7 +273,8 @@ public final class PipelineEngine {
     /// Activation sets each chunk's pool grows to under `actions`, by the engine's rule: a set is taken when
     /// the receive of a forward's input is posted (one action ahead) or its forward starts, and returned after
     /// its backward (a set whose output send is still in flight when it is returned would add one more).
-    public static func predictedSets(actions: [PipelineAction], chunks: Int, firstChunkReceives: (Int) -> Bool) -> [Int] {
+    /// `receives(chunk)`: the chunk's forward input comes from another stage.
+    public static func predictedSets(actions: [PipelineAction], chunks: Int, receives: (Int) -> Bool) -> [Int] {
         var alive = Array(repeating: 0, count: chunks), peak = alive
         var taken = Set<Int>()
         func take(_ a: PipelineAction) {
@@ -281,9 +282,8 @@ public final class PipelineEngine {
             alive[a.chunk] += 1; peak[a.chunk] = max(peak[a.chunk], alive[a.chunk])
         }
         for (i, a) in actions.enumerated() {
-            if firstChunkReceives(a.chunk) { take(a) }
-            if i + 1 < actions.count, firstChunkReceives(actions[i + 1].chunk) { take(actions[i + 1]) }
-            take(a)
+            take(a)  // at its forward, if its receive has not taken it already
+            if i + 1 < actions.count, receives(actions[i + 1].chunk) { take(actions[i + 1]) }
             if a.kind == .backward { alive[a.chunk] -= 1 }
         }
         return peak

@@ -130,7 +130,6 @@ public enum MemoryBench {
                        + "waited ms  hidden   seq MiB  extra")
             for policy in o.policies {
                 guard let c = cells[policy] else { continue }
-                let mib = { (b: Int) in fmt(Double(b) / 1_048_576, 1) }
                 let step = median(c.steps), io = median(c.io), wait = median(c.wait)
                 var row = policy.padding(toLength: 10, withPad: " ", startingAt: 0) + " "
                 row += c.layers.padding(toLength: 27, withPad: " ", startingAt: 0)
@@ -140,8 +139,8 @@ public enum MemoryBench {
                 row += fmt(1000 * (step - keepStep), 0).leftPad(6) + fmt(1000 * c.predictedExtra, 0).leftPad(8)
                 row += fmt(1000 * median(c.recompute), 0).leftPad(14) + fmt(1000 * io, 0).leftPad(8) + fmt(1000 * wait, 0).leftPad(11)
                 row += (io > 0 ? fmt(100 * max(0, 1 - wait / io), 0) + "%" : "–").leftPad(8)
-                row += fmt(Double(c.sequenceBytes) / 1_048_576, 1).leftPad(10)
-                row += (ranks > 1 ? fmt(Double(c.sequenceBytes - keep.sequenceBytes) / 1_048_576, 1) : "–").leftPad(7)
+                row += mib(c.sequenceBytes).leftPad(10)
+                row += (ranks > 1 ? mib(c.sequenceBytes - keep.sequenceBytes) : "–").leftPad(7)
                 if policy == "auto" { row += "   (budget \(mib(c.budget)) MiB)" }
                 out.append(row)
             }

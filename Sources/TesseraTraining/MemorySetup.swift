@@ -66,7 +66,6 @@ public struct MemorySetup {
 
     /// The banner lines: this rank's plan and prediction.
     public func describe() -> String {
-        let mib = { (b: Int) in String(format: "%.1f", Double(b) / 1_048_576) }
         var s = "  activations: " + (auto ? "auto plan for a budget of \(mib(budget)) MiB per rank: " : "policy ")
             + LayerPolicy.describe(plan.policies) + "; predicted peak \(mib(plan.predictedBytes)) MiB on this rank"
         s += " (keep everything: \(mib(planner.bytes(Array(repeating: .keep, count: plan.policies.count)))) MiB"

@@ -138,7 +138,6 @@ public final class MetricsSink {
 
     /// The activation line printed under the progress line.
     public static func activationLine(_ a: ActivationSummary) -> String {
-        let mib = { (b: Int) in fmt(Double(b) / 1_048_576, 1) }
         var s = "    activations: peak " + (a.peakBytes.count == 1 ? "\(mib(a.peakBytes[0])) MiB"
             : "\(mib(a.peakBytes.min() ?? 0))–\(mib(a.peakBytes.max() ?? 0)) MiB per rank")
         let pred = a.predictedBytes
@@ -176,6 +175,8 @@ public struct TrainingError: Error, CustomStringConvertible {
 }
 
 func fmt(_ x: Double, _ digits: Int) -> String { String(format: "%.\(digits)f", x) }
+/// Bytes as MiB with `digits` decimals.
+func mib(_ bytes: Int, _ digits: Int = 1) -> String { fmt(Double(bytes) / 1_048_576, digits) }
 func sci(_ x: Double) -> String { String(format: "%.2e", x) }
 func duration(_ s: Double) -> String {
     guard s.isFinite else { return "?" }

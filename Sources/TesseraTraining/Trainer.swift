@@ -526,12 +526,11 @@ public final class Trainer {
                 s += l.ring > 1 ? " (ring: \(2 * l.ring) zigzag chunks of \(l.chunk)" + (l.ulysses > 1 ? "; Ulysses inside each ring position)" : ")") : " (Ulysses)"
             }
         }
-        let mib = { (b: Int) in fmt(Double(b) / 1_048_576, 2) }
         if let dpl = dataParallel, dpl.zero {
-            s += "\n  optimizer state: \(mib(optimizer.stateBytes)) MiB per rank (ZeRO-1 over \(dpl.group.size) data-parallel "
-            s += "rank(s); unsharded \(mib(unshardedOptimizerBytes)) MiB)"
+            s += "\n  optimizer state: \(mib(optimizer.stateBytes, 2)) MiB per rank (ZeRO-1 over \(dpl.group.size) data-parallel "
+            s += "rank(s); unsharded \(mib(unshardedOptimizerBytes, 2)) MiB)"
         } else {
-            s += "\n  optimizer state: \(mib(optimizer.stateBytes)) MiB per rank"
+            s += "\n  optimizer state: \(mib(optimizer.stateBytes, 2)) MiB per rank"
         }
         if let dpl = dataParallel {
             s += "\n  gradient reduction: \(dpl.buckets.count) bucket(s) of ≥ \(fmt(config.parallelism.bucketMb, 1)) MiB, "

@@ -50,7 +50,7 @@ let package = Package(
         // Training: config, data, optimizer, schedule, loop, metrics, sampling.
         .target(name: "TesseraTraining",
                 dependencies: ["TesseraModel", "TesseraMemory", "TesseraKernels", "TesseraComm", "TesseraTimeline", "TesseraDataParallel",
-                               "TesseraSequenceParallel", "TesseraPipeline", "TOMLKit", "CCommBench"],
+                               "TesseraSequenceParallel", "TesseraPipeline", "TesseraCheckpoint", "TOMLKit", "CCommBench"],
                 swiftSettings: fast),
         // The `tessera` command.
         .executableTarget(name: "tessera", dependencies: ["TesseraTraining"], swiftSettings: fast),

@@ -80,6 +80,19 @@ public enum CheckpointStore {
         guard fsync(fd) == 0 else { throw CheckpointError("\(path): fsync failed: \(String(cString: strerror(errno)))") }
     }
 
+    /// Before a run saves into `root`: makes the directory (an error names `setting`) and removes temporary
+    /// directories that crashed saves left (no save is running yet).
+    public static func prepare(root: String, setting: String) throws {
+        let fm = FileManager.default
+        do { try fm.createDirectory(atPath: root, withIntermediateDirectories: true) } catch {
+            throw CheckpointError("\(setting) = '\(root)': cannot create the directory: \((error as NSError).localizedDescription)")
+        }
+        guard access(root, W_OK) == 0 else { throw CheckpointError("\(setting) = '\(root)': the directory is not writable") }
+        for n in (try? fm.contentsOfDirectory(atPath: root)) ?? [] where n.hasPrefix(".tmp-step-") {
+            try? fm.removeItem(atPath: root + "/" + n)
+        }
+    }
+
     /// Rank 0, after every rank's `writeShards` returned: makes the checkpoint visible and keeps the newest
     /// `keep`. Returns its path.
     @discardableResult
@@ -89,6 +102,7 @@ public enum CheckpointStore {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data = try encoder.encode(manifest)
+        try? fm.createDirectory(atPath: temp, withIntermediateDirectories: true)
         let manifestPath = temp + "/manifest.json"
         let fd = open(manifestPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw CheckpointError("\(manifestPath): cannot create: \(String(cString: strerror(errno)))") }

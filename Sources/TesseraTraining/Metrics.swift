@@ -70,17 +70,37 @@ public final class MetricsSink {
     let file: FileHandle?
     let tensorboard: TensorBoardWriter?
 
-    public init(metricsPath: String?, tensorboardDir: String?) throws {
+    /// `keepThrough`: a resumed run keeps the records of steps up to the checkpoint's step from an existing
+    /// metrics file (the history before the interruption) and replaces the rest.
+    public init(metricsPath: String?, tensorboardDir: String?, keepThrough: Int? = nil) throws {
         if let path = metricsPath {
             let url = URL(fileURLWithPath: path)
             try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-            guard FileManager.default.createFile(atPath: path, contents: nil),
+            var kept = Data()
+            if let keepThrough, keepThrough > 0, let old = try? String(contentsOfFile: path, encoding: .utf8) {
+                for line in old.split(separator: "\n") {
+                    guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { continue }
+                    let step = (obj["step"] as? Int) ?? ((obj["checkpoint"] as? [String: Any])?["step"] as? Int) ?? Int.max
+                    if step <= keepThrough { kept.append(Data((line + "\n").utf8)) }
+                }
+            }
+            guard FileManager.default.createFile(atPath: path, contents: kept),
                   let h = FileHandle(forWritingAtPath: path) else {
                 throw TrainingError("metrics.path = '\(path)': cannot create the metrics file")
             }
+            h.seekToEndOfFile()
             file = h
         } else { file = nil }
         tensorboard = try tensorboardDir.map { try TensorBoardWriter(directory: $0) }
+    }
+
+    /// One line per checkpoint: {"checkpoint": {...}} (no "loss": readers of step records skip it).
+    public func recordCheckpoint(_ e: CheckpointEvent) {
+        let obj: [String: Any] = ["checkpoint": ["step": e.step, "mode": e.mode, "path": e.path, "blocked_s": e.blockedSeconds,
+                                                 "durable_s": e.durableSeconds, "bytes": e.bytes] as [String: Any]]
+        if let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
+            file?.write(data + Data("\n".utf8))
+        }
     }
 
     public func record(_ r: StepRecord) {

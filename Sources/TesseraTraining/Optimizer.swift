@@ -24,7 +24,8 @@ public final class AdamWOptimizer {
     public let grad: UnsafeMutablePointer<Float>
     public let m: FloatBuffer, v: FloatBuffer
     public var beta1: Double, beta2: Double, eps: Double, weightDecay: Double, clip: Double
-    public private(set) var step = 0
+    /// Optimizer steps taken (AdamW's bias correction); set when resuming from a checkpoint.
+    public internal(set) var step = 0
 
     /// The whole model on this rank.
     public convenience init(params: ParameterSet, grads: ParameterSet, beta1: Double, beta2: Double, eps: Double,

@@ -1,4 +1,5 @@
 import Foundation
+import TesseraCheckpoint
 import TesseraComm
 import TesseraDataParallel
 import TesseraKernels
@@ -78,6 +79,14 @@ public final class Trainer {
     public private(set) var lastActivation = ActivationStep()
     /// Full (unsharded) optimizer state bytes, for the ZeRO report.
     public let unshardedOptimizerBytes: Int
+    /// Saving (sync or lazy) and restoring checkpoints.
+    let checkpointer: Checkpointer
+    /// The first step this run trains (the checkpoint's step after `resume`).
+    public private(set) var startStep = 0
+    /// The stop signal that ended the run early (after a save), nil if it ran to the end.
+    public private(set) var stoppedBy: Int32?
+    /// Every checkpoint this run saved.
+    public var checkpointEvents: [CheckpointEvent] { checkpointer.events }
     public var log: (String) -> Void = { print($0); fflush(nil) }
     public private(set) var history: [StepRecord] = []
     public var isRank0: Bool { (runtime?.rank ?? 0) == 0 }
@@ -213,6 +222,19 @@ public final class Trainer {
             if !model.stage.hasEmbedding { optimizer.normExcluded = 0..<wteCount }
         }
         unshardedOptimizerBytes = 2 * model.params.count * 4
+        // Checkpoints: one writer per group of replicas, or every replica its ZeRO-1 piece; the tied
+        // embedding's second copy (last stage) is not written.
+        let zero = dataParallel?.zero ?? false
+        let skip: Set<String> = model.stage.hasEmbedding ? [] : ["transformer.wte.weight"]
+        let sources = Checkpointer.sources(params: model.params, optimizer: optimizer,
+                                           writes: zero || (mesh?.replicas.rank ?? 0) == 0, skip: skip)
+        let c = config.checkpoint, rank = runtime?.rank ?? 0
+        checkpointer = Checkpointer(root: config.checkpointDir, keep: c.keep, lazy: c.mode == "lazy", rank: rank, world: mesh?.world,
+                                    sources: sources,
+                                    tensors: GPTParameters.specs(gpt).map { .init(name: $0.name, shape: $0.shape) },
+                                    mesh: ["pp": p.pp, "dp": p.dp, "ring": p.ring, "ulysses": p.ulysses, "zero": p.zero],
+                                    configText: ConfigLoader.render(config))
+        if c.every > 0 && rank == 0 { try CheckpointStore.prepare(root: config.checkpointDir, setting: "checkpoint.dir") }
         schedule = LRSchedule(peak: o.lr, minRatio: o.minLrRatio, warmup: o.warmupSteps, total: t.steps, decay: o.decay)
     }
 
@@ -277,6 +299,8 @@ public final class Trainer {
         }
         lossSum = globalSum(lossSum, label: "loss", step: step)
         if step == 0, let path = options.dumpGradientsPath { dumpGradients(path) }
+        // A lazy checkpoint in flight must have copied the state the optimizer is about to change.
+        timeline.work("checkpoint copy wait") { orAbort(step) { try checkpointer.waitCopied() } }
         let norm = timeline.work("optimizer") {
             optimizer.step(lr: schedule.lr(step)) { local in
                 var sq = local
@@ -408,7 +432,8 @@ public final class Trainer {
         if isRank0 { log(banner()) }
         var stepTimes: [Double] = []
         var interval = PhaseTotals(), intervalSteps = 0, intervalPipelineWaitNs: UInt64 = 0
-        for step in 0..<t.steps {
+        StopSignal.install()
+        for step in startStep..<t.steps {
             Watchdog.shared?.step = step + 1
             timeline.beginStep()
             let t0 = DispatchTime.now().uptimeNanoseconds
@@ -445,7 +470,16 @@ public final class Trainer {
                 }
             }
             history.append(record)
+            let signal = agreedStopSignal(step)
+            checkpointAfter(step: step + 1, force: signal != 0, metrics: metrics)
+            if signal != 0 {
+                stoppedBy = signal
+                if isRank0 { log("tessera: \(StopSignal.name(signal)) received: stopped after step \(step + 1) and saved it; exiting") }
+                break
+            }
         }
+        orAbort(t.steps) { try checkpointer.finish() }
+        reportCheckpoints(metrics)
         writeTrace()
         if pipeline != nil && config.sample.tokens > 0, let whole = gatherWholeModel(model.params) {
             let m = GPT(config: model.config, seed: 0)
@@ -453,6 +487,97 @@ public final class Trainer {
             wholeModel = m
         }
         return history
+    }
+
+    // MARK: checkpoints
+
+    /// After step `done`'s optimizer step: saves when due (every `checkpoint.every` steps, the last step, or
+    /// `force`), else lets a lazy save in flight move on (a collective either way).
+    func checkpointAfter(step done: Int, force: Bool, metrics: MetricsSink?) {
+        let c = config.checkpoint, t = config.training
+        let due = force || (c.every > 0 && (done % c.every == 0 || done == t.steps))
+        orAbort(done - 1) {
+            if due {
+                try timeline.work("checkpoint save") { try checkpointer.save(step: done, state: checkpointState(step: done)) }
+            } else if checkpointer.isPending {
+                try timeline.work("checkpoint poll") { try checkpointer.complete(waitForWrite: force) }
+            }
+        }
+        reportCheckpoints(metrics)
+    }
+
+    /// What the manifest records besides tensors: where training continues and what it depends on.
+    func checkpointState(step: Int) -> [String: String] {
+        let t = config.training
+        return ["step": "\(step)", "optimizer_step": "\(optimizer.step)", "seed": "\(t.seed)",
+                "data_next_step": "\(step)", "tokens_seen": "\(step * tokensPerStep)",
+                "next_lr": "\(schedule.lr(step))", "data": "batches are a function of (seed, step); next is step \(step)"]
+    }
+
+    func reportCheckpoints(_ metrics: MetricsSink?) {
+        guard isRank0 else { return }
+        for e in checkpointer.takeReported() {
+            log("checkpoint: \(e.path) (\(e.mode)): \(fmt(Double(e.bytes) / 1_048_576, 1)) MiB; training blocked "
+                + "\(fmt(e.blockedSeconds * 1000, 1)) ms (longest rank); durable \(fmt(e.durableSeconds, 3)) s after its step")
+            metrics?.recordCheckpoint(e)
+        }
+    }
+
+    /// The stop signal any rank has received (0: none); a collective, so every rank stops at the same step.
+    func agreedStopSignal(_ step: Int) -> Int32 {
+        let mine = StopSignal.received
+        guard let world = mesh?.world, world.size > 1 else { return mine }
+        return orAbort(step) { try world.allreduce(mine, op: .max, label: "stop signal") }
+    }
+
+    /// `--resume auto|PATH`: restores parameters, optimizer state and the step from the newest checkpoint
+    /// that loads on every rank (auto: under `checkpoint.dir`; PATH: one checkpoint, or a directory of them).
+    /// A checkpoint that fails (a checksum, a missing file) is reported and the previous one tried. Returns
+    /// what happened, for the log. Every rank calls it.
+    public func resume(_ spec: String) throws -> String {
+        let single = spec != "auto" && FileManager.default.fileExists(atPath: spec + "/manifest.json")
+        let root = spec == "auto" ? config.checkpointDir : spec
+        var candidates = single ? [spec] : CheckpointStore.list(root: root).map(\.path)
+        if !single, let l = CheckpointStore.latest(root: root), let i = candidates.firstIndex(of: l) {
+            candidates.remove(at: i); candidates.insert(l, at: 0)
+        }
+        if candidates.isEmpty {
+            if spec == "auto" { return "resume: no checkpoint under \(root); starting from step 0" }
+            throw CheckpointError("--resume \(spec): no checkpoint there (expected a step-N directory with manifest.json, or a directory of them)")
+        }
+        let m = model.config, rank = runtime?.rank ?? 0
+        let describe = "model.n_layer = \(m.nLayer), d_model = \(m.dModel), vocab_size = \(m.vocabSize), block_size = \(m.blockSize)"
+        var notes: [String] = []
+        for c in candidates {
+            var failure: String?
+            var manifest: CheckpointManifest?
+            do {
+                let reader = try CheckpointReader(path: c)
+                manifest = reader.manifest
+                try Checkpointer.checkCompatible(reader.manifest, path: c, globalSpecs: GPTParameters.specs(m), describeModel: describe)
+                try Checkpointer.restore(from: reader, params: model.params, optimizer: optimizer)
+            } catch let e as CheckpointIncompatible {
+                throw e  // the config, not the checkpoint: no fallback
+            } catch { failure = "\(error)" }
+            var ok: Int32 = failure == nil ? 1 : 0
+            if let world = mesh?.world, world.size > 1 { ok = try world.allreduce(ok, op: .min, label: "resume") }
+            if ok == 1, let manifest {
+                guard let step = Int(manifest.state["step"] ?? ""), let optStep = Int(manifest.state["optimizer_step"] ?? "") else {
+                    throw CheckpointError("checkpoint \(c): manifest.json has no step/optimizer_step state")
+                }
+                startStep = min(step, config.training.steps)
+                optimizer.step = optStep
+                let from = manifest.mesh.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+                notes.append("resume: continuing from \(c) (step \(step), written by \(from))")
+                if step >= config.training.steps { notes.append("resume: step \(step) >= training.steps = \(config.training.steps): nothing left to train") }
+                return notes.joined(separator: "\n")
+            }
+            if let failure { log("tessera: rank \(rank): cannot load checkpoint \(c): \(failure)") }
+            notes.append("resume: checkpoint \(c) failed to load (checksum or missing data; see the error above)"
+                         + (single ? "" : "; falling back to the previous checkpoint"))
+            if single { break }
+        }
+        throw CheckpointError((notes + ["resume: no usable checkpoint " + (single ? "at \(spec)" : "under \(root)")]).joined(separator: "\n"))
     }
 
     /// The last step's activation memory over all ranks (a collective).

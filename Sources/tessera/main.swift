@@ -13,6 +13,8 @@ usage: tessera <command> [arguments]
   train CONFIG.toml [--section.key VALUE ...] [--trace DIR]   train a model as the config describes
         --trace DIR                 write a Chrome trace per rank (DIR/trace-rank<R>.json; open in ui.perfetto.dev)
         --dump-grads FILE           write step 1's reduced gradients (safetensors, rank 0) for layout comparisons
+        --resume auto|PATH          continue from the newest valid checkpoint under checkpoint.dir (auto), or from PATH
+                                    (a step-N checkpoint or a directory of them); any layout can resume any checkpoint
         --fault-inject MODE:RANK:STEP   debugging: rank RANK exits (MODE exit) or hangs (MODE hang) at step STEP
   config show CONFIG.toml [--section.key VALUE ...]   print the effective config
   prepare --input FILE... --out DIR [--val-fraction F]   turn text into llm.c token shards
@@ -82,6 +84,7 @@ do {
         options.traceDir = takeOption(&args, "--trace")
         options.dumpGradientsPath = takeOption(&args, "--dump-grads")
         options.fault = try takeOption(&args, "--fault-inject").map { try FaultInjection(parsing: $0) }
+        let resume = takeOption(&args, "--resume")
         let (overrides, rest) = try ConfigLoader.splitOverrides(args)
         guard rest.count == 1, let path = rest.first else {
             fail(rest.isEmpty ? "train needs a config file\n\n" + usage
@@ -98,14 +101,26 @@ do {
             runtime.finalize()
             exit(2)
         }
+        if let resume {
+            do {
+                let note = try trainer.resume(resume)
+                if runtime.rank == 0 { print("tessera: " + note.replacingOccurrences(of: "\n", with: "\ntessera: ")) }
+            } catch {
+                // Decided together (the same on every rank): rank 0 explains, every rank stops.
+                if runtime.rank == 0 { FileHandle.standardError.write(Data("tessera: \(error)\n".utf8)) }
+                runtime.finalize()
+                exit(2)
+            }
+        }
         var metrics: MetricsSink? = nil
         if runtime.rank == 0 {
             metrics = try MetricsSink(metricsPath: config.metricsPath,
-                                      tensorboardDir: config.metrics.tensorboard ? config.tensorboardDir : nil)
+                                      tensorboardDir: config.metrics.tensorboard ? config.tensorboardDir : nil,
+                                      keepThrough: resume == nil ? nil : trainer.startStep)
         }
         trainer.run(metrics: metrics)
         metrics?.close()
-        if runtime.rank == 0 && config.sample.tokens > 0 {
+        if runtime.rank == 0 && config.sample.tokens > 0 && trainer.stoppedBy == nil {
             print("\n--- sample (\(config.sample.tokens) tokens, temperature \(config.sample.temperature)) ---")
             print(trainer.sample())
             print("---")
@@ -115,7 +130,7 @@ do {
         guard args.first == "show" else { fail("usage: tessera config show CONFIG.toml [--section.key VALUE ...]") }
         // Accepts (and ignores) train's run flags, so a launcher can pass train's arguments unchanged.
         var showArgs = Array(args.dropFirst())
-        for flag in ["--trace", "--dump-grads", "--fault-inject"] { _ = takeOption(&showArgs, flag) }
+        for flag in ["--trace", "--dump-grads", "--fault-inject", "--resume"] { _ = takeOption(&showArgs, flag) }
         let (overrides, rest) = try ConfigLoader.splitOverrides(showArgs)
         guard rest.count == 1, let path = rest.first else {
             fail(rest.isEmpty ? "config show needs a config file" : "config show takes one config file; unexpected: \(rest.dropFirst().joined(separator: " "))")

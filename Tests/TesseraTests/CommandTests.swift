@@ -104,10 +104,10 @@ final class CommandTests: XCTestCase {
         XCTAssertEqual(status, 0, out)
         XCTAssertTrue(out.contains("pipeline: 2 stages, 1f1b schedule, 2 micro-batch(es)"), out)
         XCTAssertTrue(out.contains("--- sample (20 tokens"), out)
-        // A config this build cannot run yet reaches tessera, which explains it — not a shell error.
-        (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--checkpoint.every", "5"])
+        // A run flag the job cannot honour reaches tessera, which explains it — not a shell error.
+        (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--resume", "/nonexistent/step-000005"])
         XCTAssertNotEqual(status, 0)
-        XCTAssertTrue(out.contains("checkpoint.every = 5"), out)
+        XCTAssertTrue(out.contains("--resume /nonexistent/step-000005: no checkpoint there"), out)
         XCTAssertFalse(out.contains("value too great"), out)
         // A config error stops the wrapper before mpirun.
         (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--model.n_layr", "2"])

@@ -1,0 +1,162 @@
+// One rank's writer of its checkpoint shards, synchronous or lazy (after DataStates-LLM).
+//
+// Lazy: parameters and optimizer state do not change between one optimizer step and the next, so a save
+// taken right after an optimizer step only has to be *copied* before the next one. `begin` queues a job on
+// the writer's own thread that copies every source tensor into a host staging buffer (publishing how many
+// are done), then writes the staged bytes to the step's temporary directory and fsyncs. Training goes on
+// meanwhile; the trainer calls `waitCopied` before its next optimizer step, which blocks only if the copy
+// is not finished yet. Jobs run first in, first out on one thread, so a later job (the next save, rank 0's
+// commit) never overtakes an earlier one, and the staging buffer is never overwritten while it is written.
+//
+// Sync: `writeNow` writes straight from the live tensors on the calling thread (the baseline).
+
+import Foundation
+
+public final class ShardWriter: @unchecked Sendable {
+    /// A tensor piece this rank saves: elements start..<start+count of `kind` of `tensor`, read from `pointer`.
+    public struct Source {
+        public let tensor: String, kind: String, start: Int, count: Int
+        public let pointer: UnsafePointer<Float>
+        public init(tensor: String, kind: String, start: Int, count: Int, pointer: UnsafePointer<Float>) {
+            self.tensor = tensor; self.kind = kind; self.start = start; self.count = count; self.pointer = pointer
+        }
+    }
+
+    public let sources: [Source]
+    public let rank: Int
+    /// Floats this rank saves per checkpoint.
+    public let floats: Int
+    private var staging: UnsafeMutablePointer<Float>?
+    private let q = JobQueue()
+
+    public init(sources: [Source], rank: Int) {
+        self.sources = sources; self.rank = rank
+        floats = sources.reduce(0) { $0 + $1.count }
+    }
+
+    deinit {
+        q.stop()
+        staging?.deallocate()
+    }
+
+    /// Sync: writes every source to `root`'s temporary directory for `step` from the live tensors, now.
+    public func writeNow(root: String, step: Int) throws -> [CheckpointManifest.Shard] {
+        if sources.isEmpty { return [] }
+        return try CheckpointStore.writeShards(root: root, step: step, rank: rank, pieces: sources.map {
+            .init(tensor: $0.tensor, kind: $0.kind, start: $0.start, values: UnsafeBufferPointer(start: $0.pointer, count: $0.count))
+        })
+    }
+
+    /// Lazy: queues the copy into staging and the write of `step`'s shards. The sources must not change until
+    /// `waitCopied` returns.
+    public func begin(root: String, step: Int) {
+        if staging == nil { staging = .allocate(capacity: max(floats, 1)) }
+        let stage = staging!, sources = sources, rank = rank, q = q
+        q.cond.lock()
+        q.copied = 0; q.copyTarget = sources.count; q.records = sources.isEmpty ? [] : nil
+        q.cond.unlock()
+        if sources.isEmpty { return }  // another replica writes this rank's pieces
+        q.enqueue {
+            var at = 0
+            var pieces: [CheckpointStore.Piece] = []
+            pieces.reserveCapacity(sources.count)
+            for (i, s) in sources.enumerated() {
+                (stage + at).update(from: s.pointer, count: s.count)
+                pieces.append(.init(tensor: s.tensor, kind: s.kind, start: s.start,
+                                    values: UnsafeBufferPointer(start: stage + at, count: s.count)))
+                at += s.count
+                if i % 8 == 7 || i == sources.count - 1 { q.cond.lock(); q.copied = i + 1; q.cond.broadcast(); q.cond.unlock() }
+            }
+            let r = try CheckpointStore.writeShards(root: root, step: step, rank: rank, pieces: pieces)
+            q.cond.lock(); q.records = r; q.cond.unlock()
+        }
+    }
+
+    /// Blocks until every source of the save in flight is copied (the sources may change after it). Returns
+    /// the nanoseconds blocked; throws the writer's failure, if any.
+    @discardableResult
+    public func waitCopied() throws -> UInt64 {
+        q.cond.lock(); defer { q.cond.unlock() }
+        var blocked: UInt64 = 0
+        if q.copied < q.copyTarget && q.failure == nil {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            while q.copied < q.copyTarget && q.failure == nil { q.cond.wait() }
+            blocked = DispatchTime.now().uptimeNanoseconds - t0
+        }
+        if let f = q.failure { throw CheckpointError("rank \(rank): \(f)") }
+        return blocked
+    }
+
+    /// The shard records of the save in flight once its file is written and fsynced (nil before).
+    public func writtenRecords() throws -> [CheckpointManifest.Shard]? {
+        q.cond.lock(); defer { q.cond.unlock() }
+        if let f = q.failure { throw CheckpointError("rank \(rank): \(f)") }
+        return q.records
+    }
+
+    /// Queues `job` after everything queued so far (rank 0's commit runs here, after its own shards); its
+    /// failure is reported by the next wait.
+    public func enqueue(_ job: @escaping () throws -> Void) { q.enqueue(job) }
+
+    /// Blocks until every queued job has run; throws the first failure.
+    public func drain() throws {
+        q.cond.lock(); defer { q.cond.unlock() }
+        while q.finished < q.nextID { q.cond.wait() }
+        if let f = q.failure { throw CheckpointError("rank \(rank): \(f)") }
+    }
+}
+
+/// Jobs run in order on one thread. The thread holds this, not the writer, so the writer's deinit stops it.
+/// Everything is guarded by `cond`.
+final class JobQueue: @unchecked Sendable {
+    let cond = NSCondition()
+    var queue: [(id: Int, job: () throws -> Void)] = []
+    var nextID = 0, finished = 0
+    var copied = 0, copyTarget = 0
+    var records: [CheckpointManifest.Shard]?
+    var failure: String?
+    private var stopping = false, stopped = false, started = false
+
+    func enqueue(_ job: @escaping () throws -> Void) {
+        cond.lock()
+        if !started {
+            started = true
+            let t = Thread { [self] in run() }
+            t.name = "tessera-checkpoint"
+            t.stackSize = 1 << 20
+            t.start()
+        }
+        nextID += 1
+        queue.append((nextID, job))
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    private func run() {
+        cond.lock()
+        while true {
+            while queue.isEmpty && !stopping { cond.wait() }
+            if queue.isEmpty { break }
+            let (id, job) = queue.removeFirst()
+            cond.unlock()
+            var message: String?
+            do { try job() } catch { message = "\(error)" }
+            cond.lock()
+            if let message, failure == nil { failure = message }
+            finished = id
+            cond.broadcast()
+        }
+        stopped = true
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// Runs what is queued, then ends the thread.
+    func stop() {
+        cond.lock()
+        stopping = true
+        cond.broadcast()
+        while started && !stopped { cond.wait() }
+        cond.unlock()
+    }
+}

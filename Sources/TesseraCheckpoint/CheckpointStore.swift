@@ -81,14 +81,14 @@ public enum CheckpointStore {
     }
 
     /// Before a run saves into `root`: makes the directory (an error names `setting`) and removes temporary
-    /// directories that crashed saves left (no save is running yet).
+    /// directories that crashed saves or removals left (no save is running yet).
     public static func prepare(root: String, setting: String) throws {
         let fm = FileManager.default
         do { try fm.createDirectory(atPath: root, withIntermediateDirectories: true) } catch {
             throw CheckpointError("\(setting) = '\(root)': cannot create the directory: \((error as NSError).localizedDescription)")
         }
         guard access(root, W_OK) == 0 else { throw CheckpointError("\(setting) = '\(root)': the directory is not writable") }
-        for n in (try? fm.contentsOfDirectory(atPath: root)) ?? [] where n.hasPrefix(".tmp-step-") {
+        for n in (try? fm.contentsOfDirectory(atPath: root)) ?? [] where n.hasPrefix(".tmp-step-") || n.hasPrefix(".discard-") {
             try? fm.removeItem(atPath: root + "/" + n)
         }
     }
@@ -112,7 +112,7 @@ public enum CheckpointStore {
             guard fsync(fd) == 0 else { throw CheckpointError("\(manifestPath): fsync failed") }
         }
         try fsyncPath(temp)
-        if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }  // the same step saved again
+        if fm.fileExists(atPath: final) { try discard(root: root, path: final) }  // the same step saved again
         guard rename(temp, final) == 0 else {
             throw CheckpointError("cannot rename \(temp) to \(final): \(String(cString: strerror(errno)))")
         }
@@ -160,14 +160,24 @@ public enum CheckpointStore {
         let fm = FileManager.default
         let current = latest(root: root)
         for (i, c) in list(root: root).enumerated() where i >= keep && c.path != current {
-            try fm.removeItem(atPath: c.path)
+            try discard(root: root, path: c.path)
         }
         // Temporary directories of saves that never committed, at or below the newest committed step (a save
-        // still in progress is of a newer step).
+        // still in progress is of a newer step), and discarded checkpoints a crash left half removed.
         let newest = list(root: root).first?.step ?? 0
-        for n in (try? fm.contentsOfDirectory(atPath: root)) ?? [] where n.hasPrefix(".tmp-step-") {
-            if let s = Int(n.dropFirst(".tmp-step-".count)), s <= newest { try? fm.removeItem(atPath: root + "/" + n) }
+        for n in (try? fm.contentsOfDirectory(atPath: root)) ?? [] {
+            if n.hasPrefix(".tmp-step-"), let s = Int(n.dropFirst(".tmp-step-".count)), s <= newest { try? fm.removeItem(atPath: root + "/" + n) }
+            if n.hasPrefix(".discard-") { try? fm.removeItem(atPath: root + "/" + n) }
         }
+    }
+
+    /// Removes a checkpoint: first renamed out of sight (atomic), then deleted, so a crash during the deletion
+    /// never leaves a visible checkpoint with files missing.
+    static func discard(root: String, path: String) throws {
+        let hidden = root + "/.discard-" + (path as NSString).lastPathComponent
+        try? FileManager.default.removeItem(atPath: hidden)
+        guard rename(path, hidden) == 0 else { throw CheckpointError("cannot rename \(path) to \(hidden): \(String(cString: strerror(errno)))") }
+        try? FileManager.default.removeItem(atPath: hidden)
     }
 }
 

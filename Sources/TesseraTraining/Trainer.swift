@@ -472,14 +472,13 @@ public final class Trainer {
             history.append(record)
             let signal = agreedStopSignal(step)
             checkpointAfter(step: step + 1, force: signal != 0, metrics: metrics)
-            if signal != 0 {
-                stoppedBy = signal
-                if isRank0 { log("tessera: \(StopSignal.name(signal)) received: stopped after step \(step + 1) and saved it; exiting") }
-                break
-            }
+            if signal != 0 { stoppedBy = signal; break }
         }
         orAbort(t.steps) { try checkpointer.finish() }
         reportCheckpoints(metrics)
+        if let s = stoppedBy, isRank0, let saved = checkpointer.events.last {
+            log("tessera: \(StopSignal.name(s)) received: stopped after step \(saved.step), saved \(saved.path); exiting")
+        }
         writeTrace()
         if pipeline != nil && config.sample.tokens > 0, let whole = gatherWholeModel(model.params) {
             let m = GPT(config: model.config, seed: 0)

@@ -1,0 +1,320 @@
+import Foundation
+import XCTest
+@testable import TesseraCheckpoint
+
+/// Checkpointing in real `mpirun` jobs of the data-parallel test config (2 layers, batch 16 × 32 tokens,
+/// 10 steps, clipping active, evaluation at steps 5 and 10):
+/// - saving does not change training, and lazy and sync saves hold the same bytes;
+/// - resuming on the same layout continues bit for bit;
+/// - resuming on another layout (dp + ZeRO-1, pp (+ dp + ZeRO), ring, Ulysses, one rank) continues within
+///   1e-5 relative of the uninterrupted single-rank run;
+/// - a flipped byte is found by its checksum, named, and `--resume auto` falls back to the previous checkpoint;
+/// - SIGUSR1 (to mpirun) and SIGTERM (to one rank) finish the step, save, exit 0;
+/// - SIGKILL at random moments while saving, 20 times: the latest visible checkpoint always verifies and the
+///   next run resumes from it.
+final class CheckpointJobTests: XCTestCase {
+    static let dir = DataParallelTests.dir.appendingPathComponent("checkpoints")
+
+    struct Job {
+        var losses: [Int: Double] = [:], vals: [Int: Double] = [:]
+        var checkpoints: [[String: Any]] = []
+        var output = ""
+    }
+
+    /// Runs the test config on `np` ranks with `overrides`; the losses by step from its metrics file.
+    static func job(np: Int, _ name: String, _ overrides: [String], expectFailure: Bool = false) throws -> Job {
+        let cfg = try DataParallelTests.config()
+        let metrics = dir.appendingPathComponent("\(name).jsonl").path
+        try? FileManager.default.removeItem(atPath: metrics)
+        let (status, out) = try runProcess(["mpirun", "-np", "\(np)", CommandTests.binary, "train", cfg,
+                                            "--metrics.path", metrics] + overrides, timeout: 300)
+        var j = Job(output: out)
+        if expectFailure {
+            guard status != 0 else { throw TestFailure("\(name): expected a failure, got exit 0\n\(out)") }
+            return j
+        }
+        guard status == 0 else { throw TestFailure("\(name): exit \(status)\n\(out)") }
+        for line in try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n") {
+            let obj = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            if let c = obj["checkpoint"] as? [String: Any] { j.checkpoints.append(c); continue }
+            let step = obj["step"] as! Int
+            j.losses[step] = obj["loss"] as? Double
+            if let v = obj["val_loss"] as? Double { j.vals[step] = v }
+        }
+        return j
+    }
+
+    static func root(_ name: String) -> String { dir.appendingPathComponent(name).path }
+
+    /// The uninterrupted single-rank run without checkpoints (once).
+    nonisolated(unsafe) static var plain: Job?
+    static func baseline() throws -> Job {
+        if let p = plain { return p }
+        let p = try job(np: 1, "plain", [])
+        plain = p
+        return p
+    }
+
+    /// Every step from `from` on (and the validation losses there) within `tolerance` relative of `base`.
+    static func assertContinues(_ r: Job, _ base: Job, from: Int, tolerance: Double, _ what: String,
+                                file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(Set(r.losses.keys), Set(from...10), "\(what): steps run\n\(r.output)", file: file, line: line)
+        for s in from...10 {
+            guard let a = r.losses[s], let b = base.losses[s] else { continue }
+            if tolerance == 0 { XCTAssertEqual(a, b, "\(what): step \(s)", file: file, line: line) } else {
+                XCTAssertLessThanOrEqual(abs(a - b) / abs(b), tolerance, "\(what): step \(s) loss \(a) vs \(b)", file: file, line: line)
+            }
+        }
+        XCTAssertEqual(r.vals.count, base.vals.filter { $0.key >= from }.count, "\(what): validation losses", file: file, line: line)
+        for (s, v) in r.vals {
+            guard let b = base.vals[s] else { XCTFail("\(what): unexpected validation at step \(s)", file: file, line: line); continue }
+            XCTAssertLessThanOrEqual(abs(v - b) / abs(b), max(tolerance, 0), "\(what): val loss at step \(s)", file: file, line: line)
+        }
+    }
+
+    func testSavingChangesNothingAndResumeOnTheSameLayoutIsBitIdentical() throws {
+        let base = try Self.baseline()
+        // One rank, lazy, every 4 steps (4, 8 and the last, 10).
+        let lazy = try Self.job(np: 1, "lazy1", ["--checkpoint.every", "4", "--checkpoint.dir", Self.root("lazy1")])
+        XCTAssertEqual(lazy.losses, base.losses, "saving must not change training")
+        XCTAssertEqual(lazy.vals, base.vals)
+        XCTAssertEqual(lazy.checkpoints.map { $0["step"] as! Int }, [4, 8, 10], lazy.output)
+        XCTAssertTrue(lazy.checkpoints.allSatisfy { $0["mode"] as? String == "lazy" })
+        XCTAssertTrue(lazy.output.contains("checkpoint: \(Self.root("lazy1"))/step-000004 (lazy)"), lazy.output)
+        // Sync at the same steps writes the same bytes.
+        _ = try Self.job(np: 1, "sync1", ["--checkpoint.every", "4", "--checkpoint.mode", "sync", "--checkpoint.dir", Self.root("sync1")])
+        for step in ["step-000004", "step-000010"] {
+            let a = try CheckpointReader(path: Self.root("lazy1") + "/" + step), b = try CheckpointReader(path: Self.root("sync1") + "/" + step)
+            try a.verifyAll()
+            XCTAssertEqual(a.manifest.state, b.manifest.state)
+            XCTAssertEqual(a.manifest.state["optimizer_step"], String(Int(step.dropFirst(5))!))
+            for t in a.manifest.tensors {
+                for kind in ["param", "exp_avg", "exp_avg_sq"] {
+                    var x = [Float](repeating: .nan, count: t.count), y = [Float](repeating: .nan, count: t.count)
+                    try x.withUnsafeMutableBufferPointer { try a.read(tensor: t.name, kind: kind, range: 0..<t.count, into: $0.baseAddress!) }
+                    try y.withUnsafeMutableBufferPointer { try b.read(tensor: t.name, kind: kind, range: 0..<t.count, into: $0.baseAddress!) }
+                    XCTAssertEqual(x, y, "\(step) \(kind) \(t.name): lazy vs sync")
+                }
+            }
+        }
+        // Resume from step 4 on the same layout: steps 5–10 bit for bit.
+        let r1 = try Self.job(np: 1, "resume1", ["--resume", Self.root("lazy1") + "/step-000004", "--checkpoint.dir", Self.root("resume1")])
+        XCTAssertTrue(r1.output.contains("continuing from \(Self.root("lazy1"))/step-000004 (step 4"), r1.output)
+        Self.assertContinues(r1, base, from: 5, tolerance: 0, "same layout, one rank")
+        // dp 2 with ZeRO-1 (sync) against itself.
+        let dp = try Self.job(np: 2, "dpz", ["--parallelism.dp", "2", "--parallelism.zero", "1", "--checkpoint.every", "4",
+                                             "--checkpoint.mode", "sync", "--checkpoint.dir", Self.root("dpz")])
+        let manifest = try CheckpointReader(path: Self.root("dpz") + "/step-000004").manifest
+        XCTAssertEqual(Set(manifest.shards.map(\.rank)), [0, 1], "both ZeRO-1 replicas write their pieces")
+        let r2 = try Self.job(np: 2, "dpz-resume", ["--parallelism.dp", "2", "--parallelism.zero", "1",
+                                                    "--resume", Self.root("dpz") + "/step-000004", "--checkpoint.dir", Self.root("dpz-r")])
+        Self.assertContinues(r2, dp, from: 5, tolerance: 0, "same layout, dp 2 + ZeRO-1")
+    }
+
+    func testResumeOnAnotherLayout() throws {
+        let base = try Self.baseline()
+        let tol = DataParallelTests.tolerance
+        // Writers: the single rank (lazy), dp 2 + ZeRO-1, pp 2 × dp 2 + ZeRO-1 (4 ranks), Ulysses 2.
+        _ = try Self.job(np: 1, "w-single", ["--checkpoint.every", "4", "--checkpoint.dir", Self.root("w-single")])
+        _ = try Self.job(np: 2, "w-dpz", ["--parallelism.dp", "2", "--parallelism.zero", "1", "--checkpoint.every", "4",
+                                          "--checkpoint.dir", Self.root("w-dpz")])
+        let ppdp = try Self.job(np: 4, "w-ppdp", ["--parallelism.pp", "2", "--parallelism.dp", "2", "--parallelism.zero", "1",
+                                                  "--training.microbatches", "2", "--checkpoint.every", "4",
+                                                  "--checkpoint.dir", Self.root("w-ppdp")])
+        XCTAssertEqual(ppdp.checkpoints.count, 3, ppdp.output)
+        let m = try CheckpointReader(path: Self.root("w-ppdp") + "/step-000004").manifest
+        // Every global element of every kind is written exactly once (the tied embedding's second copy is not).
+        for t in m.tensors {
+            for kind in ["param", "exp_avg", "exp_avg_sq"] {
+                let shards = m.shards.filter { $0.tensor == t.name && $0.kind == kind }.sorted { $0.start < $1.start }
+                XCTAssertEqual(shards.map(\.count).reduce(0, +), t.count, "\(t.name) \(kind)")
+                XCTAssertTrue(zip(shards, shards.dropFirst()).allSatisfy { $0.start + $0.count == $1.start }, "\(t.name) \(kind)")
+            }
+        }
+        _ = try Self.job(np: 2, "w-uly", ["--parallelism.ulysses", "2", "--checkpoint.every", "4", "--checkpoint.dir", Self.root("w-uly")])
+        let cases: [(String, String, Int, [String])] = [
+            ("single → dp 2 + ZeRO-1", "w-single", 2, ["--parallelism.dp", "2", "--parallelism.zero", "1"]),
+            ("dp 2 + ZeRO-1 → pp 2", "w-dpz", 2, ["--parallelism.pp", "2", "--training.microbatches", "2"]),
+            ("pp 2 × dp 2 + ZeRO-1 → ring 2", "w-ppdp", 2, ["--parallelism.ring", "2"]),
+            ("Ulysses 2 → single", "w-uly", 1, []),
+        ]
+        for (i, (what, writer, np, layout)) in cases.enumerated() {
+            let r = try Self.job(np: np, "r\(i)", layout + ["--resume", Self.root(writer) + "/step-000004",
+                                                            "--checkpoint.dir", Self.root("r\(i)")])
+            XCTAssertTrue(r.output.contains("continuing from \(Self.root(writer))/step-000004"), r.output)
+            Self.assertContinues(r, base, from: 5, tolerance: tol, what)
+        }
+    }
+
+    func testCorruptShardIsNamedAndAutoFallsBack() throws {
+        let src = Self.root("corrupt-src"), root = Self.root("corrupt")
+        _ = try Self.job(np: 2, "corrupt-src", ["--parallelism.dp", "2", "--parallelism.zero", "1", "--checkpoint.every", "4",
+                                                "--checkpoint.dir", src])
+        try? FileManager.default.removeItem(atPath: root)
+        try FileManager.default.copyItem(atPath: src, toPath: root)
+        // Flip one byte inside the data of rank 1's first shard of the newest checkpoint (step 10).
+        let reader = try CheckpointReader(path: root + "/step-000010")
+        let shard = reader.manifest.shards.first { $0.rank == 1 && $0.count > 4 }!
+        let path = root + "/step-000010/" + shard.file
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        bytes[shard.byteOffset + 5] ^= 0x10
+        try bytes.write(to: URL(fileURLWithPath: path))
+        // An explicit path to it: an error naming the file and the tensor, and no training.
+        let bad = try Self.job(np: 1, "corrupt-explicit", ["--resume", root + "/step-000010", "--checkpoint.dir", Self.root("ce")],
+                               expectFailure: true)
+        XCTAssertTrue(bad.output.contains(path), bad.output)
+        XCTAssertTrue(bad.output.contains("tensor '\(shard.tensor)' (\(shard.kind)"), bad.output)
+        XCTAssertTrue(bad.output.contains("fails its checksum"), bad.output)
+        XCTAssertFalse(bad.output.contains("step  1/"), bad.output)
+        // auto: says so, falls back to step 8, and continues (here on one rank, steps 9 and 10).
+        let r = try Self.job(np: 1, "corrupt-auto", ["--resume", "auto", "--checkpoint.every", "5", "--checkpoint.dir", root])
+        XCTAssertTrue(r.output.contains("fails its checksum"), r.output)
+        XCTAssertTrue(r.output.contains("falling back to the previous checkpoint"), r.output)
+        XCTAssertTrue(r.output.contains("continuing from \(root)/step-000008 (step 8"), r.output)
+        Self.assertContinues(r, try Self.baseline(), from: 9, tolerance: DataParallelTests.tolerance, "fallback to step 8")
+        // The corrupt checkpoint is still there (never deleted by a failed load); the new step 10 replaced it.
+        XCTAssertNoThrow(try CheckpointReader(path: root + "/step-000010").verifyAll())
+        // auto with no checkpoint starts from step 0 and says so; an unwritable directory is an error naming the key.
+        let fresh = try Self.job(np: 1, "auto-empty", ["--resume", "auto", "--training.steps", "1", "--checkpoint.dir", Self.root("empty")])
+        XCTAssertTrue(fresh.output.contains("resume: no checkpoint under \(Self.root("empty")); starting from step 0"), fresh.output)
+        let ro = try Self.job(np: 1, "ro", ["--checkpoint.every", "1", "--checkpoint.dir", "/proc/tessera-ckpt"], expectFailure: true)
+        XCTAssertTrue(ro.output.contains("checkpoint.dir = '/proc/tessera-ckpt'"), ro.output)
+        // A checkpoint of another model: an error naming the tensor and the setting, without falling back.
+        let other = try Self.job(np: 1, "other-model", ["--resume", "auto", "--checkpoint.dir", src, "--model.d_model", "64"],
+                                 expectFailure: true)
+        XCTAssertTrue(other.output.contains("expects [256, 64]"), other.output)
+        XCTAssertFalse(other.output.contains("falling back"), other.output)
+    }
+
+    // MARK: signals
+
+    /// A job (mpirun and its ranks, which are its children) with its output going to a file.
+    final class Background {
+        let process = Process()
+        let log: String
+        init(_ argv: [String], log: String) throws {
+            self.log = log
+            try FileManager.default.createDirectory(atPath: (log as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            FileManager.default.createFile(atPath: log, contents: nil)
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = argv
+            var env = ProcessInfo.processInfo.environment
+            env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+            env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"; env["OPENBLAS_NUM_THREADS"] = "1"
+            process.environment = env
+            let h = FileHandle(forWritingAtPath: log)!
+            process.standardOutput = h; process.standardError = h
+            try process.run()
+        }
+        var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+        /// Waits until the output contains `text` (false after `timeout` seconds or if the job ended).
+        func waitFor(_ text: String, timeout: Double = 120) -> Bool {
+            let end = Date().addingTimeInterval(timeout)
+            while Date() < end {
+                if output.contains(text) { return true }
+                if !process.isRunning { return output.contains(text) }
+                usleep(50_000)
+            }
+            return false
+        }
+
+        /// mpirun's child processes: the ranks.
+        var ranks: [pid_t] {
+            let parent = process.processIdentifier
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            return names.compactMap { pid_t($0) }.filter { pid in
+                // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so read after the last ')'.
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return false }
+                let fields = stat[stat.index(after: close)...].split(separator: " ")
+                return fields.count > 1 && pid_t(fields[1]) == parent
+            }
+        }
+
+        /// SIGKILL to mpirun and every rank at once (the whole job, as a node failure or `kill -9` would).
+        func killAll() {
+            let ranks = ranks
+            kill(process.processIdentifier, SIGKILL)
+            for p in ranks { kill(p, SIGKILL) }
+        }
+
+        func wait(timeout: Double = 120) -> Int32? {
+            let end = Date().addingTimeInterval(timeout)
+            while process.isRunning && Date() < end { usleep(50_000) }
+            if process.isRunning { killAll(); return nil }
+            return process.terminationStatus
+        }
+    }
+
+    func trainArgs(np: Int, _ overrides: [String]) throws -> [String] {
+        ["mpirun", "-np", "\(np)", CommandTests.binary, "train", try DataParallelTests.config(), "--training.log_every", "1"] + overrides
+    }
+
+    func testStopSignalsFinishTheStepSaveAndExitZero() throws {
+        // SIGUSR1 to mpirun (as Slurm's --signal=USR1@T does): forwarded to the ranks.
+        let a = Self.root("sigusr1")
+        let job = try Background(try trainArgs(np: 2, ["--parallelism.dp", "2", "--training.steps", "1000", "--checkpoint.dir", a]),
+                                 log: a + ".log")
+        XCTAssertTrue(job.waitFor(" 3/1000  loss"), job.output)
+        kill(job.process.processIdentifier, SIGUSR1)
+        XCTAssertEqual(job.wait(), 0, job.output)
+        let out = job.output
+        XCTAssertTrue(out.contains("SIGUSR1 received: stopped after step"), out)
+        let latest = try XCTUnwrap(CheckpointStore.latest(root: a), out)
+        let reader = try CheckpointReader(path: latest)
+        try reader.verifyAll()
+        XCTAssertTrue(out.contains("saved \(latest)"), out)
+        XCTAssertGreaterThanOrEqual(reader.manifest.step, 3)
+        XCTAssertFalse(out.contains(" \(reader.manifest.step + 1)/1000  loss"), "it stopped after the step it saved\n\(out)")
+        // SIGTERM to one rank only (Slurm signals every task; here the other learns it from the agreement).
+        let b = Self.root("sigterm")
+        let job2 = try Background(try trainArgs(np: 2, ["--parallelism.dp", "2", "--training.steps", "1000", "--checkpoint.mode", "sync",
+                                                        "--checkpoint.dir", b]), log: b + ".log")
+        XCTAssertTrue(job2.waitFor(" 2/1000  loss"), job2.output)
+        let ranks = job2.ranks
+        XCTAssertEqual(ranks.count, 2, job2.output)
+        kill(ranks.max()!, SIGTERM)
+        XCTAssertEqual(job2.wait(), 0, job2.output)
+        XCTAssertTrue(job2.output.contains("SIGTERM received: stopped after step"), job2.output)
+        XCTAssertNoThrow(try CheckpointReader(path: XCTUnwrap(CheckpointStore.latest(root: b))).verifyAll())
+    }
+
+    func testSIGKILLAtRandomMomentsWhileSaving() throws {
+        let root = Self.root("sigkill")
+        try? FileManager.default.removeItem(atPath: root)
+        var rng = SystemRandomNumberGenerator()
+        var lastStep = 0, resumed = 0
+        for i in 0..<20 {
+            // Every step saves (lazy and sync in turn), so a kill almost always lands in a save.
+            let mode = i % 2 == 0 ? "lazy" : "sync"
+            let job = try Background(try trainArgs(np: 2, ["--parallelism.dp", "2", "--parallelism.zero", "1", "--training.steps", "1000",
+                                                           "--checkpoint.every", "1", "--checkpoint.mode", mode, "--checkpoint.keep", "2",
+                                                           "--resume", "auto", "--checkpoint.dir", root]), log: root + "-\(i).log")
+            XCTAssertTrue(job.waitFor("/1000  loss"), job.output)
+            usleep(UInt32.random(in: 0...1_500_000, using: &rng))
+            job.killAll()
+            XCTAssertNotNil(job.wait(timeout: 30), "the killed job's processes ended")
+            if job.output.contains("continuing from") { resumed += 1 }
+            // Whatever is visible is complete: latest and every listed checkpoint verify.
+            guard let latest = CheckpointStore.latest(root: root) else {
+                XCTAssertTrue(CheckpointStore.list(root: root).isEmpty, "no checkpoint visible without latest (run \(i))")
+                continue
+            }
+            let reader = try CheckpointReader(path: latest)
+            XCTAssertNoThrow(try reader.verifyAll(), "run \(i) (\(mode)): \(latest)")
+            for c in CheckpointStore.list(root: root) { XCTAssertNoThrow(try CheckpointReader(path: c.path).verifyAll(), "run \(i): \(c.path)") }
+            XCTAssertGreaterThanOrEqual(reader.manifest.step, lastStep, "run \(i): latest never goes back")
+            lastStep = reader.manifest.step
+        }
+        XCTAssertGreaterThan(lastStep, 0, "the runs got far enough to save")
+        XCTAssertGreaterThan(resumed, 0, "later runs resumed from earlier ones' checkpoints")
+        // A final run resumes from the latest and trains on.
+        let latest = try XCTUnwrap(CheckpointStore.latest(root: root))
+        let step = try CheckpointReader(path: latest).manifest.step
+        let r = try Self.job(np: 2, "after-kills", ["--parallelism.dp", "2", "--parallelism.zero", "1", "--training.steps", "\(step + 2)",
+                                                    "--resume", "auto", "--checkpoint.dir", root])
+        XCTAssertTrue(r.output.contains("continuing from \(latest) (step \(step)"), r.output)
+        XCTAssertEqual(Set(r.losses.keys), [step + 1, step + 2], r.output)
+    }
+}

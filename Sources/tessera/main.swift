@@ -31,6 +31,9 @@ usage: tessera <command> [arguments]
   bench-memory [--sizes M,M-long] [--policies keep,full,selective,offload,auto] [--steps N] [--rounds N]
         [--budget-mib X | --budget-fraction F] [--offload-dir DIR] [--ring R] [--ulysses U]   (mpirun -np R×U for R×U > 1)
         activation memory and step time per policy against keep, offload I/O hidden, auto plan vs measured peak
+  bench-checkpoint [--sizes M,L] [--every 10] [--after 3] [--rounds N] [--threads N] [--dir DIR] [--no-zero]
+        (1 rank, or mpirun -np 2: data-parallel + ZeRO-1) training blocked per checkpoint, lazy vs sync, time to
+        durable, and the slowdown of checkpointing every N steps
   bench-comm [--max-mib 64] [--iters auto|N] [--rounds 9] [--json] [--breakdown]   under mpirun: allreduce busbw, Swift layer vs plain C
 
 Any config key can be overridden on the command line, e.g. --training.steps 50.
@@ -213,6 +216,17 @@ do {
         guard args.isEmpty else { fail("bench-memory: unexpected arguments: \(args.joined(separator: " "))") }
         let runtime = o.ring * o.ulysses > 1 || ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] != nil ? MPIRuntime() : nil
         if let report = try MemoryBench.run(runtime: runtime, options: o) { print(report) }
+        runtime?.finalize()
+    case "bench-checkpoint":
+        var o = CheckpointBench.Options()
+        if let v = takeOption(&args, "--sizes") { o.sizes = v.split(separator: ",").map { String($0).uppercased() } }
+        if let v = takeOption(&args, "--dir") { o.dir = v }
+        if let i = args.firstIndex(of: "--no-zero") { o.zero = false; args.remove(at: i) }
+        takeIntegers(&args, "bench-checkpoint", into: &o, [("--every", \.every), ("--after", \.after), ("--rounds", \.rounds),
+                                                           ("--threads", \.threads), ("--warmup", \.warmup)])
+        guard args.isEmpty else { fail("bench-checkpoint: unexpected arguments: \(args.joined(separator: " "))") }
+        let runtime = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] != nil ? MPIRuntime() : nil
+        if let report = try CheckpointBench.run(runtime: runtime, options: o) { print(report) }
         runtime?.finalize()
     case "plan":
         let (overrides, rest) = try ConfigLoader.splitOverrides(args)

@@ -1,0 +1,107 @@
+import Foundation
+import TesseraComm
+import TesseraKernels
+
+/// `tessera bench-checkpoint`: what a checkpoint costs training, lazy against sync, in one run. For each
+/// model size, three modes train the same steps with the real Trainer in this process (rounds interleave
+/// them): no checkpoints, sync and lazy saves at step `every` (one checkpoint in the timed window, whose
+/// background work finishes inside it). Per mode: the time training was blocked by the checkpoint (longest
+/// rank), the time to durable, and the window's wall time; the extra time over no checkpoints, divided by
+/// `every` steps of the no-checkpoint run, is the slowdown of checkpointing every `every` steps. Under
+/// mpirun -np 2 the ranks are data-parallel replicas with ZeRO-1, so both write half of the state.
+public enum CheckpointBench {
+    public struct Options: Sendable {
+        public var sizes = ["M", "L"]
+        public var every = 10, after = 3, warmup = 1, threads = 1, rounds = 2
+        public var zero = true
+        public var dir = NSTemporaryDirectory() + "tessera-bench-checkpoint"
+        public init() {}
+    }
+
+    static let sizes = Bench.sizes + [Bench.Size(name: "XS", vocab: 256, d: 32, layers: 2, heads: 2, seq: 64, batch: 4)]
+
+    struct Cell {
+        var window: [Double] = [], blocked: [Double] = [], durable: [Double] = [], bytes = 0
+    }
+
+    public static func run(runtime: MPIRuntime?, options o: Options) throws -> String? {
+        let world = runtime?.worldCommunicator
+        let ranks = runtime?.size ?? 1, rank = runtime?.rank ?? 0
+        let path = NSTemporaryDirectory() + "tessera-bench-checkpoint-\(getpid()).txt"
+        var rng = SplitMix64(seed: 7)
+        guard FileManager.default.createFile(atPath: path, contents: Data((0..<(1 << 20)).map { _ in UInt8(32 + rng.next() % 95) })) else {
+            throw TrainingError("bench-checkpoint: cannot write its training text to \(path)")
+        }
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let modes = ["none", "sync", "lazy"]
+        let steps = o.warmup + o.every + o.after
+        var out: [String] = []
+        out.append("tessera bench-checkpoint — \(ranks) rank(s)" + (ranks > 1 ? " (dp \(ranks)" + (o.zero ? " + ZeRO-1)" : ")") : "")
+                   + ", \(o.threads) thread(s) per rank, checkpoints in \(o.dir)")
+        out.append("window = wall time of steps \(o.warmup + 1)–\(steps) (max over ranks), which hold one checkpoint (after step "
+                   + "\(o.every)) and its background work; best of \(o.rounds) round(s), modes interleaved")
+        out.append("blocked = time training waited for the checkpoint (longest rank); durable = from the end of its optimizer step "
+                   + "to committed (rank 0); slowdown = (window − none's window) ÷ (\(o.every) × none's mean step): the cost of "
+                   + "checkpointing every \(o.every) steps")
+        for name in o.sizes {
+            guard let s = sizes.first(where: { $0.name == name }) else {
+                throw TrainingError("bench-checkpoint: unknown size '\(name)' (\(sizes.map(\.name).joined(separator: ", ")))")
+            }
+            var cells: [String: Cell] = [:]
+            for round in 0..<o.rounds {
+                for mode in modes {
+                    var c = TesseraConfig()
+                    c.job.name = "bench-checkpoint"
+                    c.model = ModelConfig(vocabSize: s.vocab, nLayer: s.layers, nHead: s.heads, dModel: s.d, blockSize: s.seq)
+                    c.training.batchSize = s.batch * ranks; c.training.seqLen = s.seq; c.training.steps = 1_000_000
+                    c.training.threads = o.threads; c.training.evalEvery = 0
+                    c.data.format = "text"; c.data.train = path; c.data.valFraction = 0.01
+                    c.sample.tokens = 0
+                    c.parallelism.dp = ranks; c.parallelism.zero = ranks > 1 && o.zero ? 1 : 0
+                    c.checkpoint.every = mode == "none" ? 0 : o.every
+                    c.checkpoint.mode = mode == "none" ? "lazy" : mode
+                    c.checkpoint.keep = 1
+                    c.checkpoint.dir = o.dir + "/\(s.name)-\(mode)-\(round)"
+                    let trainer = try Trainer(config: c, runtime: runtime, options: TrainerOptions(measurePeak: false))
+                    trainer.log = { _ in }
+                    var cell = cells[mode] ?? Cell()
+                    var t0: UInt64 = 0
+                    for i in 0..<steps {
+                        if i == o.warmup { try world?.barrier(); t0 = DispatchTime.now().uptimeNanoseconds }
+                        _ = trainer.trainStep(i)
+                        trainer.checkpointAfter(step: i + 1, force: false, metrics: nil)
+                    }
+                    var dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                    if let world { dt = try world.allreduce(dt, op: .max) }
+                    try trainer.checkpointer.finish()
+                    cell.window.append(dt)
+                    if let e = trainer.checkpointEvents.first {
+                        cell.blocked.append(e.blockedSeconds); cell.durable.append(e.durableSeconds); cell.bytes = e.bytes
+                    }
+                    cells[mode] = cell
+                    if rank == 0 { try? FileManager.default.removeItem(atPath: c.checkpoint.dir) }
+                }
+            }
+            let none = cells["none"]!.window.min()!, step = none / Double(o.every + o.after)
+            let syncBlocked = cells["sync"]!.blocked.min() ?? 0
+            out.append("")
+            out.append("size \(s.name): d \(s.d), \(s.layers) layers, vocab \(s.vocab), batch \(s.batch * ranks) × seq \(s.seq); "
+                       + "\(fmt(step * 1000, 0)) ms per step without checkpoints")
+            out.append("mode   MiB/ckpt   blocked ms   ÷ sync   durable s   window s   extra s   slowdown")
+            for mode in modes {
+                let c = cells[mode]!
+                let w = c.window.min()!, blocked = c.blocked.min() ?? 0
+                var row = mode.padding(toLength: 6, withPad: " ", startingAt: 0)
+                row += (mode == "none" ? "–" : mib(c.bytes)).leftPad(9)
+                row += (mode == "none" ? "–" : fmt(blocked * 1000, 1)).leftPad(13)
+                row += (mode == "none" ? "–" : syncBlocked > 0 ? fmt(blocked / syncBlocked, 3) : "–").leftPad(9)
+                row += (mode == "none" ? "–" : fmt(c.durable.min() ?? 0, 2)).leftPad(12)
+                row += fmt(w, 2).leftPad(11)
+                row += (mode == "none" ? "–" : fmt(w - none, 2)).leftPad(10)
+                row += (mode == "none" ? "–" : fmt(100 * (w - none) / (Double(o.every) * step), 1) + "%").leftPad(11)
+                out.append(row)
+            }
+        }
+        return rank == 0 ? out.joined(separator: "\n") : nil
+    }
+}

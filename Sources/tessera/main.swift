@@ -17,6 +17,10 @@ usage: tessera <command> [arguments]
                                     (a step-N checkpoint or a directory of them); any layout can resume any checkpoint
         --fault-inject MODE:RANK:STEP   debugging: rank RANK exits (MODE exit) or hangs (MODE hang) at step STEP
   config show CONFIG.toml [--section.key VALUE ...]   print the effective config
+  export --hf DIR --checkpoint PATH   write a Hugging Face GPT-2 directory (config.json, model.safetensors)
+        PATH: one checkpoint (step-NNNNNN/) or a checkpoint root (its newest valid checkpoint)
+  generate --checkpoint PATH [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]
+        sample from a checkpoint (defaults from its config's [sample] section)
   prepare --input FILE... --out DIR [--val-fraction F]   turn text into llm.c token shards
   bench [--sizes S,M,L] [--threads N] [--steps N] [--warmup N] [--json] [--profile]   sgemm ceiling, tokens/s and MFU
   plan CONFIG.toml [--section.key VALUE ...]   the pipeline schedule grid (ranks × time), bubble and live micro-batches
@@ -141,6 +145,10 @@ do {
         print(ConfigLoader.render(try ConfigLoader.load(path: path, overrides: overrides)), terminator: "")
     case "prepare":
         print(try Prepare.command(arguments: args))
+    case "export":
+        print(try CheckpointCommands.export(arguments: args))
+    case "generate":
+        print(try CheckpointCommands.generate(arguments: args))
     case "bench":
         let names = (option(args, "--sizes") ?? "S,M,L").split(separator: ",").map { String($0).uppercased() }
         func count(_ name: String, _ def: Int, min: Int) -> Int {

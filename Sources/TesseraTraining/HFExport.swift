@@ -1,0 +1,67 @@
+// Hugging Face export (docs/export.md): a directory that transformers' GPT2LMHeadModel.from_pretrained
+// loads as it is.
+//   config.json        a GPT2Config: the model's shape; GELU tanh approximation ("gelu_new") and LayerNorm
+//                      eps 1e-5 as Tessera's kernels compute them; no dropout; LM head tied to wte
+//   model.safetensors  every parameter as F32 under its Hugging Face name and layout (Tessera's own names:
+//                      Conv1D weights [in, out]); no lm_head.weight (tied, as save_pretrained writes it);
+//                      header metadata {"format": "pt"}, which transformers requires
+
+import Foundation
+import TesseraKernels
+import TesseraModel
+
+public enum HFExport {
+    /// GPT2Config as JSON text, keys sorted.
+    public static func configJSON(_ c: GPTConfig) -> String {
+        // Tessera has no special tokens; 0 is the token an empty prompt starts from (Sampler).
+        let fields: [(String, String)] = [
+            ("activation_function", "\"gelu_new\""),
+            ("architectures", "[\"GPT2LMHeadModel\"]"),
+            ("attn_pdrop", "0.0"),
+            ("bos_token_id", "0"),
+            ("dtype", "\"float32\""),
+            ("embd_pdrop", "0.0"),
+            ("eos_token_id", "0"),
+            ("initializer_range", "0.02"),
+            ("layer_norm_epsilon", layerNormEpsilonLiteral),
+            ("model_type", "\"gpt2\""),
+            ("n_embd", "\(c.dModel)"),
+            ("n_head", "\(c.nHead)"),
+            ("n_inner", "null"),
+            ("n_layer", "\(c.nLayer)"),
+            ("n_positions", "\(c.blockSize)"),
+            ("pad_token_id", "null"),
+            ("reorder_and_upcast_attn", "false"),
+            ("resid_pdrop", "0.0"),
+            ("scale_attn_by_inverse_layer_idx", "false"),
+            ("scale_attn_weights", "true"),
+            ("tie_word_embeddings", "true"),
+            ("use_cache", "true"),
+            ("vocab_size", "\(c.vocabSize)"),
+        ]
+        return "{\n" + fields.map { "  \"\($0.0)\": \($0.1)" }.joined(separator: ",\n") + "\n}\n"
+    }
+
+    /// LayerNorm's eps as a JSON number (the kernel's constant, 1e-5).
+    static var layerNormEpsilonLiteral: String {
+        LayerNorm.eps == 1e-5 ? "1e-05" : "\(Double(LayerNorm.eps))"
+    }
+
+    /// Writes `dir`/config.json and `dir`/model.safetensors (making `dir` if needed). Returns the two paths.
+    @discardableResult
+    public static func write(model: GPT, to dir: String) throws -> (config: String, weights: String) {
+        do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+            throw TrainingError("\(dir): cannot create the export directory: \((error as NSError).localizedDescription)")
+        }
+        let configPath = dir + "/config.json", weightsPath = dir + "/model.safetensors"
+        let p = model.params
+        let tensors = p.specs.enumerated().map { i, s in
+            (name: s.name, shape: s.shape, values: UnsafeBufferPointer(start: p.pointer(i), count: s.count))
+        }
+        try SafeTensorsFile.write(path: weightsPath, tensors: tensors, metadata: ["format": "pt"])
+        do { try configJSON(model.config).write(toFile: configPath, atomically: true, encoding: .utf8) } catch {
+            throw TrainingError("\(configPath): cannot write: \((error as NSError).localizedDescription)")
+        }
+        return (configPath, weightsPath)
+    }
+}

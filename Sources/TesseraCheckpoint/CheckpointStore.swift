@@ -122,6 +122,35 @@ public enum CheckpointStore {
         return final
     }
 
+    /// Copies committed checkpoint `path` into `root` (a second, persistent level: a shared file system) with
+    /// the same protocol as a commit: files into `.tmp-step-N`, fsynced, renamed, `latest` updated, pruned to
+    /// `keep`. Returns the copy's path.
+    @discardableResult
+    public static func persist(checkpoint path: String, to root: String, keep: Int) throws -> String {
+        let fm = FileManager.default
+        let name = (path as NSString).lastPathComponent
+        guard name.hasPrefix("step-"), let step = Int(name.dropFirst(5)) else { throw CheckpointError("\(path): not a step-N checkpoint") }
+        let temp = root + "/" + tempName(step: step), final = root + "/" + name
+        do { try fm.createDirectory(atPath: root, withIntermediateDirectories: true) } catch {
+            throw CheckpointError("checkpoint.persist_dir = '\(root)': cannot create the directory: \((error as NSError).localizedDescription)")
+        }
+        try? fm.removeItem(atPath: temp)
+        try fm.createDirectory(atPath: temp, withIntermediateDirectories: true)
+        // The rank files first and manifest.json last, each fsynced.
+        let files = try fm.contentsOfDirectory(atPath: path).sorted { a, _ in a != "manifest.json" }
+        for f in files {
+            try fm.copyItem(atPath: path + "/" + f, toPath: temp + "/" + f)
+            try fsyncPath(temp + "/" + f)
+        }
+        try fsyncPath(temp)
+        if fm.fileExists(atPath: final) { try discard(root: root, path: final) }
+        guard rename(temp, final) == 0 else { throw CheckpointError("cannot rename \(temp) to \(final): \(String(cString: strerror(errno)))") }
+        try fsyncPath(root)
+        try setLatest(root: root, name: name)
+        try prune(root: root, keep: keep)
+        return final
+    }
+
     /// Points `latest` at checkpoint `name` (atomically).
     public static func setLatest(root: String, name: String) throws {
         let tmp = root + "/latest.tmp"

@@ -4,8 +4,8 @@
 // taken right after an optimizer step only has to be *copied* before the next one. `begin` queues a job on
 // the writer's own thread that copies every source tensor into a host staging buffer (publishing how many
 // are done), then writes the staged bytes to the step's temporary directory and fsyncs. Training goes on
-// meanwhile; the trainer calls `waitCopied` before its next optimizer step, which blocks only if the copy
-// is not finished yet. Jobs run first in, first out on one thread, so a later job (the next save, rank 0's
+// meanwhile. The next optimizer step calls `waitCopied(count:)` before it updates each piece, so it blocks
+// only for pieces not copied yet (sources are copied in the optimizer's order). Jobs run first in, first out on one thread, so a later job (the next save, rank 0's
 // commit) never overtakes an earlier one, and the staging buffer is never overwritten while it is written.
 //
 // Sync: `writeNow` writes straight from the live tensors on the calling thread (the baseline).
@@ -65,22 +65,23 @@ public final class ShardWriter: @unchecked Sendable {
                 pieces.append(.init(tensor: s.tensor, kind: s.kind, start: s.start,
                                     values: UnsafeBufferPointer(start: stage + at, count: s.count)))
                 at += s.count
-                if i % 8 == 7 || i == sources.count - 1 { q.cond.lock(); q.copied = i + 1; q.cond.broadcast(); q.cond.unlock() }
+                q.cond.lock(); q.copied = i + 1; q.cond.broadcast(); q.cond.unlock()
             }
             let r = try CheckpointStore.writeShards(root: root, step: step, rank: rank, pieces: pieces)
             q.cond.lock(); q.records = r; q.cond.unlock()
         }
     }
 
-    /// Blocks until every source of the save in flight is copied (the sources may change after it). Returns
-    /// the nanoseconds blocked; throws the writer's failure, if any.
+    /// Blocks until the first `count` sources (all when nil) of the save in flight are copied: they may change
+    /// after it. Sources are copied in order. Returns the nanoseconds blocked; throws the writer's failure.
     @discardableResult
-    public func waitCopied() throws -> UInt64 {
+    public func waitCopied(count: Int? = nil) throws -> UInt64 {
         q.cond.lock(); defer { q.cond.unlock() }
         var blocked: UInt64 = 0
-        if q.copied < q.copyTarget && q.failure == nil {
+        let target = min(count ?? q.copyTarget, q.copyTarget)
+        if q.copied < target && q.failure == nil {
             let t0 = DispatchTime.now().uptimeNanoseconds
-            while q.copied < q.copyTarget && q.failure == nil { q.cond.wait() }
+            while q.copied < target && q.failure == nil { q.cond.wait() }
             blocked = DispatchTime.now().uptimeNanoseconds - t0
         }
         if let f = q.failure { throw CheckpointError("rank \(rank): \(f)") }
@@ -106,9 +107,9 @@ public final class ShardWriter: @unchecked Sendable {
     }
 }
 
-/// Jobs run in order on one thread. The thread holds this, not the writer, so the writer's deinit stops it.
+/// Jobs run in order on one thread. The thread holds this, not its owner, so the owner's deinit stops it.
 /// Everything is guarded by `cond`.
-final class JobQueue: @unchecked Sendable {
+public final class JobQueue: @unchecked Sendable {
     let cond = NSCondition()
     var queue: [(id: Int, job: () throws -> Void)] = []
     var nextID = 0, finished = 0
@@ -117,7 +118,11 @@ final class JobQueue: @unchecked Sendable {
     var failure: String?
     private var stopping = false, stopped = false, started = false
 
-    func enqueue(_ job: @escaping () throws -> Void) {
+    public init() {}
+    deinit { stop() }
+
+    /// Queues `job`; a failure is kept (the first one) for `drain` to report.
+    public func enqueue(_ job: @escaping () throws -> Void) {
         cond.lock()
         if !started {
             started = true
@@ -149,6 +154,13 @@ final class JobQueue: @unchecked Sendable {
         stopped = true
         cond.broadcast()
         cond.unlock()
+    }
+
+    /// Blocks until every queued job has run; throws the first failure.
+    public func drain() throws {
+        cond.lock(); defer { cond.unlock() }
+        while finished < nextID { cond.wait() }
+        if let f = failure { throw CheckpointError(f) }
     }
 
     /// Runs what is queued, then ends the thread.

@@ -87,14 +87,14 @@ public enum CheckpointBench {
             out.append("")
             out.append("size \(s.name): d \(s.d), \(s.layers) layers, vocab \(s.vocab), batch \(s.batch * ranks) × seq \(s.seq); "
                        + "\(fmt(step * 1000, 0)) ms per step without checkpoints")
-            out.append("mode   MiB/ckpt   blocked ms   ÷ sync   durable s   window s   extra s   slowdown")
+            out.append("mode   MiB/ckpt   blocked ms   sync ÷ this   durable s   window s   extra s   slowdown")
             for mode in modes {
                 let c = cells[mode]!
                 let w = c.window.min()!, blocked = c.blocked.min() ?? 0
                 var row = mode.padding(toLength: 6, withPad: " ", startingAt: 0)
                 row += (mode == "none" ? "–" : mib(c.bytes)).leftPad(9)
                 row += (mode == "none" ? "–" : fmt(blocked * 1000, 1)).leftPad(13)
-                row += (mode == "none" ? "–" : syncBlocked > 0 ? fmt(blocked / syncBlocked, 3) : "–").leftPad(9)
+                row += (mode == "none" ? "–" : blocked > 0 ? fmt(syncBlocked / blocked, 0) + "×" : "∞").leftPad(14)
                 row += (mode == "none" ? "–" : fmt(c.durable.min() ?? 0, 2)).leftPad(12)
                 row += fmt(w, 2).leftPad(11)
                 row += (mode == "none" ? "–" : fmt(w - none, 2)).leftPad(10)

@@ -24,13 +24,20 @@ import TesseraModel
 public struct CheckpointEvent: Sendable {
     public var step: Int, mode: String, path: String
     public var blockedSeconds: Double, durableSeconds: Double, bytes: Int
+    /// The copy in `checkpoint.persist_dir` and when it was complete (from the end of its optimizer step).
+    public var persistedPath: String? = nil, persistedSeconds: Double? = nil
 }
 
 final class Checkpointer {
     let root: String, keep: Int, lazy: Bool
+    /// rank 0: the second level (`checkpoint.persist_dir`, nil = off), copied to on its own thread.
+    let persistRoot: String?
+    private let persister = JobQueue()
     let rank: Int
     let world: Communicator?
     let writer: ShardWriter
+    /// Pieces copied before the optimizer may update segment k.
+    let needed: [Int]
     let tensors: [CheckpointManifest.Tensor]
     let mesh: [String: Int]
     let configText: String
@@ -42,31 +49,32 @@ final class Checkpointer {
     private var durable: [Int: Double] = [:]
     private var unreported: [CheckpointEvent] = []
 
-    init(root: String, keep: Int, lazy: Bool, rank: Int, world: Communicator?, sources: [ShardWriter.Source],
+    init(root: String, persistRoot: String?, keep: Int, lazy: Bool, rank: Int, world: Communicator?,
+         sources: (sources: [ShardWriter.Source], needed: [Int]),
          tensors: [CheckpointManifest.Tensor], mesh: [String: Int], configText: String) {
-        self.root = root; self.keep = keep; self.lazy = lazy; self.rank = rank; self.world = world
-        writer = ShardWriter(sources: sources, rank: rank)
+        self.root = root; self.persistRoot = persistRoot; self.keep = keep; self.lazy = lazy; self.rank = rank; self.world = world
+        writer = ShardWriter(sources: sources.sources, rank: rank)
+        needed = sources.needed
         self.tensors = tensors; self.mesh = mesh; self.configText = configText
     }
 
-    /// The pieces this rank writes: its optimizer's segments of parameters and both moments, or nothing when
-    /// another replica writes the same pieces (`writes` false). `skip`: tensors another stage writes.
-    static func sources(params: ParameterSet, optimizer: AdamWOptimizer, writes: Bool, skip: Set<String>) -> [ShardWriter.Source] {
-        guard writes else { return [] }
-        var out: [ShardWriter.Source] = []
-        for kind in ["param", "exp_avg", "exp_avg_sq"] {
-            for s in optimizer.segments {
-                let i = tensorIndex(params, offset: s.param), spec = params.specs[i]
-                guard !skip.contains(spec.name) else { continue }
-                let p: UnsafePointer<Float> = switch kind {
-                case "param": UnsafePointer(params.storage.ptr + s.param)
-                case "exp_avg": UnsafePointer(optimizer.m.ptr + s.state)
-                default: UnsafePointer(optimizer.v.ptr + s.state)
-                }
-                out.append(.init(tensor: spec.name, kind: kind, start: s.param - params.offsets[i], count: s.count, pointer: p))
+    /// The pieces this rank writes: its optimizer's segments of parameters and both moments, in segment order,
+    /// or nothing when another replica writes the same pieces (`writes` false). `skip`: tensors another stage
+    /// writes. `needed[k]`: how many pieces must be copied before the optimizer may update segment k.
+    static func sources(params: ParameterSet, optimizer: AdamWOptimizer, writes: Bool, skip: Set<String>)
+        -> (sources: [ShardWriter.Source], needed: [Int]) {
+        var out: [ShardWriter.Source] = [], needed: [Int] = []
+        for s in optimizer.segments {
+            let i = tensorIndex(params, offset: s.param), spec = params.specs[i]
+            if writes && !skip.contains(spec.name) {
+                let start = s.param - params.offsets[i]
+                out.append(.init(tensor: spec.name, kind: "param", start: start, count: s.count, pointer: params.storage.ptr + s.param))
+                out.append(.init(tensor: spec.name, kind: "exp_avg", start: start, count: s.count, pointer: optimizer.m.ptr + s.state))
+                out.append(.init(tensor: spec.name, kind: "exp_avg_sq", start: start, count: s.count, pointer: optimizer.v.ptr + s.state))
             }
+            needed.append(out.count)
         }
-        return out
+        return (out, needed)
     }
 
     /// The tensor whose storage holds flat offset `offset`.
@@ -99,13 +107,27 @@ final class Checkpointer {
         let e = CheckpointEvent(step: step, mode: "sync", path: path, blockedSeconds: dt, durableSeconds: dt,
                                 bytes: all.reduce(0) { $0 + 4 * $1.count })
         events.append(e)
-        if rank == 0 { lock.lock(); unreported.append(e); lock.unlock() }
+        if rank == 0 { persistOrReport(e, start: t0) }
     }
 
-    /// Before an optimizer step: waits until the lazy save in flight has copied everything.
-    func waitCopied() throws {
+    /// rank 0, once checkpoint `e` is committed: queues its copy to the second level (reported when done),
+    /// or reports it now.
+    private func persistOrReport(_ e: CheckpointEvent, start: UInt64) {
+        guard let persistRoot else { lock.lock(); unreported.append(e); lock.unlock(); return }
+        let keep = keep
+        persister.enqueue { [self] in
+            var e = e
+            e.persistedPath = try CheckpointStore.persist(checkpoint: e.path, to: persistRoot, keep: keep)
+            e.persistedSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            lock.lock(); unreported.append(e); lock.unlock()
+        }
+    }
+
+    /// Before the optimizer updates segment k: waits until the lazy save in flight has copied it (and every
+    /// piece before it).
+    func waitCopied(segment k: Int) throws {
         guard pending != nil else { return }
-        pending!.blockedNs += try writer.waitCopied()
+        pending!.blockedNs += try writer.waitCopied(count: needed[k])
     }
 
     /// At a step end while a lazy save is in flight (a collective): when every rank's file is written, rank 0
@@ -133,7 +155,8 @@ final class Checkpointer {
         writer.enqueue { [self] in
             try CheckpointStore.commit(root: root, manifest: manifest, keep: keep)
             e.durableSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            lock.lock(); durable[e.step] = e.durableSeconds; unreported.append(e); lock.unlock()
+            lock.lock(); durable[e.step] = e.durableSeconds; lock.unlock()
+            persistOrReport(e, start: start)
         }
     }
 
@@ -141,6 +164,7 @@ final class Checkpointer {
     func finish() throws {
         try complete(waitForWrite: true)
         try writer.drain()
+        try persister.drain()
         for i in events.indices { lock.lock(); if let d = durable[events[i].step] { events[i].durableSeconds = d }; lock.unlock() }
     }
 

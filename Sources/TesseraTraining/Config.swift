@@ -230,12 +230,16 @@ public struct CheckpointConfig: Sendable, Equatable {
     public var mode: String
     /// Checkpoints kept on disk.
     public var keep: Int
+    /// Second level: a directory (e.g. a shared file system) that rank 0 copies every committed checkpoint
+    /// to in the background; empty = off.
+    public var persistDir: String
 
-    public init(dir: String = "", every: Int = 0, mode: String = "lazy", keep: Int = 3) {
+    public init(dir: String = "", every: Int = 0, mode: String = "lazy", keep: Int = 3, persistDir: String = "") {
         self.dir = dir
         self.every = every
         self.mode = mode
         self.keep = keep
+        self.persistDir = persistDir
     }
 }
 

@@ -118,6 +118,7 @@ enum ConfigSchema {
         .int("checkpoint", "every", \.checkpoint.every),
         .string("checkpoint", "mode", \.checkpoint.mode),
         .int("checkpoint", "keep", \.checkpoint.keep),
+        .string("checkpoint", "persist_dir", \.checkpoint.persistDir),
 
         .string("memory", "policy", \.memory.policy),
         .int("memory", "activation_budget", \.memory.activationBudget),

@@ -117,6 +117,10 @@ struct ConfigChecks {
         integer("checkpoint.every", c.every, atLeast: 0)
         oneOf("checkpoint.mode", c.mode, CheckpointConfig.modeValues)
         integer("checkpoint.keep", c.keep, atLeast: 1)
+        if !c.persistDir.isEmpty, URL(fileURLWithPath: c.persistDir).standardizedFileURL == URL(fileURLWithPath: config.checkpointDir).standardizedFileURL {
+            fail(["checkpoint.persist_dir"], "checkpoint.persist_dir = '\(c.persistDir)' is the checkpoint directory itself; "
+                 + "expected a second location (e.g. a shared file system) or empty")
+        }
         oneOf("memory.policy", m.policy, MemoryConfig.policyValues)
         integer("memory.activation_budget", m.activationBudget, atLeast: 0)
         if m.policy == "auto", m.activationBudget <= 0 {

@@ -96,8 +96,10 @@ public final class MetricsSink {
 
     /// One line per checkpoint: {"checkpoint": {...}} (no "loss": readers of step records skip it).
     public func recordCheckpoint(_ e: CheckpointEvent) {
-        let obj: [String: Any] = ["checkpoint": ["step": e.step, "mode": e.mode, "path": e.path, "blocked_s": e.blockedSeconds,
-                                                 "durable_s": e.durableSeconds, "bytes": e.bytes] as [String: Any]]
+        var c: [String: Any] = ["step": e.step, "mode": e.mode, "path": e.path, "blocked_s": e.blockedSeconds,
+                                "durable_s": e.durableSeconds, "bytes": e.bytes]
+        if let p = e.persistedPath { c["persisted_path"] = p; c["persisted_s"] = e.persistedSeconds ?? 0 }
+        let obj: [String: Any] = ["checkpoint": c]
         if let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
             file?.write(data + Data("\n".utf8))
         }

@@ -51,6 +51,9 @@ public final class AdamWOptimizer {
     /// Bytes of optimizer state (both moments) on this rank.
     public var stateBytes: Int { m.bytes + v.bytes }
 
+    /// Called with k before segment k is updated (a lazy checkpoint waits there for its copy of it).
+    public var beforeSegment: ((Int) -> Void)?
+
     /// Parameter storage left out of the gradient norm: the last pipeline stage's copy of the tied token
     /// embedding (the first stage's copy, identical after their gradients are summed, counts once).
     public var normExcluded: Range<Int> = 0..<0
@@ -77,7 +80,8 @@ public final class AdamWOptimizer {
         let h = AdamWHyper(lr: Float(lr), beta1: Float(beta1), beta2: Float(beta2), eps: Float(eps),
                            weightDecay: Float(weightDecay))
         let p = params.storage.ptr
-        for s in segments {
+        for (k, s) in segments.enumerated() {
+            beforeSegment?(k)
             AdamW.update(param: p + s.param, grad: grad + s.state, m: m.ptr + s.state, v: v.ptr + s.state,
                          n: s.count, hyper: h, decay: s.decays, step: step, gradScale: scale)
         }

@@ -229,13 +229,17 @@ public final class Trainer {
         let sources = Checkpointer.sources(params: model.params, optimizer: optimizer,
                                            writes: zero || (mesh?.replicas.rank ?? 0) == 0, skip: skip)
         let c = config.checkpoint, rank = runtime?.rank ?? 0
-        checkpointer = Checkpointer(root: config.checkpointDir, keep: c.keep, lazy: c.mode == "lazy", rank: rank, world: mesh?.world,
-                                    sources: sources,
+        checkpointer = Checkpointer(root: config.checkpointDir, persistRoot: c.persistDir.isEmpty ? nil : c.persistDir,
+                                    keep: c.keep, lazy: c.mode == "lazy", rank: rank, world: mesh?.world, sources: sources,
                                     tensors: GPTParameters.specs(gpt).map { .init(name: $0.name, shape: $0.shape) },
                                     mesh: ["pp": p.pp, "dp": p.dp, "ring": p.ring, "ulysses": p.ulysses, "zero": p.zero],
                                     configText: ConfigLoader.render(config))
         if c.every > 0 && rank == 0 { try CheckpointStore.prepare(root: config.checkpointDir, setting: "checkpoint.dir") }
         schedule = LRSchedule(peak: o.lr, minRatio: o.minLrRatio, warmup: o.warmupSteps, total: t.steps, decay: o.decay)
+        // A lazy checkpoint in flight must have copied each piece before the optimizer changes it.
+        optimizer.beforeSegment = { [unowned self] k in
+            do { try checkpointer.waitCopied(segment: k) } catch { MPIRuntime.abort("\(error); aborting the job") }
+        }
     }
 
     /// This rank's data-parallel index and the number of replicas.
@@ -299,8 +303,6 @@ public final class Trainer {
         }
         lossSum = globalSum(lossSum, label: "loss", step: step)
         if step == 0, let path = options.dumpGradientsPath { dumpGradients(path) }
-        // A lazy checkpoint in flight must have copied the state the optimizer is about to change.
-        timeline.work("checkpoint copy wait") { orAbort(step) { try checkpointer.waitCopied() } }
         let norm = timeline.work("optimizer") {
             optimizer.step(lr: schedule.lr(step)) { local in
                 var sq = local
@@ -517,7 +519,8 @@ public final class Trainer {
         guard isRank0 else { return }
         for e in checkpointer.takeReported() {
             log("checkpoint: \(e.path) (\(e.mode)): \(fmt(Double(e.bytes) / 1_048_576, 1)) MiB; training blocked "
-                + "\(fmt(e.blockedSeconds * 1000, 1)) ms (longest rank); durable \(fmt(e.durableSeconds, 3)) s after its step")
+                + "\(fmt(e.blockedSeconds * 1000, 1)) ms (longest rank); durable \(fmt(e.durableSeconds, 3)) s after its step"
+                + (e.persistedPath.map { "; copied to \($0) after \(fmt(e.persistedSeconds ?? 0, 3)) s" } ?? ""))
             metrics?.recordCheckpoint(e)
         }
     }

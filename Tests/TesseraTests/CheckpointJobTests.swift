@@ -75,12 +75,22 @@ final class CheckpointJobTests: XCTestCase {
     func testSavingChangesNothingAndResumeOnTheSameLayoutIsBitIdentical() throws {
         let base = try Self.baseline()
         // One rank, lazy, every 4 steps (4, 8 and the last, 10).
-        let lazy = try Self.job(np: 1, "lazy1", ["--checkpoint.every", "4", "--checkpoint.dir", Self.root("lazy1")])
+        let lazy = try Self.job(np: 1, "lazy1", ["--checkpoint.every", "4", "--checkpoint.dir", Self.root("lazy1"),
+                                                 "--checkpoint.persist_dir", Self.root("lazy1-persist")])
         XCTAssertEqual(lazy.losses, base.losses, "saving must not change training")
         XCTAssertEqual(lazy.vals, base.vals)
         XCTAssertEqual(lazy.checkpoints.map { $0["step"] as! Int }, [4, 8, 10], lazy.output)
         XCTAssertTrue(lazy.checkpoints.allSatisfy { $0["mode"] as? String == "lazy" })
         XCTAssertTrue(lazy.output.contains("checkpoint: \(Self.root("lazy1"))/step-000004 (lazy)"), lazy.output)
+        // The second level holds verified copies of the same checkpoints, with its own `latest`.
+        XCTAssertEqual(CheckpointStore.list(root: Self.root("lazy1-persist")).map(\.step), [10, 8, 4])
+        XCTAssertEqual(CheckpointStore.latest(root: Self.root("lazy1-persist")), Self.root("lazy1-persist") + "/step-000010")
+        for step in [4, 8, 10] {
+            let copy = try CheckpointReader(path: Self.root("lazy1-persist") + "/" + CheckpointStore.name(step: step))
+            try copy.verifyAll()
+            XCTAssertEqual(copy.manifest, try CheckpointReader(path: Self.root("lazy1") + "/" + CheckpointStore.name(step: step)).manifest)
+        }
+        XCTAssertTrue(lazy.output.contains("copied to \(Self.root("lazy1-persist"))/step-000004"), lazy.output)
         // Sync at the same steps writes the same bytes.
         _ = try Self.job(np: 1, "sync1", ["--checkpoint.every", "4", "--checkpoint.mode", "sync", "--checkpoint.dir", Self.root("sync1")])
         for step in ["step-000004", "step-000010"] {

@@ -412,6 +412,12 @@ final class ConfigTests: XCTestCase {
 
     // MARK: Features of this build
 
+    func testCheckpointPersistDirMustDifferFromDir() throws {
+        assertConfigError(try load("[checkpoint]\ndir = \"/tmp/ck\"\npersist_dir = \"/tmp/ck/\"\n"),
+                          contains: ["checkpoint.persist_dir = '/tmp/ck/' is the checkpoint directory itself"])
+        XCTAssertEqual(try load("[checkpoint]\ndir = \"/tmp/ck\"\npersist_dir = \"/shared/ck\"\n").checkpoint.persistDir, "/shared/ck")
+    }
+
     func testValidateForThisBuild() throws {
         XCTAssertNoThrow(try TesseraConfig().validateForThisBuild())
         var c = TesseraConfig()

@@ -47,16 +47,16 @@ public final class ShardWriter: @unchecked Sendable {
         })
     }
 
-    /// Lazy: queues the copy into staging and the write of `step`'s shards. The sources must not change until
-    /// `waitCopied` returns.
-    public func begin(root: String, step: Int) {
+    /// Lazy: queues the copy into staging and the write of `step`'s shards, then `then` with their records
+    /// (on the writer thread). The sources must not change until `waitCopied` says they are copied.
+    public func begin(root: String, step: Int, then: @escaping ([CheckpointManifest.Shard]) throws -> Void) {
         if staging == nil { staging = .allocate(capacity: max(floats, 1)) }
         let stage = staging!, sources = sources, rank = rank, q = q
         q.cond.lock()
-        q.copied = 0; q.copyTarget = sources.count; q.records = sources.isEmpty ? [] : nil
+        q.copied = 0; q.copyTarget = sources.count
         q.cond.unlock()
-        if sources.isEmpty { return }  // another replica writes this rank's pieces
         q.enqueue {
+            guard !sources.isEmpty else { return try then([]) }  // another replica writes this rank's pieces
             var at = 0
             var pieces: [CheckpointStore.Piece] = []
             pieces.reserveCapacity(sources.count)
@@ -67,8 +67,7 @@ public final class ShardWriter: @unchecked Sendable {
                 at += s.count
                 q.cond.lock(); q.copied = i + 1; q.cond.broadcast(); q.cond.unlock()
             }
-            let r = try CheckpointStore.writeShards(root: root, step: step, rank: rank, pieces: pieces)
-            q.cond.lock(); q.records = r; q.cond.unlock()
+            try then(try CheckpointStore.writeShards(root: root, step: step, rank: rank, pieces: pieces))
         }
     }
 
@@ -88,11 +87,10 @@ public final class ShardWriter: @unchecked Sendable {
         return blocked
     }
 
-    /// The shard records of the save in flight once its file is written and fsynced (nil before).
-    public func writtenRecords() throws -> [CheckpointManifest.Shard]? {
+    /// Throws the failure of a job that has run, if any (it does not wait).
+    public func check() throws {
         q.cond.lock(); defer { q.cond.unlock() }
         if let f = q.failure { throw CheckpointError("rank \(rank): \(f)") }
-        return q.records
     }
 
     /// Queues `job` after everything queued so far (rank 0's commit runs here, after its own shards); its
@@ -114,7 +112,6 @@ public final class JobQueue: @unchecked Sendable {
     var queue: [(id: Int, job: () throws -> Void)] = []
     var nextID = 0, finished = 0
     var copied = 0, copyTarget = 0
-    var records: [CheckpointManifest.Shard]?
     var failure: String?
     private var stopping = false, stopped = false, started = false
 

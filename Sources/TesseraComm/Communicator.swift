@@ -31,6 +31,9 @@ public final class Communicator: @unchecked Sendable {
     public let worldRank: Int
     /// Bytes this rank has sent to other ranks point to point and in all-to-alls (for traffic reports).
     public var bytesSent = 0
+    /// For a communicator used by a background thread (the checkpoint writer): its calls are not recorded
+    /// in the Timeline and arm no watchdog deadline, both of which belong to the training thread.
+    public var background = false
 
     public init(handle: MPI_Comm, name: String, worldRank: Int) {
         self.handle = handle; self.name = name; self.worldRank = worldRank
@@ -53,12 +56,12 @@ public final class Communicator: @unchecked Sendable {
     /// Nothing is formatted unless a message or a trace event needs it.
     @inline(__always)
     func blocking(_ op: StaticString, _ label: String = "", _ call: () -> Int32) throws {
-        let dog = Watchdog.shared, token = dog?.arm(op, label, self)
+        let dog = background ? nil : Watchdog.shared, token = dog?.arm(op, label, self)
         let t0 = nowNs()
         let rc = call()
         let t1 = nowNs()
         if let token { dog!.disarm(token) }
-        Timeline.shared.commWait(Self.describe(op, label), beginNs: t0, endNs: t1)
+        if !background { Timeline.shared.commWait(Self.describe(op, label), beginNs: t0, endNs: t1) }
         if rc != MPI_SUCCESS { try check(rc, "\(Self.describe(op, label)) on communicator '\(name)'", rank: worldRank) }
     }
 

@@ -52,6 +52,9 @@ public final class ProcessMesh: @unchecked Sendable {
     /// The first and last pipeline stage of one pipeline (same data and sequence coordinate): both hold the
     /// tied token embedding and sum its gradient here. A middle stage's group is itself alone.
     public let embedding: Communicator
+    /// Every rank, for the checkpoint writer threads' collectives (gathering shard records in the background):
+    /// a communicator of their own, so they never interleave with the training thread's.
+    public let checkpoint: Communicator
 
     /// Collective over `world`: every rank must call it with the same shape. Throws a message naming the
     /// `-np` the shape needs if the world size differs (before any other communication).
@@ -72,6 +75,8 @@ public final class ProcessMesh: @unchecked Sendable {
         let ends = c.pp == 0 || c.pp == P - 1
         embedding = try world.split(color: ends ? (c.dp * R + c.ring) * U + c.ulysses : D * R * U + world.rank,
                                     key: c.pp, name: "embedding")
+        checkpoint = try world.split(color: 0, key: world.rank, name: "checkpoint")
+        checkpoint.background = true
     }
 
     /// World ranks of the members of each group of this rank, for reports and tests.

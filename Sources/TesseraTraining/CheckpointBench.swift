@@ -74,6 +74,7 @@ public enum CheckpointBench {
                     var dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
                     if let world { dt = try world.allreduce(dt, op: .max) }
                     try trainer.checkpointer.finish()
+                    _ = trainer.checkpointer.collect()
                     cell.window.append(dt)
                     if let e = trainer.checkpointEvents.first {
                         cell.blocked.append(e.blockedSeconds); cell.durable.append(e.durableSeconds); cell.bytes = e.bytes

@@ -69,27 +69,33 @@ public final class CheckpointModel {
 
     /// The manifest must list exactly the config's model: every parameter with its shape, nothing else.
     static func checkTensors(_ reader: CheckpointReader, against gc: GPTConfig, config: TesseraConfig) throws {
-        let m = config.model
-        let model = "model.vocab_size = \(m.vocabSize), n_layer = \(m.nLayer), n_head = \(m.nHead), "
-            + "d_model = \(m.dModel), block_size = \(m.blockSize)"
-        let specs = GPTParameters.specs(gc)
+        let problems = tensorProblems(reader.manifest, specs: GPTParameters.specs(gc), model: "the config's model")
+        guard problems.isEmpty else {
+            throw CheckpointError("\(reader.path)/manifest.json: its tensors do not match its config's model (\(describe(config.model))):\n  "
+                                  + problems.joined(separator: "\n  "))
+        }
+    }
+
+    /// What differs between a manifest's tensors and a model's parameters (`model` names the model in the lines).
+    static func tensorProblems(_ manifest: CheckpointManifest, specs: [ParameterSpec], model: String) -> [String] {
         var problems: [String] = []
         for s in specs {
-            guard let t = reader.manifest.tensor(s.name) else {
+            guard let t = manifest.tensor(s.name) else {
                 problems.append("no tensor '\(s.name)' (shape \(s.shape)) in the manifest")
                 continue
             }
-            if t.shape != s.shape { problems.append("tensor '\(s.name)' has shape \(t.shape) in the manifest, the config's model gives \(s.shape)") }
+            if t.shape != s.shape { problems.append("tensor '\(s.name)' has shape \(t.shape) in the manifest, \(model) gives \(s.shape)") }
             if t.dtype != "F32" { problems.append("tensor '\(s.name)' has dtype \(t.dtype), expected F32") }
         }
         let names = Set(specs.map(\.name))
-        for t in reader.manifest.tensors where !names.contains(t.name) {
-            problems.append("the manifest lists tensor '\(t.name)', which the config's model does not have")
+        for t in manifest.tensors where !names.contains(t.name) {
+            problems.append("the manifest lists tensor '\(t.name)', which \(model) does not have")
         }
-        guard problems.isEmpty else {
-            throw CheckpointError("\(reader.path)/manifest.json: its tensors do not match its config's model (\(model)):\n  "
-                                  + problems.joined(separator: "\n  "))
-        }
+        return problems
+    }
+
+    static func describe(_ m: ModelConfig) -> String {
+        "model.vocab_size = \(m.vocabSize), n_layer = \(m.nLayer), n_head = \(m.nHead), d_model = \(m.dModel), block_size = \(m.blockSize)"
     }
 }
 

@@ -41,18 +41,25 @@ final class Checkpointer {
     let tensors: [CheckpointManifest.Tensor]
     let mesh: [String: Int]
     let configText: String
-    /// Completed checkpoints, in order (rank 0 fills `durableSeconds`).
+    /// Checkpoints whose figures are all known, in order.
     private(set) var events: [CheckpointEvent] = []
-    private var pending: (step: Int, t0: UInt64, blockedNs: UInt64, state: [String: String])?
-    /// rank 0: durable times of commits done on the writer thread, by step (guarded by `lock`).
+    /// The lazy save whose blocked time still grows: until the optimizer step after it has run.
+    private var pending: (step: Int, blockedNs: UInt64)?
+    /// Longest blocked time over ranks, by step (main thread).
+    private var blocked: [Int: Double] = [:]
+    /// Filled by the writer threads, guarded by `lock`: commit figures (every rank learns the bytes; rank 0
+    /// the time to durable) and rank 0's copies to the second level.
     private let lock = NSLock()
-    private var durable: [Int: Double] = [:]
-    private var unreported: [CheckpointEvent] = []
+    private var committed: [Int: (path: String, seconds: Double, bytes: Int)] = [:]
+    private var persisted: [Int: (path: String, seconds: Double)] = [:]
+    /// The communicator of the writer threads' gathers (nil: one rank).
+    let background: Communicator?
 
-    init(root: String, persistRoot: String?, keep: Int, lazy: Bool, rank: Int, world: Communicator?,
+    init(root: String, persistRoot: String?, keep: Int, lazy: Bool, rank: Int, world: Communicator?, background: Communicator?,
          sources: (sources: [ShardWriter.Source], needed: [Int]),
          tensors: [CheckpointManifest.Tensor], mesh: [String: Int], configText: String) {
         self.root = root; self.persistRoot = persistRoot; self.keep = keep; self.lazy = lazy; self.rank = rank; self.world = world
+        self.background = background
         writer = ShardWriter(sources: sources.sources, rank: rank)
         needed = sources.needed
         self.tensors = tensors; self.mesh = mesh; self.configText = configText
@@ -89,37 +96,43 @@ final class Checkpointer {
 
     var isPending: Bool { pending != nil }
 
-    /// Saves the state after step `step`'s optimizer step (a collective over the world).
+    /// Saves the state after step `step`'s optimizer step (every rank calls it at the same step).
     func save(step: Int, state: [String: String]) throws {
         let t0 = DispatchTime.now().uptimeNanoseconds
-        if pending != nil { try complete(waitForWrite: true) }
-        if lazy {
-            writer.begin(root: root, step: step)
-            pending = (step, t0, DispatchTime.now().uptimeNanoseconds - t0, state)
+        try settle()
+        let name = CheckpointStore.name(step: step)
+        guard lazy else {
+            let records = try writer.writeNow(root: root, step: step)
+            let all = try Self.gather(records, over: world)
+            if rank == 0 { try CheckpointStore.commit(root: root, manifest: manifest(step: step, shards: all, state: state), keep: keep) }
+            try world?.barrier(label: "checkpoint commit")
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            blocked[step] = try longest(dt)
+            didCommit(step: step, path: root + "/" + name, seconds: dt, bytes: all.reduce(0) { $0 + 4 * $1.count }, start: t0)
             return
         }
-        let records = try writer.writeNow(root: root, step: step)
-        let (all, _) = try gather(records, blockedNs: 0)
-        var path = ""
-        if rank == 0 { path = try CheckpointStore.commit(root: root, manifest: manifest(step: step, shards: all, state: state), keep: keep) }
-        try world?.barrier(label: "checkpoint commit")
-        let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-        let e = CheckpointEvent(step: step, mode: "sync", path: path, blockedSeconds: dt, durableSeconds: dt,
-                                bytes: all.reduce(0) { $0 + 4 * $1.count })
-        events.append(e)
-        if rank == 0 { persistOrReport(e, start: t0) }
+        // Lazy: the writer thread copies and writes this rank's shards, then the writer threads gather the
+        // records (their own communicator) and rank 0 commits, all behind training.
+        let comm = background, root = root, keep = keep, rank = rank
+        let manifest = { [self] (shards: [CheckpointManifest.Shard]) in self.manifest(step: step, shards: shards, state: state) }
+        writer.begin(root: root, step: step) { [self] records in
+            let all = try Self.gather(records, over: comm)
+            if rank == 0 { try CheckpointStore.commit(root: root, manifest: manifest(all), keep: keep) }
+            didCommit(step: step, path: root + "/" + name, seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9,
+                      bytes: all.reduce(0) { $0 + 4 * $1.count }, start: t0)
+        }
+        pending = (step, DispatchTime.now().uptimeNanoseconds - t0)
     }
 
-    /// rank 0, once checkpoint `e` is committed: queues its copy to the second level (reported when done),
-    /// or reports it now.
-    private func persistOrReport(_ e: CheckpointEvent, start: UInt64) {
-        guard let persistRoot else { lock.lock(); unreported.append(e); lock.unlock(); return }
+    /// Records a commit (any thread); rank 0 queues the copy to the second level.
+    private func didCommit(step: Int, path: String, seconds: Double, bytes: Int, start: UInt64) {
+        lock.lock(); committed[step] = (path, seconds, bytes); lock.unlock()
+        guard rank == 0, let persistRoot else { return }
         let keep = keep
         persister.enqueue { [self] in
-            var e = e
-            e.persistedPath = try CheckpointStore.persist(checkpoint: e.path, to: persistRoot, keep: keep)
-            e.persistedSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            lock.lock(); unreported.append(e); lock.unlock()
+            let copy = try CheckpointStore.persist(checkpoint: path, to: persistRoot, keep: keep)
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            lock.lock(); persisted[step] = (copy, dt); lock.unlock()
         }
     }
 
@@ -130,60 +143,54 @@ final class Checkpointer {
         pending!.blockedNs += try writer.waitCopied(count: needed[k])
     }
 
-    /// At a step end while a lazy save is in flight (a collective): when every rank's file is written, rank 0
-    /// queues the commit. `waitForWrite` blocks until then (the end of the run, a stop, the next save).
-    func complete(waitForWrite: Bool) throws {
+    /// Once the optimizer step after a lazy save has run, its blocked time is final: the ranks agree on the
+    /// longest (a collective; every rank has the same save pending). Also reports a writer thread's failure.
+    func settle() throws {
+        try writer.check()
         guard let p = pending else { return }
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        if waitForWrite { try writer.drain() }
-        var mine = try writer.writtenRecords()
-        if let world {
-            let all = try world.allreduce(Int32(mine == nil ? 0 : 1), op: .min, label: "checkpoint written")
-            if all == 0 { pending!.blockedNs += DispatchTime.now().uptimeNanoseconds - t0; return }
-        } else if mine == nil { return }
-        if mine == nil { mine = [] }
-        let blocked = p.blockedNs + (DispatchTime.now().uptimeNanoseconds - t0)
-        let (shards, blockedMax) = try gather(mine!, blockedNs: blocked)
         pending = nil
-        var e = CheckpointEvent(step: p.step, mode: "lazy", path: root + "/" + CheckpointStore.name(step: p.step),
-                                blockedSeconds: Double(blockedMax) / 1e9, durableSeconds: 0,
-                                bytes: shards.reduce(0) { $0 + 4 * $1.count })
-        events.append(e)
-        guard rank == 0 else { return }
-        let manifest = manifest(step: p.step, shards: shards, state: p.state)
-        let root = root, keep = keep, start = p.t0
-        writer.enqueue { [self] in
-            try CheckpointStore.commit(root: root, manifest: manifest, keep: keep)
-            e.durableSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            lock.lock(); durable[e.step] = e.durableSeconds; lock.unlock()
-            persistOrReport(e, start: start)
-        }
+        blocked[p.step] = try longest(Double(p.blockedNs) / 1e9)
     }
 
-    /// End of the run or a stop: the save in flight becomes durable before this returns (a collective).
+    /// End of the run or a stop: every save becomes durable (and copied) before this returns.
     func finish() throws {
-        try complete(waitForWrite: true)
+        try settle()
         try writer.drain()
         try persister.drain()
-        for i in events.indices { lock.lock(); if let d = durable[events[i].step] { events[i].durableSeconds = d }; lock.unlock() }
     }
 
-    /// rank 0: checkpoints that became durable since the last call.
-    func takeReported() -> [CheckpointEvent] {
-        lock.lock(); defer { lock.unlock() }
-        let r = unreported
-        unreported = []
-        return r
+    /// Checkpoints whose figures became known since the last call (every rank; rank 0 logs them). On rank 0 a
+    /// checkpoint with a second level waits for its copy.
+    func collect() -> [CheckpointEvent] {
+        var out: [CheckpointEvent] = []
+        lock.lock()
+        for step in blocked.keys.sorted() {
+            guard let c = committed[step] else { continue }
+            let copy = persisted[step]
+            if rank == 0 && persistRoot != nil && copy == nil { continue }
+            out.append(CheckpointEvent(step: step, mode: lazy ? "lazy" : "sync", path: c.path, blockedSeconds: blocked[step]!,
+                                       durableSeconds: c.seconds, bytes: c.bytes, persistedPath: copy?.path,
+                                       persistedSeconds: copy?.seconds))
+            blocked[step] = nil
+        }
+        lock.unlock()
+        events += out
+        return out
     }
 
-    /// Every rank's shard records (and the longest blocked time) on every rank.
-    private func gather(_ records: [CheckpointManifest.Shard], blockedNs: UInt64) throws -> ([CheckpointManifest.Shard], UInt64) {
-        guard let world, world.size > 1 else { return (records, blockedNs) }
+    private func longest(_ seconds: Double) throws -> Double {
+        guard let world, world.size > 1 else { return seconds }
+        return try world.allreduce(seconds, op: .max, label: "checkpoint blocked time")
+    }
+
+    /// Every rank's shard records on every rank (an allgather of their JSON over `comm`).
+    private static func gather(_ records: [CheckpointManifest.Shard], over comm: Communicator?) throws -> [CheckpointManifest.Shard] {
+        guard let comm, comm.size > 1 else { return records }
         let mine = [UInt8](try JSONEncoder().encode(records))
-        var counts = [Int64](repeating: 0, count: world.size)
+        var counts = [Int64](repeating: 0, count: comm.size)
         var me = Int64(mine.count)
         try withUnsafeMutablePointer(to: &me) { m in
-            try counts.withUnsafeMutableBufferPointer { try world.allgather(send: m, recv: $0.baseAddress!, count: 1, label: "checkpoint records") }
+            try counts.withUnsafeMutableBufferPointer { try comm.allgather(send: m, recv: $0.baseAddress!, count: 1, label: "checkpoint records") }
         }
         let sizes = counts.map { Int($0) }
         var displacements = [0]
@@ -191,17 +198,15 @@ final class Checkpointer {
         var bytes = [UInt8](repeating: 0, count: sizes.reduce(0, +))
         try mine.withUnsafeBufferPointer { m in
             try bytes.withUnsafeMutableBufferPointer {
-                try world.allgather(send: m.baseAddress!, count: mine.count, recv: $0.baseAddress!, counts: sizes,
-                                    displacements: displacements, label: "checkpoint records")
+                try comm.allgather(send: m.baseAddress!, count: mine.count, recv: $0.baseAddress!, counts: sizes,
+                                   displacements: displacements, label: "checkpoint records")
             }
         }
         var all: [CheckpointManifest.Shard] = []
-        for r in 0..<world.size {
-            let d = Data(bytes[displacements[r]..<(displacements[r] + sizes[r])])
-            all += try JSONDecoder().decode([CheckpointManifest.Shard].self, from: d)
+        for r in 0..<comm.size {
+            all += try JSONDecoder().decode([CheckpointManifest.Shard].self, from: Data(bytes[displacements[r]..<(displacements[r] + sizes[r])]))
         }
-        let blockedMax = try world.allreduce(Int64(blockedNs), op: .max, label: "checkpoint blocked time")
-        return (all, UInt64(blockedMax))
+        return all
     }
 
     private func manifest(step: Int, shards: [CheckpointManifest.Shard], state: [String: String]) -> CheckpointManifest {
@@ -210,24 +215,13 @@ final class Checkpointer {
 
     // MARK: restoring
 
-    /// Checks that the checkpoint holds exactly this model's tensors with the same shapes (an error here is
+    /// Checks that the checkpoint holds exactly this config's tensors with the same shapes (an error here is
     /// the config's, so resuming does not fall back to an older checkpoint).
-    static func checkCompatible(_ m: CheckpointManifest, path: String, globalSpecs: [ParameterSpec], describeModel: String) throws {
-        let saved = Set(m.tensors.map(\.name)), wanted = Set(globalSpecs.map(\.name))
-        if saved != wanted {
-            let missing = wanted.subtracting(saved).sorted(), extra = saved.subtracting(wanted).sorted()
-            var s = "checkpoint \(path) holds \(m.tensors.count) tensors and this config's model (\(describeModel)) has \(globalSpecs.count)"
-            if let x = missing.first { s += "; not in the checkpoint: '\(x)'" + (missing.count > 1 ? " and \(missing.count - 1) more" : "") }
-            if let x = extra.first { s += "; not in this model: '\(x)'" + (extra.count > 1 ? " and \(extra.count - 1) more" : "") }
-            throw CheckpointIncompatible(description: s)
-        }
-        for spec in globalSpecs {
-            let t = m.tensor(spec.name)!
-            guard t.shape == spec.shape else {
-                throw CheckpointIncompatible(description: "checkpoint \(path): tensor '\(spec.name)' has shape \(t.shape) there, but this "
-                                             + "config's model (\(describeModel)) expects \(spec.shape)")
-            }
-            guard t.dtype == "F32" else { throw CheckpointIncompatible(description: "checkpoint \(path): tensor '\(spec.name)' is \(t.dtype), expected F32") }
+    static func checkCompatible(_ m: CheckpointManifest, path: String, config: TesseraConfig) throws {
+        let problems = CheckpointModel.tensorProblems(m, specs: GPTParameters.specs(config.gptConfig), model: "this config's model")
+        guard problems.isEmpty else {
+            throw CheckpointIncompatible(description: "checkpoint \(path) does not fit this config's model (\(CheckpointModel.describe(config.model))):\n  "
+                                         + problems.prefix(5).joined(separator: "\n  ") + (problems.count > 5 ? "\n  … \(problems.count - 5) more" : ""))
         }
     }
 

@@ -230,7 +230,8 @@ public final class Trainer {
                                            writes: zero || (mesh?.replicas.rank ?? 0) == 0, skip: skip)
         let c = config.checkpoint, rank = runtime?.rank ?? 0
         checkpointer = Checkpointer(root: config.checkpointDir, persistRoot: c.persistDir.isEmpty ? nil : c.persistDir,
-                                    keep: c.keep, lazy: c.mode == "lazy", rank: rank, world: mesh?.world, sources: sources,
+                                    keep: c.keep, lazy: c.mode == "lazy", rank: rank, world: mesh?.world,
+                                    background: mesh?.checkpoint, sources: sources,
                                     tensors: GPTParameters.specs(gpt).map { .init(name: $0.name, shape: $0.shape) },
                                     mesh: ["pp": p.pp, "dp": p.dp, "ring": p.ring, "ulysses": p.ulysses, "zero": p.zero],
                                     configText: ConfigLoader.render(config))
@@ -493,15 +494,16 @@ public final class Trainer {
     // MARK: checkpoints
 
     /// After step `done`'s optimizer step: saves when due (every `checkpoint.every` steps, the last step, or
-    /// `force`), else lets a lazy save in flight move on (a collective either way).
+    /// `force`), else settles the blocked time of a lazy save taken a step ago (collectives, at the same steps
+    /// on every rank).
     func checkpointAfter(step done: Int, force: Bool, metrics: MetricsSink?) {
         let c = config.checkpoint, t = config.training
         let due = force || (c.every > 0 && (done % c.every == 0 || done == t.steps))
         orAbort(done - 1) {
             if due {
                 try timeline.work("checkpoint save") { try checkpointer.save(step: done, state: checkpointState(step: done)) }
-            } else if checkpointer.isPending {
-                try timeline.work("checkpoint poll") { try checkpointer.complete(waitForWrite: force) }
+            } else {
+                try checkpointer.settle()
             }
         }
         reportCheckpoints(metrics)
@@ -516,8 +518,9 @@ public final class Trainer {
     }
 
     func reportCheckpoints(_ metrics: MetricsSink?) {
+        let done = checkpointer.collect()
         guard isRank0 else { return }
-        for e in checkpointer.takeReported() {
+        for e in done {
             log("checkpoint: \(e.path) (\(e.mode)): \(fmt(Double(e.bytes) / 1_048_576, 1)) MiB; training blocked "
                 + "\(fmt(e.blockedSeconds * 1000, 1)) ms (longest rank); durable \(fmt(e.durableSeconds, 3)) s after its step"
                 + (e.persistedPath.map { "; copied to \($0) after \(fmt(e.persistedSeconds ?? 0, 3)) s" } ?? ""))
@@ -547,8 +550,7 @@ public final class Trainer {
             if spec == "auto" { return "resume: no checkpoint under \(root); starting from step 0" }
             throw CheckpointError("--resume \(spec): no checkpoint there (expected a step-N directory with manifest.json, or a directory of them)")
         }
-        let m = model.config, rank = runtime?.rank ?? 0
-        let describe = "model.n_layer = \(m.nLayer), d_model = \(m.dModel), vocab_size = \(m.vocabSize), block_size = \(m.blockSize)"
+        let rank = runtime?.rank ?? 0
         var notes: [String] = []
         for c in candidates {
             var failure: String?
@@ -556,7 +558,7 @@ public final class Trainer {
             do {
                 let reader = try CheckpointReader(path: c)
                 manifest = reader.manifest
-                try Checkpointer.checkCompatible(reader.manifest, path: c, globalSpecs: GPTParameters.specs(m), describeModel: describe)
+                try Checkpointer.checkCompatible(reader.manifest, path: c, config: config)
                 try Checkpointer.restore(from: reader, params: model.params, optimizer: optimizer)
             } catch let e as CheckpointIncompatible {
                 throw e  // the config, not the checkpoint: no fallback

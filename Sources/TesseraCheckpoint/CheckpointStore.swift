@@ -112,13 +112,10 @@ public enum CheckpointStore {
             guard fsync(fd) == 0 else { throw CheckpointError("\(manifestPath): fsync failed") }
         }
         try fsyncPath(temp)
-        if fm.fileExists(atPath: final) { try discard(root: root, path: final) }  // the same step saved again
-        guard rename(temp, final) == 0 else {
-            throw CheckpointError("cannot rename \(temp) to \(final): \(String(cString: strerror(errno)))")
-        }
+        try replace(root: root, temp: temp, final: final)
         try fsyncPath(root)
         try setLatest(root: root, name: name(step: manifest.step))
-        try prune(root: root, keep: keep)
+        try prune(root: root, keep: keep, committed: manifest.step)
         return final
     }
 
@@ -137,17 +134,17 @@ public enum CheckpointStore {
         try? fm.removeItem(atPath: temp)
         try fm.createDirectory(atPath: temp, withIntermediateDirectories: true)
         // The rank files first and manifest.json last, each fsynced.
-        let files = try fm.contentsOfDirectory(atPath: path).sorted { a, _ in a != "manifest.json" }
+        let names = try fm.contentsOfDirectory(atPath: path).filter { $0 != "manifest.json" }.sorted()
+        let files = names + ["manifest.json"]
         for f in files {
             try fm.copyItem(atPath: path + "/" + f, toPath: temp + "/" + f)
             try fsyncPath(temp + "/" + f)
         }
         try fsyncPath(temp)
-        if fm.fileExists(atPath: final) { try discard(root: root, path: final) }
-        guard rename(temp, final) == 0 else { throw CheckpointError("cannot rename \(temp) to \(final): \(String(cString: strerror(errno)))") }
+        try replace(root: root, temp: temp, final: final)
         try fsyncPath(root)
         try setLatest(root: root, name: name)
-        try prune(root: root, keep: keep)
+        try prune(root: root, keep: keep, committed: step)
         return final
     }
 
@@ -184,20 +181,38 @@ public enum CheckpointStore {
     }
 
     /// Removes all but the newest `keep` complete checkpoints (never the one `latest` names) and the
-    /// temporary directories of saves that never committed.
-    static func prune(root: String, keep: Int) throws {
+    /// temporary directories of saves that never committed, at or below step `committed` (the one just
+    /// committed: saves commit in step order, so a save still in progress is of a later step).
+    static func prune(root: String, keep: Int, committed: Int) throws {
         let fm = FileManager.default
         let current = latest(root: root)
         for (i, c) in list(root: root).enumerated() where i >= keep && c.path != current {
             try discard(root: root, path: c.path)
         }
-        // Temporary directories of saves that never committed, at or below the newest committed step (a save
-        // still in progress is of a newer step), and discarded checkpoints a crash left half removed.
-        let newest = list(root: root).first?.step ?? 0
+        // Temporary directories of saves that never committed, and discarded checkpoints a crash left half
+        // removed. (Not "at or below the newest listed step": an abandoned newer checkpoint, e.g. one a
+        // resume fell back past, must not make this remove a save that another rank is writing.)
         for n in (try? fm.contentsOfDirectory(atPath: root)) ?? [] {
-            if n.hasPrefix(".tmp-step-"), let s = Int(n.dropFirst(".tmp-step-".count)), s <= newest { try? fm.removeItem(atPath: root + "/" + n) }
+            if n.hasPrefix(".tmp-step-"), let s = Int(n.dropFirst(".tmp-step-".count)), s <= committed { try? fm.removeItem(atPath: root + "/" + n) }
             if n.hasPrefix(".discard-") { try? fm.removeItem(atPath: root + "/" + n) }
         }
+    }
+
+    /// Renames `temp` to `final`. The same step saved again: the old one is renamed out of sight first and
+    /// deleted after, or renamed back if the new one cannot take its place.
+    static func replace(root: String, temp: String, final: String) throws {
+        let hidden = root + "/.discard-" + (final as NSString).lastPathComponent
+        let had = FileManager.default.fileExists(atPath: final)
+        if had {
+            try? FileManager.default.removeItem(atPath: hidden)
+            guard rename(final, hidden) == 0 else { throw CheckpointError("cannot rename \(final) to \(hidden): \(String(cString: strerror(errno)))") }
+        }
+        guard rename(temp, final) == 0 else {
+            let e = String(cString: strerror(errno))
+            if had { _ = rename(hidden, final) }
+            throw CheckpointError("cannot rename \(temp) to \(final): \(e)")
+        }
+        if had { try? FileManager.default.removeItem(atPath: hidden) }
     }
 
     /// Removes a checkpoint: first renamed out of sight (atomic), then deleted, so a crash during the deletion

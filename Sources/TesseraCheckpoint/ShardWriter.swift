@@ -28,6 +28,8 @@ public final class ShardWriter: @unchecked Sendable {
     public let floats: Int
     private var staging: UnsafeMutablePointer<Float>?
     private let q = JobQueue()
+    /// Debugging (tests of the per-segment wait): the writer thread sleeps this long before copying each piece.
+    public var copyDelayMicroseconds: UInt32 = 0
 
     public init(sources: [Source], rank: Int) {
         self.sources = sources; self.rank = rank
@@ -47,27 +49,32 @@ public final class ShardWriter: @unchecked Sendable {
         })
     }
 
-    /// Lazy: queues the copy into staging and the write of `step`'s shards, then `then` with their records
-    /// (on the writer thread). The sources must not change until `waitCopied` says they are copied.
-    public func begin(root: String, step: Int, then: @escaping ([CheckpointManifest.Shard]) throws -> Void) {
+    /// Lazy: queues the copy into staging and the write of `step`'s shards, then `then` with their records or
+    /// the write's failure (on the writer thread; `then` runs either way, so that a rank whose write failed
+    /// still takes part in the exchange with the other ranks). The failure is also kept for `check`. The
+    /// sources must not change until `waitCopied` says they are copied.
+    public func begin(root: String, step: Int, then: @escaping (Result<[CheckpointManifest.Shard], Error>) throws -> Void) {
         if staging == nil { staging = .allocate(capacity: max(floats, 1)) }
-        let stage = staging!, sources = sources, rank = rank, q = q
+        let stage = staging!, sources = sources, rank = rank, q = q, delay = copyDelayMicroseconds
         q.cond.lock()
         q.copied = 0; q.copyTarget = sources.count
         q.cond.unlock()
         q.enqueue {
-            guard !sources.isEmpty else { return try then([]) }  // another replica writes this rank's pieces
+            guard !sources.isEmpty else { return try then(.success([])) }  // another replica writes this rank's pieces
             var at = 0
             var pieces: [CheckpointStore.Piece] = []
             pieces.reserveCapacity(sources.count)
             for (i, s) in sources.enumerated() {
+                if delay > 0 { usleep(delay) }
                 (stage + at).update(from: s.pointer, count: s.count)
                 pieces.append(.init(tensor: s.tensor, kind: s.kind, start: s.start,
                                     values: UnsafeBufferPointer(start: stage + at, count: s.count)))
                 at += s.count
                 q.cond.lock(); q.copied = i + 1; q.cond.broadcast(); q.cond.unlock()
             }
-            try then(try CheckpointStore.writeShards(root: root, step: step, rank: rank, pieces: pieces))
+            let result = Result { try CheckpointStore.writeShards(root: root, step: step, rank: rank, pieces: pieces) }
+            if case .failure(let e) = result { q.fail("\(e)") }
+            try then(result)
         }
     }
 
@@ -151,6 +158,11 @@ public final class JobQueue: @unchecked Sendable {
         stopped = true
         cond.broadcast()
         cond.unlock()
+    }
+
+    /// Keeps the first failure (reported by `drain` and the writer's waits).
+    func fail(_ message: String) {
+        cond.lock(); if failure == nil { failure = message }; cond.unlock()
     }
 
     /// Blocks until every queued job has run; throws the first failure.

@@ -8,10 +8,10 @@
 // elements it needs from whichever shards overlap them.
 //
 // When: after the optimizer step of every `checkpoint.every`-th step, the last step, and a stop signal.
-// Sync mode writes, gathers the shard records to rank 0, commits and synchronises before training goes on.
-// Lazy mode hands the copy and the write to each rank's `ShardWriter` thread and goes on; the next optimizer
-// step waits for the copy only. At each step end after that, the ranks agree (one allreduce) whether every
-// file is written; then rank 0 gathers the records and queues the commit behind its own write.
+// Sync mode writes, gathers the shard records, commits (rank 0) and synchronises before training goes on.
+// Lazy mode hands the copy, the write, the exchange of records (the writer threads' own communicator) and
+// rank 0's commit to each rank's `ShardWriter` thread and goes on; the next optimizer step waits, segment
+// by segment, only for pieces not copied yet. A step later the ranks agree on the longest blocked time.
 
 import Foundation
 import TesseraCheckpoint
@@ -103,7 +103,7 @@ final class Checkpointer {
         let name = CheckpointStore.name(step: step)
         guard lazy else {
             let records = try writer.writeNow(root: root, step: step)
-            let all = try Self.gather(records, over: world)
+            let all = try Self.gather(.success(records), step: step, over: world)
             if rank == 0 { try CheckpointStore.commit(root: root, manifest: manifest(step: step, shards: all, state: state), keep: keep) }
             try world?.barrier(label: "checkpoint commit")
             let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
@@ -115,8 +115,9 @@ final class Checkpointer {
         // records (their own communicator) and rank 0 commits, all behind training.
         let comm = background, root = root, keep = keep, rank = rank
         let manifest = { [self] (shards: [CheckpointManifest.Shard]) in self.manifest(step: step, shards: shards, state: state) }
-        writer.begin(root: root, step: step) { [self] records in
-            let all = try Self.gather(records, over: comm)
+        writer.begin(root: root, step: step) { [self] written in
+            // Every rank takes part, a failed one too: nothing is committed unless all wrote this step.
+            let all = try Self.gather(written, step: step, over: comm)
             if rank == 0 { try CheckpointStore.commit(root: root, manifest: manifest(all), keep: keep) }
             didCommit(step: step, path: root + "/" + name, seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9,
                       bytes: all.reduce(0) { $0 + 4 * $1.count }, start: t0)
@@ -130,7 +131,11 @@ final class Checkpointer {
         guard rank == 0, let persistRoot else { return }
         let keep = keep
         persister.enqueue { [self] in
-            let copy = try CheckpointStore.persist(checkpoint: path, to: persistRoot, keep: keep)
+            // A failed copy to the second level is reported, not fatal: the checkpoint itself is committed.
+            var copy: String
+            do { copy = try CheckpointStore.persist(checkpoint: path, to: persistRoot, keep: keep) } catch {
+                copy = "nowhere (the copy to checkpoint.persist_dir failed: \(error))"
+            }
             let dt = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             lock.lock(); persisted[step] = (copy, dt); lock.unlock()
         }
@@ -183,30 +188,45 @@ final class Checkpointer {
         return try world.allreduce(seconds, op: .max, label: "checkpoint blocked time")
     }
 
-    /// Every rank's shard records on every rank (an allgather of their JSON over `comm`).
-    private static func gather(_ records: [CheckpointManifest.Shard], over comm: Communicator?) throws -> [CheckpointManifest.Shard] {
-        guard let comm, comm.size > 1 else { return records }
-        let mine = [UInt8](try JSONEncoder().encode(records))
-        var counts = [Int64](repeating: 0, count: comm.size)
-        var me = Int64(mine.count)
-        try withUnsafeMutablePointer(to: &me) { m in
-            try counts.withUnsafeMutableBufferPointer { try comm.allgather(send: m, recv: $0.baseAddress!, count: 1, label: "checkpoint records") }
+    /// What each rank contributes to a checkpoint's exchange: its step, whether it wrote, its shard records.
+    struct Contribution: Codable { var step: Int, rank: Int, error: String?, shards: [CheckpointManifest.Shard] }
+
+    /// Every rank's shard records for `step` on every rank (an allgather of their JSON over `comm`). Throws,
+    /// on every rank, if any rank failed to write or contributed another step: nothing is then committed.
+    private static func gather(_ written: Result<[CheckpointManifest.Shard], Error>, step: Int,
+                               over comm: Communicator?) throws -> [CheckpointManifest.Shard] {
+        var me = Contribution(step: step, rank: comm?.rank ?? 0, error: nil, shards: [])
+        switch written {
+        case .success(let r): me.shards = r
+        case .failure(let e): me.error = "\(e)"
         }
-        let sizes = counts.map { Int($0) }
-        var displacements = [0]
-        for c in sizes.dropLast() { displacements.append(displacements.last! + c) }
-        var bytes = [UInt8](repeating: 0, count: sizes.reduce(0, +))
-        try mine.withUnsafeBufferPointer { m in
-            try bytes.withUnsafeMutableBufferPointer {
-                try comm.allgather(send: m.baseAddress!, count: mine.count, recv: $0.baseAddress!, counts: sizes,
-                                   displacements: displacements, label: "checkpoint records")
+        var all = [me]
+        if let comm, comm.size > 1 {
+            let mine = [UInt8](try JSONEncoder().encode(me))
+            var counts = [Int64](repeating: 0, count: comm.size)
+            var n = Int64(mine.count)
+            try withUnsafeMutablePointer(to: &n) { m in
+                try counts.withUnsafeMutableBufferPointer { try comm.allgather(send: m, recv: $0.baseAddress!, count: 1, label: "checkpoint records") }
+            }
+            let sizes = counts.map { Int($0) }
+            var displacements = [0]
+            for c in sizes.dropLast() { displacements.append(displacements.last! + c) }
+            var bytes = [UInt8](repeating: 0, count: sizes.reduce(0, +))
+            try mine.withUnsafeBufferPointer { m in
+                try bytes.withUnsafeMutableBufferPointer {
+                    try comm.allgather(send: m.baseAddress!, count: mine.count, recv: $0.baseAddress!, counts: sizes,
+                                       displacements: displacements, label: "checkpoint records")
+                }
+            }
+            all = try (0..<comm.size).map {
+                try JSONDecoder().decode(Contribution.self, from: Data(bytes[displacements[$0]..<(displacements[$0] + sizes[$0])]))
             }
         }
-        var all: [CheckpointManifest.Shard] = []
-        for r in 0..<comm.size {
-            all += try JSONDecoder().decode([CheckpointManifest.Shard].self, from: Data(bytes[displacements[r]..<(displacements[r] + sizes[r])]))
+        if let bad = all.first(where: { $0.error != nil || $0.step != step }) {
+            throw CheckpointError("checkpoint step \(step) not committed: rank \(bad.rank) "
+                                  + (bad.error.map { "failed to write its shards: \($0)" } ?? "sent step \(bad.step)'s records"))
         }
-        return all
+        return all.flatMap(\.shards)
     }
 
     private func manifest(step: Int, shards: [CheckpointManifest.Shard], state: [String: String]) -> CheckpointManifest {

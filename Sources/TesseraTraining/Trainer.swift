@@ -18,6 +18,9 @@ public struct TrainerOptions: Sendable {
     /// Write the reduced gradients of step 1 (rank 0, full model, safetensors) to this file.
     public var dumpGradientsPath: String?
     public var measurePeak = true
+    /// Debugging: a lazy checkpoint's writer thread sleeps this long before copying each piece, so that the
+    /// next optimizer step has to wait for pieces not copied yet (`--checkpoint-copy-delay-ms`).
+    public var checkpointCopyDelayMs = 0.0
     public init(traceDir: String? = nil, fault: FaultInjection? = nil, dumpGradientsPath: String? = nil,
                 measurePeak: Bool = true) {
         self.traceDir = traceDir; self.fault = fault; self.dumpGradientsPath = dumpGradientsPath
@@ -83,6 +86,8 @@ public final class Trainer {
     let checkpointer: Checkpointer
     /// The first step this run trains (the checkpoint's step after `resume`).
     public private(set) var startStep = 0
+    /// The step of the checkpoint `resume` loaded (nil: none).
+    public private(set) var resumedStep: Int?
     /// The stop signal that ended the run early (after a save), nil if it ran to the end.
     public private(set) var stoppedBy: Int32?
     /// Every checkpoint this run saved.
@@ -235,8 +240,24 @@ public final class Trainer {
                                     tensors: GPTParameters.specs(gpt).map { .init(name: $0.name, shape: $0.shape) },
                                     mesh: ["pp": p.pp, "dp": p.dp, "ring": p.ring, "ulysses": p.ulysses, "zero": p.zero],
                                     configText: ConfigLoader.render(config))
-        if c.every > 0 && rank == 0 { try CheckpointStore.prepare(root: config.checkpointDir, setting: "checkpoint.dir") }
+        if let runtime, c.mode == "lazy", runtime.size > 1, runtime.threadLevel < 3 {
+            throw TrainingError("checkpoint.mode = \"lazy\" needs MPI_THREAD_MULTIPLE (the writer threads exchange records in "
+                                + "the background), but this MPI granted \(runtime.threadLevelName); use checkpoint.mode = \"sync\"")
+        }
+        if c.every > 0 {
+            // Rank 0 makes the directory; every rank learns whether it could (no rank may stop alone).
+            var problem: String?
+            if rank == 0 {
+                do { try CheckpointStore.prepare(root: config.checkpointDir, setting: "checkpoint.dir") } catch { problem = "\(error)" }
+            }
+            if let world = mesh?.world, world.size > 1,
+               try world.allreduce(Int32(problem == nil ? 0 : 1), op: .max, label: "checkpoint directory") == 1, problem == nil {
+                problem = "checkpoint.dir = '\(config.checkpointDir)': rank 0 could not prepare it (see its message)"
+            }
+            if let problem { throw TrainingError(problem) }
+        }
         schedule = LRSchedule(peak: o.lr, minRatio: o.minLrRatio, warmup: o.warmupSteps, total: t.steps, decay: o.decay)
+        checkpointer.writer.copyDelayMicroseconds = UInt32(options.checkpointCopyDelayMs * 1000)
         // A lazy checkpoint in flight must have copied each piece before the optimizer changes it.
         optimizer.beforeSegment = { [unowned self] k in
             do { try checkpointer.waitCopied(segment: k) } catch { MPIRuntime.abort("\(error); aborting the job") }
@@ -542,6 +563,12 @@ public final class Trainer {
     public func resume(_ spec: String) throws -> String {
         let single = spec != "auto" && FileManager.default.fileExists(atPath: spec + "/manifest.json")
         let root = spec == "auto" ? config.checkpointDir : spec
+        var isDirectory: ObjCBool = false
+        if !single, FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory),
+           !isDirectory.boolValue || access(root, R_OK | X_OK) != 0 {
+            throw CheckpointError("--resume \(spec): \(root) is " + (isDirectory.boolValue ? "not readable" : "a file")
+                                  + "; expected a directory of checkpoints")
+        }
         var candidates = single ? [spec] : CheckpointStore.list(root: root).map(\.path)
         if !single, let l = CheckpointStore.latest(root: root), let i = candidates.firstIndex(of: l) {
             candidates.remove(at: i); candidates.insert(l, at: 0)
@@ -569,6 +596,15 @@ public final class Trainer {
                 guard let step = Int(manifest.state["step"] ?? ""), let optStep = Int(manifest.state["optimizer_step"] ?? "") else {
                     throw CheckpointError("checkpoint \(c): manifest.json has no step/optimizer_step state")
                 }
+                // Every rank must have loaded the same step (a directory each rank sees differently would not).
+                if let world = mesh?.world, world.size > 1 {
+                    let lo = try world.allreduce(Int64(step), op: .min, label: "resume step"), hi = try world.allreduce(Int64(step), op: .max, label: "resume step")
+                    guard lo == hi else {
+                        throw CheckpointError("resume: the ranks loaded checkpoints of different steps (\(lo) and \(hi)) under \(root): "
+                                              + "checkpoint.dir must be one directory every rank sees the same")
+                    }
+                }
+                resumedStep = step
                 startStep = min(step, config.training.steps)
                 optimizer.step = optStep
                 let from = manifest.mesh.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")

@@ -16,6 +16,7 @@ usage: tessera <command> [arguments]
         --resume auto|PATH          continue from the newest valid checkpoint under checkpoint.dir (auto), or from PATH
                                     (a step-N checkpoint or a directory of them); any layout can resume any checkpoint
         --fault-inject MODE:RANK:STEP   debugging: rank RANK exits (MODE exit) or hangs (MODE hang) at step STEP
+        --checkpoint-copy-delay-ms MS   debugging: a lazy checkpoint's writer sleeps MS before copying each piece
   config show CONFIG.toml [--section.key VALUE ...]   print the effective config
   export --hf DIR --checkpoint PATH   write a Hugging Face GPT-2 directory (config.json, model.safetensors)
         PATH: one checkpoint (step-NNNNNN/) or a checkpoint root (its newest valid checkpoint)
@@ -92,6 +93,10 @@ do {
         options.dumpGradientsPath = takeOption(&args, "--dump-grads")
         options.fault = try takeOption(&args, "--fault-inject").map { try FaultInjection(parsing: $0) }
         let resume = takeOption(&args, "--resume")
+        if let v = takeOption(&args, "--checkpoint-copy-delay-ms") {
+            guard let ms = Double(v), ms >= 0 else { fail("--checkpoint-copy-delay-ms expects a number >= 0, got '\(v)'") }
+            options.checkpointCopyDelayMs = ms
+        }
         let (overrides, rest) = try ConfigLoader.splitOverrides(args)
         guard rest.count == 1, let path = rest.first else {
             fail(rest.isEmpty ? "train needs a config file\n\n" + usage
@@ -123,7 +128,7 @@ do {
         if runtime.rank == 0 {
             metrics = try MetricsSink(metricsPath: config.metricsPath,
                                       tensorboardDir: config.metrics.tensorboard ? config.tensorboardDir : nil,
-                                      keepThrough: resume == nil ? nil : trainer.startStep)
+                                      keepThrough: resume == nil ? nil : trainer.resumedStep ?? 0)
         }
         trainer.run(metrics: metrics)
         metrics?.close()
@@ -137,7 +142,7 @@ do {
         guard args.first == "show" else { fail("usage: tessera config show CONFIG.toml [--section.key VALUE ...]") }
         // Accepts (and ignores) train's run flags, so a launcher can pass train's arguments unchanged.
         var showArgs = Array(args.dropFirst())
-        for flag in ["--trace", "--dump-grads", "--fault-inject", "--resume"] { _ = takeOption(&showArgs, flag) }
+        for flag in ["--trace", "--dump-grads", "--fault-inject", "--resume", "--checkpoint-copy-delay-ms"] { _ = takeOption(&showArgs, flag) }
         let (overrides, rest) = try ConfigLoader.splitOverrides(showArgs)
         guard rest.count == 1, let path = rest.first else {
             fail(rest.isEmpty ? "config show needs a config file" : "config show takes one config file; unexpected: \(rest.dropFirst().joined(separator: " "))")

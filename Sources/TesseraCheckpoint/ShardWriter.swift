@@ -94,6 +94,9 @@ public final class ShardWriter: @unchecked Sendable {
         return blocked
     }
 
+    /// CPU seconds the writer thread has used (copies, checksums, writes, exchanges, commits).
+    public var cpuSeconds: Double { q.cpuSeconds }
+
     /// Throws the failure of a job that has run, if any (it does not wait).
     public func check() throws {
         q.cond.lock(); defer { q.cond.unlock() }
@@ -119,6 +122,8 @@ public final class JobQueue: @unchecked Sendable {
     var queue: [(id: Int, job: () throws -> Void)] = []
     var nextID = 0, finished = 0
     var copied = 0, copyTarget = 0
+    /// CPU time the thread spent running jobs (what it takes from training when every core computes).
+    public private(set) var cpuNs: UInt64 = 0
     var failure: String?
     private var stopping = false, stopped = false, started = false
 
@@ -148,9 +153,12 @@ public final class JobQueue: @unchecked Sendable {
             if queue.isEmpty { break }
             let (id, job) = queue.removeFirst()
             cond.unlock()
+            let c0 = Self.threadCPUTime()
             var message: String?
             do { try job() } catch { message = "\(error)" }
+            let used = Self.threadCPUTime() - c0
             cond.lock()
+            cpuNs += used
             if let message, failure == nil { failure = message }
             finished = id
             cond.broadcast()
@@ -170,6 +178,15 @@ public final class JobQueue: @unchecked Sendable {
         cond.lock(); defer { cond.unlock() }
         while finished < nextID { cond.wait() }
         if let f = failure { throw CheckpointError(f) }
+    }
+
+    /// CPU time of the jobs run so far (guarded by `cond`).
+    public var cpuSeconds: Double { cond.lock(); defer { cond.unlock() }; return Double(cpuNs) / 1e9 }
+
+    static func threadCPUTime() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
     /// Runs what is queued, then ends the thread.

@@ -33,6 +33,8 @@ final class Checkpointer {
     /// rank 0: the second level (`checkpoint.persist_dir`, nil = off), copied to on its own thread.
     let persistRoot: String?
     private let persister = JobQueue()
+    /// CPU seconds this rank's checkpoint threads (writer and second-level copier) have used.
+    var backgroundCPUSeconds: Double { writer.cpuSeconds + persister.cpuSeconds }
     let rank: Int
     let world: Communicator?
     let writer: ShardWriter

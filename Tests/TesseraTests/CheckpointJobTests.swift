@@ -372,4 +372,16 @@ final class CheckpointJobTests: XCTestCase {
         XCTAssertTrue(r.output.contains("continuing from \(latest) (step \(step)"), r.output)
         XCTAssertEqual(Set(r.losses.keys), [step + 1, step + 2], r.output)
     }
+
+    func testBenchCheckpointCommand() throws {
+        let dir = Self.root("bench")
+        let (status, out) = try runProcess([CommandTests.binary, "bench-checkpoint", "--sizes", "XS", "--every", "2", "--after", "1",
+                                            "--rounds", "1", "--dir", dir], timeout: 300)
+        XCTAssertEqual(status, 0, out)
+        let rows = out.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+        let sync = rows.first { $0.first == "sync" }, lazy = rows.first { $0.first == "lazy" }
+        XCTAssertNotNil(rows.first { $0.first == "none" }, out)
+        XCTAssertEqual(sync?[1], lazy?[1], "both modes save the same MiB\n\(out)")
+        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [], [], "the benchmark removes its checkpoints")
+    }
 }

@@ -32,18 +32,18 @@ public final class Request: @unchecked Sendable {
 
     private func finished() {
         isComplete = true; completedNs = nowNs()
-        Timeline.shared.commInFlight(label, beginNs: issuedNs, endNs: completedNs)
+        if !comm.background { Timeline.shared.commInFlight(label, beginNs: issuedNs, endNs: completedNs) }
     }
 
     /// Blocks until the operation completes.
     public func wait() throws {
         if isComplete { return }
-        let dog = Watchdog.shared, token = dog?.arm("MPI_Wait for", label, comm)
+        let dog = comm.background ? nil : Watchdog.shared, token = dog?.arm("MPI_Wait for", label, comm)
         let t0 = nowNs()
         let rc = MPI_Wait(&handle, tmpi_status_ignore())
         let t1 = nowNs()
         if let token { dog!.disarm(token) }
-        Timeline.shared.commWait("wait: \(label)", beginNs: t0, endNs: t1)
+        if !comm.background { Timeline.shared.commWait("wait: \(label)", beginNs: t0, endNs: t1) }
         try check(rc, "MPI_Wait(\(label)) on communicator '\(comm.name)'", rank: comm.worldRank)
         finished()
     }

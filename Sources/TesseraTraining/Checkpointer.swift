@@ -204,6 +204,10 @@ final class Checkpointer {
         }
         var all = [me]
         if let comm, comm.size > 1 {
+            // A blocking collective spins while it waits for a slower rank's write, taking a core from training:
+            // wait for every rank's arrival with a polled non-blocking barrier first, sleeping between polls.
+            let arrived = try comm.ibarrier(label: "checkpoint records")
+            while try !arrived.test() { usleep(500) }
             let mine = [UInt8](try JSONEncoder().encode(me))
             var counts = [Int64](repeating: 0, count: comm.size)
             var n = Int64(mine.count)

@@ -244,18 +244,13 @@ final class CheckpointJobTests: XCTestCase {
 
     /// A job (mpirun and its ranks, which are its children) with its output going to a file.
     final class Background {
-        let process = Process()
+        let process: Process
         let log: String
         init(_ argv: [String], log: String) throws {
             self.log = log
             try FileManager.default.createDirectory(atPath: (log as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             FileManager.default.createFile(atPath: log, contents: nil)
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = argv
-            var env = ProcessInfo.processInfo.environment
-            env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-            env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"; env["OPENBLAS_NUM_THREADS"] = "1"
-            process.environment = env
+            process = testProcess(argv)
             let h = FileHandle(forWritingAtPath: log)!
             process.standardOutput = h; process.standardError = h
             try process.run()

@@ -52,9 +52,8 @@ func writeTrainingText(in dir: URL, lines: Int) throws -> String {
     return url.path
 }
 
-/// Runs a command (through /usr/bin/env) with a time limit; returns (exit status, stdout + stderr).
-/// MPI jobs get Open MPI's root and oversubscription settings.
-func runProcess(_ argv: [String], timeout: TimeInterval = 300) throws -> (Int32, String) {
+/// A command through /usr/bin/env with Open MPI's root and oversubscription settings (not started).
+func testProcess(_ argv: [String]) -> Process {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     p.arguments = argv
@@ -62,6 +61,13 @@ func runProcess(_ argv: [String], timeout: TimeInterval = 300) throws -> (Int32,
     env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
     env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"; env["OPENBLAS_NUM_THREADS"] = "1"
     p.environment = env
+    return p
+}
+
+/// Runs a command (through /usr/bin/env) with a time limit; returns (exit status, stdout + stderr).
+/// MPI jobs get Open MPI's root and oversubscription settings.
+func runProcess(_ argv: [String], timeout: TimeInterval = 300) throws -> (Int32, String) {
+    let p = testProcess(argv)
     let pipe = Pipe()
     p.standardOutput = pipe; p.standardError = pipe
     try p.run()

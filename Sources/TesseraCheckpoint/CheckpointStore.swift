@@ -103,20 +103,28 @@ public enum CheckpointStore {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data = try encoder.encode(manifest)
         try? fm.createDirectory(atPath: temp, withIntermediateDirectories: true)
-        let manifestPath = temp + "/manifest.json"
-        let fd = open(manifestPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw CheckpointError("\(manifestPath): cannot create: \(String(cString: strerror(errno)))") }
-        do {
-            defer { close(fd) }
-            try data.withUnsafeBytes { try writeAll(fd, $0, path: manifestPath) }
-            guard fsync(fd) == 0 else { throw CheckpointError("\(manifestPath): fsync failed") }
-        }
+        try writeDurably(temp + "/manifest.json", data)
+        try publish(root: root, temp: temp, final: final, step: manifest.step, keep: keep)
+        return final
+    }
+
+    /// Writes `data` to a new file at `path` and fsyncs it.
+    static func writeDurably(_ path: String, _ data: Data) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw CheckpointError("\(path): cannot create: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        try data.withUnsafeBytes { try writeAll(fd, $0, path: path) }
+        guard fsync(fd) == 0 else { throw CheckpointError("\(path): fsync failed: \(String(cString: strerror(errno)))") }
+    }
+
+    /// The end of a commit, once `temp` holds every file fsynced: fsync it, rename it to `final`, fsync the
+    /// root, point `latest` at it, prune to `keep`.
+    static func publish(root: String, temp: String, final: String, step: Int, keep: Int) throws {
         try fsyncPath(temp)
         try replace(root: root, temp: temp, final: final)
         try fsyncPath(root)
-        try setLatest(root: root, name: name(step: manifest.step))
-        try prune(root: root, keep: keep, committed: manifest.step)
-        return final
+        try setLatest(root: root, name: name(step: step))
+        try prune(root: root, keep: keep, committed: step)
     }
 
     /// Copies committed checkpoint `path` into `root` (a second, persistent level: a shared file system) with
@@ -140,24 +148,14 @@ public enum CheckpointStore {
             try fm.copyItem(atPath: path + "/" + f, toPath: temp + "/" + f)
             try fsyncPath(temp + "/" + f)
         }
-        try fsyncPath(temp)
-        try replace(root: root, temp: temp, final: final)
-        try fsyncPath(root)
-        try setLatest(root: root, name: name)
-        try prune(root: root, keep: keep, committed: step)
+        try publish(root: root, temp: temp, final: final, step: step, keep: keep)
         return final
     }
 
     /// Points `latest` at checkpoint `name` (atomically).
     public static func setLatest(root: String, name: String) throws {
         let tmp = root + "/latest.tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw CheckpointError("\(tmp): cannot create: \(String(cString: strerror(errno)))") }
-        do {
-            defer { close(fd) }
-            try Data((name + "\n").utf8).withUnsafeBytes { try writeAll(fd, $0, path: tmp) }
-            guard fsync(fd) == 0 else { throw CheckpointError("\(tmp): fsync failed") }
-        }
+        try writeDurably(tmp, Data((name + "\n").utf8))
         guard rename(tmp, root + "/latest") == 0 else { throw CheckpointError("cannot update \(root)/latest: \(String(cString: strerror(errno)))") }
         try fsyncPath(root)
     }
@@ -170,6 +168,14 @@ public enum CheckpointStore {
                   FileManager.default.fileExists(atPath: root + "/" + n + "/manifest.json") else { return nil }
             return (s, root + "/" + n)
         }.sorted { $0.0 > $1.0 }
+    }
+
+    /// Complete checkpoints under `root` in the order a resume tries them: the one `latest` names, then the
+    /// others, newest first.
+    public static func candidates(root: String) -> [String] {
+        var paths = list(root: root).map(\.path)
+        if let l = latest(root: root), let i = paths.firstIndex(of: l) { paths.remove(at: i); paths.insert(l, at: 0) }
+        return paths
     }
 
     /// The checkpoint `latest` names (nil when there is none).
@@ -299,11 +305,7 @@ public final class CheckpointReader {
     /// The newest checkpoint under `root` that verifies, newest first from `latest`; `skipped` gets a line
     /// for each newer one that did not (so that the caller can say so).
     public static func newestValid(root: String, skipped: inout [String]) -> CheckpointReader? {
-        var candidates = CheckpointStore.list(root: root).map(\.path)
-        if let l = CheckpointStore.latest(root: root), let i = candidates.firstIndex(of: l) {
-            candidates.remove(at: i); candidates.insert(l, at: 0)
-        }
-        for c in candidates {
+        for c in CheckpointStore.candidates(root: root) {
             do {
                 let r = try CheckpointReader(path: c)
                 try r.verifyAll()

@@ -5,8 +5,9 @@
 // the writer's own thread that copies every source tensor into a host staging buffer (publishing how many
 // are done), then writes the staged bytes to the step's temporary directory and fsyncs. Training goes on
 // meanwhile. The next optimizer step calls `waitCopied(count:)` before it updates each piece, so it blocks
-// only for pieces not copied yet (sources are copied in the optimizer's order). Jobs run first in, first out on one thread, so a later job (the next save, rank 0's
-// commit) never overtakes an earlier one, and the staging buffer is never overwritten while it is written.
+// only for pieces not copied yet (sources are copied in the optimizer's order). Jobs run first in, first
+// out on one thread, so a later save never overtakes an earlier one, and the staging buffer is never
+// overwritten while it is written.
 //
 // Sync: `writeNow` writes straight from the live tensors on the calling thread (the baseline).
 
@@ -103,15 +104,9 @@ public final class ShardWriter: @unchecked Sendable {
         if let f = q.failure { throw CheckpointError("rank \(rank): \(f)") }
     }
 
-    /// Queues `job` after everything queued so far (rank 0's commit runs here, after its own shards); its
-    /// failure is reported by the next wait.
-    public func enqueue(_ job: @escaping () throws -> Void) { q.enqueue(job) }
-
     /// Blocks until every queued job has run; throws the first failure.
     public func drain() throws {
-        q.cond.lock(); defer { q.cond.unlock() }
-        while q.finished < q.nextID { q.cond.wait() }
-        if let f = q.failure { throw CheckpointError("rank \(rank): \(f)") }
+        do { try q.drain() } catch { throw CheckpointError("rank \(rank): \(error)") }
     }
 }
 

@@ -569,10 +569,7 @@ public final class Trainer {
             throw CheckpointError("--resume \(spec): \(root) is " + (isDirectory.boolValue ? "not readable" : "a file")
                                   + "; expected a directory of checkpoints")
         }
-        var candidates = single ? [spec] : CheckpointStore.list(root: root).map(\.path)
-        if !single, let l = CheckpointStore.latest(root: root), let i = candidates.firstIndex(of: l) {
-            candidates.remove(at: i); candidates.insert(l, at: 0)
-        }
+        let candidates = single ? [spec] : CheckpointStore.candidates(root: root)
         if candidates.isEmpty {
             if spec == "auto" { return "resume: no checkpoint under \(root); starting from step 0" }
             throw CheckpointError("--resume \(spec): no checkpoint there (expected a step-N directory with manifest.json, or a directory of them)")

@@ -103,6 +103,24 @@ public final class ProcessMesh: @unchecked Sendable {
         return out
     }
 
+    // MARK: positions
+
+    /// Runs the first pipeline stage (the embeddings).
+    public var isFirstStage: Bool { coordinate.pp == 0 }
+    /// Runs the last pipeline stage (ln_f, the LM head and the loss).
+    public var isLastStage: Bool { coordinate.pp == shape.pp - 1 }
+    /// The first of the ranks holding the same parameters (`replicas` rank 0): it writes the shared tensors of
+    /// a checkpoint that is not ZeRO-sharded.
+    public var isFirstReplica: Bool { replicas.rank == 0 }
+    /// The first rank of its pipeline (data, ring and Ulysses coordinate 0): the pipeline whose stages gather
+    /// the whole model to world rank 0.
+    public var inFirstPipeline: Bool { coordinate.dp == 0 && coordinate.ring == 0 && coordinate.ulysses == 0 }
+    /// This rank's neighbours among the pipeline stages (the stages form a ring: the last sends to the first
+    /// only in interleaved schedules, from its chunk v to chunk v + 1).
+    public var pipelineRing: RingPosition { pipeline.ringPosition }
+    /// This rank's neighbours on the ring-attention ring.
+    public var attentionRing: RingPosition { ring.ringPosition }
+
     /// The groups `tessera mpi-check` exercises (the embedding group is a pair of pipeline ends, checked by
     /// the pipeline tests' gradients).
     public var groups: [Communicator] { [pipeline, data, sequence, ring, ulysses, replicas] }
@@ -117,4 +135,48 @@ public enum MeshError: Error, CustomStringConvertible {
                 + "run it with mpirun -np \(shape.size) (or Launch/tessera-run, which computes it)"
         }
     }
+}
+
+/// A rank's place on a ring of `size` ranks: where it sends (`next`), where it receives from (`prev`), and whose
+/// block it holds after s hops. Ring attention and the pipeline engine take every neighbour from here.
+public struct RingPosition: Sendable, Equatable {
+    public let rank: Int, size: Int
+    public init(rank: Int, size: Int) {
+        precondition(size >= 1 && rank >= 0 && rank < size, "rank \(rank) outside a ring of \(size)")
+        self.rank = rank; self.size = size
+    }
+    public var next: Int { (rank + 1) % size }
+    public var prev: Int { (rank - 1 + size) % size }
+    /// The rank whose block this rank holds after `hops` steps of passing blocks to `next`.
+    public func source(afterHops hops: Int) -> Int { ((rank - hops) % size + size) % size }
+    /// The same when blocks pass the other way, to `prev` (ring attention's backward).
+    public func sourceFlowingBack(afterHops hops: Int) -> Int { (rank + hops) % size }
+}
+
+extension Communicator {
+    /// This rank's place when the group's ranks form a ring in rank order.
+    public var ringPosition: RingPosition { RingPosition(rank: rank, size: size) }
+}
+
+/// Every message tag of the runtime's point-to-point protocols, in one place. Tags only need to be unique
+/// within one communicator and one protocol's messages in flight at once; each protocol runs on its own group.
+public enum MessageTag {
+    /// The smallest MPI_TAG_UB the standard guarantees.
+    public static let upperBound = 32767
+
+    /// Ring attention (ring group), per layer: key/value blocks of the forward, of the backward, and the
+    /// key/value gradient accumulators travelling back.
+    public static func ringForwardKV(layer: Int) -> Int { layer * 4 }
+    public static func ringBackwardKV(layer: Int) -> Int { layer * 4 + 1 }
+    public static func ringBackwardGradient(layer: Int) -> Int { layer * 4 + 2 }
+
+    /// The pipeline (pipeline group): the activation (forward) or its gradient (backward) of micro-batch `mb`
+    /// addressed to virtual stage `vs` of `virtualStages`; distinct for every message of a step, so they may
+    /// arrive in any order.
+    public static func pipeline(microbatch mb: Int, virtualStage vs: Int, backward: Bool, virtualStages: Int) -> Int {
+        (mb * virtualStages + vs) * 2 + (backward ? 1 : 0)
+    }
+
+    /// Gathering every stage's tensors to the first stage (pipeline group; no step's messages are in flight).
+    public static let gatherStages = 7000
 }

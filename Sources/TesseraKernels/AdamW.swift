@@ -56,4 +56,17 @@ public enum AdamW {
         }
         return acc
     }
+
+    /// Whether every value of x is finite (checked a SIMD16 vector at a time: x − x is 0 only for finite x).
+    public static func allFinite(_ x: UnsafePointer<Float>, _ n: Int) -> Bool {
+        var acc = SIMD16<Float>(repeating: 0), i = 0
+        while i + 16 <= n {
+            let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
+            acc += v - v
+            i += 16
+        }
+        var tail: Float = 0
+        while i < n { tail += x[i] - x[i]; i += 1 }
+        return acc.sum() == 0 && tail == 0
+    }
 }

@@ -1,39 +1,10 @@
 // GPT-2 forward and backward over the kernels. The model holds parameters and gradients (one
 // contiguous buffer each, same layout); activations of a micro-batch live in `Activations`.
-// Attention goes through `AttentionOp`, the seam where ring and Ulysses attention plug in.
+// The parallel modules plug into the seams of `ParallelModel` (ModelSeams.swift), which GPT implements.
 
 import Foundation
 import TesseraKernels
 import TesseraMemory
-
-/// How a block computes attention over its fused qkv. The single-rank implementation is `LocalAttention`.
-/// Whatever else an implementation keeps for the backward (Ulysses: the head-sharded q, k, v and output)
-/// lives in the micro-batch's activations: `savedFloats` per layer, passed back as `saved`.
-public protocol AttentionOp: AnyObject {
-    /// Floats per layer the op saves for its backward, for a micro-batch of this shape.
-    func savedFloats(batch: Int, tokens: Int) -> Int
-    func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
-                 saved: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, layer: Int, scratch: Scratch)
-    /// Accumulates into dqkv (zeroed by the caller).
-    func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
-                  lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, saved: UnsafeMutablePointer<Float>, batch: Int,
-                  tokens: Int, layer: Int, scratch: Scratch)
-    /// Called when the backward pass reaches the block, before its MLP backward: a chance to start the
-    /// communication the attention backward needs (ring attention fetches its first key/value block).
-    func prepareBackward(qkv: UnsafePointer<Float>, saved: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, layer: Int)
-    func poll()
-    /// Whether `backward` reads the local fused qkv (Ulysses reads its head-sharded copy in `saved` instead,
-    /// so the selective policy need not keep the local one).
-    var backwardReadsLocalQKV: Bool { get }
-}
-
-extension AttentionOp {
-    public var backwardReadsLocalQKV: Bool { true }
-    public func savedFloats(batch: Int, tokens: Int) -> Int { 0 }
-    public func prepareBackward(qkv: UnsafePointer<Float>, saved: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, layer: Int) {}
-    /// Called between the block's other backward ops: drive communication started by `prepareBackward`.
-    public func poll() {}
-}
 
 /// Causal self-attention over the whole local sequence with the blockwise kernel.
 public final class LocalAttention: AttentionOp {
@@ -63,13 +34,7 @@ public final class LocalAttention: AttentionOp {
     }
 }
 
-/// Learns, during a backward pass, which gradients are final.
-public protocol BackwardObserver: AnyObject {
-    /// Gradients at parameter-storage offsets ≥ `offset` will not change again in this backward pass.
-    func gradientsFinal(from offset: Int)
-}
-
-public final class GPT: @unchecked Sendable {
+public final class GPT: ParallelModel, @unchecked Sendable {
     public let config: GPTConfig
     public let params: ParameterSet
     public let grads: ParameterSet
@@ -96,6 +61,8 @@ public final class GPT: @unchecked Sendable {
     public let stage: ModelStage
     /// Told during `backward` when gradients become final (data parallelism starts reducing them).
     public weak var observer: BackwardObserver?
+    /// The residual stream's width: what crosses a pipeline-stage boundary per token.
+    public var boundaryWidth: Int { config.dModel }
     /// Called between the ops of every block, forward and backward: a chance to drive communication in
     /// flight (the pipeline engine's transfers; this MPI moves messages only inside MPI calls).
     public var progress: (() -> Void)?

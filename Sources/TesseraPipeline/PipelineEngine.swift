@@ -24,7 +24,7 @@ public final class PipelineEngine {
     public enum Mode: Sendable { case train, evaluate }
 
     public let plan: PipelinePlan
-    public let model: GPT
+    public let model: any ParallelModel
     /// The pipeline group: rank i runs stage i.
     public let comm: Communicator
     public let batch: Int, tokens: Int
@@ -60,36 +60,30 @@ public final class PipelineEngine {
     public private(set) var waitNs: UInt64 = 0
     private var alive = 0
 
-    public init(plan: PipelinePlan, model: GPT, comm: Communicator, batch: Int, tokens: Int) throws {
+    public init(plan: PipelinePlan, model: any ParallelModel, comm: Communicator, batch: Int, tokens: Int) throws {
         precondition(comm.size == plan.stages, "pipeline group of \(comm.size) ranks for \(plan.stages) stages")
         precondition(model.stage.chunks.count == plan.virtualStages, "model stage has \(model.stage.chunks.count) chunks, plan \(plan.virtualStages)")
         self.plan = plan; self.model = model; self.comm = comm; self.batch = batch; self.tokens = tokens
         rank = comm.rank; stages = plan.stages
-        workspace = Workspace(n: batch * tokens, c: model.config.dModel, training: true)
+        workspace = Workspace(n: batch * tokens, c: model.boundaryWidth, training: true)
         pool = Array(repeating: [], count: plan.virtualStages)
         allocated = Array(repeating: 0, count: plan.virtualStages)
         setBytes = Array(repeating: 0, count: plan.virtualStages)
-        let maxTag = Self.tag(microbatch: plan.microbatches - 1, virtualStage: plan.virtualStageCount - 1,
-                              backward: true, virtualStages: plan.virtualStageCount)
-        if maxTag > PipelineEngine.tagUpperBound {
+        let maxTag = MessageTag.pipeline(microbatch: plan.microbatches - 1, virtualStage: plan.virtualStageCount - 1,
+                                         backward: true, virtualStages: plan.virtualStageCount)
+        if maxTag > MessageTag.upperBound {
             throw PipelinePlanError(description: "\(plan.microbatches) micro-batches × \(plan.virtualStageCount) virtual stages need "
-                                    + "MPI tags up to \(maxTag), above the \(PipelineEngine.tagUpperBound) every MPI allows")
+                                    + "MPI tags up to \(maxTag), above the \(MessageTag.upperBound) every MPI allows")
         }
     }
 
-    /// The smallest MPI_TAG_UB the standard guarantees.
-    public static let tagUpperBound = 32767
-
     /// The tag of a message to virtual stage `vs` about micro-batch `mb`.
-    static func tag(microbatch mb: Int, virtualStage vs: Int, backward: Bool, virtualStages: Int) -> Int {
-        (mb * virtualStages + vs) * 2 + (backward ? 1 : 0)
-    }
     func tag(_ mb: Int, _ vs: Int, backward: Bool) -> Int {
-        Self.tag(microbatch: mb, virtualStage: vs, backward: backward, virtualStages: plan.virtualStageCount)
+        MessageTag.pipeline(microbatch: mb, virtualStage: vs, backward: backward, virtualStages: plan.virtualStageCount)
     }
     func key(_ mb: Int, _ chunk: Int) -> Int { mb * plan.virtualStages + chunk }
-    var next: Int { (rank + 1) % stages }
-    var prev: Int { (rank - 1 + stages) % stages }
+    var next: Int { comm.ringPosition.next }
+    var prev: Int { comm.ringPosition.prev }
     func virtualStage(_ chunk: Int) -> Int { plan.virtualStage(rank: rank, chunk: chunk) }
     var lastVirtualStage: Int { plan.virtualStageCount - 1 }
 
@@ -177,13 +171,13 @@ public final class PipelineEngine {
     }
 
     private func gradBuffer() -> FloatBuffer {
-        gradFree.popLast() ?? FloatBuffer(batch * tokens * model.config.dModel)
+        gradFree.popLast() ?? FloatBuffer(batch * tokens * model.boundaryWidth)
     }
 
     /// Posts the receive an action needs, once: the forward input from the previous virtual stage, or the
     /// output gradient from the next one.
     private func postReceive(for a: PipelineAction) throws {
-        let vs = virtualStage(a.chunk), k = key(a.microbatch, a.chunk), n = batch * tokens * model.config.dModel
+        let vs = virtualStage(a.chunk), k = key(a.microbatch, a.chunk), n = batch * tokens * model.boundaryWidth
         switch a.kind {
         case .forward:
             guard vs > 0, live[k] == nil else { return }
@@ -228,13 +222,13 @@ public final class PipelineEngine {
         let dt = nowNs() - t0
         busyNs += dt; forwardNs += dt
         if vs < lastVirtualStage, mode == .train {
-            outputSends[k] = try comm.isend(set.output, count: batch * tokens * model.config.dModel, to: next,
+            outputSends[k] = try comm.isend(set.output, count: batch * tokens * model.boundaryWidth, to: next,
                                             tag: tag(a.microbatch, vs + 1, backward: false),
                                             label: "pipeline activation mb \(a.microbatch) → stage \(vs + 1)")
         } else if vs < lastVirtualStage {
             // Evaluation frees the set at once: the output leaves from a copy, so a send still in flight does
             // not hold a whole activation set (the pool stays at what training needs).
-            let n = batch * tokens * model.config.dModel, buf = gradBuffer()
+            let n = batch * tokens * model.boundaryWidth, buf = gradBuffer()
             buf.ptr.update(from: set.output, count: n)
             gradSending.append((buf, try comm.isend(buf.ptr, count: n, to: next, tag: tag(a.microbatch, vs + 1, backward: false),
                                                     label: "pipeline activation mb \(a.microbatch) → stage \(vs + 1)")))
@@ -247,7 +241,7 @@ public final class PipelineEngine {
     }
 
     private func backward(_ a: PipelineAction) throws {
-        let vs = virtualStage(a.chunk), k = key(a.microbatch, a.chunk), n = batch * tokens * model.config.dModel
+        let vs = virtualStage(a.chunk), k = key(a.microbatch, a.chunk), n = batch * tokens * model.boundaryWidth
         guard let set = live.removeValue(forKey: k) else {
             preconditionFailure("backward of micro-batch \(a.microbatch) chunk \(a.chunk) before its forward")
         }

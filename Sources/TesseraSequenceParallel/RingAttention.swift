@@ -87,8 +87,8 @@ public final class RingCore: AttentionCore {
         chunkLse = [FloatBuffer(maxBatch * heads * layout.chunk), FloatBuffer(maxBatch * heads * layout.chunk)]
     }
 
-    var next: Int { (comm.rank + 1) % comm.size }
-    var prev: Int { (comm.rank - 1 + comm.size) % comm.size }
+    var next: Int { comm.ringPosition.next }
+    var prev: Int { comm.ringPosition.prev }
 
     /// Copies k and v of the fused qkv into a packed kv buffer [batch, tokens, 2·heads·hd].
     func packKV(_ qkv: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, c: Int) {
@@ -119,7 +119,7 @@ public final class RingCore: AttentionCore {
         out.update(repeating: 0, count: batch * tokens * c)
         for l in chunkLse { l.ptr.update(repeating: -.infinity, count: batch * heads * ch) }
         let myRuns = layout.runs(ringRank: r)
-        let tag = layer * 4
+        let tag = MessageTag.ringForwardKV(layer: layer)
         for s in 0..<R {
             let cur = kv[s % 2].ptr
             var reqs: [Request] = []
@@ -128,7 +128,7 @@ public final class RingCore: AttentionCore {
                 reqs.append(try comm.isend(cur, count: n, to: next, tag: tag, label: "ring kv L\(layer) s\(s)"))
                 if recordTiming { sendPosts[0].append(nowNsSP()) }
             }
-            let src = (r - s + R) % R
+            let src = comm.ringPosition.source(afterHops: s)
             poller.requests = reqs
             for (qi, q) in myRuns.enumerated() {
                 for k in layout.runs(ringRank: src) where !Self.masked(q, k) {
@@ -188,7 +188,7 @@ public final class RingCore: AttentionCore {
         if let p = prefetch[slot] { try Request.waitAll(p.requests) }  // an older layer's, never consumed (eval)
         if let old = pendingPreSend[slot] { try old.wait(); pendingPreSend[slot] = nil }
         if let o = ownSend { try o.wait(); ownSend = nil }
-        let tag = layer * 4 + 1
+        let tag = MessageTag.ringBackwardKV(layer: layer)
         let reqs = [try comm.irecv(preBuf[slot].ptr, count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s0"),
                     try comm.isendRows(qkv + c, rows: batch * tokens, width: 2 * c, stride: 3 * c, to: prev, tag: tag,
                                        label: "ring kv bwd L\(layer) own")]
@@ -210,7 +210,7 @@ public final class RingCore: AttentionCore {
             }
         }
         if prefetch[slot]?.layer != layer { try prepareBackward(qkv: qkv, batch: batch, tokens: tokens, heads: heads, layer: layer) }
-        let tag = layer * 4 + 1, dtag = layer * 4 + 2
+        let tag = MessageTag.ringBackwardKV(layer: layer), dtag = MessageTag.ringBackwardGradient(layer: layer)
         // kv[s % 2]: this step's block. dkv[0], dkv[1]: accumulators being built, then sent (double buffered);
         // dkv[2]: the accumulator arriving from the next rank.
         var kvSend: Request? = nil                       // the block sent on to the previous rank
@@ -252,7 +252,7 @@ public final class RingCore: AttentionCore {
             let acc = dkv[s % 2].ptr
             if let w = sending[s % 2] { try w.wait() }
             acc.update(repeating: 0, count: n)
-            let src = (r + 1 + s) % R
+            let src = comm.ringPosition.sourceFlowingBack(afterHops: s + 1)
             poller.requests = [kvRecv, kvSend, ownSend, incoming, sending[(s + 1) % 2]].compactMap { $0 } + prefetchRequests
             for (qi, q) in myRuns.enumerated() {
                 for k in layout.runs(ringRank: src) where !Self.masked(q, k) {
@@ -350,8 +350,8 @@ public final class RingCore: AttentionCore {
         var t0 = nowNsSP()
         for layer in 0..<layers {
             for s in 0..<(R - 1) {
-                try Request.waitAll([try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: layer * 4),
-                                     try comm.isend(kv[s % 2].ptr, count: n, to: next, tag: layer * 4)])
+                try Request.waitAll([try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: MessageTag.ringForwardKV(layer: layer)),
+                                     try comm.isend(kv[s % 2].ptr, count: n, to: next, tag: MessageTag.ringForwardKV(layer: layer))])
             }
         }
         let forward = Double(nowNsSP() - t0) / 1e9
@@ -360,10 +360,10 @@ public final class RingCore: AttentionCore {
         for layer in 0..<layers {
             // R − 1 key/value blocks and R − 1 accumulators, all to the previous rank.
             for s in 0..<(R - 1) {
-                try Request.waitAll([try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: next, tag: layer * 4 + 1),
-                                     try comm.isend(kv[s % 2].ptr, count: n, to: prev, tag: layer * 4 + 1),
-                                     try comm.irecv(dkv[2].ptr, count: n, from: next, tag: layer * 4 + 2),
-                                     try comm.isend(dkv[s % 2].ptr, count: n, to: prev, tag: layer * 4 + 2)])
+                try Request.waitAll([try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: next, tag: MessageTag.ringBackwardKV(layer: layer)),
+                                     try comm.isend(kv[s % 2].ptr, count: n, to: prev, tag: MessageTag.ringBackwardKV(layer: layer)),
+                                     try comm.irecv(dkv[2].ptr, count: n, from: next, tag: MessageTag.ringBackwardGradient(layer: layer)),
+                                     try comm.isend(dkv[s % 2].ptr, count: n, to: prev, tag: MessageTag.ringBackwardGradient(layer: layer))])
             }
         }
         return (forward, Double(nowNsSP() - t0) / 1e9)

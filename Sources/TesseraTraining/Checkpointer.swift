@@ -28,7 +28,7 @@ public struct CheckpointEvent: Sendable {
     public var persistedPath: String? = nil, persistedSeconds: Double? = nil
 }
 
-final class Checkpointer {
+public final class Checkpointer {
     let root: String, keep: Int, lazy: Bool
     /// rank 0: the second level (`checkpoint.persist_dir`, nil = off), copied to on its own thread.
     let persistRoot: String?

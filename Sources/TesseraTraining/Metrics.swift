@@ -16,6 +16,8 @@ public struct StepRecord: Sendable {
     public var optimizerStateBytes: Int = 0
     /// Activation memory per rank (at log steps).
     public var activations: ActivationSummary? = nil
+    /// Steps so far whose update was dropped as non-finite (`training.on_nonfinite = "skip"`).
+    public var skippedSteps = 0
 }
 
 /// Activation memory of one step on this rank.
@@ -107,9 +109,11 @@ public final class MetricsSink {
 
     public func record(_ r: StepRecord) {
         var obj: [String: Any] = [
-            "step": r.step, "loss": r.loss, "lr": r.lr, "grad_norm": r.gradNorm, "tokens_per_s": r.tokensPerSecond,
+            // JSON has no NaN or infinity: a non-finite loss or norm is written as null.
+            "step": r.step, "loss": r.loss.isFinite ? r.loss : NSNull(), "lr": r.lr,
+            "grad_norm": r.gradNorm.isFinite ? r.gradNorm : NSNull(), "tokens_per_s": r.tokensPerSecond,
             "mfu": r.mfu, "step_s": r.stepSeconds, "peak_rss_bytes": r.peakRSSBytes,
-            "optimizer_state_bytes": r.optimizerStateBytes,
+            "optimizer_state_bytes": r.optimizerStateBytes, "skipped_steps": r.skippedSteps,
         ]
         if let v = r.valLoss { obj["val_loss"] = v }
         if let a = r.activations {
@@ -180,6 +184,7 @@ public final class MetricsSink {
         s += "  lr \(sci(r.lr))  norm \(fmt(r.gradNorm, 3))  \(fmt(r.tokensPerSecond, 0)) tok/s"
         s += "  MFU \(fmt(100 * r.mfu, 1))%  \(fmt(1000 * r.stepSeconds, 0)) ms/step"
         s += "  mem \(fmt(Double(r.peakRSSBytes) / 1_048_576, 0)) MiB  ETA \(duration(r.etaSeconds))"
+        if r.skippedSteps > 0 { s += "  skipped \(r.skippedSteps)" }
         return s
     }
 }

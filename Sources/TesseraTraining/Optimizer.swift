@@ -74,7 +74,19 @@ public final class AdamWOptimizer {
     /// Clips by the global norm and applies one AdamW step at learning rate `lr`. Returns the norm before clipping.
     @discardableResult
     public func step(lr: Double, normReducer: (Double) -> Double = { $0 }) -> Double {
-        let norm = normReducer(localSquaredNorm()).squareRoot()
+        let norm = globalNorm(normReducer)
+        update(lr: lr, norm: norm)
+        return norm
+    }
+
+    /// The global gradient norm: this optimizer's squared norm, summed by `normReducer` over the ranks that
+    /// hold the rest of the gradient.
+    public func globalNorm(_ normReducer: (Double) -> Double = { $0 }) -> Double {
+        normReducer(localSquaredNorm()).squareRoot()
+    }
+
+    /// One AdamW step at learning rate `lr`, the gradients clipped by their global norm `norm`.
+    public func update(lr: Double, norm: Double) {
         let scale: Float = clip > 0 && norm > clip ? Float(clip / norm) : 1
         step += 1
         let h = AdamWHyper(lr: Float(lr), beta1: Float(beta1), beta2: Float(beta2), eps: Float(eps),
@@ -85,6 +97,15 @@ public final class AdamWOptimizer {
             AdamW.update(param: p + s.param, grad: grad + s.state, m: m.ptr + s.state, v: v.ptr + s.state,
                          n: s.count, hyper: h, decay: s.decays, step: step, gradScale: scale)
         }
-        return norm
+    }
+
+    /// The name of the first tensor (in storage order) whose gradient this optimizer holds has a value that
+    /// is not finite, nil if all are finite.
+    public func firstNonFiniteGradient() -> String? {
+        for s in segments where !AdamW.allFinite(grad + s.state, s.count) {
+            let i = params.offsets.lastIndex { $0 <= s.param }!
+            return params.specs[i].name
+        }
+        return nil
     }
 }

@@ -132,6 +132,11 @@ do {
         }
         trainer.run(metrics: metrics)
         metrics?.close()
+        if trainer.failure != nil {
+            // A non-finite step stopped the run on every rank (rank 0 said why): finalize together, fail.
+            runtime.finalize()
+            exit(4)
+        }
         if runtime.rank == 0 && config.sample.tokens > 0 && trainer.stoppedBy == nil {
             print("\n--- sample (\(config.sample.tokens) tokens, temperature \(config.sample.temperature)) ---")
             print(trainer.sample())

@@ -8,6 +8,11 @@ import XCTest
 /// norm — for dp = 2, 4, 8, with and without ZeRO-1, with gradient accumulation, and with buckets small
 /// enough that several reductions overlap the backward pass. Then the failure paths: a rank that exits
 /// mid-step and a rank that hangs (the watchdog) both end the job with a non-zero exit naming the rank.
+///
+/// AdamW's eps is 1e-6 here, not 1e-8: with 1e-8, elements whose gradient is near the rounding noise (rows
+/// of the tied embedding for bytes the batch never contains) move by a full learning rate in the direction
+/// of that noise, and ten steps amplify fp32 reordering to 2e-5 relative on some machines' sgemm kernels
+/// (seen with OpenBLAS's Zen kernels: pp 2 × ring 2 against one rank, identical code).
 final class DataParallelTests: XCTestCase {
     static let tolerance = 1e-5
     static let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-dp-\(getpid())")
@@ -43,6 +48,7 @@ final class DataParallelTests: XCTestCase {
         lr = 1e-2
         warmup_steps = 2
         grad_clip = 1.0
+        eps = 1e-6
         [parallelism]
         bucket_mb = 0.01
         [data]

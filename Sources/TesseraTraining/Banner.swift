@@ -1,0 +1,57 @@
+// What rank 0 prints before the first step (the run's shape, mesh, memory and machine) and the text sampled
+// from the trained model after the last.
+
+import Foundation
+import TesseraComm
+import TesseraKernels
+import TesseraModel
+
+extension Trainer {
+    /// The start-up banner: model, batch, data, mesh, optimizer state, reduction, MPI, memory, machine warnings.
+    func banner() -> String {
+        let m = model.config, t = config.training
+        var s = "tessera: \(config.job.name): GPT-2 \(m.nLayer) layers, d \(m.dModel), \(m.nHead) heads, vocab \(m.vocabSize), "
+        s += "\(fmt(Double(m.parameterCount) / 1e6, 2))M parameters\n"
+        s += "  batch \(t.batchSize) × seq \(t.seqLen) = \(tokensPerStep) tokens/step in \(t.microbatches) micro-batch(es) of \(microBatch); "
+        s += "\(t.steps) steps; \(Threads.count) thread(s); "
+        s += "sgemm peak \(fmt(sgemmPeak / 1e9, 0)) GFLOP/s per rank (OpenBLAS \(BLAS.coreName); MFU is against \(worldSize) × that)\n"
+        s += "  data: \(data.train.source.count) training tokens from \(data.train.source.description)"
+        if let v = data.val { s += "; \(v.source.count) validation tokens" }
+        if let mesh {
+            s += "\n  mesh: \(mesh.shape) = \(mesh.shape.size) rank(s); \(data.localBatch) sequence(s) per data-parallel rank"
+            if let layout = pipelineLayout { s += "\n" + layout.describe(microbatches: t.microbatches) }
+            if let l = sequenceLayout {
+                s += "; \(l.local) of \(l.seqLen) tokens per sequence on each rank"
+                s += l.ring > 1 ? " (ring: \(2 * l.ring) zigzag chunks of \(l.chunk)" + (l.ulysses > 1 ? "; Ulysses inside each ring position)" : ")") : " (Ulysses)"
+            }
+        }
+        if let dpl = dataParallel, dpl.zero {
+            s += "\n  optimizer state: \(mib(optimizer.stateBytes, 2)) MiB per rank (ZeRO-1 over \(dpl.group.size) data-parallel "
+            s += "rank(s); unsharded \(mib(unshardedOptimizerBytes, 2)) MiB)"
+        } else {
+            s += "\n  optimizer state: \(mib(optimizer.stateBytes, 2)) MiB per rank"
+        }
+        if let dpl = dataParallel {
+            s += "\n  gradient reduction: \(dpl.buckets.count) bucket(s) of ≥ \(fmt(config.parallelism.bucketMb, 1)) MiB, "
+            s += dpl.zero ? "reduce-scatter + parameter allgather" : "allreduce"
+            s += ", overlapped with the last micro-batch's backward pass"
+        }
+        if let r = runtime {
+            s += "\n  MPI: \(r.size) rank(s), thread level \(r.threadLevelName) granted (MPI_THREAD_MULTIPLE asked)"
+            s += "; shared-memory single copy: \(MPIRuntime.singleCopyMechanism)"
+        }
+        s += "\n" + memory.describe()
+        if let w = MachineCheck.coreTypeWarning { s += "\n  warning: \(w)" }
+        return s
+    }
+
+    /// Text sampled from the trained model (`[sample]` section).
+    public func sample() -> String {
+        let s = config.sample
+        let prompt = Array(s.prompt.utf8).map { Int32($0) }
+        let out = Sampler(model: wholeModel ?? model).generate(prompt: prompt, count: s.tokens, temperature: s.temperature,
+                                                 topK: s.topK, seed: UInt64(bitPattern: Int64(config.training.seed)))
+        // Byte-level models print text; other vocabularies (a user's tokenizer) print token ids.
+        return model.config.vocabSize == 256 ? s.prompt + Sampler.text(out) : out.map(String.init).joined(separator: " ")
+    }
+}

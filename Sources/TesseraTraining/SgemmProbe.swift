@@ -1,0 +1,25 @@
+// The MFU ceiling, measured in the same run as the figures divided by it.
+
+import Foundation
+import TesseraKernels
+
+/// The machine's sgemm rate with OpenBLAS's own threads (the MFU ceiling).
+public enum SgemmProbe {
+    public struct Result: Sendable { public let flops: Double; public let n: Int; public let threads: Int }
+
+    /// Best of several n×n×n products (n = 2048) on `threads` OpenBLAS threads.
+    public static func measure(threads: Int, n: Int = 2048, seconds: Double = 0.6) -> Result {
+        let a = FloatBuffer(n * n, value: 0.5), b = FloatBuffer(n * n, value: 0.25), c = FloatBuffer(n * n)
+        BLAS.setThreads(threads)
+        defer { BLAS.setThreads(1) }
+        var best = Double.infinity, spent = 0.0, reps = 0
+        while reps < 2 || (spent < seconds && reps < 20) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            BLAS.sgemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: a.ptr, lda: n, b: b.ptr, ldb: n,
+                       beta: 0, c: c.ptr, ldc: n)
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            best = min(best, dt); spent += dt; reps += 1
+        }
+        return Result(flops: 2 * Double(n * n * n) / best, n: n, threads: threads)
+    }
+}

@@ -82,6 +82,8 @@ enum ConfigSchema {
         .int("training", "log_every", \.training.logEvery),
         .int("training", "eval_every", \.training.evalEvery),
         .int("training", "eval_batches", \.training.evalBatches),
+        .string("training", "on_nonfinite", \.training.onNonfinite),
+        .int("training", "max_skipped", \.training.maxSkipped),
 
         .double("optimizer", "lr", \.optimizer.lr),
         .double("optimizer", "min_lr_ratio", \.optimizer.minLrRatio),

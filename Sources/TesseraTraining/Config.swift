@@ -267,12 +267,17 @@ public struct MemoryConfig: Sendable, Equatable {
     public var offloadDir: String
     /// One policy per layer ("full*4,keep*2"), overriding `policy`; empty = `policy` for every layer.
     public var layerPolicy: String
+    /// Refuse, before anything is allocated, a job whose predicted memory per rank exceeds what the rank can
+    /// have (docs/memory.md, "Memory preflight"); false = start anyway.
+    public var preflight: Bool
 
-    public init(policy: String = "keep", activationBudget: Int = 0, offloadDir: String = "", layerPolicy: String = "") {
+    public init(policy: String = "keep", activationBudget: Int = 0, offloadDir: String = "", layerPolicy: String = "",
+                preflight: Bool = true) {
         self.policy = policy
         self.activationBudget = activationBudget
         self.offloadDir = offloadDir
         self.layerPolicy = layerPolicy
+        self.preflight = preflight
     }
 }
 

@@ -126,6 +126,7 @@ enum ConfigSchema {
         .int("memory", "activation_budget", \.memory.activationBudget),
         .string("memory", "offload_dir", \.memory.offloadDir),
         .string("memory", "layer_policy", \.memory.layerPolicy),
+        .bool("memory", "preflight", \.memory.preflight),
 
         .string("metrics", "path", \.metrics.path),
         .bool("metrics", "tensorboard", \.metrics.tensorboard),

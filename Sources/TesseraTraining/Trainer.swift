@@ -102,6 +102,7 @@ public final class Trainer {
 
     public init(config: TesseraConfig, runtime: MPIRuntime?, options: TrainerOptions) throws {
         try config.validateForThisBuild()
+        try Preflight.check(config: config, runtime: runtime, options: options)
         let p = config.parallelism
         let shape = MeshShape(pp: p.pp, dp: p.dp, ring: p.ring, ulysses: p.ulysses)
         if let runtime {

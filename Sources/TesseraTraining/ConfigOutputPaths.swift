@@ -1,4 +1,4 @@
-// The directories a run writes to, made before any work: job.output_dir's files (metrics, TensorBoard),
+// The directories a run writes to, checked before any work (without making them): job.output_dir's files (metrics, TensorBoard),
 // checkpoint.dir and checkpoint.persist_dir, memory.offload_dir, --trace and --dump-grads. A path that
 // cannot be used stops every rank with one message naming the config key (or flag), the path and what
 // was expected, instead of a Foundation error on one rank while the others wait for it.
@@ -53,7 +53,7 @@ enum OutputPaths {
         return out
     }
 
-    /// Makes this rank's directories; the first problem decides, and every rank learns it (the lowest
+    /// Checks this rank's paths; the first problem decides, and every rank learns it (the lowest
     /// failing rank's message is broadcast), so that all stop together with the same message.
     static func check(config: TesseraConfig, runtime: MPIRuntime?, options: TrainerOptions) throws {
         let rank = runtime?.rank ?? 0, size = runtime?.size ?? 1
@@ -86,9 +86,24 @@ enum OutputPaths {
         if t.file, isDirectory(t.path) {
             reason = "it is a directory"
         } else {
-            reason = makeDirectory(dir.isEmpty ? "." : dir)
+            reason = usable(dir.isEmpty ? "." : dir)
         }
         return reason.map { "\(t.key) = '\(t.path)': \($0); expected \(what)" }
+    }
+
+    /// Whether a directory can be made at `path` without making it (no side effects): its deepest existing
+    /// ancestor must be a writable directory. Nil when it can.
+    static func usable(_ path: String) -> String? {
+        var p = ConfigPaths.normalized(path)
+        while true {
+            var st = stat()
+            if stat(p, &st) == 0 {
+                if (st.st_mode & S_IFMT) != S_IFDIR { return "'\(p)' is a file, not a directory" }
+                return access(p, W_OK | X_OK) == 0 ? nil : "the directory '\(p)' is not writable: \(String(cString: strerror(errno)))"
+            }
+            if p == "/" { return "no directory on the path exists" }
+            p = (p as NSString).deletingLastPathComponent
+        }
     }
 
     static func isDirectory(_ path: String) -> Bool {

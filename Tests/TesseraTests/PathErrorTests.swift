@@ -84,6 +84,12 @@ final class PathErrorTests: XCTestCase {
         try assertRefused(["--data.val", dir], contains: ["data.val = '\(dir)'", "is a directory, expected a file"])
     }
 
+    func testUsableMakesNothing() throws {
+        XCTAssertNil(OutputPaths.usable(dir + "/new/deeper"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/new"), "the check made a directory")
+        XCTAssertEqual(OutputPaths.usable(blocker + "/x/y"), "'\(blocker)' is a file, not a directory")
+    }
+
     func testMakeDirectoryExplains() throws {
         XCTAssertNil(OutputPaths.makeDirectory(dir + "/a/b/c"))
         XCTAssertTrue(OutputPaths.isDirectory(dir + "/a/b/c"))

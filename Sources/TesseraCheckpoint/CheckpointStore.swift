@@ -82,12 +82,25 @@ public enum CheckpointStore {
 
     /// Before a run saves into `root`: makes the directory (an error names `setting`) and removes temporary
     /// directories that crashed saves or removals left (no save is running yet).
+    /// The system's reason for a file-system error and the path it concerns ("'/a/b': Not a directory"),
+    /// not Foundation's "The operation could not be completed".
+    static func reason(_ error: Error) -> String {
+        let e = error as NSError, path = e.userInfo[NSFilePathErrorKey] as? String
+        if let under = e.userInfo[NSUnderlyingErrorKey] as? NSError { return (path.map { "'\($0)': " } ?? "") + under.localizedDescription }
+        // Foundation gives no reason here: the system's, by making the directory it stopped at.
+        if let path, mkdir(path, 0o777) != 0 { return "'\(path)': " + String(cString: strerror(errno)) }
+        return "error \(e.code)"
+    }
+
     public static func prepare(root: String, setting: String) throws {
         let fm = FileManager.default
         do { try fm.createDirectory(atPath: root, withIntermediateDirectories: true) } catch {
-            throw CheckpointError("\(setting) = '\(root)': cannot create the directory: \((error as NSError).localizedDescription)")
+            throw CheckpointError("\(setting) = '\(root)': cannot create the directory: \(Self.reason(error)); "
+                                  + "expected a writable directory (or a path where one can be created)")
         }
-        guard access(root, W_OK) == 0 else { throw CheckpointError("\(setting) = '\(root)': the directory is not writable") }
+        guard access(root, W_OK) == 0 else {
+            throw CheckpointError("\(setting) = '\(root)': the directory is not writable; expected a writable directory")
+        }
         for n in (try? fm.contentsOfDirectory(atPath: root)) ?? [] where n.hasPrefix(".tmp-step-") || n.hasPrefix(".discard-") {
             try? fm.removeItem(atPath: root + "/" + n)
         }

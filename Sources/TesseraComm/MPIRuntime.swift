@@ -76,3 +76,21 @@ extension MPIRuntime {
         exit(code)
     }
 }
+
+extension MPIRuntime {
+    /// The ranks of this job on this host (MPI_Comm_split_type with MPI_COMM_TYPE_SHARED: the ranks that can
+    /// share memory with this one), 1 for a plain process. Collective over the world: every rank must call it.
+    public func ranksOnThisHost() throws -> Int {
+        guard size > 1 else { return 1 }
+        var info: MPI_Info? = nil
+        try check(MPI_Info_create(&info), "MPI_Info_create", rank: rank)
+        defer { MPI_Info_free(&info) }
+        var local: MPI_Comm? = nil
+        try check(MPI_Comm_split_type(world, Int32(MPI_COMM_TYPE_SHARED), Int32(rank), info, &local),
+                  "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) (ranks on this host)", rank: rank)
+        defer { MPI_Comm_free(&local) }
+        var n: Int32 = 0
+        try check(MPI_Comm_size(local, &n), "MPI_Comm_size (ranks on this host)", rank: rank)
+        return Int(n)
+    }
+}

@@ -57,7 +57,11 @@ public final class OffloadTier: @unchecked Sendable {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
-            throw fail("cannot create the directory: \((error as NSError).localizedDescription)")
+            // The system's reason (Foundation's text names neither): make the directory it stopped at.
+            let e = error as NSError, at = e.userInfo[NSFilePathErrorKey] as? String ?? directory
+            let why = (e.userInfo[NSUnderlyingErrorKey] as? NSError)?.localizedDescription
+                ?? (mkdir(at, 0o777) != 0 ? String(cString: strerror(errno)) : "error \(e.code)")
+            throw fail("cannot create the directory '\(at)': \(why)")
         }
         let path = (directory.hasSuffix("/") ? directory : directory + "/") + "tessera-offload-rank\(rank)-\(getpid()).bin"
         let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)

@@ -61,9 +61,18 @@ public final class TraceRecorder: @unchecked Sendable {
     /// Writes DIR/trace-rank<R>.json (creating DIR). Returns the path.
     @discardableResult
     public func write(directory: String) throws -> String {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let path = (directory as NSString).appendingPathComponent("trace-rank\(rank).json")
-        try json().write(toFile: path, atomically: true, encoding: .utf8)
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try json().write(toFile: path, atomically: true, encoding: .utf8)
+        } catch {
+            // The system's reason (Foundation's text names neither): make the directory it stopped at.
+            let e = error as NSError, at = e.userInfo[NSFilePathErrorKey] as? String ?? directory
+            let why = (e.userInfo[NSUnderlyingErrorKey] as? NSError)?.localizedDescription
+                ?? (mkdir(at, 0o777) != 0 ? String(cString: strerror(errno)) : "error \(e.code)")
+            throw TraceError(description: "--trace = '\(directory)': cannot write '\(path)' (rank \(rank)): '\(at)': \(why); "
+                             + "expected a writable directory")
+        }
         return path
     }
 
@@ -79,4 +88,9 @@ public final class TraceRecorder: @unchecked Sendable {
         }
         return o + "\""
     }
+}
+
+/// A trace that could not be written: the flag, the path and the system's reason.
+public struct TraceError: Error, CustomStringConvertible {
+    public let description: String
 }

@@ -65,6 +65,9 @@ public struct ModelConfig: Sendable, Equatable {
 
 /// `[training]`: the training loop.
 public struct TrainingConfig: Sendable, Equatable {
+    /// Allowed values of `onNonfinite`.
+    public static let onNonfiniteValues = ["stop", "skip"]
+
     public var steps: Int
     /// Global batch in sequences, summed over data-parallel ranks and microbatches.
     public var batchSize: Int
@@ -78,9 +81,15 @@ public struct TrainingConfig: Sendable, Equatable {
     /// Evaluate every this many steps; 0 = never.
     public var evalEvery: Int
     public var evalBatches: Int
+    /// What a step whose loss or gradient norm is not finite does: one of `onNonfiniteValues`. "stop": no
+    /// update, the run ends with an error; "skip": the step's update is dropped and the run goes on.
+    public var onNonfinite: String
+    /// Under "skip": the run stops after this many consecutive skipped steps.
+    public var maxSkipped: Int
 
     public init(steps: Int = 100, batchSize: Int = 8, seqLen: Int = 256, microbatches: Int = 1, seed: Int = 1337,
-                threads: Int = 0, logEvery: Int = 10, evalEvery: Int = 50, evalBatches: Int = 4) {
+                threads: Int = 0, logEvery: Int = 10, evalEvery: Int = 50, evalBatches: Int = 4,
+                onNonfinite: String = "stop", maxSkipped: Int = 5) {
         self.steps = steps
         self.batchSize = batchSize
         self.seqLen = seqLen
@@ -90,6 +99,8 @@ public struct TrainingConfig: Sendable, Equatable {
         self.logEvery = logEvery
         self.evalEvery = evalEvery
         self.evalBatches = evalBatches
+        self.onNonfinite = onNonfinite
+        self.maxSkipped = maxSkipped
     }
 }
 
@@ -256,12 +267,17 @@ public struct MemoryConfig: Sendable, Equatable {
     public var offloadDir: String
     /// One policy per layer ("full*4,keep*2"), overriding `policy`; empty = `policy` for every layer.
     public var layerPolicy: String
+    /// Refuse, before anything is allocated, a job whose predicted memory per rank exceeds what the rank can
+    /// have (docs/memory.md, "Memory preflight"); false = start anyway.
+    public var preflight: Bool
 
-    public init(policy: String = "keep", activationBudget: Int = 0, offloadDir: String = "", layerPolicy: String = "") {
+    public init(policy: String = "keep", activationBudget: Int = 0, offloadDir: String = "", layerPolicy: String = "",
+                preflight: Bool = true) {
         self.policy = policy
         self.activationBudget = activationBudget
         self.offloadDir = offloadDir
         self.layerPolicy = layerPolicy
+        self.preflight = preflight
     }
 }
 

@@ -82,6 +82,8 @@ enum ConfigSchema {
         .int("training", "log_every", \.training.logEvery),
         .int("training", "eval_every", \.training.evalEvery),
         .int("training", "eval_batches", \.training.evalBatches),
+        .string("training", "on_nonfinite", \.training.onNonfinite),
+        .int("training", "max_skipped", \.training.maxSkipped),
 
         .double("optimizer", "lr", \.optimizer.lr),
         .double("optimizer", "min_lr_ratio", \.optimizer.minLrRatio),
@@ -124,6 +126,7 @@ enum ConfigSchema {
         .int("memory", "activation_budget", \.memory.activationBudget),
         .string("memory", "offload_dir", \.memory.offloadDir),
         .string("memory", "layer_policy", \.memory.layerPolicy),
+        .bool("memory", "preflight", \.memory.preflight),
 
         .string("metrics", "path", \.metrics.path),
         .bool("metrics", "tensorboard", \.metrics.tensorboard),

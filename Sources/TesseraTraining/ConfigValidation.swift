@@ -63,6 +63,8 @@ struct ConfigChecks {
         integer("training.log_every", t.logEvery, atLeast: 1)
         integer("training.eval_every", t.evalEvery, atLeast: 0)
         if t.evalEvery > 0 { integer("training.eval_batches", t.evalBatches, atLeast: 1) }
+        oneOf("training.on_nonfinite", t.onNonfinite, TrainingConfig.onNonfiniteValues)
+        integer("training.max_skipped", t.maxSkipped, atLeast: 1)
     }
 
     mutating func checkOptimizer() {
@@ -117,7 +119,7 @@ struct ConfigChecks {
         integer("checkpoint.every", c.every, atLeast: 0)
         oneOf("checkpoint.mode", c.mode, CheckpointConfig.modeValues)
         integer("checkpoint.keep", c.keep, atLeast: 1)
-        if !c.persistDir.isEmpty, URL(fileURLWithPath: c.persistDir).standardizedFileURL == URL(fileURLWithPath: config.checkpointDir).standardizedFileURL {
+        if !c.persistDir.isEmpty, ConfigPaths.same(c.persistDir, config.checkpointDir) {
             fail(["checkpoint.persist_dir"], "checkpoint.persist_dir = '\(c.persistDir)' is the checkpoint directory itself; "
                  + "expected a second location (e.g. a shared file system) or empty")
         }

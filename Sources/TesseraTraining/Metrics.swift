@@ -76,8 +76,11 @@ public final class MetricsSink {
     /// metrics file (the history before the interruption) and replaces the rest.
     public init(metricsPath: String?, tensorboardDir: String?, keepThrough: Int? = nil) throws {
         if let path = metricsPath {
-            let url = URL(fileURLWithPath: path)
-            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            let key = "metrics.path (or job.output_dir + /metrics.jsonl when it is empty) = '\(path)'"
+            if let why = OutputPaths.makeDirectory((path as NSString).deletingLastPathComponent.isEmpty ? "."
+                                                   : (path as NSString).deletingLastPathComponent) {
+                throw TrainingError("\(key): \(why); expected a file in a writable directory")
+            }
             var kept = Data()
             if let keepThrough, keepThrough > 0, let old = try? String(contentsOfFile: path, encoding: .utf8) {
                 for line in old.split(separator: "\n") {
@@ -88,7 +91,8 @@ public final class MetricsSink {
             }
             guard FileManager.default.createFile(atPath: path, contents: kept),
                   let h = FileHandle(forWritingAtPath: path) else {
-                throw TrainingError("metrics.path = '\(path)': cannot create the metrics file")
+                throw TrainingError("\(key): cannot create the metrics file"
+                                    + (OutputPaths.isDirectory(path) ? " (it is a directory)" : "") + "; expected a file that can be created")
             }
             h.seekToEndOfFile()
             file = h

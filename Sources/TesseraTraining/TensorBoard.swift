@@ -139,9 +139,11 @@ public enum TensorBoardError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case .cannotCreateDirectory(let dir, let why):
-            return "TensorBoard: cannot create log directory '\(dir)': \(why)"
+            return "metrics.tensorboard_dir (or job.output_dir + /tensorboard when it is empty) = '\(dir)': \(why); "
+                + "expected a writable directory (or a path where one can be created)"
         case .cannotCreateFile(let dir, let file):
-            return "TensorBoard: cannot create event file '\(file)' in log directory '\(dir)'"
+            return "metrics.tensorboard_dir (or job.output_dir + /tensorboard when it is empty) = '\(dir)': cannot create "
+                + "the event file '\(file)' there; expected a writable directory"
         }
     }
 }
@@ -168,10 +170,8 @@ public final class TensorBoardWriter: @unchecked Sendable {
     public init(directory: String) throws {
         self.directory = directory
         let fm = FileManager.default
-        do {
-            try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        } catch {
-            throw TensorBoardError.cannotCreateDirectory(directory, underlying: String(describing: error))
+        if let why = OutputPaths.makeDirectory(directory) {
+            throw TensorBoardError.cannotCreateDirectory(directory, underlying: why)
         }
         let now = Date().timeIntervalSince1970
         let host = ProcessInfo.processInfo.hostName

@@ -60,6 +60,8 @@ public struct TrainingData {
 enum TrainerBuilder {
     static func build(config: TesseraConfig, runtime: MPIRuntime?, options: TrainerOptions) throws -> TrainingParts {
         try config.validateForThisBuild()
+        // Memory and output paths, before the mesh and before any allocation (collectives over the world).
+        try Preflight.check(config: config, runtime: runtime, options: options)
         let mesh = try makeMesh(config, runtime)
         let timeline = Timeline(trace: options.traceDir.map { _ in TraceRecorder(rank: runtime?.rank ?? 0) })
         Timeline.shared = timeline

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-import TesseraTraining
+@testable import TesseraTraining
 
 final class ConfigTests: XCTestCase {
     private var dir = ""
@@ -416,6 +416,53 @@ final class ConfigTests: XCTestCase {
         assertConfigError(try load("[checkpoint]\ndir = \"/tmp/ck\"\npersist_dir = \"/tmp/ck/\"\n"),
                           contains: ["checkpoint.persist_dir = '/tmp/ck/' is the checkpoint directory itself"])
         XCTAssertEqual(try load("[checkpoint]\ndir = \"/tmp/ck\"\npersist_dir = \"/shared/ck\"\n").checkpoint.persistDir, "/shared/ck")
+        // The same answer whether the directory exists or not (the comparison never looks at the file system).
+        for exists in [false, true] {
+            let ck = dir + "/ck"
+            if exists { try FileManager.default.createDirectory(atPath: ck, withIntermediateDirectories: true) }
+            assertConfigError(try load("[checkpoint]\ndir = \"\(ck)\"\npersist_dir = \"\(dir)//./other/../ck/\"\n"),
+                              contains: ["is the checkpoint directory itself"])
+            XCTAssertEqual(try load("[checkpoint]\ndir = \"\(ck)\"\npersist_dir = \"\(ck)/persist\"\n").checkpoint.persistDir,
+                           ck + "/persist", "exists: \(exists)")
+        }
+    }
+
+    func testNonfiniteGuardKeys() throws {
+        let defaults = TesseraConfig().training
+        XCTAssertEqual(defaults.onNonfinite, "stop")
+        XCTAssertEqual(defaults.maxSkipped, 5)
+        let c = try load("[training]\non_nonfinite = \"skip\"\nmax_skipped = 3\n")
+        XCTAssertEqual(c.training.onNonfinite, "skip")
+        XCTAssertEqual(c.training.maxSkipped, 3)
+        let rendered = ConfigLoader.render(c)
+        XCTAssertTrue(rendered.contains("on_nonfinite = \"skip\"  # default: \"stop\""), rendered)
+        XCTAssertTrue(rendered.contains("max_skipped = 3  # default: 5"), rendered)
+        XCTAssertTrue(ConfigLoader.render(TesseraConfig()).contains("max_skipped = 5\n"))
+        let overridden = try load("", overrides: [(key: "training.on_nonfinite", value: "skip"), (key: "training.max_skipped", value: "1")])
+        XCTAssertEqual(overridden.training.onNonfinite, "skip")
+        XCTAssertEqual(overridden.training.maxSkipped, 1)
+        assertConfigError(try load("[training]\non_nonfinite = \"ignore\"\n"),
+                          contains: ["key 'training.on_nonfinite' expects one of \"stop\", \"skip\", found \"ignore\""])
+        assertConfigError(try load("[training]\non_nonfinite = \"Skip\"\n"), contains: ["did you mean \"skip\"?"])
+        for bad in ["0", "-2"] {
+            assertConfigError(try load("", overrides: [(key: "training.max_skipped", value: bad)]),
+                              contains: ["command line: key 'training.max_skipped' expects an integer >= 1, found \(bad)"])
+        }
+        assertConfigError(try load("[training]\nmax_skipped = \"five\"\n"), contains: ["training.max_skipped"])
+    }
+
+    func testPathsAreComparedAsText() {
+        let n = { (path: String) in ConfigPaths.normalized(path, against: "/work/run") }
+        XCTAssertEqual(n("/tmp/ck/"), "/tmp/ck")
+        XCTAssertEqual(n("/tmp//ck/./"), "/tmp/ck")
+        XCTAssertEqual(n("/tmp/a/../ck"), "/tmp/ck")
+        XCTAssertEqual(n("/../ck"), "/ck")
+        XCTAssertEqual(n("/"), "/")
+        XCTAssertEqual(n("ck"), "/work/run/ck")
+        XCTAssertEqual(n("./ck/"), "/work/run/ck")
+        XCTAssertEqual(n("../ck"), "/work/ck")
+        XCTAssertTrue(ConfigPaths.same("ck", "/work/run/ck/", against: "/work/run"))
+        XCTAssertFalse(ConfigPaths.same("/tmp/ck", "/tmp/ck2", against: "/work/run"))
     }
 
     func testValidateForThisBuild() throws {

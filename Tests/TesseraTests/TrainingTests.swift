@@ -7,7 +7,7 @@ import XCTest
 /// The training loop: bit-identical reruns, gradient accumulation equal to one big batch, a falling loss.
 final class TrainingTests: XCTestCase {
     static let corpus: String = {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-training-tests")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-training-tests-\(getpid())")
         try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let path = dir.appendingPathComponent("corpus.txt").path
         var text = ""

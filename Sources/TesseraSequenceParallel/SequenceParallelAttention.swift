@@ -44,10 +44,18 @@ public final class SequenceParallelAttention: AttentionOp {
 
     /// Ulysses: per layer, the head-sharded qkv [B, ringLocal, 3·H/U·hd] then the output [B, ringLocal, H/U·hd]
     /// (as many floats as the local qkv and output: B · local tokens · 4 · H · hd).
-    public func savedFloats(batch: Int, tokens: Int) -> Int { u > 1 ? batch * tokens * 4 * heads * headDim : 0 }
+    public func savedFloats(batch: Int, tokens: Int) -> Int {
+        Self.savedFloats(batch: batch, tokens: tokens, heads: heads, headDim: headDim, ulysses: u)
+    }
+    /// The same, before any op exists (the memory preflight): Ulysses keeps its gathered q, k, v and output.
+    public static func savedFloats(batch: Int, tokens: Int, heads: Int, headDim: Int, ulysses: Int) -> Int {
+        ulysses > 1 ? batch * tokens * 4 * heads * headDim : 0
+    }
+    /// Whether the backward reads the local fused qkv (Ulysses reads its head-sharded copy instead).
+    public static func readsLocalQKV(ulysses: Int) -> Bool { ulysses == 1 }
 
     /// Ulysses' backward reads its head-sharded copy of q, k, v (in `saved`), not the local fused qkv.
-    public var backwardReadsLocalQKV: Bool { u == 1 }
+    public var backwardReadsLocalQKV: Bool { Self.readsLocalQKV(ulysses: u) }
 
     /// Bytes of the communication buffers and the ring's buffers (the saved tensors are in the activations).
     public var extraBytes: Int {

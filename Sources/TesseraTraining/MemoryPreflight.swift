@@ -277,13 +277,13 @@ public enum MemoryPreflight {
                 plan.virtualStage(rank: c.pp, chunk: $0) > 0
             }
         }
-        // The attention op's saved floats per layer: Ulysses keeps its gathered q, k, v and output
-        // (SequenceParallelAttention.savedFloats); ring and local attention keep nothing extra.
-        let ulysses = p.ulysses > 1
+        // The attention op's saved floats per layer, as the sequence-parallel op will report them.
         let costs = ActivationCosts(config: gpt, batch: batch, tokens: tokens, seqLen: t.seqLen, stage: stage, setsPerChunk: sets,
                                     ownLossGradient: layout != nil,
-                                    attentionSaved: ulysses ? batch * tokens * 4 * gpt.nHead * gpt.headDim : 0,
-                                    attentionReadsQKV: !ulysses, microbatches: t.microbatches)
+                                    attentionSaved: SequenceParallelAttention.savedFloats(batch: batch, tokens: tokens, heads: gpt.nHead,
+                                                                                          headDim: gpt.headDim, ulysses: p.ulysses),
+                                    attentionReadsQKV: SequenceParallelAttention.readsLocalQKV(ulysses: p.ulysses),
+                                    microbatches: t.microbatches)
         let planner = costs.planner(flopRate: 1e11, tier: nil)
         let mine = stage.layers
         let mem = config.memory

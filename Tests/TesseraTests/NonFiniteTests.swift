@@ -55,6 +55,7 @@ final class NonFiniteTests: XCTestCase {
         if let text = try? String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8) {
             for line in text.split(separator: "\n") {
                 let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+                guard obj.keys.contains("loss") else { continue }  // a checkpoint's line
                 losses.append(obj["loss"] as? Double)
                 norms.append(obj["grad_norm"] as? Double)
                 skipped.append(obj["skipped_steps"] as? Int ?? -1)

@@ -59,7 +59,7 @@ public final class Trainer {
     let trainLoader: DataLoader
     let valLoader: DataLoader?
     /// The micro-batch's activations (nil under pipeline parallelism: the engine keeps a pool per chunk).
-    let acts: Activations!
+    package let acts: Activations!
     /// Pipeline parallelism (pp > 1): the layer split, the plan and the engine that runs it.
     public let pipelineLayout: PipelineLayout?
     public let pipeline: PipelineEngine?
@@ -83,7 +83,7 @@ public final class Trainer {
     /// Full (unsharded) optimizer state bytes, for the ZeRO report.
     public let unshardedOptimizerBytes: Int
     /// Saving (sync or lazy) and restoring checkpoints.
-    let checkpointer: Checkpointer
+    package let checkpointer: Checkpointer
     /// The first step this run trains (the checkpoint's step after `resume`).
     public private(set) var startStep = 0
     /// The step of the checkpoint `resume` loaded (nil: none).
@@ -517,7 +517,7 @@ public final class Trainer {
     /// After step `done`'s optimizer step: saves when due (every `checkpoint.every` steps, the last step, or
     /// `force`), else settles the blocked time of a lazy save taken a step ago (collectives, at the same steps
     /// on every rank).
-    func checkpointAfter(step done: Int, force: Bool, metrics: MetricsSink?) {
+    package func checkpointAfter(step done: Int, force: Bool, metrics: MetricsSink?) {
         let c = config.checkpoint, t = config.training
         let due = force || (c.every > 0 && (done % c.every == 0 || done == t.steps))
         orAbort(done - 1) {
@@ -618,7 +618,7 @@ public final class Trainer {
     }
 
     /// The last step's activation memory over all ranks (a collective).
-    func activationSummary() -> ActivationSummary {
+    package func activationSummary() -> ActivationSummary {
         let a = lastActivation, ranks = mesh?.world.size ?? 1, me = runtime?.rank ?? 0
         var sums = [Double](repeating: 0, count: 2 * ranks + 5)
         sums[me] = Double(a.peakBytes); sums[ranks + me] = Double(memory.plan.predictedBytes)

@@ -11,6 +11,7 @@
 
 import CMPI
 import Foundation
+import TesseraComm
 
 public enum CommSelfCheck {
     public struct Outcome: Sendable, Equatable {
@@ -50,15 +51,24 @@ public enum CommSelfCheck {
                 throw UsageError(description: "mpi-check: \(flag) needs an integer")
             }
             if flag == "--inject-fault" {
-                guard value >= 0 && value < worldSize else {
-                    throw UsageError(description: "mpi-check: --inject-fault expects a rank in 0..<\(worldSize), got \(value)")
-                }
                 fault = value
             } else {
-                guard value >= 1 else { throw UsageError(description: "mpi-check: \(flag) must be >= 1, got \(value)") }
                 guard degrees[flag] == nil else { throw UsageError(description: "mpi-check: \(flag) given twice") }
                 degrees[flag] = value
             }
+        }
+        return try options(degrees: degrees, fault: fault, worldSize: worldSize)
+    }
+
+    /// The options from mesh degrees keyed by flag (`--pp`, `--dp`, `--ring`, `--ulysses`; each >= 1) and the fault
+    /// rank, checked against the world size. Without degrees the mesh is pp 1 × dp (world size); a flag that is not
+    /// given is 1.
+    public static func options(degrees: [String: Int], fault: Int?, worldSize: Int) throws -> Options {
+        for (flag, value) in degrees.sorted(by: { $0.key < $1.key }) where value < 1 {
+            throw UsageError(description: "mpi-check: \(flag) must be >= 1, got \(value)")
+        }
+        if let fault, !(fault >= 0 && fault < worldSize) {
+            throw UsageError(description: "mpi-check: --inject-fault expects a rank in 0..<\(worldSize), got \(fault)")
         }
         let shape = degrees.isEmpty ? MeshShape(pp: 1, dp: worldSize)
             : MeshShape(pp: degrees["--pp"] ?? 1, dp: degrees["--dp"] ?? 1, ring: degrees["--ring"] ?? 1,
@@ -68,11 +78,11 @@ public enum CommSelfCheck {
 
     /// The whole subcommand: MPI up, watchdog armed, checks run, MPI down. Returns the exit status
     /// (0 all checks passed, 1 a check failed, 2 bad arguments or a mesh that does not fit the job).
-    public static func command(arguments: [String], timeoutSeconds: Double = 60) -> Int32 {
+    public static func command(degrees: [String: Int], fault: Int?, timeoutSeconds: Double = 60) -> Int32 {
         let runtime = MPIRuntime()
         Watchdog.shared = Watchdog(rank: runtime.rank, timeoutSeconds: timeoutSeconds) { MPIRuntime.abort($0) }
         do {
-            let options = try parse(arguments, worldSize: runtime.size)
+            let options = try options(degrees: degrees, fault: fault, worldSize: runtime.size)
             if runtime.rank == 0 { say("mpi-check: \(runtime.size) rank(s), \(runtime.threadLevelName)") }
             let outcome = try run(world: runtime.worldCommunicator, shape: options.shape,
                                   faultRank: options.faultRank, output: say)

@@ -16,6 +16,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         // C libraries, bound through pkg-config; shim.h exposes Open MPI's handle macros as inline getters.
@@ -50,12 +51,23 @@ let package = Package(
         // Training: config, data, optimizer, schedule, loop, metrics, sampling.
         .target(name: "TesseraTraining",
                 dependencies: ["TesseraModel", "TesseraMemory", "TesseraKernels", "TesseraComm", "TesseraTimeline", "TesseraDataParallel",
-                               "TesseraSequenceParallel", "TesseraPipeline", "TesseraCheckpoint", "TOMLKit", "CCommBench"],
+                               "TesseraSequenceParallel", "TesseraPipeline", "TesseraCheckpoint", "TOMLKit"],
                 swiftSettings: fast),
+        // Benchmarks (`tessera bench*`): one shared scaffold (synthetic data, sizes, median, tables, JSON reports).
+        .target(name: "TesseraBench",
+                dependencies: ["TesseraTraining", "TesseraModel", "TesseraMemory", "TesseraKernels", "TesseraComm", "TesseraTimeline",
+                               "TesseraDataParallel", "TesseraSequenceParallel", "TesseraPipeline", "CCommBench"],
+                swiftSettings: fast),
+        // `tessera mpi-check`: every call of the MPI layer and the mesh, checked under mpirun.
+        .target(name: "TesseraSelfCheck", dependencies: ["TesseraComm", "CMPI"], swiftSettings: fast),
         // The `tessera` command.
-        .executableTarget(name: "tessera", dependencies: ["TesseraTraining"], swiftSettings: fast),
+        .executableTarget(name: "tessera",
+                          dependencies: ["TesseraTraining", "TesseraBench", "TesseraSelfCheck",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          swiftSettings: fast),
         .testTarget(name: "TesseraTests",
                     dependencies: ["TesseraTraining", "TesseraModel", "TesseraMemory", "TesseraCheckpoint", "TesseraKernels", "TesseraComm", "TesseraTimeline",
-                                 "TesseraDataParallel", "TesseraSequenceParallel", "TesseraPipeline", "tessera"]),
+                                 "TesseraDataParallel", "TesseraSequenceParallel", "TesseraPipeline", "TesseraBench", "TesseraSelfCheck",
+                                 "tessera"]),
     ]
 )

@@ -10,7 +10,7 @@ import TesseraTimeline
 public final class Request: @unchecked Sendable {
     var handle: MPI_Request?
     public let label: String
-    let comm: Communicator
+    package let comm: Communicator
     let issuedNs: UInt64
     public private(set) var isComplete = false
     /// When the request was seen complete (by wait or test).

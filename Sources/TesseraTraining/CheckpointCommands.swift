@@ -19,6 +19,11 @@ public enum CheckpointCommands {
         guard let dir = o.take("--hf"), let path = o.take("--checkpoint") else {
             throw TrainingError("export needs --hf DIR and --checkpoint PATH\n" + exportUsage)
         }
+        return try export(hf: dir, checkpoint: path, log: log)
+    }
+
+    /// Writes a Hugging Face GPT-2 directory `dir` from the checkpoint at `path`; returns a summary line.
+    public static func export(hf dir: String, checkpoint path: String, log: (String) -> Void = CheckpointCommands.stderr) throws -> String {
         let loaded = try load(path, log: log)
         try HFExport.write(model: loaded.model, to: dir)
         let c = loaded.model.config
@@ -38,6 +43,13 @@ public enum CheckpointCommands {
         let temperature = try o.number("--temperature")
         let topK = try o.integer("--top-k", atLeast: 0)
         let seed = try o.integer("--seed", atLeast: Int.min)
+        return try generate(checkpoint: path, prompt: prompt, tokens: tokens, temperature: temperature, topK: topK, seed: seed,
+                            log: log)
+    }
+
+    /// Samples text from the checkpoint at `path`; nil options come from the checkpoint config's [sample] section.
+    public static func generate(checkpoint path: String, prompt: String?, tokens: Int?, temperature: Double?, topK: Int?,
+                                seed: Int?, log: (String) -> Void = CheckpointCommands.stderr) throws -> String {
         let loaded = try load(path, log: log)
         let config = loaded.config, s = config.sample, vocab = loaded.model.config.vocabSize
         // sample.tokens = 0 turns off the trainer's sample; generate then uses the default length.

@@ -34,7 +34,7 @@ public final class Checkpointer {
     let persistRoot: String?
     private let persister = JobQueue()
     /// CPU seconds this rank's checkpoint threads (writer and second-level copier) have used.
-    var backgroundCPUSeconds: Double { writer.cpuSeconds + persister.cpuSeconds }
+    package var backgroundCPUSeconds: Double { writer.cpuSeconds + persister.cpuSeconds }
     let rank: Int
     let world: Communicator?
     let writer: ShardWriter
@@ -160,7 +160,7 @@ public final class Checkpointer {
     }
 
     /// End of the run or a stop: every save becomes durable (and copied) before this returns.
-    func finish() throws {
+    package func finish() throws {
         try settle()
         try writer.drain()
         try persister.drain()
@@ -168,7 +168,7 @@ public final class Checkpointer {
 
     /// Checkpoints whose figures became known since the last call (every rank; rank 0 logs them). On rank 0 a
     /// checkpoint with a second level waits for its copy.
-    func collect() -> [CheckpointEvent] {
+    package func collect() -> [CheckpointEvent] {
         var out: [CheckpointEvent] = []
         lock.lock()
         for step in blocked.keys.sorted() {

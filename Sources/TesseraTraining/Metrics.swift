@@ -205,9 +205,9 @@ public struct TrainingError: Error, CustomStringConvertible {
     public init(_ d: String) { description = d }
 }
 
-func fmt(_ x: Double, _ digits: Int) -> String { String(format: "%.\(digits)f", x) }
+package func fmt(_ x: Double, _ digits: Int) -> String { String(format: "%.\(digits)f", x) }
 /// Bytes as MiB with `digits` decimals.
-func mib(_ bytes: Int, _ digits: Int = 1) -> String { fmt(Double(bytes) / 1_048_576, digits) }
+package func mib(_ bytes: Int, _ digits: Int = 1) -> String { fmt(Double(bytes) / 1_048_576, digits) }
 func sci(_ x: Double) -> String { String(format: "%.2e", x) }
 func duration(_ s: Double) -> String {
     guard s.isFinite else { return "?" }
@@ -215,5 +215,5 @@ func duration(_ s: Double) -> String {
     return t >= 3600 ? "\(t / 3600)h\(String(format: "%02d", t % 3600 / 60))m" : t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
 }
 extension String {
-    func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
+    package func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
 }

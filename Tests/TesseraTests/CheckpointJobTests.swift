@@ -371,12 +371,15 @@ final class CheckpointJobTests: XCTestCase {
     func testBenchCheckpointCommand() throws {
         let dir = Self.root("bench")
         let (status, out) = try runProcess([CommandTests.binary, "bench-checkpoint", "--sizes", "XS", "--every", "2", "--after", "1",
-                                            "--rounds", "1", "--dir", dir], timeout: 300)
+                                            "--rounds", "1", "--dir", dir, "--json"], timeout: 300)
         XCTAssertEqual(status, 0, out)
-        let rows = out.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
-        let sync = rows.first { $0.first == "sync" }, lazy = rows.first { $0.first == "lazy" }
-        XCTAssertNotNil(rows.first { $0.first == "none" }, out)
-        XCTAssertEqual(sync?[1], lazy?[1], "both modes save the same MiB\n\(out)")
+        let reports = benchReports(out, bench: "bench-checkpoint")
+        func mode(_ name: String) -> [String: Any]? { reports.first { $0["mode"] as? String == name && $0["size"] as? String == "XS" } }
+        XCTAssertNotNil(mode("none"), out)
+        let syncBytes = mode("sync").flatMap { number($0, "bytes") }, lazyBytes = mode("lazy").flatMap { number($0, "bytes") }
+        XCTAssertNotNil(syncBytes, out)
+        XCTAssertGreaterThan(syncBytes ?? 0, 0, out)
+        XCTAssertEqual(syncBytes, lazyBytes, "both modes save the same bytes\n\(out)")
         XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [], [], "the benchmark removes its checkpoints")
     }
 }

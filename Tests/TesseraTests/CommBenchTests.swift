@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
-@testable import TesseraTraining
+@testable import tessera
+import TesseraBench
 
 /// `tessera bench-comm` end to end under `mpirun -np 2` (quick mode): the report parses and covers every size
 /// with positive bandwidths for both the C loop and the Swift layer. No timing assertions.
@@ -21,9 +22,8 @@ final class CommBenchTests: XCTestCase {
         XCTAssertEqual(sizes.first, 1024)
         XCTAssertEqual(sizes.last, 1 << 20)
         var seen: [Int: [String: Any]] = [:]
-        for line in out.split(separator: "\n") where line.hasPrefix("{") {
-            let o = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], String(line))
-            let bytes = try XCTUnwrap(o["bytes"] as? Int, String(line))
+        for o in benchReports(out, bench: "bench-comm") {
+            let bytes = try XCTUnwrap(o["bytes"] as? Int, "\(o)")
             XCTAssertNil(seen[bytes], "size \(bytes) reported twice")
             seen[bytes] = o
         }
@@ -56,11 +56,13 @@ final class CommBenchTests: XCTestCase {
     }
 
     func testOptionsAndSizes() throws {
-        let o = try CommBench.Options(parsing: ["--max-mib", "4", "--iters", "10", "--json"])
+        // The command line of `tessera bench-comm`, parsed by its command type.
+        func options(_ args: [String]) throws -> CommBench.Options { try BenchCommCommand.parse(args).options() }
+        let o = try options(["--max-mib", "4", "--iters", "10", "--json"])
         XCTAssertEqual(o.maxMiB, 4); XCTAssertEqual(o.iters, 10); XCTAssertTrue(o.json)
-        XCTAssertNil(try CommBench.Options(parsing: ["--iters", "auto"]).iters)
-        XCTAssertThrowsError(try CommBench.Options(parsing: ["--iters", "0"]))
-        XCTAssertThrowsError(try CommBench.Options(parsing: ["--nope"]))
+        XCTAssertNil(try options(["--iters", "auto"]).iters)
+        XCTAssertThrowsError(try options(["--iters", "0"]))
+        XCTAssertThrowsError(try options(["--nope"]))
         XCTAssertEqual(CommBench.sizes(maxMiB: 64).count, 17)  // 1 KiB ... 64 MiB
         XCTAssertEqual(CommBench.busFactor(ranks: 2), 1)
         XCTAssertEqual(CommBench.busFactor(ranks: 4), 1.5)

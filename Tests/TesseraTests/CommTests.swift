@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import TesseraComm
+import TesseraSelfCheck
 
 /// The communication layer: `tessera mpi-check` under mpirun on several world sizes and meshes (every call
 /// of the layer on real data, on the world and on each mesh group), its failure paths, and the mesh

@@ -147,16 +147,20 @@ final class MemoryJobTests: XCTestCase {
         XCTAssertTrue(trace.contains("recompute L0 (selective)") && trace.contains("recompute L1 (full)"), String(trace.prefix(2000)))
     }
 
-    /// `tessera bench-memory` prints a row per policy with measured = predicted activation MiB.
+    /// `tessera bench-memory` reports every policy with measured = predicted activation memory (its JSON report).
     func testBenchMemoryCommand() throws {
         let (status, out) = try runProcess([CommandTests.binary, "bench-memory", "--sizes", "XS", "--policies", "keep,full,offload,auto",
-                                            "--steps", "1", "--warmup", "0", "--rounds", "1",
+                                            "--steps", "1", "--warmup", "0", "--rounds", "1", "--json",
                                             "--offload-dir", Self.dir.appendingPathComponent("offload-bench").path], timeout: 300)
         XCTAssertEqual(status, 0, out)
+        let reports = benchReports(out, bench: "bench-memory")
         for policy in ["keep", "full", "offload", "auto"] {
-            let row = out.split(separator: "\n").first { $0.hasPrefix(policy.padding(toLength: 11, withPad: " ", startingAt: 0)) }.map { $0.split(separator: " ") }
-            XCTAssertNotNil(row, "no \(policy) row\n\(out)")
-            if let row { XCTAssertEqual(row[2], row[3], "\(policy): measured vs predicted MiB\n\(out)") }
+            let report = reports.first { $0["policy"] as? String == policy && $0["size"] as? String == "XS" }
+            XCTAssertNotNil(report, "no \(policy) report\n\(out)")
+            if let report {
+                let measured = try XCTUnwrap(number(report, "activation_bytes")), predicted = try XCTUnwrap(number(report, "predicted_bytes"))
+                XCTAssertEqual(measured, predicted, "\(policy): measured vs predicted activation bytes\n\(out)")
+            }
         }
     }
 

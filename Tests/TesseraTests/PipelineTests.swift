@@ -102,22 +102,22 @@ final class PipelineTests: XCTestCase {
     func testBenchShowsLiveMicrobatchesPerStage() throws {
         let (status, out) = try runProcess(["mpirun", "-np", "2", CommandTests.binary, "bench-pp", "--size", "S", "--layers", "4",
                                             "--steps", "1", "--warmup", "0", "--microbatches", "4",
-                                            "--schedules", "gpipe,1f1b"], timeout: 300)
+                                            "--schedules", "gpipe,1f1b", "--json"], timeout: 300)
         XCTAssertEqual(status, 0, out)
-        func row(_ schedule: String) -> [Double] {
-            guard let line = out.split(separator: "\n").first(where: { $0.hasPrefix(schedule + " ") }) else { return [] }
-            return line.replacingOccurrences(of: "%", with: " ").split(separator: " ").compactMap { Double($0) }
+        let reports = benchReports(out, bench: "bench-pp")
+        func report(_ schedule: String) throws -> [String: Any] {
+            try XCTUnwrap(reports.first { $0["schedule"] as? String == schedule && $0["microbatches"] as? Int == 4 },
+                          "no \(schedule) report: \(out)")
         }
-        // m, v, theory, idle s0, idle s1, pred s0, pred s1, |Δ| theory, |Δ| pred, imbalance, step ms, live s0, live s1,
-        // MiB s0, MiB s1
-        let gpipe = row("gpipe"), oneF = row("1f1b")
-        XCTAssertEqual(gpipe.count, 15, out)
-        XCTAssertEqual(oneF.count, 15, out)
-        guard gpipe.count == 15, oneF.count == 15 else { return }
-        XCTAssertEqual(gpipe[2], 20.0, accuracy: 0.05, "theory (p−1)/(m+p−1) for p 2, m 4")
-        XCTAssertEqual(Array(gpipe[11...12]), [4, 4], "GPipe keeps all 4 micro-batches alive: \(out)")
-        XCTAssertEqual(Array(oneF[11...12]), [2, 2], "1F1B keeps at most p = 2: \(out)")
-        XCTAssertLessThan(oneF[13], gpipe[13], "1F1B's activation memory on stage 0 is below GPipe's")
-        XCTAssertLessThan(oneF[14], gpipe[14], "… and on stage 1")
+        let gpipe = try report("gpipe"), oneF = try report("1f1b")
+        XCTAssertEqual(try XCTUnwrap(number(gpipe, "theory_idle")), 0.2, accuracy: 0.0005, "theory (p−1)/(m+p−1) for p 2, m 4")
+        XCTAssertEqual(numbers(gpipe, "live"), [4, 4], "GPipe keeps all 4 micro-batches alive: \(out)")
+        XCTAssertEqual(numbers(oneF, "live"), [2, 2], "1F1B keeps at most p = 2: \(out)")
+        let gpipeMiB = numbers(gpipe, "activation_mib"), oneFMiB = numbers(oneF, "activation_mib")
+        XCTAssertEqual(gpipeMiB.count, 2, out)
+        XCTAssertEqual(oneFMiB.count, 2, out)
+        guard gpipeMiB.count == 2, oneFMiB.count == 2 else { return }
+        XCTAssertLessThan(oneFMiB[0], gpipeMiB[0], "1F1B's activation memory on stage 0 is below GPipe's")
+        XCTAssertLessThan(oneFMiB[1], gpipeMiB[1], "… and on stage 1")
     }
 }

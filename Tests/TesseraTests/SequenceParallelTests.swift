@@ -30,21 +30,18 @@ final class SequenceParallelTests: XCTestCase {
     func testBenchReportsTrafficMemoryAndBalanceAsPlanned() throws {
         for (np, flags) in [(2, ["--ring", "2"]), (2, ["--ulysses", "2"]), (4, ["--ring", "2", "--ulysses", "2"])] {
             let (status, out) = try runProcess(["mpirun", "-np", "\(np)", CommandTests.binary, "bench-sp", "--seq", "128",
-                                                "--steps", "1", "--warmup", "0"] + flags, timeout: 300)
+                                                "--steps", "1", "--warmup", "0", "--json"] + flags, timeout: 300)
             XCTAssertEqual(status, 0, out)
-            guard let row = out.split(separator: "\n").first(where: { $0.hasPrefix("128 ") }) else {
-                XCTFail("no result row: \(out)"); continue
+            guard let row = benchReports(out, bench: "bench-sp").first(where: { $0["seq"] as? Int == 128 }) else {
+                XCTFail("no result report: \(out)"); continue
             }
-            let numbers = row.replacingOccurrences(of: "(", with: " ").replacingOccurrences(of: ")", with: " ")
-                .split(separator: " ").compactMap { Double($0) }
-            // … sent, theory, work ratio, activations, planned (the last five numbers).
-            let tail = Array(numbers.suffix(5))
-            XCTAssertEqual(tail.count, 5, String(row))
-            guard tail.count == 5 else { continue }
-            XCTAssertGreaterThan(tail[0], 0, String(row))
-            XCTAssertEqual(tail[0], tail[1], accuracy: 0.005, "bytes sent vs theory: \(row)")
-            XCTAssertLessThanOrEqual(tail[2], 1.05, "attention work max/mean: \(row)")
-            XCTAssertEqual(tail[3], tail[4], accuracy: 0.005, "activation MiB vs plan: \(row)")
+            let sent = try XCTUnwrap(number(row, "sent_mb")), theory = try XCTUnwrap(number(row, "theory_mb"))
+            let work = try XCTUnwrap(number(row, "work_max_over_mean"))
+            let acts = try XCTUnwrap(number(row, "activation_mib")), planned = try XCTUnwrap(number(row, "planned_mib"))
+            XCTAssertGreaterThan(sent, 0, "\(row)")
+            XCTAssertEqual(sent, theory, accuracy: 0.005, "MB sent vs theory: \(row)")
+            XCTAssertLessThanOrEqual(work, 1.05, "attention work max/mean: \(row)")
+            XCTAssertEqual(acts, planned, accuracy: 0.005, "activation MiB vs plan: \(row)")
         }
     }
 

@@ -1,30 +1,21 @@
 import Foundation
+import TesseraTraining
 import TesseraComm
 import TesseraKernels
 import TesseraModel
 
 /// `tessera bench`: the machine's sgemm ceiling and training throughput/MFU of the standard model sizes.
 public enum Bench {
-    public struct Size: Sendable {
-        public let name: String, vocab: Int, d: Int, layers: Int, heads: Int, seq: Int, batch: Int
-        public var gpt: GPTConfig { GPTConfig(vocabSize: vocab, nLayer: layers, nHead: heads, dModel: d, blockSize: seq) }
-    }
-
-    public static let sizes: [Size] = [
-        Size(name: "S", vocab: 256, d: 128, layers: 4, heads: 4, seq: 256, batch: 8),
-        Size(name: "M", vocab: 256, d: 256, layers: 6, heads: 8, seq: 512, batch: 8),
-        Size(name: "L", vocab: 8192, d: 512, layers: 8, heads: 8, seq: 1024, batch: 4),
-    ]
 
     public struct Row: Sendable {
-        public let size: Size, parameters: Int, stepSeconds: Double, tokensPerSecond: Double, mfu: Double
+        public let size: BenchSize, parameters: Int, stepSeconds: Double, tokensPerSecond: Double, mfu: Double
         public let activationBytes: Int
         /// Seconds per step in each op (when profiling).
         public let profile: [(OpProfile.Op, Double)]
     }
 
     /// Median step time of `steps` timed steps after `warmup` steps on synthetic tokens.
-    public static func measure(_ s: Size, threads: Int, steps: Int, warmup: Int, peak: Double) -> Row {
+    public static func measure(_ s: BenchSize, threads: Int, steps: Int, warmup: Int, peak: Double) -> Row {
         Threads.configure(threads)
         let cfg = s.gpt
         let model = GPT(config: cfg, seed: 1)
@@ -48,8 +39,7 @@ public enum Bench {
             let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             if i >= warmup { times.append(dt) }
         }
-        times.sort()
-        let med = times[times.count / 2]
+        let med = BenchScaffold.median(times)
         let flops = cfg.flopsPerToken(seqLen: s.seq) * Double(tokens)
         return Row(size: s, parameters: cfg.parameterCount, stepSeconds: med, tokensPerSecond: Double(tokens) / med,
                    mfu: flops / med / peak, activationBytes: acts.totalBytes,
@@ -72,33 +62,28 @@ public enum Bench {
         out.append("")
         out.append("size  params      batch×seq  step ms   tokens/s   MFU     activations")
         var rows: [Row] = []
-        for s in sizes where names.contains(s.name) {
+        for s in BenchSize.standard where names.contains(s.name) {
             let r = measure(s, threads: threads, steps: steps, warmup: warmup, peak: pt.flops)
             rows.append(r)
-            out.append("\(s.name.padding(toLength: 6, withPad: " ", startingAt: 0))"
-                       + "\(fmt(Double(r.parameters) / 1e6, 2))M".padding(toLength: 12, withPad: " ", startingAt: 0)
-                       + "\(s.batch)×\(s.seq)".padding(toLength: 11, withPad: " ", startingAt: 0)
-                       + fmt(1000 * r.stepSeconds, 1).padding(toLength: 10, withPad: " ", startingAt: 0)
-                       + fmt(r.tokensPerSecond, 0).padding(toLength: 11, withPad: " ", startingAt: 0)
-                       + (fmt(100 * r.mfu, 1) + "%").padding(toLength: 8, withPad: " ", startingAt: 0)
+            out.append(BenchScaffold.cell(s.name, 6) + BenchScaffold.cell("\(fmt(Double(r.parameters) / 1e6, 2))M", 12)
+                       + BenchScaffold.cell("\(s.batch)×\(s.seq)", 11) + BenchScaffold.cell(fmt(1000 * r.stepSeconds, 1), 10)
+                       + BenchScaffold.cell(fmt(r.tokensPerSecond, 0), 11) + BenchScaffold.cell(fmt(100 * r.mfu, 1) + "%", 8)
                        + "\(fmt(Double(r.activationBytes) / 1_048_576, 0)) MiB")
         }
         for r in rows where !r.profile.isEmpty {
             let total = r.profile.reduce(0) { $0 + $1.1 }
             out.append("\nwhere a step of \(r.size.name) goes (ms per step, share of the profiled total):")
             for (op, s) in r.profile.sorted(by: { $0.1 > $1.1 }) {
-                out.append("  \(op.name.padding(toLength: 16, withPad: " ", startingAt: 0))\(fmt(1000 * s, 1).leftPad(9))  \(fmt(100 * s / total, 1).leftPad(5))%")
+                out.append("  \(BenchScaffold.cell(op.name, 16))\(fmt(1000 * s, 1).leftPad(9))  \(fmt(100 * s / total, 1).leftPad(5))%")
             }
         }
         out.append("\nMFU = (6N + 12·n_layer·d·seq) FLOPs/token × tokens/s ÷ sgemm ceiling; median of \(steps) steps after \(warmup) warm-up; \(threads) kernel thread(s).")
         if json {
             for r in rows {
-                let o: [String: Any] = ["size": r.size.name, "params": r.parameters, "step_s": r.stepSeconds,
-                                        "tokens_per_s": r.tokensPerSecond, "mfu": r.mfu, "threads": threads,
-                                        "sgemm_flops": pt.flops, "sgemm_1t_flops": p1.flops, "sgemm_2t_flops": p2.flops]
-                if let d = try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]) {
-                    out.append(String(decoding: d, as: UTF8.self))
-                }
+                out.append(BenchScaffold.jsonLine([
+                    "bench": "bench", "size": r.size.name, "params": r.parameters, "step_s": r.stepSeconds,
+                    "tokens_per_s": r.tokensPerSecond, "mfu": r.mfu, "threads": threads, "activation_bytes": r.activationBytes,
+                    "sgemm_flops": pt.flops, "sgemm_1t_flops": p1.flops, "sgemm_2t_flops": p2.flops]))
             }
         }
         return out.joined(separator: "\n")

@@ -1,4 +1,5 @@
 import Foundation
+import TesseraTraining
 import TesseraComm
 import TesseraKernels
 import TesseraModel
@@ -15,19 +16,18 @@ public enum SequenceBench {
     public struct Options: Sendable {
         public var ring = 1, ulysses = 1, seqs = [1024, 2048, 4096], steps = 3, warmup = 1, threads = 1
         public var budgetMiB: Double? = nil
+        public var json = false
         public init() {}
     }
 
-    static let model = ModelConfig(vocabSize: 256, nLayer: 6, nHead: 8, dModel: 256, blockSize: 1024)
+    /// Model M with batch 1 and a sequence of `seq` tokens.
+    static func size(seq: Int) -> BenchSize {
+        try! BenchSize.named("M", among: BenchSize.standard, command: "bench-sp").with(seq: seq, batch: 1)
+    }
+    static let model = size(seq: 1024).gpt
 
     static func config(seq: Int, o: Options, data: String) -> TesseraConfig {
-        var c = TesseraConfig()
-        c.job.name = "bench-sp"
-        c.model = model; c.model.blockSize = seq
-        c.training.batchSize = 1; c.training.seqLen = seq; c.training.steps = 1_000_000
-        c.training.threads = o.threads; c.training.evalEvery = 0
-        c.data.format = "text"; c.data.train = data; c.data.valFraction = 0.01
-        c.sample.tokens = 0
+        var c = BenchScaffold.config("bench-sp", size(seq: seq), threads: o.threads, data: data)
         c.parallelism.ring = o.ring; c.parallelism.ulysses = o.ulysses
         return c
     }
@@ -47,22 +47,19 @@ public enum SequenceBench {
         return bytes
     }
 
-    static func median(_ x: [Double]) -> Double { let s = x.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
-
     public static func run(runtime: MPIRuntime, options o: Options) throws -> String? {
-        if let budget = o.budgetMiB { return runtime.rank == 0 ? plan(budgetMiB: budget) : nil }
+        if let budget = o.budgetMiB { return runtime.rank == 0 ? plan(budgetMiB: budget, json: o.json) : nil }
         guard runtime.size == o.ring * o.ulysses else {
             throw TrainingError("bench-sp: --ring \(o.ring) × --ulysses \(o.ulysses) needs mpirun -np \(o.ring * o.ulysses), this job has \(runtime.size)")
         }
-        let path = NSTemporaryDirectory() + "tessera-bench-sp-\(getpid()).txt"
-        var rng = SplitMix64(seed: 5)
-        FileManager.default.createFile(atPath: path, contents: Data((0..<(1 << 20)).map { _ in UInt8(32 + rng.next() % 95) }))
-        defer { try? FileManager.default.removeItem(atPath: path) }
+        let path = try BenchScaffold.syntheticText("bench-sp", seed: 5)
+        defer { BenchScaffold.removeSyntheticText(path) }
         let world = runtime.worldCommunicator
         var out = ["tessera bench-sp — model M (6 layers, d 256, 8 heads), batch 1, ring \(o.ring) × ulysses \(o.ulysses) "
                    + "= \(runtime.size) rank(s), \(o.threads) thread(s) per rank, median of \(o.steps) steps", ""]
         out.append("seq     step ms   tok/s    exposed fwd/bwd ms (waits)     ring alone fwd/bwd ms   hidden fwd/bwd   "
                    + "sent MB/rank (theory)   attn work max/mean   activations MiB/rank")
+        var json: [String] = []
         for seq in o.seqs {
             let trainer = try Trainer(config: config(seq: seq, o: o, data: path), runtime: runtime, options: .init(measurePeak: false))
             let sp = trainer.model.attention as? SequenceParallelAttention
@@ -96,32 +93,35 @@ public enum SequenceBench {
             let acts = Double(trainer.acts!.totalBytes + (sp?.extraBytes ?? 0)) / 1_048_576
             let actsMax = try world.allreduce(acts, op: .max)
             let planned = plannedBytes(seq: seq, ring: o.ring, ulysses: o.ulysses) / 1_048_576
-            let t = median(times)
+            let t = BenchScaffold.median(times)
             func pct(_ wait: Double, _ alone: Double) -> String { alone > 0 ? fmt(100 * max(0, 1 - wait / alone), 0) + "%" : "–" }
-            let row = "\(seq)".padding(toLength: 8, withPad: " ", startingAt: 0)
-                + fmt(1000 * t, 0).padding(toLength: 10, withPad: " ", startingAt: 0)
-                + fmt(Double(seq) / t, 0).padding(toLength: 9, withPad: " ", startingAt: 0)
-                + (ring != nil ? "\(fmt(1000 * waitF, 1)) / \(fmt(1000 * waitB, 1)) (\(fmt(1000 * maxWaitF, 0))/\(fmt(1000 * maxWaitB, 0)))" : "–").padding(toLength: 27, withPad: " ", startingAt: 0)
-                + (ring != nil ? "\(fmt(1000 * aloneF, 1)) / \(fmt(1000 * aloneB, 1))" : "–").padding(toLength: 24, withPad: " ", startingAt: 0)
-                + (ring != nil ? "\(pct(waitF, aloneF)) / \(pct(waitB, aloneB))" : "–").padding(toLength: 17, withPad: " ", startingAt: 0)
-                + "\(fmt(sent / 1e6, 2)) (\(fmt(theory / 1e6, 2)))".padding(toLength: 24, withPad: " ", startingAt: 0)
-                + fmt(workRatio, 3).padding(toLength: 21, withPad: " ", startingAt: 0)
-                + "\(fmt(actsMax, 2)) (planned \(fmt(planned, 2)))"
+            let waits = ring != nil ? "\(fmt(1000 * waitF, 1)) / \(fmt(1000 * waitB, 1)) (\(fmt(1000 * maxWaitF, 0))/\(fmt(1000 * maxWaitB, 0)))" : "–"
+            let alone = ring != nil ? "\(fmt(1000 * aloneF, 1)) / \(fmt(1000 * aloneB, 1))" : "–"
+            let hidden = ring != nil ? "\(pct(waitF, aloneF)) / \(pct(waitB, aloneB))" : "–"
+            var row = BenchScaffold.cell("\(seq)", 8) + BenchScaffold.cell(fmt(1000 * t, 0), 10) + BenchScaffold.cell(fmt(Double(seq) / t, 0), 9)
+            row += BenchScaffold.cell(waits, 27) + BenchScaffold.cell(alone, 24) + BenchScaffold.cell(hidden, 17)
+            row += BenchScaffold.cell("\(fmt(sent / 1e6, 2)) (\(fmt(theory / 1e6, 2)))", 24) + BenchScaffold.cell(fmt(workRatio, 3), 21)
+            row += "\(fmt(actsMax, 2)) (planned \(fmt(planned, 2)))"
             out.append(row)
+            json.append(BenchScaffold.jsonLine([
+                "bench": "bench-sp", "seq": seq, "ring": o.ring, "ulysses": o.ulysses, "ranks": runtime.size, "step_s": t,
+                "tokens_per_s": Double(seq) / t, "exposed_forward_s": waitF, "exposed_backward_s": waitB,
+                "ring_alone_forward_s": aloneF, "ring_alone_backward_s": aloneB, "sent_mb": sent / 1e6, "theory_mb": theory / 1e6,
+                "work_max_over_mean": workRatio, "activation_mib": actsMax, "planned_mib": planned]))
         }
         out.append("")
         out.append("exposed: per step, the part of each wait for a ring message after both sides were ready (the sender had")
         out.append("posted it, this rank was waiting), max over ranks; in brackets all ring waits of the rank waiting most,")
         out.append("which adds waiting for slower ranks (load imbalance). hidden = 1 − exposed ÷ (the same transfers, no compute);")
         out.append("sent = point-to-point and all-to-all bytes of attention per rank per step (max over ranks).")
+        if o.json { out += json }
         return runtime.rank == 0 ? out.joined(separator: "\n") : nil
     }
 
     /// Planned activation bytes per rank for model M, batch 1, a sequence of `seq` tokens on ring × ulysses ranks:
     /// saved tensors and workspace (linear in tokens, measured on two tiny allocations) plus the
     /// sequence-parallel buffers (`SequenceParallelAttention.plannedBytes`).
-    static let gpt = GPTConfig(vocabSize: model.vocabSize, nLayer: model.nLayer, nHead: model.nHead, dModel: model.dModel,
-                               blockSize: 1)
+    static let gpt = size(seq: 1).gpt
     /// Activation bytes = fixed + perToken × tokens, measured once on two small allocations.
     static let activationBytes: (fixed: Double, perToken: Double) = {
         let a1 = Activations(config: gpt, batch: 1, tokens: 64).totalBytes
@@ -139,13 +139,13 @@ public enum SequenceBench {
     }
 
     /// The longest sequence each layout can train with at most `budgetMiB` of activations per rank.
-    public static func plan(budgetMiB: Double) -> String {
+    public static func plan(budgetMiB: Double, json: Bool = false) -> String {
         let budget = budgetMiB * 1_048_576
         func bytes(_ seq: Int, _ r: Int, _ u: Int) -> Double { plannedBytes(seq: seq, ring: r, ulysses: u) }
         var out = ["Longest trainable sequence of model M (batch 1) with at most \(fmt(budgetMiB, 0)) MiB of activations per rank",
                    "(saved tensors, workspace and sequence-parallel buffers; from the allocation formulas):", "",
                    "layout                ranks   longest seq   × single rank   MiB per rank at that length"]
-        var single = 0
+        var single = 0, lines: [String] = []
         for (r, u) in [(1, 1), (2, 1), (4, 1), (8, 1), (1, 2), (1, 4), (2, 2)] {
             let step = SequenceLayout.tokenMultiple(ring: r, ulysses: u)
             var s = step
@@ -153,11 +153,12 @@ public enum SequenceBench {
             if bytes(s, r, u) > budget { s = 0 }
             if r * u == 1 { single = s }
             let name = r * u == 1 ? "single rank" : u == 1 ? "ring \(r)" : r == 1 ? "ulysses \(u)" : "ring \(r) × ulysses \(u)"
-            out.append(name.padding(toLength: 22, withPad: " ", startingAt: 0) + "\(r * u)".padding(toLength: 8, withPad: " ", startingAt: 0)
-                       + "\(s)".padding(toLength: 14, withPad: " ", startingAt: 0)
-                       + (single > 0 ? fmt(Double(s) / Double(single), 2) : "–").padding(toLength: 16, withPad: " ", startingAt: 0)
+            out.append(BenchScaffold.cell(name, 22) + BenchScaffold.cell("\(r * u)", 8) + BenchScaffold.cell("\(s)", 14)
+                       + BenchScaffold.cell(single > 0 ? fmt(Double(s) / Double(single), 2) : "–", 16)
                        + fmt(bytes(s, r, u) / 1_048_576, 1))
+            lines.append(BenchScaffold.jsonLine(["bench": "bench-sp", "budget_mib": budgetMiB, "ring": r, "ulysses": u, "ranks": r * u,
+                                                 "longest_seq": s, "mib_per_rank": bytes(s, r, u) / 1_048_576]))
         }
-        return out.joined(separator: "\n")
+        return (out + (json ? lines : [])).joined(separator: "\n")
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import TesseraTraining
 import TesseraComm
 import TesseraKernels
 import TesseraModel
@@ -15,35 +16,27 @@ public enum PipelineBench {
         public var size = "M", layers = 8, steps = 3, warmup = 1, threads = 1, rounds = 1
         public var microbatches = [1, 2, 4, 8]
         public var schedules = ["gpipe", "1f1b", "interleaved"]
+        public var json = false
         public init() {}
     }
 
-    static func config(_ s: Bench.Size, o: Options, pp: Int, schedule: String, m: Int, data: String) -> TesseraConfig {
-        var c = TesseraConfig()
-        c.job.name = "bench-pp"
-        c.model = ModelConfig(vocabSize: s.vocab, nLayer: o.layers, nHead: s.heads, dModel: s.d, blockSize: s.seq)
-        c.training.batchSize = s.batch; c.training.seqLen = s.seq; c.training.steps = 1_000_000
-        c.training.threads = o.threads; c.training.evalEvery = 0; c.training.microbatches = m
-        c.data.format = "text"; c.data.train = data; c.data.valFraction = 0.01
-        c.sample.tokens = 0
+    static func config(_ s: BenchSize, o: Options, pp: Int, schedule: String, m: Int, data: String) -> TesseraConfig {
+        var c = BenchScaffold.config("bench-pp", s.with(layers: o.layers), threads: o.threads, data: data)
+        c.training.microbatches = m
         c.parallelism.pp = pp; c.parallelism.pipelineSchedule = schedule
         c.parallelism.virtualStages = schedule == "interleaved" ? 2 : 1
         return c
     }
 
-    static func median(_ x: [Double]) -> Double { let s = x.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
-
     public static func run(runtime: MPIRuntime, options o: Options) throws -> String? {
-        guard let s = Bench.sizes.first(where: { $0.name == o.size }) else { throw TrainingError("bench-pp: unknown size '\(o.size)'") }
+        let s = try BenchSize.named(o.size, among: BenchSize.standard, command: "bench-pp")
         let world = runtime.worldCommunicator, p = runtime.size
         guard p >= 2 else { throw TrainingError("bench-pp runs one pipeline stage per rank: run it under mpirun -np 2 (or more)") }
-        let path = NSTemporaryDirectory() + "tessera-bench-pp-\(getpid()).txt"
-        var rng = SplitMix64(seed: 5)
-        FileManager.default.createFile(atPath: path, contents: Data((0..<(1 << 20)).map { _ in UInt8(32 + rng.next() % 95) }))
-        defer { try? FileManager.default.removeItem(atPath: path) }
+        let path = try BenchScaffold.syntheticText("bench-pp", seed: 5)
+        defer { BenchScaffold.removeSyntheticText(path) }
 
         var out: [String] = []
-        let gpt = GPTConfig(vocabSize: s.vocab, nLayer: o.layers, nHead: s.heads, dModel: s.d, blockSize: s.seq)
+        let gpt = s.with(layers: o.layers).gpt
         out.append("tessera bench-pp — size \(s.name) with \(o.layers) layers (\(fmt(Double(gpt.parameterCount) / 1e6, 2))M parameters), "
                    + "global batch \(s.batch)×\(s.seq), \(p) stages, \(o.threads) thread(s) per rank, median of \(o.rounds) round(s) × \(o.steps) steps "
                    + "(after \(o.warmup) warm-up)")
@@ -70,7 +63,7 @@ public enum PipelineBench {
                 for m in o.microbatches {
                     let v = schedule == "interleaved" ? 2 : 1
                     if let problem = PipelinePlanner.problem(schedule: schedule, stages: p, microbatches: m, virtualStages: v) {
-                        if round == 0 { out.append("\(schedule.padding(toLength: 11, withPad: " ", startingAt: 0)) \(m): skipped (\(problem))") }
+                        if round == 0 { out.append("\(BenchScaffold.cell(schedule, 11)) \(m): skipped (\(problem))") }
                         continue
                     }
                     if s.batch % m != 0 || o.layers < p * v { continue }
@@ -118,9 +111,11 @@ public enum PipelineBench {
                 }
             }
         }
+        let median = BenchScaffold.median
+        var json: [String] = []
         for (schedule, m) in order {
             let cell = cells["\(schedule) \(m)"]!, v = schedule == "interleaved" ? 2 : 1
-            var row = schedule.padding(toLength: 11, withPad: " ", startingAt: 0) + String(format: "%2d %2d  %5.1f%% ", m, v, 100 * cell.theory)
+            var row = BenchScaffold.cell(schedule, 11) + String(format: "%2d %2d  %5.1f%% ", m, v, 100 * cell.theory)
             var worst = 0.0, worstPredicted = 0.0
             for r in 0..<p {
                 let idle = median(cell.idle[r])
@@ -135,10 +130,17 @@ public enum PipelineBench {
             for r in 0..<p { row += String(format: "  %7d", Int(cell.perStage[2 * r])) }
             for r in 0..<p { row += String(format: "  %8.1f", cell.perStage[2 * r + 1]) }
             out.append(row)
+            json.append(BenchScaffold.jsonLine([
+                "bench": "bench-pp", "schedule": schedule, "microbatches": m, "virtual_stages": v, "stages": p,
+                "theory_idle": cell.theory, "idle": (0..<p).map { median(cell.idle[$0]) },
+                "predicted_idle": (0..<p).map { median(cell.predicted[$0]) }, "max_dev_theory": worst,
+                "max_dev_predicted": worstPredicted, "imbalance": median(cell.imbalance), "step_s": median(cell.steps),
+                "live": (0..<p).map { Int(cell.perStage[2 * $0]) }, "activation_mib": (0..<p).map { cell.perStage[2 * $0 + 1] }]))
         }
         out.append("")
         out.append("theory: GPipe and 1F1B (p−1)/(m+p−1), interleaved (p−1)/(v·m+p−1); live: GPipe m; 1F1B p − stage, "
                    + "plus one input arriving on stages that receive: at most p")
+        if o.json { out += json }
         return runtime.rank == 0 ? out.joined(separator: "\n") : nil
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import TesseraTraining
 import TesseraComm
 import TesseraDataParallel
 import TesseraKernels
@@ -12,18 +13,13 @@ import TesseraTimeline
 /// blocking, bucket by bucket, gives the communication cost the overlap is measured against.
 public enum ScalingBench {
     public struct Options: Sendable {
-        public var size = "M", steps = 5, warmup = 1, rounds = 2, threads = 1, bucketMb = 25.0, zero = false
+        public var size = "M", steps = 5, warmup = 1, rounds = 2, threads = 1, bucketMb = 25.0, zero = false, json = false
         public init() {}
     }
 
-    static func config(_ s: Bench.Size, dp: Int, o: Options, data: String) -> TesseraConfig {
-        var c = TesseraConfig()
-        c.job.name = "bench-dp"
-        c.model = ModelConfig(vocabSize: s.vocab, nLayer: s.layers, nHead: s.heads, dModel: s.d, blockSize: s.seq)
-        c.training.batchSize = s.batch; c.training.seqLen = s.seq; c.training.steps = 1_000_000
-        c.training.threads = o.threads; c.training.evalEvery = 0; c.training.microbatches = 1
-        c.data.format = "text"; c.data.train = data; c.data.valFraction = 0.01
-        c.sample.tokens = 0
+    static func config(_ s: BenchSize, dp: Int, o: Options, data: String) -> TesseraConfig {
+        var c = BenchScaffold.config("bench-dp", s, threads: o.threads, data: data)
+        c.training.microbatches = 1
         c.parallelism.dp = dp; c.parallelism.bucketMb = o.bucketMb; c.parallelism.zero = o.zero ? 1 : 0
         return c
     }
@@ -33,8 +29,6 @@ public enum ScalingBench {
         let r = try world.ibarrier(label: "idle barrier")
         while try !r.test() { usleep(500) }
     }
-
-    static func median(_ x: [Double]) -> Double { let s = x.sorted(); return s[s.count / 2] }
 
     /// The reduction alone: the same buckets, blocking, with nothing to overlap. Seconds (max over ranks).
     static func reductionAlone(_ multi: Trainer, _ world: Communicator) throws -> Double {
@@ -47,16 +41,13 @@ public enum ScalingBench {
     }
 
     public static func run(runtime: MPIRuntime, options o: Options) throws -> String? {
-        guard let s = Bench.sizes.first(where: { $0.name == o.size }) else { throw TrainingError("bench-dp: unknown size '\(o.size)'") }
+        let s = try BenchSize.named(o.size, among: BenchSize.standard, command: "bench-dp")
         let world = runtime.worldCommunicator, n = runtime.size
         guard n >= 2 else { throw TrainingError("bench-dp compares 1 rank with N: run it under mpirun -np 2 (or more)") }
         guard s.batch % n == 0 else { throw TrainingError("bench-dp: size \(s.name)'s batch \(s.batch) does not divide by \(n) ranks") }
         // Synthetic bytes, written by each rank for itself.
-        let path = NSTemporaryDirectory() + "tessera-bench-dp-\(getpid()).txt"
-        var rng = SplitMix64(seed: 3)
-        let bytes = (0..<(1 << 20)).map { _ in UInt8(32 + rng.next() % 95) }
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
-        defer { try? FileManager.default.removeItem(atPath: path) }
+        let path = try BenchScaffold.syntheticText("bench-dp", seed: 3)
+        defer { BenchScaffold.removeSyntheticText(path) }
 
         let single = runtime.rank == 0
             ? try Trainer(config: config(s, dp: 1, o: o, data: path), runtime: nil, options: .init(measurePeak: false)) : nil
@@ -90,7 +81,8 @@ public enum ScalingBench {
         let dpl = multi.dataParallel!
         guard let single else { return nil }
         let tokens = Double(s.batch * s.seq)
-        let t1 = median(singleTimes), tn = median(multiTimes), comm = median(commTimes), wait = median(exposed)
+        let t1 = BenchScaffold.median(singleTimes), tn = BenchScaffold.median(multiTimes), comm = BenchScaffold.median(commTimes)
+        let wait = BenchScaffold.median(exposed), waitFirst = BenchScaffold.median(waitMax)
         let tps1 = tokens / t1, tpsn = tokens / tn
         let flops = single.model.config.flopsPerToken(seqLen: s.seq) * tokens
         let eff = tpsn / Double(n) / tps1
@@ -105,11 +97,8 @@ public enum ScalingBench {
         out.append("")
         out.append("ranks  step ms   tokens/s   tokens/s per rank   MFU per rank   scaling efficiency")
         let row = { (r: Int, t: Double, tps: Double) -> String in
-            "\(r)".padding(toLength: 7, withPad: " ", startingAt: 0)
-                + fmt(1000 * t, 1).padding(toLength: 10, withPad: " ", startingAt: 0)
-                + fmt(tps, 0).padding(toLength: 11, withPad: " ", startingAt: 0)
-                + fmt(tps / Double(r), 0).padding(toLength: 20, withPad: " ", startingAt: 0)
-                + (fmt(100 * flops / t / Double(r) / peak, 1) + "%").padding(toLength: 15, withPad: " ", startingAt: 0)
+            BenchScaffold.cell("\(r)", 7) + BenchScaffold.cell(fmt(1000 * t, 1), 10) + BenchScaffold.cell(fmt(tps, 0), 11)
+                + BenchScaffold.cell(fmt(tps / Double(r), 0), 20) + BenchScaffold.cell(fmt(100 * flops / t / Double(r) / peak, 1) + "%", 15)
                 + fmt(100 * (tps / Double(r)) / tps1, 1) + "%"
         }
         out.append(row(1, t1, tps1))
@@ -117,8 +106,18 @@ public enum ScalingBench {
         out.append("")
         out.append("reduction alone (blocking, same buckets, median): \(fmt(1000 * comm, 2)) ms; exposed after backward (rank "
                    + "finishing last): \(fmt(1000 * wait, 2)) ms → \(fmt(100 * hidden, 0))% of the reduction hidden behind backward")
-        out.append("wait of the rank finishing first (includes load imbalance): \(fmt(1000 * median(waitMax), 2)) ms")
+        out.append("wait of the rank finishing first (includes load imbalance): \(fmt(1000 * waitFirst, 2)) ms")
         out.append("scaling efficiency (tokens/s per rank ÷ single-rank tokens/s): \(fmt(100 * eff, 1))%")
+        if o.json {
+            for (r, t, tps) in [(1, t1, tps1), (n, tn, tpsn)] {
+                out.append(BenchScaffold.jsonLine([
+                    "bench": "bench-dp", "size": s.name, "ranks": r, "step_s": t, "tokens_per_s": tps,
+                    "tokens_per_s_per_rank": tps / Double(r), "mfu_per_rank": flops / t / Double(r) / peak,
+                    "scaling_efficiency": tps / Double(r) / tps1, "threads": o.threads, "zero": dpl.zero,
+                    "buckets": dpl.buckets.count, "reduction_alone_s": comm, "exposed_s": wait, "wait_first_s": waitFirst,
+                    "hidden": hidden]))
+            }
+        }
         return out.joined(separator: "\n")
     }
 }

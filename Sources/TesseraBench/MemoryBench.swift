@@ -1,4 +1,5 @@
 import Foundation
+import TesseraTraining
 import TesseraComm
 import TesseraKernels
 import TesseraMemory
@@ -19,6 +20,7 @@ public enum MemoryBench {
         /// The auto policy's budget: `budgetFraction` of the way from the least plan's predicted peak (every
         /// layer recomputed in full) to keep's, or `budgetMiB` when set.
         public var budgetFraction = 0.5, budgetMiB = 0.0
+        public var json = false
         public var offloadDir = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm/tessera-bench-offload"
                                                                                  : NSTemporaryDirectory() + "tessera-bench-offload"
         public init() {}
@@ -26,19 +28,10 @@ public enum MemoryBench {
 
     /// The sizes: config M, and the same model with long sequences (4096 tokens, one per step); XS is for
     /// smoke tests of the command.
-    static let sizes: [Bench.Size] = Bench.sizes + [
-        Bench.Size(name: "M-long", vocab: 256, d: 256, layers: 6, heads: 8, seq: 4096, batch: 1),
-        Bench.Size(name: "XS", vocab: 256, d: 32, layers: 2, heads: 2, seq: 64, batch: 4),
-    ]
+    static let sizes = BenchSize.standard + [BenchSize.mLong, BenchSize.xs]
 
-    static func config(_ s: Bench.Size, o: Options, policy: String, budget: Int, data: String) -> TesseraConfig {
-        var c = TesseraConfig()
-        c.job.name = "bench-memory"
-        c.model = ModelConfig(vocabSize: s.vocab, nLayer: s.layers, nHead: s.heads, dModel: s.d, blockSize: s.seq)
-        c.training.batchSize = s.batch; c.training.seqLen = s.seq; c.training.steps = 1_000_000
-        c.training.threads = o.threads; c.training.evalEvery = 0
-        c.data.format = "text"; c.data.train = data; c.data.valFraction = 0.01
-        c.sample.tokens = 0
+    static func config(_ s: BenchSize, o: Options, policy: String, budget: Int, data: String) -> TesseraConfig {
+        var c = BenchScaffold.config("bench-memory", s, threads: o.threads, data: data)
         c.parallelism.ring = o.ring; c.parallelism.ulysses = o.ulysses
         c.memory.policy = policy; c.memory.offloadDir = o.offloadDir
         c.memory.activationBudget = policy == "auto" ? budget : 0
@@ -52,20 +45,14 @@ public enum MemoryBench {
         var predictedExtra = 0.0
     }
 
-    static func median(_ x: [Double]) -> Double { let s = x.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
-
     public static func run(runtime: MPIRuntime?, options o: Options) throws -> String? {
         let world = runtime?.worldCommunicator
         let ranks = runtime?.size ?? 1
         guard ranks == o.ring * o.ulysses else {
             throw TrainingError("bench-memory: --ring \(o.ring) × --ulysses \(o.ulysses) needs mpirun -np \(o.ring * o.ulysses), found \(ranks) rank(s)")
         }
-        let path = NSTemporaryDirectory() + "tessera-bench-memory-\(getpid()).txt"
-        var rng = SplitMix64(seed: 5)
-        guard FileManager.default.createFile(atPath: path, contents: Data((0..<(1 << 20)).map { _ in UInt8(32 + rng.next() % 95) })) else {
-            throw TrainingError("bench-memory: cannot write its training text to \(path)")
-        }
-        defer { try? FileManager.default.removeItem(atPath: path) }
+        let path = try BenchScaffold.syntheticText("bench-memory", seed: 5)
+        defer { BenchScaffold.removeSyntheticText(path) }
         // The planner's time model needs the sgemm rate and the tier's bandwidth: measured once here, as the
         // trainer measures them for `auto`.
         let flopRate = SgemmProbe.measure(threads: o.threads).flops
@@ -81,8 +68,10 @@ public enum MemoryBench {
                    + "hidden = 1 − (compute time blocked on the tier) ÷ (the I/O thread's time); seq = bytes per step a rank sends "
                    + "over ring/Ulysses, extra = over keep; Δ ms = step time over keep's, measured and as the auto planner predicts it "
                    + "(sgemm \(fmt(flopRate / 1e9, 0)) GFLOP/s, tier write \(fmt(bandwidth.write / 1e9, 2)) / read \(fmt(bandwidth.read / 1e9, 2)) GB/s)")
+        let median = BenchScaffold.median
+        var json: [String] = []
         for name in o.sizes {
-            guard let s = sizes.first(where: { $0.name == name }) else { throw TrainingError("bench-memory: unknown size '\(name)' (\(sizes.map(\.name).joined(separator: ", ")))") }
+            let s = try BenchSize.named(name, among: sizes, command: "bench-memory")
             var cells: [String: Cell] = [:]
             var keepPredicted = 0, leastPredicted = 0
             for _ in 0..<o.rounds {
@@ -131,8 +120,8 @@ public enum MemoryBench {
             for policy in o.policies {
                 guard let c = cells[policy] else { continue }
                 let step = median(c.steps), io = median(c.io), wait = median(c.wait)
-                var row = policy.padding(toLength: 10, withPad: " ", startingAt: 0) + " "
-                row += c.layers.padding(toLength: 27, withPad: " ", startingAt: 0)
+                var row = BenchScaffold.cell(policy, 10) + " "
+                row += BenchScaffold.cell(c.layers, 27)
                 row += mib(c.peak).leftPad(9) + mib(c.predicted).leftPad(10)
                 row += (fmt(Double(keep.peak) / Double(max(c.peak, 1)), 2) + "×").leftPad(7)
                 row += fmt(1000 * step, 0).leftPad(9) + (fmt(step / keepStep, 2) + "×").leftPad(8)
@@ -143,8 +132,15 @@ public enum MemoryBench {
                 row += (ranks > 1 ? mib(c.sequenceBytes - keep.sequenceBytes) : "–").leftPad(7)
                 if policy == "auto" { row += "   (budget \(mib(c.budget)) MiB)" }
                 out.append(row)
+                json.append(BenchScaffold.jsonLine([
+                    "bench": "bench-memory", "size": s.name, "policy": policy, "ranks": ranks, "layers": c.layers,
+                    "activation_bytes": c.peak, "predicted_bytes": c.predicted, "cut": Double(keep.peak) / Double(max(c.peak, 1)),
+                    "step_s": step, "vs_keep": step / keepStep, "extra_s": step - keepStep, "predicted_extra_s": c.predictedExtra,
+                    "recompute_s": median(c.recompute), "io_s": io, "waited_s": wait, "sequence_bytes": c.sequenceBytes,
+                    "budget_bytes": policy == "auto" ? c.budget : 0]))
             }
         }
+        if o.json { out += json }
         return (runtime?.rank ?? 0) == 0 ? out.joined(separator: "\n") : nil
     }
 }

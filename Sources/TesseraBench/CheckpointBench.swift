@@ -1,4 +1,5 @@
 import Foundation
+import TesseraTraining
 import TesseraComm
 import TesseraKernels
 
@@ -13,12 +14,12 @@ public enum CheckpointBench {
     public struct Options: Sendable {
         public var sizes = ["M", "L"]
         public var every = 10, after = 3, warmup = 1, threads = 1, rounds = 2
-        public var zero = true
+        public var zero = true, json = false
         public var dir = NSTemporaryDirectory() + "tessera-bench-checkpoint"
         public init() {}
     }
 
-    static let sizes = Bench.sizes + [Bench.Size(name: "XS", vocab: 256, d: 32, layers: 2, heads: 2, seq: 64, batch: 4)]
+    static let sizes = BenchSize.standard + [BenchSize.xs]
 
     struct Cell {
         var window: [Double] = [], blocked: [Double] = [], durable: [Double] = [], cpu: [Double] = [], bytes = 0
@@ -27,12 +28,8 @@ public enum CheckpointBench {
     public static func run(runtime: MPIRuntime?, options o: Options) throws -> String? {
         let world = runtime?.worldCommunicator
         let ranks = runtime?.size ?? 1, rank = runtime?.rank ?? 0
-        let path = NSTemporaryDirectory() + "tessera-bench-checkpoint-\(getpid()).txt"
-        var rng = SplitMix64(seed: 7)
-        guard FileManager.default.createFile(atPath: path, contents: Data((0..<(1 << 20)).map { _ in UInt8(32 + rng.next() % 95) })) else {
-            throw TrainingError("bench-checkpoint: cannot write its training text to \(path)")
-        }
-        defer { try? FileManager.default.removeItem(atPath: path) }
+        let path = try BenchScaffold.syntheticText("bench-checkpoint", seed: 7)
+        defer { BenchScaffold.removeSyntheticText(path) }
         let modes = ["none", "sync", "lazy"]
         let steps = o.warmup + o.every + o.after
         var out: [String] = []
@@ -46,20 +43,13 @@ public enum CheckpointBench {
         out.append("cost = (blocked + bg CPU) ÷ (\(o.every) × none's mean step): the slowdown of checkpointing every \(o.every) steps "
                    + "as its parts add up; slowdown = (window − none's window) ÷ the same, as the clock measures it (this VM's "
                    + "run-to-run noise is a few % of a window)")
+        var json: [String] = []
         for name in o.sizes {
-            guard let s = sizes.first(where: { $0.name == name }) else {
-                throw TrainingError("bench-checkpoint: unknown size '\(name)' (\(sizes.map(\.name).joined(separator: ", ")))")
-            }
+            let s = try BenchSize.named(name, among: sizes, command: "bench-checkpoint")
             var cells: [String: Cell] = [:]
             for round in 0..<o.rounds {
                 for mode in modes {
-                    var c = TesseraConfig()
-                    c.job.name = "bench-checkpoint"
-                    c.model = ModelConfig(vocabSize: s.vocab, nLayer: s.layers, nHead: s.heads, dModel: s.d, blockSize: s.seq)
-                    c.training.batchSize = s.batch * ranks; c.training.seqLen = s.seq; c.training.steps = 1_000_000
-                    c.training.threads = o.threads; c.training.evalEvery = 0
-                    c.data.format = "text"; c.data.train = path; c.data.valFraction = 0.01
-                    c.sample.tokens = 0
+                    var c = BenchScaffold.config("bench-checkpoint", s.with(batch: s.batch * ranks), threads: o.threads, data: path)
                     c.parallelism.dp = ranks; c.parallelism.zero = ranks > 1 && o.zero ? 1 : 0
                     c.checkpoint.every = mode == "none" ? 0 : o.every
                     c.checkpoint.mode = mode == "none" ? "lazy" : mode
@@ -98,7 +88,7 @@ public enum CheckpointBench {
             for mode in modes {
                 let c = cells[mode]!
                 let w = c.window.min()!, blocked = c.blocked.min() ?? 0
-                var row = mode.padding(toLength: 6, withPad: " ", startingAt: 0)
+                var row = BenchScaffold.cell(mode, 6)
                 row += (mode == "none" ? "–" : mib(c.bytes)).leftPad(9)
                 row += (mode == "none" ? "–" : fmt(blocked * 1000, 1)).leftPad(13)
                 row += (mode == "none" ? "–" : blocked > 0 ? fmt(syncBlocked / blocked, 0) + "×" : "∞").leftPad(14)
@@ -110,8 +100,17 @@ public enum CheckpointBench {
                 row += (mode == "none" ? "–" : fmt(w - none, 2)).leftPad(10)
                 row += (mode == "none" ? "–" : fmt(100 * (w - none) / (Double(o.every) * step), 1) + "%").leftPad(11)
                 out.append(row)
+                var report: [String: Any] = ["bench": "bench-checkpoint", "size": s.name, "mode": mode, "ranks": ranks,
+                                             "window_s": w, "step_s": step]
+                if mode != "none" {
+                    report.merge(["bytes": c.bytes, "blocked_s": blocked, "durable_s": c.durable.min() ?? 0, "background_cpu_s": cpu,
+                                  "cost": (blocked + (mode == "lazy" ? cpu : 0)) / (Double(o.every) * step), "extra_s": w - none,
+                                  "slowdown": (w - none) / (Double(o.every) * step)]) { $1 }
+                }
+                json.append(BenchScaffold.jsonLine(report))
             }
         }
+        if o.json { out += json }
         return rank == 0 ? out.joined(separator: "\n") : nil
     }
 }

@@ -8,6 +8,7 @@
 
 import CCommBench
 import Foundation
+import TesseraTraining
 import TesseraComm
 import TesseraTimeline
 
@@ -25,37 +26,12 @@ public enum CommBench {
         public var targetSeconds = 0.01
         public init() {}
 
-        public static let usage = "usage: tessera bench-comm [--max-mib 64] [--iters auto|N] [--rounds 9] [--json] [--breakdown]"
-
-        public init(parsing args: [String]) throws {
-            var i = 0
-            func value(_ name: String) throws -> String {
-                guard i + 1 < args.count else { throw CommBenchError("bench-comm: \(name) needs a value\n\(Self.usage)") }
-                i += 1
-                return args[i]
-            }
-            func int(_ name: String, _ s: String, min: Int) throws -> Int {
-                guard let v = Int(s), v >= min else {
-                    throw CommBenchError("bench-comm: \(name) expects an integer >= \(min), got '\(s)'")
-                }
-                return v
-            }
-            while i < args.count {
-                let a = args[i]
-                switch a {
-                case "--max-mib":
-                    maxMiB = try int(a, try value(a), min: 1)
-                    guard maxMiB <= 1024 else { throw CommBenchError("bench-comm: --max-mib is at most 1024, got \(maxMiB)") }
-                case "--iters":
-                    let v = try value(a)
-                    iters = v == "auto" ? nil : try int(a, v, min: 1)
-                case "--rounds": rounds = try int(a, try value(a), min: 1)
-                case "--json": json = true
-                case "--breakdown": breakdown = true
-                default: throw CommBenchError("bench-comm: unexpected argument '\(a)'\n\(Self.usage)")
-                }
-                i += 1
-            }
+        /// Checks the values a command line gave (`--max-mib`, `--iters`, `--rounds`), with messages naming the flag.
+        public func validate() throws {
+            guard maxMiB >= 1 else { throw CommBenchError("bench-comm: --max-mib expects an integer >= 1, got '\(maxMiB)'") }
+            guard maxMiB <= 1024 else { throw CommBenchError("bench-comm: --max-mib is at most 1024, got \(maxMiB)") }
+            if let iters, iters < 1 { throw CommBenchError("bench-comm: --iters expects an integer >= 1, got '\(iters)'") }
+            guard rounds >= 1 else { throw CommBenchError("bench-comm: --rounds expects an integer >= 1, got '\(rounds)'") }
         }
     }
 
@@ -71,17 +47,12 @@ public enum CommBench {
         public var swiftBest: Double { swift.min()! }
         /// Swift busbw / C busbw: the median over rounds of C time / Swift time within a round. Pairing the two
         /// loops of a round cancels the slow drifts of a shared machine that best-of-rounds leaves in.
-        public var ratio: Double { median(zip(c, swift).map { $0 / $1 }) }
+        public var ratio: Double { BenchScaffold.median(zip(c, swift).map { $0 / $1 }) }
         /// Best-of-rounds Swift busbw / best-of-rounds C busbw.
         public var bestRatio: Double { cBest / swiftBest }
         /// Swift − C seconds per call, median over rounds of the within-round difference.
-        public var extra: Double { median(zip(swift, c).map { $0 - $1 }) }
-        public var extraNoWatchdog: Double? { swiftNoWatchdog.map { median(zip($0, c).map { $0 - $1 }) } }
-    }
-
-    static func median(_ xs: [Double]) -> Double {
-        let s = xs.sorted()
-        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+        public var extra: Double { BenchScaffold.median(zip(swift, c).map { $0 - $1 }) }
+        public var extraNoWatchdog: Double? { swiftNoWatchdog.map { BenchScaffold.median(zip($0, c).map { $0 - $1 }) } }
     }
 
     /// 1 KiB, 2 KiB, ..., up to `maxMiB` MiB.
@@ -237,17 +208,17 @@ public enum CommBench {
         say("µs and busbw: best round. busbw = bytes/time × 2(n−1)/n. Swift/C and Swift−C: median over rounds of the "
             + "within-round ratio (busbw) and difference (µs per call).")
         say("")
-        say("size".leftPadded(8) + "iters".leftPadded(7) + "C µs".leftPadded(11) + "Swift µs".leftPadded(11)
-            + "C busbw GB/s".leftPadded(14) + "Swift busbw GB/s".leftPadded(18) + "Swift/C".leftPadded(9)
-            + "Swift−C µs".leftPadded(12)
-            + (o.breakdown ? "no-watchdog µs".leftPadded(16) + "no-watchdog−C µs".leftPadded(18) : ""))
+        say("size".leftPad(8) + "iters".leftPad(7) + "C µs".leftPad(11) + "Swift µs".leftPad(11)
+            + "C busbw GB/s".leftPad(14) + "Swift busbw GB/s".leftPad(18) + "Swift/C".leftPad(9)
+            + "Swift−C µs".leftPad(12)
+            + (o.breakdown ? "no-watchdog µs".leftPad(16) + "no-watchdog−C µs".leftPad(18) : ""))
         func line(_ r: Row) -> String {
-            var l = sizeName(r.bytes).leftPadded(8) + "\(r.iters)".leftPadded(7)
-                + num(r.cBest * 1e6, 2).leftPadded(11) + num(r.swiftBest * 1e6, 2).leftPadded(11)
-                + num(busbw(r.bytes, r.cBest), 3).leftPadded(14) + num(busbw(r.bytes, r.swiftBest), 3).leftPadded(18)
-                + num(r.ratio, 3).leftPadded(9) + num(r.extra * 1e6, 2).leftPadded(12)
+            var l = sizeName(r.bytes).leftPad(8) + "\(r.iters)".leftPad(7)
+                + fmt(r.cBest * 1e6, 2).leftPad(11) + fmt(r.swiftBest * 1e6, 2).leftPad(11)
+                + fmt(busbw(r.bytes, r.cBest), 3).leftPad(14) + fmt(busbw(r.bytes, r.swiftBest), 3).leftPad(18)
+                + fmt(r.ratio, 3).leftPad(9) + fmt(r.extra * 1e6, 2).leftPad(12)
             if let n = r.swiftNoWatchdog, let e = r.extraNoWatchdog {
-                l += num(n.min()! * 1e6, 2).leftPadded(16) + num(e * 1e6, 2).leftPadded(18)
+                l += fmt(n.min()! * 1e6, 2).leftPad(16) + fmt(e * 1e6, 2).leftPad(18)
             }
             return l
         }
@@ -258,14 +229,14 @@ public enum CommBench {
         say("")
         let big = rows.filter { $0.bytes >= 64 * 1024 }, small = rows.filter { $0.bytes < 64 * 1024 }
         if let worst = big.min(by: { $0.ratio < $1.ratio }), let worstBest = big.min(by: { $0.bestRatio < $1.bestRatio }) {
-            say("Swift layer within \(num(max(0, 1 - worst.ratio) * 100, 1))% of C across sizes ≥ 64 KiB "
-                + "(worst Swift/C \(num(worst.ratio, 3)) at \(sizeName(worst.bytes)); best round against best round: "
-                + "worst \(num(worstBest.bestRatio, 3)) at \(sizeName(worstBest.bytes)))")
+            say("Swift layer within \(fmt(max(0, 1 - worst.ratio) * 100, 1))% of C across sizes ≥ 64 KiB "
+                + "(worst Swift/C \(fmt(worst.ratio, 3)) at \(sizeName(worst.bytes)); best round against best round: "
+                + "worst \(fmt(worstBest.bestRatio, 3)) at \(sizeName(worstBest.bytes)))")
         }
         if let worst = small.min(by: { $0.ratio < $1.ratio }) {
             let extras = small.map(\.extra).sorted()
-            say("Below 64 KiB (latency-bound): worst Swift/C \(num(worst.ratio, 3)) at \(sizeName(worst.bytes)); "
-                + "Swift − C per call \(num(extras.first! * 1e6, 2))–\(num(extras.last! * 1e6, 2)) µs")
+            say("Below 64 KiB (latency-bound): worst Swift/C \(fmt(worst.ratio, 3)) at \(sizeName(worst.bytes)); "
+                + "Swift − C per call \(fmt(extras.first! * 1e6, 2))–\(fmt(extras.last! * 1e6, 2)) µs")
         }
         if o.breakdown && rank0 {
             let p = pieceCosts(communicatorName: world.name, label: "bench-comm 1 KiB")
@@ -273,19 +244,19 @@ public enum CommBench {
             say("What Communicator.blocking adds around the MPI call, each piece timed alone in a tight loop on rank 0 "
                 + "(warm caches; between MPI calls the same pieces cost more: compare Swift−C with no-watchdog−C above), "
                 + "ns per call:")
-            say("  two clock reads (nowNs)                               \(num(p.clockPair, 1).leftPadded(7))")
-            say("  Watchdog arm + disarm                                 \(num(p.armDisarm, 1).leftPadded(7))"
+            say("  two clock reads (nowNs)                               \(fmt(p.clockPair, 1).leftPad(7))")
+            say("  Watchdog arm + disarm                                 \(fmt(p.armDisarm, 1).leftPad(7))"
                 + "   (clock read, 2 lock/unlock, a fixed slot; the message is built only on timeout)")
-            say("  for reference, building \"MPI_Allreduce <label>\"         \(num(p.labelString, 1).leftPadded(7))"
+            say("  for reference, building \"MPI_Allreduce <label>\"         \(fmt(p.labelString, 1).leftPad(7))"
                 + "   (not done per call: only for errors and traces)")
-            say("  Timeline.commWait, no trace                           \(num(p.timelineCommWait, 1).leftPadded(7))"
+            say("  Timeline.commWait, no trace                           \(fmt(p.timelineCommWait, 1).leftPad(7))"
                 + "   (its name closure is not evaluated without a trace)")
         }
         if o.json && rank0 {
             for r in rows {
                 var obj: [String: Any] = [
-                    "bytes": r.bytes, "ranks": world.size, "iters": r.iters, "rounds": r.c.count,
-                    "c_s": r.cBest, "swift_s": r.swiftBest, "c_median_s": median(r.c), "swift_median_s": median(r.swift),
+                    "bench": "bench-comm", "bytes": r.bytes, "ranks": world.size, "iters": r.iters, "rounds": r.c.count,
+                    "c_s": r.cBest, "swift_s": r.swiftBest, "c_median_s": BenchScaffold.median(r.c), "swift_median_s": BenchScaffold.median(r.swift),
                     "c_busbw_gbs": busbw(r.bytes, r.cBest), "swift_busbw_gbs": busbw(r.bytes, r.swiftBest),
                     "c_algbw_gbs": Double(r.bytes) / r.cBest / 1e9, "swift_algbw_gbs": Double(r.bytes) / r.swiftBest / 1e9,
                     "ratio": r.ratio, "best_ratio": r.bestRatio, "swift_extra_s": r.extra,
@@ -293,9 +264,7 @@ public enum CommBench {
                 if let n = r.swiftNoWatchdog, let e = r.extraNoWatchdog {
                     obj["swift_no_watchdog_s"] = n.min()!; obj["swift_no_watchdog_extra_s"] = e
                 }
-                if let d = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
-                    say(String(decoding: d, as: UTF8.self))
-                }
+                say(BenchScaffold.jsonLine(obj))
             }
         }
         return 0
@@ -304,8 +273,6 @@ public enum CommBench {
     static func sizeName(_ bytes: Int) -> String {
         bytes >= 1 << 20 ? "\(bytes >> 20) MiB" : "\(bytes >> 10) KiB"
     }
-
-    static func num(_ x: Double, _ digits: Int) -> String { String(format: "%.\(digits)f", x) }
 }
 
 public struct CommBenchError: Error, CustomStringConvertible {
@@ -313,6 +280,3 @@ public struct CommBenchError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-private extension String {
-    func leftPadded(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
-}

@@ -1,0 +1,41 @@
+import ArgumentParser
+import TesseraBench
+import TesseraKernels
+
+/// `tessera bench`: sgemm ceiling, tokens/s and MFU of the standard sizes.
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench", abstract: "The sgemm ceiling, training tokens/s and MFU of the standard model sizes (S, M, L).")
+
+    @Option(help: ArgumentHelp("Comma-separated model sizes (S, M, L).", valueName: "sizes"))
+    var sizes = "S,M,L"
+
+    @Option(help: ArgumentHelp("Kernel threads (default: the cores available).", valueName: "n"))
+    var threads: Int?
+
+    @Option(help: ArgumentHelp("Timed steps per size (the median is reported).", valueName: "n"))
+    var steps = 5
+
+    @Option(help: ArgumentHelp("Untimed warm-up steps per size.", valueName: "n"))
+    var warmup = 2
+
+    @Flag(help: "Also print a JSON report, one object per size.")
+    var json = false
+
+    @Flag(help: "Also print where a step's time goes, op by op.")
+    var profile = false
+
+    var names: [String] { sizes.split(separator: ",").map { String($0).uppercased() } }
+
+    func validate() throws {
+        try requireAtLeast("bench", [("--threads", threads, 1), ("--steps", steps, 1), ("--warmup", warmup, 0)])
+        for n in names where !BenchSize.standard.map(\.name).contains(n) { throw ValidationError("bench: unknown size '\(n)' (sizes: S, M, L)") }
+    }
+
+    func run() throws {
+        let note = prepareMachine()
+        if let note { print("note: \(note)") }
+        print(Bench.run(names: names, threads: threads ?? Threads.availableCores(), steps: steps, warmup: warmup, json: json,
+                        profile: profile))
+    }
+}

@@ -1,0 +1,46 @@
+import ArgumentParser
+import TesseraTraining
+
+/// `tessera generate --checkpoint PATH [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]`.
+struct GenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate", abstract: "Sample from a checkpoint.",
+        discussion: "Options not given come from the checkpoint config's [sample] section (and training.seed).")
+
+    @Option(help: ArgumentHelp("One checkpoint (step-NNNNNN/) or a checkpoint root (its newest valid checkpoint).",
+                               valueName: "path"))
+    var checkpoint: String?
+
+    @Option(help: ArgumentHelp("The text to continue (fed as bytes).", valueName: "text"))
+    var prompt: String?
+
+    @Option(help: ArgumentHelp("How many tokens to sample.", valueName: "n"))
+    var tokens: Int?
+
+    @Option(help: ArgumentHelp("Sampling temperature (> 0).", valueName: "t"))
+    var temperature: Double?
+
+    @Option(name: .customLong("top-k"), help: ArgumentHelp("Sample among the K most likely tokens (0: all).", valueName: "k"))
+    var topK: Int?
+
+    @Option(help: ArgumentHelp("The sampler's random seed.", valueName: "s"))
+    var seed: Int?
+
+    @Argument(parsing: .allUnrecognized, help: .hidden)
+    var unexpected: [String] = []
+
+    func validate() throws {
+        try rejectUnexpected(unexpected)
+        guard checkpoint != nil else { throw ValidationError("generate needs --checkpoint PATH") }
+        try requireAtLeast("generate", [("--tokens", tokens, 1), ("--top-k", topK, 0)])
+        if let t = temperature, !(t > 0 && t.isFinite) {
+            throw ValidationError("generate: --temperature expects a number > 0, got '\(t)'")
+        }
+    }
+
+    func run() throws {
+        _ = prepareMachine()
+        print(try CheckpointCommands.generate(checkpoint: checkpoint!, prompt: prompt, tokens: tokens, temperature: temperature,
+                                              topK: topK, seed: seed))
+    }
+}

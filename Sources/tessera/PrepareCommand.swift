@@ -1,0 +1,33 @@
+import ArgumentParser
+import TesseraTraining
+
+/// `tessera prepare --input FILE... --out DIR [--val-fraction F] [--shard-tokens N]`.
+struct PrepareCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prepare", abstract: "Turn text into llm.c token shards.",
+        discussion: "Tokenizes text files byte-level (token = byte, vocabulary 256), concatenated in order, and writes "
+            + "llm.c token shards DIR/train_000000.bin ... (at most --shard-tokens tokens each) and DIR/val_000000.bin "
+            + "(the last --val-fraction of the tokens).")
+
+    @Option(name: [.customLong("input"), .customShort("i")], parsing: .upToNextOption,
+            help: ArgumentHelp("Text files, concatenated in order.", valueName: "file"))
+    var inputs: [String] = []
+
+    @Option(name: [.customLong("out"), .customShort("o")], help: ArgumentHelp("The output directory.", valueName: "dir"))
+    var out: String
+
+    @Option(help: "The fraction of the tokens (the last ones) kept for validation.")
+    var valFraction = 0.1
+
+    @Option(help: "At most this many tokens per training shard.")
+    var shardTokens = 100_000_000
+
+    func validate() throws {
+        guard !inputs.isEmpty else { throw ValidationError("prepare: --input needs at least one file") }
+    }
+
+    func run() throws {
+        _ = prepareMachine()
+        print(try Prepare.run(inputs: inputs, outDir: out, valFraction: valFraction, shardTokens: shardTokens))
+    }
+}

@@ -44,7 +44,7 @@ final class CommandTests: XCTestCase {
     }
 
     func checkRun(launcher: [String], name: String) throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-cmd-\(name)-\(getpid())")
+        let dir = scratchDirectory("tessera-cmd-\(name)")
         try? FileManager.default.removeItem(at: dir)
         let cfg = try tinyJob(dir)
         let (status, out) = try run(launcher + [Self.binary, "train", cfg])
@@ -72,7 +72,7 @@ final class CommandTests: XCTestCase {
     func testTrainAsPlainProcess() throws { try checkRun(launcher: [], name: "plain") }
 
     func testWrongRankCountStopsEveryRankWithTheNeededCount() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-cmd-np-\(getpid())")
+        let dir = scratchDirectory("tessera-cmd-np")
         let cfg = try tinyJob(dir)
         let (status, out) = try run(["mpirun", "-np", "2", Self.binary, "train", cfg])
         XCTAssertNotEqual(status, 0, out)
@@ -81,7 +81,7 @@ final class CommandTests: XCTestCase {
     }
 
     func testLauncherComputesRanksAndRuns() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-cmd-launch-\(getpid())")
+        let dir = scratchDirectory("tessera-cmd-launch")
         try? FileManager.default.removeItem(at: dir)
         let cfg = try tinyJob(dir)
         let launcher = repoRoot.appendingPathComponent("Launch/tessera-run").path
@@ -116,7 +116,7 @@ final class CommandTests: XCTestCase {
     }
 
     func testStrayArgumentsAndBadPromptAreRejected() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-cmd-stray-\(getpid())")
+        let dir = scratchDirectory("tessera-cmd-stray")
         let cfg = try tinyJob(dir)
         var (status, out) = try run([Self.binary, "train", cfg, "--steps", "5"])
         XCTAssertNotEqual(status, 0)
@@ -130,7 +130,7 @@ final class CommandTests: XCTestCase {
     }
 
     func testConfigErrorsNameKeyAndFile() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-cmd-errors-\(getpid())")
+        let dir = scratchDirectory("tessera-cmd-errors")
         let cfg = try tinyJob(dir)
         var (status, out) = try run([Self.binary, "train", cfg, "--model.n_layr", "3"])
         XCTAssertNotEqual(status, 0)

@@ -15,7 +15,7 @@ import XCTest
 /// (seen with OpenBLAS's Zen kernels: pp 2 × ring 2 against one rank, identical code).
 final class DataParallelTests: XCTestCase {
     static let tolerance = 1e-5
-    static let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-dp-\(getpid())")
+    static let dir = scratchDirectory("tessera-dp")
 
     struct Run {
         let losses: [Double]

@@ -288,10 +288,11 @@ final class ExportTests: XCTestCase {
     /// max |Δ| <= 1e-4 · max(1, max |logit|). The weights are large (noise in ±0.5), so that pre-activations
     /// and attention scores are O(1) and a wrong activation (exact "gelu" instead of "gelu_new") or a wrong
     /// LayerNorm eps moves the logits by far more than the tolerance. Needs a venv with torch and transformers
-    /// (scripts/hf_venv.sh makes one in ~/.cache/tessera-hf-venv on first use); skipped only when pip cannot
-    /// reach the package index.
+    /// (scripts/hf_venv.sh makes one in the package's .build/hf-venv on first use, so nothing lands in the home
+    /// directory's caches); skipped only when pip cannot reach the package index.
     func testHuggingFaceLoadsTheExportAndComputesTheSameLogits() throws {
-        let (status, setup) = try runProcess(["bash", repoRoot.path + "/scripts/hf_venv.sh"], timeout: 1800)
+        let venv = repoRoot.appendingPathComponent(".build/hf-venv").path
+        let (status, setup) = try runProcess(["bash", repoRoot.path + "/scripts/hf_venv.sh", venv], timeout: 1800)
         if status == 3 {
             print("ExportTests: skipping the Hugging Face load: pip cannot reach the package index\n\(setup)")
             throw XCTSkip("pip cannot reach the package index to install torch and transformers")

@@ -8,10 +8,9 @@ import XCTest
 /// and pp 2, with the NaN on rank 1, reproduce the single rank's skipped run) and the run stops after
 /// `training.max_skipped` skips in a row.
 final class NonFiniteTests: XCTestCase {
-    static let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-nonfinite-\(getpid())")
+    static let dir = scratchDirectory("tessera-nonfinite")
     static let poisoned = "transformer.h.0.mlp.c_fc.weight"
 
-    override class func tearDown() { try? FileManager.default.removeItem(at: dir) }
 
     struct Run {
         let status: Int32, output: String

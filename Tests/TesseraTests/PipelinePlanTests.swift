@@ -67,7 +67,7 @@ final class PipelinePlanTests: XCTestCase {
     /// `tessera plan` prints the grid and the bubble of a config's schedule; a bad combination is a config error.
     func testPlanCommand() throws {
         // A config whose data file does not exist: planning needs no data.
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-plan-\(getpid())")
+        let dir = scratchDirectory("tessera-plan")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let cfg = dir.appendingPathComponent("plan.toml").path
         try "[data]\ntrain = \"\(dir.path)/missing.txt\"\n[training]\nbatch_size = 16\n".write(toFile: cfg, atomically: true, encoding: .utf8)

@@ -41,6 +41,34 @@ extension Array where Element == Float {
 
 func copyArray(_ p: UnsafePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
 
+/// This test process's directory `PREFIX-PID` under the temporary directory (not created here). Every such
+/// directory is removed when the test process exits, so a run leaves nothing behind in /tmp.
+func scratchDirectory(_ prefix: String) -> URL {
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(getpid())")
+    ScratchDirectories.register(url)
+    return url
+}
+
+enum ScratchDirectories {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var urls: Set<URL> = []
+    nonisolated(unsafe) private static var installed = false
+
+    static func register(_ url: URL) {
+        lock.lock(); defer { lock.unlock() }
+        urls.insert(url)
+        if !installed {
+            installed = true
+            atexit { ScratchDirectories.removeAll() }
+        }
+    }
+
+    static func removeAll() {
+        lock.lock(); defer { lock.unlock() }
+        for url in urls { try? FileManager.default.removeItem(at: url) }
+    }
+}
+
 /// Creates `dir` and writes DIR/text.txt, `lines` lines of byte-level training text; returns its path.
 @discardableResult
 func writeTrainingText(in dir: URL, lines: Int) throws -> String {

@@ -7,7 +7,7 @@ import XCTest
 /// The training loop: bit-identical reruns, gradient accumulation equal to one big batch, a falling loss.
 final class TrainingTests: XCTestCase {
     static let corpus: String = {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-training-tests-\(getpid())")
+        let dir = scratchDirectory("tessera-training-tests")
         try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let path = dir.appendingPathComponent("corpus.txt").path
         var text = ""
@@ -60,7 +60,7 @@ final class TrainingTests: XCTestCase {
 
     func testTrainsFromLlmcTokenShards() throws {
         // `tessera prepare` output (llm.c .bin shards) trains like the text it came from.
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-shards-\(getpid())").path
+        let dir = scratchDirectory("tessera-shards").path
         try? FileManager.default.removeItem(atPath: dir)
         _ = try Prepare.run(inputs: [Self.corpus], outDir: dir, valFraction: 0.1)
         let text = try run(config([("training.eval_every", "0")]))

@@ -33,6 +33,10 @@ public struct MeshCoordinate: Sendable, Equatable, CustomStringConvertible {
     public var pp: Int, dp: Int, ring: Int, ulysses: Int
     public init(pp: Int, dp: Int, ring: Int, ulysses: Int) { self.pp = pp; self.dp = dp; self.ring = ring; self.ulysses = ulysses }
     public var description: String { "(pp \(pp), dp \(dp), ring \(ring), ulysses \(ulysses))" }
+    /// Pipeline stage 0.
+    public var isFirstStage: Bool { pp == 0 }
+    /// Data, ring and Ulysses coordinate 0: the first rank of its group of replicas (same parameters).
+    public var isFirstReplica: Bool { dp == 0 && ring == 0 && ulysses == 0 }
 }
 
 public final class ProcessMesh: @unchecked Sendable {
@@ -106,20 +110,11 @@ public final class ProcessMesh: @unchecked Sendable {
     // MARK: positions
 
     /// Runs the first pipeline stage (the embeddings).
-    public var isFirstStage: Bool { coordinate.pp == 0 }
-    /// Runs the last pipeline stage (ln_f, the LM head and the loss).
-    public var isLastStage: Bool { coordinate.pp == shape.pp - 1 }
-    /// The first of the ranks holding the same parameters (`replicas` rank 0): it writes the shared tensors of
-    /// a checkpoint that is not ZeRO-sharded.
-    public var isFirstReplica: Bool { replicas.rank == 0 }
-    /// The first rank of its pipeline (data, ring and Ulysses coordinate 0): the pipeline whose stages gather
-    /// the whole model to world rank 0.
-    public var inFirstPipeline: Bool { coordinate.dp == 0 && coordinate.ring == 0 && coordinate.ulysses == 0 }
-    /// This rank's neighbours among the pipeline stages (the stages form a ring: the last sends to the first
-    /// only in interleaved schedules, from its chunk v to chunk v + 1).
-    public var pipelineRing: RingPosition { pipeline.ringPosition }
-    /// This rank's neighbours on the ring-attention ring.
-    public var attentionRing: RingPosition { ring.ringPosition }
+    public var isFirstStage: Bool { coordinate.isFirstStage }
+    /// The first of the ranks holding the same parameters (`replicas` rank 0, data, ring and Ulysses
+    /// coordinate 0): it writes the unsharded tensors of a checkpoint, and its pipeline gathers the whole
+    /// model to world rank 0.
+    public var isFirstReplica: Bool { coordinate.isFirstReplica }
 
     /// The groups `tessera mpi-check` exercises (the embedding group is a pair of pipeline ends, checked by
     /// the pipeline tests' gradients).
@@ -179,4 +174,7 @@ public enum MessageTag {
 
     /// Gathering every stage's tensors to the first stage (pipeline group; no step's messages are in flight).
     public static let gatherStages = 7000
+
+    /// `tessera mpi-check`'s point-to-point probes (any group, nothing else in flight): probe `n` is tag n.
+    public static func selfCheck(_ probe: Int) -> Int { probe }
 }

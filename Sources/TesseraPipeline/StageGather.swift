@@ -16,7 +16,7 @@ extension Communicator {
 public enum StageGather {
     /// The whole model's tensors from every stage of `layout`, on the pipeline group's rank 0 (nil elsewhere).
     /// `source` is this stage's parameters or gradients (already complete: reduced, ZeRO-gathered). Only the
-    /// first pipeline of the mesh calls it (`ProcessMesh.inFirstPipeline`); the first stage's copy of the tied
+    /// first pipeline of the mesh calls it (`ProcessMesh.isFirstReplica`); the first stage's copy of the tied
     /// embedding is the one kept. A collective over `pipeline`.
     public static func wholeModel(_ source: ParameterSet, layout: PipelineLayout, pipeline: Communicator) throws -> ParameterSet? {
         guard pipeline.rank == 0 else {

@@ -12,8 +12,8 @@ struct Suite {
     let runner: CheckRunner
     var n: Int { c.size }
     var r: Int { c.rank }
-    var next: Int { (r + 1) % n }
-    var prev: Int { (r + n - 1) % n }
+    var next: Int { c.ringPosition.next }
+    var prev: Int { c.ringPosition.prev }
 
     func check(_ what: String, _ body: (inout Expectations) throws -> Void) throws {
         try runner.check("\(what) (\(c.name))", body)
@@ -219,15 +219,15 @@ struct Suite {
             let send = Buf<Float>(2 + r) { Float(value(r, $0)) }, recv = Buf<Float>(capacity) { _ in sentinel() }
             var got = -1
             if n == 1 {
-                let request = try c.isend(send.p, count: send.count, to: 0, tag: 11)
-                got = try c.recv(recv.p, count: capacity, from: 0, tag: 11)
+                let request = try c.isend(send.p, count: send.count, to: 0, tag: MessageTag.selfCheck(11))
+                got = try c.recv(recv.p, count: capacity, from: 0, tag: MessageTag.selfCheck(11))
                 try complete([request], .wait, &e)
             } else if r == 0 {
-                try c.send(send.p, count: send.count, to: next, tag: 11)
-                got = try c.recv(recv.p, count: capacity, from: prev, tag: 11)
+                try c.send(send.p, count: send.count, to: next, tag: MessageTag.selfCheck(11))
+                got = try c.recv(recv.p, count: capacity, from: prev, tag: MessageTag.selfCheck(11))
             } else {
-                got = try c.recv(recv.p, count: capacity, from: prev, tag: 11)
-                try c.send(send.p, count: send.count, to: next, tag: 11)
+                got = try c.recv(recv.p, count: capacity, from: prev, tag: MessageTag.selfCheck(11))
+                try c.send(send.p, count: send.count, to: next, tag: MessageTag.selfCheck(11))
             }
             e.equal([Int32(got)], [Int32(2 + prev)], "received count from rank \(prev)")
             let expected = (0..<(2 + prev)).map { Float(value(prev, $0)) }
@@ -239,8 +239,8 @@ struct Suite {
         try check("sendrecv around the ring") { e in
             let k = 4
             let send = Buf<Int64>(k) { Int64(value(r, $0)) }, recv = Buf<Int64>(k) { _ in sentinel() }
-            try c.sendrecv(send: send.p, sendCount: k, to: next, sendTag: 12, recv: recv.p, recvCount: k, from: prev,
-                           recvTag: 12)
+            try c.sendrecv(send: send.p, sendCount: k, to: next, sendTag: MessageTag.selfCheck(12), recv: recv.p, recvCount: k, from: prev,
+                           recvTag: MessageTag.selfCheck(12))
             e.equal(recv.values, (0..<k).map { Int64(value(prev, $0)) }, "values from rank \(prev)")
         }
     }
@@ -251,8 +251,8 @@ struct Suite {
         try check("isendRows (column block, vector type) around the ring") { e in
             let rows = 4, cols = 5, width = 2
             let matrix = Buf<Float>(rows * cols) { Float(value(r, $0)) }, recv = Buf<Float>(rows * width + 1) { _ in sentinel() }
-            let receive = try c.irecv(recv.p, count: rows * width, from: prev, tag: 13)
-            let send = try c.isendRows(matrix.p + 1, rows: rows, width: width, stride: cols, to: next, tag: 13)
+            let receive = try c.irecv(recv.p, count: rows * width, from: prev, tag: MessageTag.selfCheck(13))
+            let send = try c.isendRows(matrix.p + 1, rows: rows, width: width, stride: cols, to: next, tag: MessageTag.selfCheck(13))
             try complete([receive, send], .waitAll, &e)
             var expected: [Float] = []
             for row in 0..<rows { for col in 1...width { expected.append(Float(value(prev, row * cols + col))) } }
@@ -266,11 +266,11 @@ struct Suite {
             let k = 3
             let fromPrev = Buf<Double>(k) { _ in sentinel() }, fromNext = Buf<Double>(k) { _ in sentinel() }
             let toNext = Buf<Double>(k) { Double(value(r, $0)) }, toPrev = Buf<Double>(k) { Double(value(r, 100 + $0)) }
-            let receives = [try c.irecv(fromPrev.p, count: k, from: prev, tag: 21),
-                            try c.irecv(fromNext.p, count: k, from: next, tag: 22)]
+            let receives = [try c.irecv(fromPrev.p, count: k, from: prev, tag: MessageTag.selfCheck(21)),
+                            try c.irecv(fromNext.p, count: k, from: next, tag: MessageTag.selfCheck(22))]
             try c.barrier()
-            let sends = [try c.isend(toNext.p, count: k, to: next, tag: 21),
-                         try c.isend(toPrev.p, count: k, to: prev, tag: 22)]
+            let sends = [try c.isend(toNext.p, count: k, to: next, tag: MessageTag.selfCheck(21)),
+                         try c.isend(toPrev.p, count: k, to: prev, tag: MessageTag.selfCheck(22))]
             try complete(receives + sends, .waitAll, &e)
             e.equal(fromPrev.values, (0..<k).map { Double(value(prev, $0)) }, "from rank \(prev)")
             e.equal(fromNext.values, (0..<k).map { Double(value(next, 100 + $0)) }, "from rank \(next)")

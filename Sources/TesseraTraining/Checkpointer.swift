@@ -154,7 +154,11 @@ public final class Checkpointer {
     /// longest (a collective; every rank has the same save pending). Also reports a writer thread's failure.
     func settle() throws {
         try writer.check()
-        guard let p = pending else { return }
+        guard pending != nil else { return }
+        // A step whose update was skipped (non-finite) waited for no segment: the save's copy must still be
+        // complete before the next update may change what it copies (a no-op after an update).
+        pending!.blockedNs += try writer.waitCopied(count: needed.last ?? 0)
+        let p = pending!
         pending = nil
         blocked[p.step] = try longest(Double(p.blockedNs) / 1e9)
     }

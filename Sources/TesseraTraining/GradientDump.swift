@@ -32,7 +32,7 @@ extension Trainer {
     /// gradients (already complete on the rank: reduced, ZeRO-gathered). A collective over the first pipeline.
     func gatherWholeModel(_ source: ParameterSet) -> ParameterSet? {
         guard let mesh, let layout = pipelineLayout, mesh.shape.pp > 1 else { return isRank0 ? source : nil }
-        guard mesh.inFirstPipeline else { return nil }
+        guard mesh.isFirstReplica else { return nil }
         do { return try StageGather.wholeModel(source, layout: layout, pipeline: mesh.pipeline) } catch {
             MPIRuntime.abort("\(error) while gathering the model to rank 0")
         }

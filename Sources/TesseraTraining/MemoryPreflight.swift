@@ -260,9 +260,9 @@ public enum MemoryPreflight {
         // ZeRO-1: equal partitions aligned to 16 floats (DataParallel); the first is the largest.
         let owned = zero ? min(((floats + replicas - 1) / replicas + 15) / 16 * 16, floats) : floats
         out.optimizer = 2 * 4 * owned + (zero ? 4 * owned : 0)
-        let writes = zero || (c.dp == 0 && c.ring == 0 && c.ulysses == 0)
+        let writes = zero || c.isFirstReplica
         if config.checkpoint.every > 0, config.checkpoint.mode == "lazy", writes { out.checkpointStaging = 3 * 4 * owned }
-        if layout != nil, c.pp == 0, c.dp == 0, c.ring == 0, c.ulysses == 0, config.sample.tokens > 0 {
+        if layout != nil, c.isFirstStage, c.isFirstReplica, config.sample.tokens > 0 {
             out.wholeModel = 4 * GPTParameters.specs(gpt).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
         }
         // Activations: the planner's prediction for this rank's layers, as MemorySetup makes it.

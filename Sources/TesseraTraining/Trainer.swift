@@ -89,8 +89,8 @@ public final class Trainer {
     /// Every checkpoint this run saved.
     public var checkpointEvents: [CheckpointEvent] { checkpointer.events }
 
-    /// One step over the global batch: (mean loss, gradient norm), both global, and whether the update was
-    /// applied (false: the loss or the norm was not finite on some rank, and no rank updated).
+    /// One step over the global batch: (mean loss, gradient norm), both global. When either is not finite on
+    /// some rank, no rank updates (`runStep` tells why; the loop applies `training.on_nonfinite`).
     public func trainStep(_ step: Int) -> (loss: Double, gradNorm: Double) {
         let r = runStep(step)
         return (r.loss, r.gradNorm)

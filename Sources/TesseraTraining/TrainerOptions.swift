@@ -23,9 +23,10 @@ public struct TrainerOptions: Sendable {
     }
 }
 
-/// `--fault-inject MODE:RANK:STEP`: at step STEP (1-based), after its backward pass and before the gradient
-/// reduction, world rank RANK exits (`exit`, status 3, without MPI_Finalize), stops responding (`hang`), or
-/// writes NaN into its gradient of the first block it holds (`nan`: the non-finite guard's tests).
+/// `--fault-inject MODE:RANK:STEP`: at step STEP (1-based) world rank RANK, after its backward pass and before
+/// the gradient reduction, exits (`exit`, status 3, without MPI_Finalize) or stops responding (`hang`); or,
+/// before its backward pass, writes NaN into its gradient of the first block it holds (`nan`: the non-finite
+/// guard's tests).
 public struct FaultInjection: Sendable, Equatable {
     public enum Mode: String, Sendable { case exit, hang, nan }
     public let mode: Mode, rank: Int, step: Int

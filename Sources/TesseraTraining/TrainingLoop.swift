@@ -30,13 +30,12 @@ extension Trainer {
             interval.add(timeline.step); intervalSteps += 1
             intervalPipelineWaitNs += pipeline?.waitNs ?? 0
             stepTimes.append(dt)
-            if let problem = outcome.nonFinite {
-                if let stop = handleNonFinite(problem, step: step) { failure = stop; break }
-            } else {
-                consecutiveSkips = 0
-            }
+            // A non-finite step is logged and recorded like any other (its loss or norm shows what went wrong),
+            // then either stops the run before any checkpoint of it, or goes on with its update dropped.
+            var stop: String? = nil
+            if let problem = outcome.nonFinite { stop = handleNonFinite(problem, step: step) } else { consecutiveSkips = 0 }
             let last = step == t.steps - 1
-            let doEval = t.evalEvery > 0 && ((step + 1) % t.evalEvery == 0 || last)
+            let doEval = stop == nil && t.evalEvery > 0 && ((step + 1) % t.evalEvery == 0 || last)
             let val = doEval ? evaluate() : nil
             let recent = stepTimes.suffix(10)
             let meanStep = recent.reduce(0, +) / Double(recent.count)
@@ -61,6 +60,7 @@ extension Trainer {
                 }
             }
             history.append(record)
+            if let stop { failure = stop; break }
             let signal = agreedStopSignal(step)
             checkpointAfter(step: step + 1, force: signal != 0, metrics: metrics)
             if signal != 0 { stoppedBy = signal; break }

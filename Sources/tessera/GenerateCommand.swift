@@ -11,7 +11,8 @@ struct GenerateCommand: ParsableCommand {
                                valueName: "path"))
     var checkpoint: String?
 
-    @Option(help: ArgumentHelp("The text to continue (fed as bytes).", valueName: "text"))
+    // Values may start with '-' (a prompt "- item", a negative seed): taken as values, not flags.
+    @Option(parsing: .unconditional, help: ArgumentHelp("The text to continue (fed as bytes).", valueName: "text"))
     var prompt: String?
 
     @Option(help: ArgumentHelp("How many tokens to sample.", valueName: "n"))
@@ -23,7 +24,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .customLong("top-k"), help: ArgumentHelp("Sample among the K most likely tokens (0: all).", valueName: "k"))
     var topK: Int?
 
-    @Option(help: ArgumentHelp("The sampler's random seed.", valueName: "s"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("The sampler's random seed.", valueName: "s"))
     var seed: Int?
 
     @Argument(parsing: .allUnrecognized, help: .hidden)

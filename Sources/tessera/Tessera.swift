@@ -1,7 +1,8 @@
 // The `tessera` command: one subcommand per file in this directory, parsed by swift-argument-parser, so the
 // help (`tessera --help`, `tessera help CMD`, `tessera CMD --help`) is generated from the declarations.
 // Errors: a bad command line prints `tessera: <what>` and the usage; an error of the work (a config, a file)
-// prints `tessera: <what>`; both exit with status 2.
+// prints `tessera: <what>`; both exit with status 2. A training run stopped by a non-finite step exits 4; a
+// rank ended by fault injection exits 3.
 
 import ArgumentParser
 import Foundation

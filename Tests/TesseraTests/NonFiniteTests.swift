@@ -1,4 +1,5 @@
 import Foundation
+import TesseraCheckpoint
 import XCTest
 
 /// The guard against non-finite steps (`training.on_nonfinite`), end to end with the binary: a learning rate
@@ -68,7 +69,10 @@ final class NonFiniteTests: XCTestCase {
         XCTAssertNotEqual(r.status, 0, r.output)
         XCTAssertTrue(r.output.contains("no update applied; stopping (training.on_nonfinite = \"stop\")"), r.output)
         XCTAssertFalse(r.output.contains("step 10/10"), "trained on past the non-finite step:\n\(r.output)")
-        XCTAssertTrue(zip(r.losses, r.norms).allSatisfy { $0 != nil && $1 != nil }, "a non-finite step was recorded: \(r.losses)")
+        // Every recorded step but the last is finite; the last, the one that stopped the run, is not.
+        let finite = zip(r.losses, r.norms).map { $0 != nil && $1 != nil }
+        XCTAssertEqual(finite.last, false, "the failing step is not recorded: \(r.losses) \(r.norms)")
+        XCTAssertTrue(finite.dropLast().allSatisfy { $0 }, "trained on after a non-finite step: \(r.losses) \(r.norms)")
     }
 
     /// Stop: the error names the step and the first tensor whose gradient is NaN; the step-2 checkpoint (lazy,
@@ -90,10 +94,12 @@ final class NonFiniteTests: XCTestCase {
         XCTAssertTrue(resumed.output.contains("step 10/10"), resumed.output)
     }
 
-    /// Skip on one rank: the run goes on, counts the skip, and the step-4 checkpoint has taken 3 optimizer steps.
+    /// Skip on one rank: the run goes on, counts the skip, and the step-4 checkpoint has taken 3 optimizer
+    /// steps. The skipped step follows a save: lazily (its copy slowed down), the next update still waits for
+    /// the copy, so the lazy checkpoints hold the same tensors as the synchronous ones.
     func testSkipDropsTheUpdateAndContinues() throws {
-        let r = try Self.run(np: 1, "skip1", ["--training.on_nonfinite", "skip", "--fault-inject", "nan:0:3",
-                                              "--checkpoint.every", "4", "--checkpoint.mode", "sync"])
+        let skip = ["--training.on_nonfinite", "skip", "--fault-inject", "nan:0:3", "--checkpoint.every", "2", "--checkpoint.keep", "10"]
+        let r = try Self.run(np: 1, "skip1", skip + ["--checkpoint.mode", "sync"])
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertTrue(r.output.contains("update skipped (1 in a row, 1 in all)"), r.output)
         XCTAssertTrue(r.output.contains("skipped 1"), r.output)
@@ -103,9 +109,24 @@ final class NonFiniteTests: XCTestCase {
         XCTAssertEqual(r.skipped.last, 1)
         XCTAssertNotNil(r.losses[2], "step 3's loss (computed before the NaN reached a gradient): \(r.losses)")
         XCTAssertNil(r.norms[2], "step 3's gradient norm is finite: \(r.norms)")
-        let manifest = Self.dir.appendingPathComponent("skip1/checkpoints/step-000004/manifest.json")
-        let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: manifest)) as? [String: Any])
-        XCTAssertEqual((obj["state"] as? [String: String])?["optimizer_step"], "3", "\(obj)")
+        let sync = Self.dir.appendingPathComponent("skip1/checkpoints").path
+        let step4 = try CheckpointReader(path: sync + "/step-000004")
+        XCTAssertEqual(step4.manifest.state["optimizer_step"], "3", "\(step4.manifest.state)")
+        let lazy = try Self.run(np: 1, "skip1-lazy", skip + ["--checkpoint.mode", "lazy", "--checkpoint-copy-delay-ms", "10"])
+        XCTAssertEqual(lazy.status, 0, lazy.output)
+        let lazyRoot = Self.dir.appendingPathComponent("skip1-lazy/checkpoints").path
+        for step in ["step-000002", "step-000004"] {
+            let a = try CheckpointReader(path: lazyRoot + "/" + step), b = try CheckpointReader(path: sync + "/" + step)
+            XCTAssertEqual(a.manifest.state["optimizer_step"], b.manifest.state["optimizer_step"], step)
+            for t in a.manifest.tensors {
+                for kind in ["param", "exp_avg", "exp_avg_sq"] {
+                    var x = [Float](repeating: .nan, count: t.count), y = [Float](repeating: .nan, count: t.count)
+                    try x.withUnsafeMutableBufferPointer { try a.read(tensor: t.name, kind: kind, range: 0..<t.count, into: $0.baseAddress!) }
+                    try y.withUnsafeMutableBufferPointer { try b.read(tensor: t.name, kind: kind, range: 0..<t.count, into: $0.baseAddress!) }
+                    XCTAssertEqual(x, y, "\(step) \(t.name) \(kind): the lazy copy differs from the synchronous save")
+                }
+            }
+        }
     }
 
     func testSkipStopsAfterMaxSkippedInARow() throws {
@@ -113,6 +134,7 @@ final class NonFiniteTests: XCTestCase {
                                                 "--training.max_skipped", "2"])
         XCTAssertNotEqual(r.status, 0, r.output)
         XCTAssertTrue(r.output.contains("2 steps in a row skipped as non-finite; stopping (training.max_skipped = 2)"), r.output)
+        XCTAssertEqual(r.skipped.last, 2, "the last recorded step counts both skips: \(r.skipped)")
         XCTAssertFalse(r.output.contains("step 10/10"), r.output)
     }
 

@@ -26,7 +26,11 @@ extension Trainer {
         var what: [String] = []
         if !loss.isFinite { what.append("the loss is \(loss)") }
         if !norm.isFinite { what.append("the gradient norm is \(norm)") }
-        if Int(first) < specs.count { what.append("the first non-finite gradient is \(specs[Int(first)].name)'s") }
+        if Int(first) < specs.count {
+            what.append("the first non-finite gradient is \(specs[Int(first)].name)'s")
+        } else if !norm.isFinite {
+            what.append("every gradient value is finite, but their squares overflow")
+        }
         return "step \(step + 1): " + what.joined(separator: "; ")
     }
 

@@ -93,9 +93,7 @@ private func decodeEvent(_ payload: [UInt8]) throws -> DecodedEvent {
 }
 
 private func tempDir(_ name: String) -> String {
-    let dir = (NSTemporaryDirectory() as NSString)
-        .appendingPathComponent("tessera-tb-\(name)-\(ProcessInfo.processInfo.processIdentifier)-\(UUID().uuidString)")
-    return dir
+    scratchDirectory("tessera-tb-\(name)-\(UUID().uuidString)").path
 }
 
 final class TensorBoardTests: XCTestCase {
@@ -211,7 +209,7 @@ final class TensorBoardTests: XCTestCase {
     /// sink writes. TensorBoard is pip-installed into .build/tb-venv on first use; only where pip cannot
     /// reach its index is the test skipped, with the reason printed.
     func testTensorBoardReadsTheEventFiles() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-tb-read-\(getpid())").path
+        let dir = scratchDirectory("tessera-tb-read").path
         try? FileManager.default.removeItem(atPath: dir)
         let sink = try MetricsSink(metricsPath: nil, tensorboardDir: dir)
         for step in 1...4 {

@@ -24,7 +24,7 @@ extension Trainer {
             tensors.append((spec.name, spec.shape, UnsafeBufferPointer(start: whole.pointer(i), count: spec.count)))
         }
         do { try SafeTensorsFile.write(path: path, tensors: tensors) } catch {
-            log("tessera: cannot write gradients to \(path): \(error)")
+            log("tessera: --dump-grads \(path): cannot write the gradients there (expected a writable file path): \(error)")
         }
     }
 

@@ -139,7 +139,7 @@ final class ConfigTests: XCTestCase {
             [memory]
             policy = "selective"
             activation_budget = 1073741824
-            offload_dir = "/tmp/offload"
+            offload_dir = "\(dir)/offload"
             [metrics]
             path = "m.jsonl"
             tensorboard = false
@@ -157,7 +157,7 @@ final class ConfigTests: XCTestCase {
             parallelism: ParallelismConfig(pp: 2, dp: 2, ring: 2, ulysses: 2, zero: 1, pipelineSchedule: "interleaved",
                                            virtualStages: 2, bucketMb: 50.5, timeoutS: 60),
             checkpoint: CheckpointConfig(dir: "ckpt", every: 100, mode: "sync", keep: 5),
-            memory: MemoryConfig(policy: "selective", activationBudget: 1 << 30, offloadDir: "/tmp/offload"),
+            memory: MemoryConfig(policy: "selective", activationBudget: 1 << 30, offloadDir: "\(dir)/offload"),
             metrics: MetricsConfig(path: "m.jsonl", tensorboard: false, tensorboardDir: "tb"))
         XCTAssertEqual(c, expected)
         XCTAssertEqual(c.metricsPath, "m.jsonl")
@@ -413,9 +413,11 @@ final class ConfigTests: XCTestCase {
     // MARK: Features of this build
 
     func testCheckpointPersistDirMustDifferFromDir() throws {
-        assertConfigError(try load("[checkpoint]\ndir = \"/tmp/ck\"\npersist_dir = \"/tmp/ck/\"\n"),
-                          contains: ["checkpoint.persist_dir = '/tmp/ck/' is the checkpoint directory itself"])
-        XCTAssertEqual(try load("[checkpoint]\ndir = \"/tmp/ck\"\npersist_dir = \"/shared/ck\"\n").checkpoint.persistDir, "/shared/ck")
+        // Paths inside this test's own directory (`ck` is not created here).
+        assertConfigError(try load("[checkpoint]\ndir = \"\(dir)/ck\"\npersist_dir = \"\(dir)/ck/\"\n"),
+                          contains: ["checkpoint.persist_dir = '\(dir)/ck/' is the checkpoint directory itself"])
+        XCTAssertEqual(try load("[checkpoint]\ndir = \"\(dir)/ck\"\npersist_dir = \"\(dir)/shared-ck\"\n").checkpoint.persistDir,
+                       "\(dir)/shared-ck")
         // The same answer whether the directory exists or not (the comparison never looks at the file system).
         for exists in [false, true] {
             let ck = dir + "/ck"
@@ -452,17 +454,18 @@ final class ConfigTests: XCTestCase {
     }
 
     func testPathsAreComparedAsText() {
+        // Text only: none of these paths exists, and none is looked up.
         let n = { (path: String) in ConfigPaths.normalized(path, against: "/work/run") }
-        XCTAssertEqual(n("/tmp/ck/"), "/tmp/ck")
-        XCTAssertEqual(n("/tmp//ck/./"), "/tmp/ck")
-        XCTAssertEqual(n("/tmp/a/../ck"), "/tmp/ck")
+        XCTAssertEqual(n("/no-such-root/ck/"), "/no-such-root/ck")
+        XCTAssertEqual(n("/no-such-root//ck/./"), "/no-such-root/ck")
+        XCTAssertEqual(n("/no-such-root/a/../ck"), "/no-such-root/ck")
         XCTAssertEqual(n("/../ck"), "/ck")
         XCTAssertEqual(n("/"), "/")
         XCTAssertEqual(n("ck"), "/work/run/ck")
         XCTAssertEqual(n("./ck/"), "/work/run/ck")
         XCTAssertEqual(n("../ck"), "/work/ck")
         XCTAssertTrue(ConfigPaths.same("ck", "/work/run/ck/", against: "/work/run"))
-        XCTAssertFalse(ConfigPaths.same("/tmp/ck", "/tmp/ck2", against: "/work/run"))
+        XCTAssertFalse(ConfigPaths.same("/no-such-root/ck", "/no-such-root/ck2", against: "/work/run"))
     }
 
     func testValidateForThisBuild() throws {

@@ -51,6 +51,19 @@ final class CheckpointJobTests: XCTestCase {
 
     static func root(_ name: String) -> String { dir.appendingPathComponent(name).path }
 
+    /// Every tensor of `a` equals `b`'s bit for bit, in every kind (parameters and both moments).
+    static func assertSameTensors(_ a: CheckpointReader, _ b: CheckpointReader, _ what: String,
+                                  file: StaticString = #filePath, line: UInt = #line) throws {
+        for t in a.manifest.tensors {
+            for kind in ["param", "exp_avg", "exp_avg_sq"] {
+                var x = [Float](repeating: .nan, count: t.count), y = [Float](repeating: .nan, count: t.count)
+                try x.withUnsafeMutableBufferPointer { try a.read(tensor: t.name, kind: kind, range: 0..<t.count, into: $0.baseAddress!) }
+                try y.withUnsafeMutableBufferPointer { try b.read(tensor: t.name, kind: kind, range: 0..<t.count, into: $0.baseAddress!) }
+                XCTAssertEqual(x, y, "\(what): \(t.name) \(kind)", file: file, line: line)
+            }
+        }
+    }
+
     /// The uninterrupted single-rank run without checkpoints (once).
     nonisolated(unsafe) static var plain: Job?
     static func baseline() throws -> Job {
@@ -103,14 +116,7 @@ final class CheckpointJobTests: XCTestCase {
             try a.verifyAll()
             XCTAssertEqual(a.manifest.state, b.manifest.state)
             XCTAssertEqual(a.manifest.state["optimizer_step"], String(Int(step.dropFirst(5))!))
-            for t in a.manifest.tensors {
-                for kind in ["param", "exp_avg", "exp_avg_sq"] {
-                    var x = [Float](repeating: .nan, count: t.count), y = [Float](repeating: .nan, count: t.count)
-                    try x.withUnsafeMutableBufferPointer { try a.read(tensor: t.name, kind: kind, range: 0..<t.count, into: $0.baseAddress!) }
-                    try y.withUnsafeMutableBufferPointer { try b.read(tensor: t.name, kind: kind, range: 0..<t.count, into: $0.baseAddress!) }
-                    XCTAssertEqual(x, y, "\(step) \(kind) \(t.name): lazy vs sync")
-                }
-            }
+            try Self.assertSameTensors(a, b, "\(step): lazy vs sync")
         }
         // Resume from step 4 on the same layout: steps 5–10 bit for bit. It writes into a copy of the first run's
         // metrics file, which keeps steps 1–4 and gets 5–10 anew: every step once.

@@ -15,10 +15,12 @@ public enum Bench {
     }
 
     /// Median step time of `steps` timed steps after `warmup` steps on synthetic tokens.
-    public static func measure(_ s: BenchSize, threads: Int, steps: Int, warmup: Int, peak: Double) -> Row {
+    public static func measure(_ s: BenchSize, threads: Int, steps: Int, warmup: Int, peak: Double,
+                               precision: Precision = .fp32) -> Row {
         Threads.configure(threads)
         let cfg = s.gpt
         let model = GPT(config: cfg, seed: 1)
+        model.precision = precision
         let acts = Activations(config: cfg, batch: s.batch, tokens: s.seq)
         let opt = AdamWOptimizer(params: model.params, grads: model.grads, beta1: 0.9, beta2: 0.95, eps: 1e-8,
                                  weightDecay: 0.1, clip: 1)
@@ -36,6 +38,7 @@ public enum Bench {
             model.grads.zero()
             model.forwardBackward(acts, gradScale: 1 / Float(tokens))
             OpProfile.time(.optimizer) { _ = opt.step(lr: 3e-4) }
+            model.parametersChanged()
             let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             if i >= warmup { times.append(dt) }
         }
@@ -47,7 +50,8 @@ public enum Bench {
     }
 
     /// Runs the whole benchmark and returns the report text.
-    public static func run(names: [String], threads: Int, steps: Int, warmup: Int, json: Bool, profile: Bool = false) -> String {
+    public static func run(names: [String], threads: Int, steps: Int, warmup: Int, json: Bool, profile: Bool = false,
+                           precision: Precision = .fp32) -> String {
         OpProfile.enabled = profile
         var out: [String] = []
         let cores = Threads.availableCores()
@@ -63,7 +67,7 @@ public enum Bench {
         out.append("size  params      batch×seq  step ms   tokens/s   MFU     activations")
         var rows: [Row] = []
         for s in BenchSize.standard where names.contains(s.name) {
-            let r = measure(s, threads: threads, steps: steps, warmup: warmup, peak: pt.flops)
+            let r = measure(s, threads: threads, steps: steps, warmup: warmup, peak: pt.flops, precision: precision)
             rows.append(r)
             out.append(BenchScaffold.cell(s.name, 6) + BenchScaffold.cell("\(fmt(Double(r.parameters) / 1e6, 2))M", 12)
                        + BenchScaffold.cell("\(s.batch)×\(s.seq)", 11) + BenchScaffold.cell(fmt(1000 * r.stepSeconds, 1), 10)

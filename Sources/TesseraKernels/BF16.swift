@@ -14,30 +14,46 @@ public enum BF16 {
     /// The float32 a bf16 stands for (exact).
     @inline(__always) public static func float(_ h: UInt16) -> Float { Float(bitPattern: UInt32(h) << 16) }
 
-    /// Narrows n floats to bf16, sixteen at a time.
+    // The loops below are plain scalar code on the bit patterns, which the compiler vectorises (AVX2: eight
+    // lanes). Written with SIMD16 vectors and masks they ran 10–20× slower (measured: 7.6 against 0.38 ns per
+    // element for the in-place rounding).
+
+    /// Narrows n floats to bf16.
     public static func narrow(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<UInt16>, count n: Int) {
-        typealias U32 = SIMD16<UInt32>
-        var i = 0
-        while i + 16 <= n {
-            let bits = UnsafeRawPointer(src + i).loadUnaligned(as: U32.self)
-            let rounded = (bits &+ 0x7FFF &+ ((bits &>> 16) & 1)) &>> 16
-            let quiet = (bits &>> 16) | 0x0040
-            let out = rounded.replacing(with: quiet, where: (bits & 0x7FFF_FFFF) .> 0x7F80_0000)
-            UnsafeMutableRawPointer(dst + i).storeBytes(of: SIMD16<UInt16>(truncatingIfNeeded: out), as: SIMD16<UInt16>.self)
-            i += 16
+        let q = UnsafeRawPointer(src).assumingMemoryBound(to: UInt32.self)
+        for i in 0..<n {
+            let b = q[i]
+            let rounded = (b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16
+            dst[i] = UInt16(truncatingIfNeeded: (b & 0x7FFF_FFFF) > 0x7F80_0000 ? (b >> 16) | 0x0040 : rounded)
         }
-        while i < n { dst[i] = from(src[i]); i += 1 }
     }
 
-    /// Widens n bf16 values to float32, sixteen at a time.
+    /// Widens n bf16 values to float32.
     public static func widen(_ src: UnsafePointer<UInt16>, into dst: UnsafeMutablePointer<Float>, count n: Int) {
-        var i = 0
-        while i + 16 <= n {
-            let h = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD16<UInt16>.self)
-            let bits = SIMD16<UInt32>(truncatingIfNeeded: h) &<< 16
-            UnsafeMutableRawPointer(dst + i).storeBytes(of: bits, as: SIMD16<UInt32>.self)
-            i += 16
+        let q = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: UInt32.self)
+        for i in 0..<n { q[i] = UInt32(src[i]) << 16 }
+    }
+}
+
+extension BF16 {
+    /// Rounds n floats in place to the nearest bf16 value (kept in float32 storage).
+    /// The result widens exactly from the bf16 that `from` gives.
+    public static func round(_ p: UnsafeMutablePointer<Float>, count n: Int) {
+        let q = UnsafeMutableRawPointer(p).assumingMemoryBound(to: UInt32.self)
+        for i in 0..<n {
+            let b = q[i]
+            let rounded = (b &+ 0x7FFF &+ ((b >> 16) & 1)) & 0xFFFF_0000
+            q[i] = (b & 0x7FFF_FFFF) > 0x7F80_0000 ? (b & 0xFFFF_0000) | 0x0040_0000 : rounded
         }
-        while i < n { dst[i] = float(src[i]); i += 1 }
+    }
+
+    /// `round` split over the kernel threads (for activation-sized tensors).
+    public static func roundParallel(_ p: UnsafeMutablePointer<Float>, count n: Int) {
+        if n < 32_768 || Threads.count == 1 { round(p, count: n); return }
+        let P = SendPtr(p)
+        Threads.parallelRanges(n / 16, grain: 1024) { _, lo, hi in
+            let end = hi == n / 16 ? n : hi * 16  // the last range takes the tail
+            round(P.p + lo * 16, count: end - lo * 16)
+        }
     }
 }

@@ -7,6 +7,8 @@ import Foundation
 //   dx = dlogits · wte;  dwte += dlogitsᵀ · x
 // `gradScale` is the loss normaliser (1 / global token count), applied here and nowhere else.
 // Targets < 0 are ignored (no loss, no gradient).
+// In bf16 (`precision`), x and wte must already be bf16 values (the model passes its rounded copies); the
+// softmax and the loss are computed in float32 and dlogits is rounded to bf16 before its two products.
 
 public enum CrossEntropy {
     /// Rows per chunk: about 2M logits, at least 16 rows.
@@ -18,12 +20,13 @@ public enum CrossEntropy {
     public static func fused(x: UnsafePointer<Float>, wte: UnsafePointer<Float>, targets: UnsafePointer<Int32>,
                              n: Int, c: Int, vocab v: Int, gradScale: Float,
                              dx: UnsafeMutablePointer<Float>?, dwte: UnsafeMutablePointer<Float>?,
-                             rowLosses: UnsafeMutablePointer<Float>? = nil, scratch: Scratch) -> Double {
+                             rowLosses: UnsafeMutablePointer<Float>? = nil, precision: Precision = .fp32,
+                             scratch: Scratch) -> Double {
         let rowsPer = min(n, chunkRows(vocab: v))
         let logits = scratch.floats(rowsPer * v + rowsPer)
         let losses = logits + rowsPer * v
         let L = SendPtr(logits), LS = SendPtr(losses), T = SendConstPtr(targets)
-        let wantGrad = dx != nil
+        let wantGrad = dx != nil, roundGrad = precision == .bf16
         var total = 0.0
         var r0 = 0
         while r0 < n {
@@ -51,6 +54,7 @@ public enum CrossEntropy {
                     if wantGrad {
                         vscale(row, gradScale / sum, v)
                         row[t] -= gradScale
+                        if roundGrad { BF16.round(row, count: v) }
                     }
                 }
             }

@@ -10,6 +10,8 @@ public enum MachineCheck {
     }()
 
     public static var hasAVX512: Bool { cpuFlags.contains("avx512f") }
+    /// bf16 dot products in hardware (AVX512_BF16: Cooper Lake, Sapphire Rapids, Zen 4 and later).
+    public static var hasBF16: Bool { cpuFlags.contains("avx512_bf16") }
 
     /// OpenBLAS core types that use no AVX-512 kernels.
     static let narrowCoreTypes: Set<String> = ["haswell", "zen", "sandybridge", "nehalem", "core2", "prescott",

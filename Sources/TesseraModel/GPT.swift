@@ -55,6 +55,8 @@ public final class GPT: ParallelModel, @unchecked Sendable {
     }
     /// Per global layer: the block's tensors, nil for layers another pipeline stage holds.
     private let pBlocks: [BlockTensors?], gBlocks: [BlockTensors?]
+    /// The block tensors the matrix products read: `pBlocks` in fp32, the bf16 copy's in bf16.
+    private var wBlocks: [BlockTensors?]
     /// Storage offsets of ln_f and of each held block's first tensor (gradient-readiness boundaries).
     private let lnfOffset: Int, blockOffsets: [Int]
     /// The part of the global model this rank holds.
@@ -63,6 +65,46 @@ public final class GPT: ParallelModel, @unchecked Sendable {
     public weak var observer: BackwardObserver?
     /// The residual stream's width: what crosses a pipeline-stage boundary per token.
     public var boundaryWidth: Int { config.dModel }
+    /// Number format of the matrix products (Precision.swift). In bf16 the products read `productParams`,
+    /// a copy of the weights rounded to bf16, refreshed from the fp32 master weights before the first forward
+    /// after `parametersChanged()`; gradients always go to the fp32 `grads`.
+    public var precision: Precision = .fp32 {
+        didSet {
+            guard precision != oldValue else { return }
+            productParams = precision == .bf16 ? params.sameLayout() : nil
+            wBlocks = (0..<config.nLayer).map { stage.holds(layer: $0) ? BlockTensors(productParams ?? params, $0) : nil }
+            productWeightsStale = true
+        }
+    }
+    private var productParams: ParameterSet?
+    private var productWeightsStale = true
+    /// Bytes of the bf16 copy of the weights (0 in fp32).
+    public var productWeightBytes: Int { productParams.map { $0.count * 4 } ?? 0 }
+
+    /// Tells the model its master weights changed (an optimizer step, a load): the bf16 copy is refreshed
+    /// before the next forward.
+    public func parametersChanged() { productWeightsStale = true }
+
+    /// Rounds the master weights into the bf16 copy if they changed since it was made.
+    func refreshProductWeights() {
+        guard productWeightsStale, let pp = productParams else { return }
+        pp.storage.ptr.update(from: params.storage.ptr, count: params.count)
+        BF16.roundParallel(pp.storage.ptr, count: params.count)
+        productWeightsStale = false
+    }
+
+    /// Rounds a product operand in place (bf16; nothing in fp32).
+    @inline(__always) func roundOperand(_ p: UnsafeMutablePointer<Float>, count: Int) {
+        if precision == .bf16 { OpProfile.time(.rounding) { precision.roundOperand(p, count: count) } }
+    }
+    /// A rounded copy of a product operand (bf16).
+    func operandCopy(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, count: Int) -> UnsafeMutablePointer<Float> {
+        OpProfile.time(.rounding) { precision.operandCopy(src, into: dst, count: count) }
+    }
+
+    /// The token embedding as the LM head's product reads it.
+    var headWeight: UnsafeMutablePointer<Float> { (productParams ?? params)["transformer.wte.weight"] }
+
     /// Called between the ops of every block, forward and backward: a chance to drive communication in
     /// flight (the pipeline engine's transfers; this MPI moves messages only inside MPI calls).
     public var progress: (() -> Void)?
@@ -90,6 +132,7 @@ public final class GPT: ParallelModel, @unchecked Sendable {
         attention = LocalAttention(heads: config.nHead, headDim: config.headDim)
         pBlocks = (0..<config.nLayer).map { stage.holds(layer: $0) ? BlockTensors(p, $0) : nil }
         gBlocks = (0..<config.nLayer).map { stage.holds(layer: $0) ? BlockTensors(g, $0) : nil }
+        wBlocks = pBlocks
         lnfOffset = stage.hasHead ? p.offset(of: "transformer.ln_f.weight") : 0
         blockOffsets = (0..<config.nLayer).map { stage.holds(layer: $0) ? p.offset(of: "transformer.h.\($0).ln_1.weight") : 0 }
     }
@@ -118,6 +161,7 @@ public final class GPT: ParallelModel, @unchecked Sendable {
     /// are written to the tier; evaluation passes false).
     public func forwardBody(_ a: Activations, saving: Bool = true) {
         let c = config.dModel, n = a.n
+        refreshProductWeights()
         if a.embeds {
             OpProfile.time(.embedding) { Embedding.forward(out: a.residual[0], tokens: a.tokenIds, positions: a.positions,
                               wte: params["transformer.wte.weight"], wpe: params["transformer.wpe.weight"], n: n, c: c) }
@@ -129,18 +173,22 @@ public final class GPT: ParallelModel, @unchecked Sendable {
         guard a.head else { return }
         OpProfile.time(.layerNorm) { LayerNorm.forward(out: a.lnf, mean: a.lnfMean, rstd: a.lnfRstd, x: a.output,
                           weight: params["transformer.ln_f.weight"], bias: params["transformer.ln_f.bias"], n: n, c: c) }
+        roundOperand(a.lnf, count: n * c)
     }
 
     /// Block l from its input `a.input(of: l)` into the tensors `s`, its result into `output` (nil: the
     /// recomputation before the backward, which needs the tensors only).
     func blockForward(_ l: Int, _ a: Activations, _ s: Activations.Layer, output: UnsafeMutablePointer<Float>?) {
         let c = config.dModel, n = a.n
-        let p = pBlocks[l]!, x = a.input(of: l)
+        let p = pBlocks[l]!, w = wBlocks[l]!, x = a.input(of: l)
         OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln1, mean: s.ln1Mean, rstd: s.ln1Rstd, x: x, weight: p.ln1w, bias: p.ln1b, n: n, c: c) }
-        OpProfile.time(.matmul) { Linear.forward(out: s.qkv, inp: s.ln1, weight: p.attnW, bias: p.attnB, n: n, inDim: c, outDim: 3 * c) }
+        roundOperand(s.ln1, count: n * c)
+        OpProfile.time(.matmul) { Linear.forward(out: s.qkv, inp: s.ln1, weight: w.attnW, bias: p.attnB, n: n, inDim: c, outDim: 3 * c) }
+        roundOperand(s.qkv, count: n * 3 * c)
         progress?()
         OpProfile.time(.attention) { attention.forward(qkv: s.qkv, out: s.atty, lse: s.lse, saved: s.attnSaved, batch: a.batch, tokens: a.tokens, layer: l,
                           scratch: a.scratch) }
+        roundOperand(s.atty, count: n * c)
         progress?()
         mlpForward(l, a, s, output: output)
     }
@@ -148,17 +196,19 @@ public final class GPT: ParallelModel, @unchecked Sendable {
     /// From the attention output on: projection and residual, ln_2, the MLP (and its residual into `output`).
     private func mlpForward(_ l: Int, _ a: Activations, _ s: Activations.Layer, output: UnsafeMutablePointer<Float>?) {
         let c = config.dModel, n = a.n
-        let p = pBlocks[l]!, x = a.input(of: l)
-        OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.atty, weight: p.projW, bias: p.projB, n: n, inDim: c, outDim: c) }
+        let p = pBlocks[l]!, w = wBlocks[l]!, x = a.input(of: l)
+        OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.atty, weight: w.projW, bias: p.projB, n: n, inDim: c, outDim: c) }
         OpProfile.time(.residual) { Residual.forward(out: s.resid2, a: x, b: a.tmp, n: n * c) }
         OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln2, mean: s.ln2Mean, rstd: s.ln2Rstd, x: s.resid2, weight: p.ln2w, bias: p.ln2b,
                           n: n, c: c) }
+        roundOperand(s.ln2, count: n * c)
         progress?()
-        OpProfile.time(.matmul) { Linear.forward(out: s.fch, inp: s.ln2, weight: p.fcW, bias: p.fcB, n: n, inDim: c, outDim: 4 * c) }
+        OpProfile.time(.matmul) { Linear.forward(out: s.fch, inp: s.ln2, weight: w.fcW, bias: p.fcB, n: n, inDim: c, outDim: 4 * c) }
         progress?()
         OpProfile.time(.gelu) { GELU.forward(out: s.fchGelu, x: s.fch, n: n * 4 * c) }
+        roundOperand(s.fchGelu, count: n * 4 * c)
         guard let output else { return }
-        OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.fchGelu, weight: p.fcProjW, bias: p.fcProjB, n: n, inDim: 4 * c, outDim: c) }
+        OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.fchGelu, weight: w.fcProjW, bias: p.fcProjB, n: n, inDim: 4 * c, outDim: c) }
         OpProfile.time(.residual) { Residual.forward(out: output, a: s.resid2, b: a.tmp, n: n * c) }
         progress?()
     }
@@ -178,20 +228,22 @@ public final class GPT: ParallelModel, @unchecked Sendable {
         if policy == .full { blockForward(l, a, s, output: nil); return }
         let c = config.dModel, n = a.n, p = pBlocks[l]!
         OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln1, mean: s.ln1Mean, rstd: s.ln1Rstd, x: a.input(of: l), weight: p.ln1w, bias: p.ln1b, n: n, c: c) }
+        roundOperand(s.ln1, count: n * c)
         mlpForward(l, a, s, output: nil)
     }
 
     /// Sum of the cross-entropy over the micro-batch's targets (forward only).
     public func lossSum(_ a: Activations) -> Double {
         forwardBody(a, saving: false)
-        return CrossEntropy.fused(x: a.lnf, wte: params["transformer.wte.weight"], targets: a.targets, n: a.n,
+        return CrossEntropy.fused(x: a.lnf, wte: headWeight, targets: a.targets, n: a.n,
                                   c: config.dModel, vocab: config.vocabSize, gradScale: 0, dx: nil, dwte: nil,
-                                  scratch: a.scratch)
+                                  precision: precision, scratch: a.scratch)
     }
 
     /// Logits [N, V] of the last forward (a.lnf must be current).
     public func logits(_ a: Activations, into out: UnsafeMutablePointer<Float>) {
-        CrossEntropy.logits(out: out, x: a.lnf, wte: params["transformer.wte.weight"], n: a.n, c: config.dModel,
+        refreshProductWeights()
+        CrossEntropy.logits(out: out, x: a.lnf, wte: headWeight, n: a.n, c: config.dModel,
                             vocab: config.vocabSize)
     }
 
@@ -211,10 +263,11 @@ public final class GPT: ParallelModel, @unchecked Sendable {
     /// and accumulates the LM head's share of the wte gradient. Returns the loss sum.
     public func forwardLoss(_ a: Activations, gradScale: Float) -> Double {
         forwardBody(a)
-        let wte = params["transformer.wte.weight"], dwte = grads["transformer.wte.weight"]
+        let wte = headWeight, dwte = grads["transformer.wte.weight"]
         return OpProfile.time(.lmHeadLoss) {
             CrossEntropy.fused(x: a.lnf, wte: wte, targets: a.targets, n: a.n, c: config.dModel,
-                               vocab: config.vocabSize, gradScale: gradScale, dx: a.dlnf, dwte: dwte, scratch: a.scratch)
+                               vocab: config.vocabSize, gradScale: gradScale, dx: a.dlnf, dwte: dwte,
+                               precision: precision, scratch: a.scratch)
         }
     }
 
@@ -247,23 +300,30 @@ public final class GPT: ParallelModel, @unchecked Sendable {
     /// On entry a.dres holds d(loss)/d(block output); on exit d(loss)/d(block input).
     func backwardBlock(_ l: Int, _ a: Activations, _ s: Activations.Layer) {
         let c = config.dModel, n = a.n
-        let p = pBlocks[l]!, g = gBlocks[l]!
+        let p = pBlocks[l]!, g = gBlocks[l]!, w = wBlocks[l]!
+        // In bf16 the products read d(loss)/d(block output) rounded into a.tmp (free during the backward): a.dres
+        // itself keeps accumulating in fp32. In fp32 they read a.dres.
+        let lowp = precision == .bf16
         attention.prepareBackward(qkv: s.qkv, saved: s.attnSaved, batch: a.batch, tokens: a.tokens, layer: l)  // no-op if already asked
         // MLP: out = resid2 + c_proj(gelu(c_fc(ln_2(resid2))))
-        OpProfile.time(.matmul) { Linear.backward(dinp: a.dfch, dweight: g.fcProjW, dbias: g.fcProjB, dout: a.dres, inp: s.fchGelu,
-                        weight: p.fcProjW, n: n, inDim: 4 * c, outDim: c, accumulateInput: false) }
+        let dOut = lowp ? operandCopy(a.dres, into: a.tmp, count: n * c) : a.dres
+        OpProfile.time(.matmul) { Linear.backward(dinp: a.dfch, dweight: g.fcProjW, dbias: g.fcProjB, dout: dOut, inp: s.fchGelu,
+                        weight: w.fcProjW, n: n, inDim: 4 * c, outDim: c, accumulateInput: false) }
         poll()
         OpProfile.time(.gelu) { GELU.backward(dx: a.dfch, dout: a.dfch, x: s.fch, n: n * 4 * c) }
+        roundOperand(a.dfch, count: n * 4 * c)
         poll()
-        OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.fcW, dbias: g.fcB, dout: a.dfch, inp: s.ln2, weight: p.fcW,
+        OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.fcW, dbias: g.fcB, dout: a.dfch, inp: s.ln2, weight: w.fcW,
                         n: n, inDim: c, outDim: 4 * c, accumulateInput: false) }
         poll()
         OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: g.ln2w, dbias: g.ln2b, dout: a.dln, x: s.resid2, weight: p.ln2w,
                            mean: s.ln2Mean, rstd: s.ln2Rstd, n: n, c: c, scratch: a.scratch) }
         poll()
         // Attention: resid2 = x + c_proj(attn(c_attn(ln_1(x))))
-        OpProfile.time(.matmul) { Linear.backward(dinp: a.datty, dweight: g.projW, dbias: g.projB, dout: a.dres, inp: s.atty, weight: p.projW,
+        let dResid2 = lowp ? operandCopy(a.dres, into: a.tmp, count: n * c) : a.dres
+        OpProfile.time(.matmul) { Linear.backward(dinp: a.datty, dweight: g.projW, dbias: g.projB, dout: dResid2, inp: s.atty, weight: w.projW,
                         n: n, inDim: c, outDim: c, accumulateInput: false) }
+        roundOperand(a.datty, count: n * c)
         progress?()
         a.dqkv.update(repeating: 0, count: n * 3 * c)
         // The next block down's attention backward may fetch data while this one computes (if that block's
@@ -273,8 +333,9 @@ public final class GPT: ParallelModel, @unchecked Sendable {
         }
         OpProfile.time(.attention) { attention.backward(dqkv: a.dqkv, dout: a.datty, out: s.atty, lse: s.lse, qkv: s.qkv, saved: s.attnSaved, batch: a.batch,
                            tokens: a.tokens, layer: l, scratch: a.scratch) }
+        roundOperand(a.dqkv, count: n * 3 * c)
         progress?()
-        OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.attnW, dbias: g.attnB, dout: a.dqkv, inp: s.ln1, weight: p.attnW,
+        OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.attnW, dbias: g.attnB, dout: a.dqkv, inp: s.ln1, weight: w.attnW,
                         n: n, inDim: c, outDim: 3 * c, accumulateInput: false) }
         progress?()
         OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: g.ln1w, dbias: g.ln1b, dout: a.dln, x: a.input(of: l), weight: p.ln1w,

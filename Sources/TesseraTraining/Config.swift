@@ -67,6 +67,8 @@ public struct ModelConfig: Sendable, Equatable {
 public struct TrainingConfig: Sendable, Equatable {
     /// Allowed values of `onNonfinite`.
     public static let onNonfiniteValues = ["stop", "skip"]
+    /// Allowed values of `precision`.
+    public static let precisionValues = ["fp32", "bf16"]
 
     public var steps: Int
     /// Global batch in sequences, summed over data-parallel ranks and microbatches.
@@ -86,10 +88,13 @@ public struct TrainingConfig: Sendable, Equatable {
     public var onNonfinite: String
     /// Under "skip": the run stops after this many consecutive skipped steps.
     public var maxSkipped: Int
+    /// Number format of the matrix products: "fp32", or "bf16" (bf16 operands, fp32 accumulation; master
+    /// weights, gradients, optimizer state, softmax and normalisation statistics stay fp32).
+    public var precision: String
 
     public init(steps: Int = 100, batchSize: Int = 8, seqLen: Int = 256, microbatches: Int = 1, seed: Int = 1337,
                 threads: Int = 0, logEvery: Int = 10, evalEvery: Int = 50, evalBatches: Int = 4,
-                onNonfinite: String = "stop", maxSkipped: Int = 5) {
+                onNonfinite: String = "stop", maxSkipped: Int = 5, precision: String = "fp32") {
         self.steps = steps
         self.batchSize = batchSize
         self.seqLen = seqLen
@@ -101,6 +106,7 @@ public struct TrainingConfig: Sendable, Equatable {
         self.evalBatches = evalBatches
         self.onNonfinite = onNonfinite
         self.maxSkipped = maxSkipped
+        self.precision = precision
     }
 }
 

@@ -83,6 +83,7 @@ enum ConfigSchema {
         .int("training", "eval_every", \.training.evalEvery),
         .int("training", "eval_batches", \.training.evalBatches),
         .string("training", "on_nonfinite", \.training.onNonfinite),
+        .string("training", "precision", \.training.precision),
         .int("training", "max_skipped", \.training.maxSkipped),
 
         .double("optimizer", "lr", \.optimizer.lr),

@@ -65,6 +65,7 @@ struct ConfigChecks {
         if t.evalEvery > 0 { integer("training.eval_batches", t.evalBatches, atLeast: 1) }
         oneOf("training.on_nonfinite", t.onNonfinite, TrainingConfig.onNonfiniteValues)
         integer("training.max_skipped", t.maxSkipped, atLeast: 1)
+        oneOf("training.precision", t.precision, TrainingConfig.precisionValues)
     }
 
     mutating func checkOptimizer() {

@@ -1,5 +1,6 @@
 // What the config's sections mean for the model's modules: the model's shape, the seed, the pipeline layout.
 
+import TesseraKernels
 import TesseraModel
 import TesseraPipeline
 
@@ -11,6 +12,8 @@ extension TesseraConfig {
     }
     /// `training.seed` as the initialiser's and the data order's seed.
     public var seed: UInt64 { UInt64(bitPattern: Int64(training.seed)) }
+    /// `training.precision` (validated by the loader).
+    public var precision: Precision { Precision(rawValue: training.precision) ?? .fp32 }
 }
 
 extension PipelineLayout {

@@ -34,6 +34,7 @@ extension Trainer {
                 manifest = reader.manifest
                 try Checkpointer.checkCompatible(reader.manifest, path: c, config: config)
                 try Checkpointer.restore(from: reader, params: model.params, optimizer: optimizer)
+                model.parametersChanged()
             } catch let e as CheckpointIncompatible {
                 throw e  // the config, not the checkpoint: no fallback
             } catch { failure = "\(error)" }

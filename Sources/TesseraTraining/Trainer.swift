@@ -146,6 +146,7 @@ public final class Trainer {
         }
         timeline.work("optimizer") { optimizer.update(lr: schedule.lr(step), norm: norm) }
         if let dpl = dataParallel { timeline.work("parameter allgather") { dpl.allgatherParameters(model.params) } }
+        model.parametersChanged()
         return StepOutcome(loss: loss, gradNorm: norm, nonFinite: nil)
     }
 

@@ -25,10 +25,14 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Also print where a step's time goes, op by op.")
     var profile = false
 
+    @Option(help: ArgumentHelp("Number format of the matrix products: fp32 or bf16.", valueName: "fp32|bf16"))
+    var precision = "fp32"
+
     var names: [String] { sizes.split(separator: ",").map { String($0).uppercased() } }
 
     func validate() throws {
         try requireAtLeast("bench", [("--threads", threads, 1), ("--steps", steps, 1), ("--warmup", warmup, 0)])
+        guard Precision(rawValue: precision) != nil else { throw ValidationError("bench: --precision must be fp32 or bf16, not '\(precision)'") }
         for n in names where !BenchSize.standard.map(\.name).contains(n) { throw ValidationError("bench: unknown size '\(n)' (sizes: S, M, L)") }
     }
 
@@ -36,6 +40,6 @@ struct BenchCommand: ParsableCommand {
         let note = prepareMachine()
         if let note { print("note: \(note)") }
         print(Bench.run(names: names, threads: threads ?? Threads.availableCores(), steps: steps, warmup: warmup, json: json,
-                        profile: profile))
+                        profile: profile, precision: Precision(rawValue: precision)!))
     }
 }

@@ -96,11 +96,11 @@ final class DataParallelTests: XCTestCase {
     /// Runs a layout of the test config (`shape` + `overrides`) on `np` ranks and compares it with the single
     /// rank of the same shape (`assertSame`). Returns the run for further checks.
     @discardableResult
-    static func checkLayout(np: Int, _ name: String, shape: [String], _ overrides: [String], file: StaticString = #filePath,
-                            line: UInt = #line) throws -> Run {
+    static func checkLayout(np: Int, _ name: String, shape: [String], _ overrides: [String], tolerance: Double = tolerance,
+                            gradTolerance: Double = tolerance, file: StaticString = #filePath, line: UInt = #line) throws -> Run {
         let base = try baseline(shape: shape, name: "single" + shape.joined().replacingOccurrences(of: "-", with: ""))
         let r = try run(np: np, name, shape + overrides)
-        assertSame(r, base, name: name, file: file, line: line)
+        assertSame(r, base, name: name, tolerance: tolerance, gradTolerance: gradTolerance, file: file, line: line)
         return r
     }
 
@@ -112,8 +112,10 @@ final class DataParallelTests: XCTestCase {
         XCTAssertTrue(r.output.contains("mesh: pp 1 × dp \(np)"), r.output, file: file, line: line)
     }
 
-    /// Every step's loss and the validation losses within 1e-5 relative; step 1's gradients within 1e-5 relative norm.
-    static func assertSame(_ r: Run, _ base: Run, name: String, file: StaticString = #filePath, line: UInt = #line) {
+    /// Every step's loss and the validation losses within `tolerance` relative (1e-5 unless told); step 1's gradients
+    /// within `gradTolerance` relative norm.
+    static func assertSame(_ r: Run, _ base: Run, name: String, tolerance: Double = tolerance, gradTolerance: Double = tolerance,
+                           file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(r.losses.count, 10, file: file, line: line)
         XCTAssertEqual(r.losses.count, base.losses.count, file: file, line: line)
         for (i, (a, b)) in zip(r.losses, base.losses).enumerated() {
@@ -130,7 +132,7 @@ final class DataParallelTests: XCTestCase {
         XCTAssertEqual(ga.count, gb.count, "\(name): gradient sizes", file: file, line: line)
         XCTAssertGreaterThan(gb.reduce(0) { $0 + abs($1) }, 0, file: file, line: line)
         if ga.count == gb.count {
-            XCTAssertLessThanOrEqual(relErr(ga, gb), tolerance, "\(name): gradient relative norm", file: file, line: line)
+            XCTAssertLessThanOrEqual(relErr(ga, gb), gradTolerance, "\(name): gradient relative norm", file: file, line: line)
         }
     }
 

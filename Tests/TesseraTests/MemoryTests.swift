@@ -18,9 +18,11 @@ final class MemoryTests: XCTestCase {
 
     /// Two micro-batches of forward + backward (gradients accumulate), with an evaluation forward between
     /// them; returns (losses, gradients, activation bytes held, recompute ns).
-    func run(_ policies: [LayerPolicy], tier: OffloadTier? = nil) -> (loss: [Double], grads: [Float], held: Int) {
+    func run(_ policies: [LayerPolicy], tier: OffloadTier? = nil, precision: Precision = .fp32)
+        -> (loss: [Double], grads: [Float], held: Int) {
         Threads.configure(1)
         let model = GPT(config: cfg, seed: 7)
+        model.precision = precision
         model.memory = MemoryPlan(policies: policies, tier: tier)
         let before = ActivationMeter.shared.activationBytes
         let a = model.activations(batch: batch, tokens: tokens)
@@ -41,10 +43,19 @@ final class MemoryTests: XCTestCase {
     }
 
     func testEveryPolicyGivesTheGradientsOfKeepBitForBit() throws {
+        try checkPolicies(precision: .fp32)
+    }
+
+    /// In bf16 the recomputed operands are rounded as the forward rounded them: still bit for bit.
+    func testEveryPolicyGivesTheGradientsOfKeepBitForBitInBF16() throws {
+        try checkPolicies(precision: .bf16)
+    }
+
+    func checkPolicies(precision: Precision) throws {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let tier = try OffloadTier(directory: dir, rank: 0)
-        let keep = run(Array(repeating: .keep, count: 4))
+        let keep = run(Array(repeating: .keep, count: 4), precision: precision)
         XCTAssertGreaterThan(keep.grads.map(abs).max()!, 0)
         var held: [String: Int] = ["keep": keep.held]
         let cases: [(String, [LayerPolicy])] = [
@@ -53,7 +64,7 @@ final class MemoryTests: XCTestCase {
             ("offload-top", [.keep, .keep, .offload, .offload]),
         ]
         for (name, policies) in cases {
-            let r = run(policies, tier: tier)
+            let r = run(policies, tier: tier, precision: precision)
             held[name] = r.held
             XCTAssertEqual(r.loss, keep.loss, "\(name): losses")
             let differ = zip(r.grads, keep.grads).filter { $0 != $1 }.count

@@ -2,18 +2,23 @@
 # PyTorch CPU baseline for the speed comparison with Tessera.
 #
 #   bench/pytorch.sh [pytorch_gpt2.py args...]      e.g. bench/pytorch.sh --config all --threads 2
+#   bench/pytorch.sh --config S --precision bf16 --max-seconds 600 --json
 #
 # Creates bench/.venv on first use, installs torch from PyPI into it, then runs bench/pytorch_gpt2.py
-# with the given arguments. See bench/README.md for how torch is installed and why.
+# with the given arguments (all passed through: --config, --threads, --steps, --warmup, --precision
+# fp32|bf16, --max-seconds S, --json). See bench/README.md for how torch is installed and why.
 #
 # Environment:
 #   PYTHON           interpreter used to create the venv (default: python3)
 #   TORCH_PIP_SPEC   if set, install exactly this with a plain `pip install` (e.g. "torch==2.15.0", or
 #                    the path of a CPU-only wheel) instead of the lean PyPI install below.
+#   TESSERA_HF_VENV  if set, use the venv of scripts/hf_venv.sh in that directory instead of bench/.venv
+#                    (created by scripts/hf_venv.sh when its torch does not work; it prefers a CPU-only wheel).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="$here/.venv"
+[ -n "${TESSERA_HF_VENV:-}" ] && venv="$TESSERA_HF_VENV"
 py="${PYTHON:-python3}"
 pip=("$venv/bin/pip" install --disable-pip-version-check)
 
@@ -51,6 +56,15 @@ for r in requires("torch") or []:
     print(r)
 PY
 }
+
+if [ -n "${TESSERA_HF_VENV:-}" ]; then
+    if ! torch_works; then
+        echo "pytorch.sh: torch does not work in $venv; running scripts/hf_venv.sh $venv" >&2
+        "$here/../scripts/hf_venv.sh" "$venv" >/dev/null || { echo "pytorch.sh: scripts/hf_venv.sh failed" >&2; exit 1; }
+        torch_works || { echo "pytorch.sh: torch still fails in $venv" >&2; exit 1; }
+    fi
+    exec "$venv/bin/python" "$here/pytorch_gpt2.py" "$@"
+fi
 
 if [ ! -x "$venv/bin/python" ]; then
     echo "pytorch.sh: creating $venv" >&2

@@ -61,13 +61,18 @@ public enum Bench {
         let p1 = SgemmProbe.measure(threads: 1)
         let p2 = SgemmProbe.measure(threads: min(2, max(cores, 1)))
         let pt = threads == p2.threads ? p2 : threads == 1 ? p1 : SgemmProbe.measure(threads: threads)
+        // Both ceilings, in this run: the fp32 sgemm and the bf16 product as this build runs it.
+        let bf = SgemmProbe.measure(precision: .bf16, threads: threads)
+        let ceiling = precision == .bf16 ? bf : pt
         out.append("sgemm ceiling (\(p1.n)³, OpenBLAS threads): 1 thread \(fmt(p1.flops / 1e9, 1)) GFLOP/s, "
-                   + "\(p2.threads) threads \(fmt(p2.flops / 1e9, 1)) GFLOP/s; MFU below is against \(pt.threads) thread(s): \(fmt(pt.flops / 1e9, 1)) GFLOP/s")
+                   + "\(p2.threads) threads \(fmt(p2.flops / 1e9, 1)) GFLOP/s")
+        out.append("bf16 product ceiling (\(bf.n)³, \(bf.threads) thread(s)): \(fmt(bf.flops / 1e9, 1)) GFLOP/s — \(Precision.bf16.productsDescription)")
+        out.append("precision \(precision.rawValue): MFU below is against the \(precision.rawValue) ceiling on \(threads) thread(s): \(fmt(ceiling.flops / 1e9, 1)) GFLOP/s")
         out.append("")
         out.append("size  params      batch×seq  step ms   tokens/s   MFU     activations")
         var rows: [Row] = []
         for s in BenchSize.standard where names.contains(s.name) {
-            let r = measure(s, threads: threads, steps: steps, warmup: warmup, peak: pt.flops, precision: precision)
+            let r = measure(s, threads: threads, steps: steps, warmup: warmup, peak: ceiling.flops, precision: precision)
             rows.append(r)
             out.append(BenchScaffold.cell(s.name, 6) + BenchScaffold.cell("\(fmt(Double(r.parameters) / 1e6, 2))M", 12)
                        + BenchScaffold.cell("\(s.batch)×\(s.seq)", 11) + BenchScaffold.cell(fmt(1000 * r.stepSeconds, 1), 10)
@@ -81,13 +86,14 @@ public enum Bench {
                 out.append("  \(BenchScaffold.cell(op.name, 16))\(fmt(1000 * s, 1).leftPad(9))  \(fmt(100 * s / total, 1).leftPad(5))%")
             }
         }
-        out.append("\nMFU = (6N + 12·n_layer·d·seq) FLOPs/token × tokens/s ÷ sgemm ceiling; median of \(steps) steps after \(warmup) warm-up; \(threads) kernel thread(s).")
+        out.append("\nMFU = (6N + 12·n_layer·d·seq) FLOPs/token × tokens/s ÷ the ceiling of the precision in use; median of \(steps) steps after \(warmup) warm-up; \(threads) kernel thread(s).")
         if json {
             for r in rows {
                 out.append(BenchScaffold.jsonLine([
                     "bench": "bench", "size": r.size.name, "params": r.parameters, "step_s": r.stepSeconds,
                     "tokens_per_s": r.tokensPerSecond, "mfu": r.mfu, "threads": threads, "activation_bytes": r.activationBytes,
-                    "sgemm_flops": pt.flops, "sgemm_1t_flops": p1.flops, "sgemm_2t_flops": p2.flops]))
+                    "sgemm_flops": pt.flops, "sgemm_1t_flops": p1.flops, "sgemm_2t_flops": p2.flops,
+                    "precision": precision.rawValue, "bf16_flops": bf.flops, "ceiling_flops": ceiling.flops]))
             }
         }
         return out.joined(separator: "\n")

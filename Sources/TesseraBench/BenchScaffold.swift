@@ -21,6 +21,8 @@ public struct BenchSize: Sendable {
         BenchSize(name: "S", vocab: 256, d: 128, layers: 4, heads: 4, seq: 256, batch: 8),
         BenchSize(name: "M", vocab: 256, d: 256, layers: 6, heads: 8, seq: 512, batch: 8),
         BenchSize(name: "L", vocab: 8192, d: 512, layers: 8, heads: 8, seq: 1024, batch: 4),
+        // GPT-2 124M's shape on a short sequence.
+        BenchSize(name: "G", vocab: 50257, d: 768, layers: 12, heads: 12, seq: 64, batch: 4),
     ]
     /// Config M with long sequences (4096 tokens, one per step).
     public static let mLong = BenchSize(name: "M-long", vocab: 256, d: 256, layers: 6, heads: 8, seq: 4096, batch: 1)

@@ -33,16 +33,19 @@ public enum SequenceBench {
     }
 
     /// Attention bytes one rank sends per step (one micro-batch of `batch` sequences), by the formulas in
-    /// docs/sequence-parallel.md.
-    public static func theoryBytes(seq: Int, ring r: Int, ulysses u: Int, layers: Int, dModel c: Int, batch: Int = 1) -> Double {
+    /// docs/sequence-parallel.md. In bf16 the key/value blocks and every all-to-all carry 2 bytes a value; the
+    /// ring's dK, dV accumulators stay fp32.
+    public static func theoryBytes(seq: Int, ring r: Int, ulysses u: Int, layers: Int, dModel c: Int, batch: Int = 1,
+                                   precision: Precision = .fp32) -> Double {
         var bytes = 0.0
+        let operand = Double(precision.operandBytes)
         if r > 1 {
-            let block = Double(batch * (seq / r) * 2 * (c / u) * 4)
-            bytes += Double(layers * 3 * (r - 1)) * block
+            let block = Double(batch * (seq / r) * 2 * (c / u))
+            bytes += Double(layers * (r - 1)) * block * (2 * operand + 4)   // kv forward, kv backward, dkv
         }
         if u > 1 {
             let tl = Double(seq / (r * u))
-            bytes += Double(layers) * 8 * Double(u - 1) / Double(u) * Double(batch) * tl * Double(c) * 4
+            bytes += Double(layers) * 8 * Double(u - 1) / Double(u) * Double(batch) * tl * Double(c) * operand
         }
         return bytes
     }

@@ -13,6 +13,8 @@ extension Double: MPIScalar { public static var mpiType: MPI_Datatype { tmpi_dou
 extension Int32: MPIScalar { public static var mpiType: MPI_Datatype { tmpi_int32() } }
 extension Int64: MPIScalar { public static var mpiType: MPI_Datatype { tmpi_int64() } }
 extension UInt8: MPIScalar { public static var mpiType: MPI_Datatype { tmpi_byte() } }
+/// bf16 payloads (raw bit patterns).
+extension UInt16: MPIScalar { public static var mpiType: MPI_Datatype { tmpi_uint16() } }
 
 public enum ReduceOp: Sendable {
     case sum, max, min

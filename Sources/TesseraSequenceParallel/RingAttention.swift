@@ -8,6 +8,11 @@
 // merged by log-sum-exp. Backward: keys/values travel the ring again, followed by their gradient
 // accumulators (dK, dV); each rank adds its contribution from the saved output and log-sum-exp, and after
 // R steps every accumulator is back at its owner, complete.
+//
+// In bf16 the key/value blocks travel as bf16 (half the bytes; they are bf16 values already, so nothing changes
+// but the bytes): each float block has a 16-bit twin that is what is sent and received, narrowed once from this
+// rank's own block and widened once after each receive; a received block is passed on from its twin. The dK, dV
+// accumulators are gradient sums and stay fp32.
 
 import TesseraComm
 import TesseraKernels
@@ -75,16 +80,53 @@ public final class RingCore: AttentionCore {
     public private(set) var receiveWaits: [[(start: UInt64, end: UInt64)]] = [[], [], []]
     /// Record message timing (off by default: the arrays grow every step).
     public var recordTiming = false
+    public let precision: Precision
+    /// bf16 twins of kv[0], kv[1], preBuf[0], preBuf[1] and of this rank's own block (bf16 only).
+    let kv16: [UnsafeMutablePointer<UInt16>], pre16: [UnsafeMutablePointer<UInt16>], own16: UnsafeMutablePointer<UInt16>
+    let twinCount: Int
+    var lowp: Bool { precision == .bf16 }
 
     /// `maxBatch` × ring-local tokens × `heads` × `headDim` bounds every buffer.
-    public init(comm: Communicator, layout: SequenceLayout, heads: Int, headDim: Int, maxBatch: Int) {
-        self.comm = comm; self.layout = layout; self.headDim = headDim
+    public init(comm: Communicator, layout: SequenceLayout, heads: Int, headDim: Int, maxBatch: Int, precision: Precision = .fp32) {
+        self.comm = comm; self.layout = layout; self.headDim = headDim; self.precision = precision
         let kvCount = maxBatch * layout.ringLocal * 2 * heads * headDim
+        twinCount = precision == .bf16 ? kvCount : 0
+        let tc = twinCount
+        kv16 = [.allocate(capacity: tc), .allocate(capacity: tc)]
+        pre16 = [.allocate(capacity: tc), .allocate(capacity: tc)]
+        own16 = .allocate(capacity: tc)
         kv = [FloatBuffer(kvCount), FloatBuffer(kvCount)]
         dkv = [FloatBuffer(kvCount), FloatBuffer(kvCount), FloatBuffer(kvCount)]
         partOut = FloatBuffer(maxBatch * layout.chunk * heads * headDim)
         partLse = FloatBuffer(maxBatch * heads * layout.chunk)
         chunkLse = [FloatBuffer(maxBatch * heads * layout.chunk), FloatBuffer(maxBatch * heads * layout.chunk)]
+    }
+
+    deinit {
+        // Sends still in flight read the twins: finish them first.
+        _ = try? Request.waitAll(([ownSend] + pendingPreSend).compactMap { $0 })
+        (kv16 + pre16 + [own16]).forEach { $0.deallocate() }
+    }
+
+    /// Sends n values of a key/value block: the float block, or in bf16 its twin (narrowed from `block` first
+    /// when `narrow`).
+    func sendKV(_ block: UnsafeMutablePointer<Float>, twin: UnsafeMutablePointer<UInt16>, narrow: Bool = false, count n: Int,
+                to dest: Int, tag: Int, label: String) throws -> Request {
+        guard lowp else { return try comm.isend(block, count: n, to: dest, tag: tag, label: label) }
+        if narrow { BF16.narrow(block, into: twin, count: n) }
+        return try comm.isend(twin, count: n, to: dest, tag: tag, label: label)
+    }
+
+    /// Receives a key/value block into `block` (in bf16: into its twin; `landed` widens it after the wait).
+    func receiveKV(_ block: UnsafeMutablePointer<Float>, twin: UnsafeMutablePointer<UInt16>, count n: Int, from src: Int,
+                   tag: Int, label: String) throws -> Request {
+        lowp ? try comm.irecv(twin, count: n, from: src, tag: tag, label: label)
+             : try comm.irecv(block, count: n, from: src, tag: tag, label: label)
+    }
+
+    /// After a `receiveKV` completed: the block in float (bf16: widened from its twin).
+    func landed(_ block: UnsafeMutablePointer<Float>, twin: UnsafeMutablePointer<UInt16>, count n: Int) {
+        if lowp { BF16.widen(twin, into: block, count: n) }
     }
 
     var next: Int { comm.ringPosition.next }
@@ -116,6 +158,7 @@ public final class RingCore: AttentionCore {
         precondition(tokens == layout.ringLocal, "ring attention expects the ring-local sequence (\(layout.ringLocal) tokens), got \(tokens)")
         let c = heads * headDim, R = comm.size, r = comm.rank, ch = layout.chunk, n = batch * tokens * 2 * c
         packKV(qkv, into: kv[0].ptr, batch: batch, tokens: tokens, c: c)
+        if lowp && R > 1 { BF16.narrow(kv[0].ptr, into: kv16[0], count: n) }
         out.update(repeating: 0, count: batch * tokens * c)
         for l in chunkLse { l.ptr.update(repeating: -.infinity, count: batch * heads * ch) }
         let myRuns = layout.runs(ringRank: r)
@@ -124,8 +167,9 @@ public final class RingCore: AttentionCore {
             let cur = kv[s % 2].ptr
             var reqs: [Request] = []
             if s < R - 1 {
-                reqs.append(try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: tag, label: "ring kv L\(layer) s\(s + 1)"))
-                reqs.append(try comm.isend(cur, count: n, to: next, tag: tag, label: "ring kv L\(layer) s\(s)"))
+                reqs.append(try receiveKV(kv[(s + 1) % 2].ptr, twin: kv16[(s + 1) % 2], count: n, from: prev, tag: tag,
+                                          label: "ring kv L\(layer) s\(s + 1)"))
+                reqs.append(try sendKV(cur, twin: kv16[s % 2], count: n, to: next, tag: tag, label: "ring kv L\(layer) s\(s)"))
                 if recordTiming { sendPosts[0].append(nowNsSP()) }
             }
             let src = comm.ringPosition.source(afterHops: s)
@@ -148,6 +192,7 @@ public final class RingCore: AttentionCore {
             let t1 = nowNsSP()
             waitNs.forward += t1 - t0
             if recordTiming && !reqs.isEmpty { receiveWaits[0].append((t0, t1)) }
+            if s < R - 1 { landed(kv[(s + 1) % 2].ptr, twin: kv16[(s + 1) % 2], count: n) }
         }
         // lse [batch, heads, tokens] from the per-chunk accumulators.
         for (qi, q) in myRuns.enumerated() {
@@ -189,9 +234,16 @@ public final class RingCore: AttentionCore {
         if let old = pendingPreSend[slot] { try old.wait(); pendingPreSend[slot] = nil }
         if let o = ownSend { try o.wait(); ownSend = nil }
         let tag = MessageTag.ringBackwardKV(layer: layer)
-        let reqs = [try comm.irecv(preBuf[slot].ptr, count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s0"),
-                    try comm.isendRows(qkv + c, rows: batch * tokens, width: 2 * c, stride: 3 * c, to: prev, tag: tag,
-                                       label: "ring kv bwd L\(layer) own")]
+        let recv = try receiveKV(preBuf[slot].ptr, twin: pre16[slot], count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s0")
+        let own: Request
+        if lowp {
+            for row in 0..<(batch * tokens) { BF16.narrow(qkv + row * 3 * c + c, into: own16 + row * 2 * c, count: 2 * c) }
+            own = try comm.isend(own16, count: n, to: prev, tag: tag, label: "ring kv bwd L\(layer) own")
+        } else {
+            own = try comm.isendRows(qkv + c, rows: batch * tokens, width: 2 * c, stride: 3 * c, to: prev, tag: tag,
+                                     label: "ring kv bwd L\(layer) own")
+        }
+        let reqs = [recv, own]
         ownSend = reqs[1]
         if recordTiming { prefetchPost[slot] = sendPosts[1].count; sendPosts[1].append(nowNsSP()) }
         prefetch[slot] = (layer, reqs)
@@ -225,9 +277,11 @@ public final class RingCore: AttentionCore {
             if s == 0 {
                 try first[0].wait()
                 if recordTiming { receiveWaits[1].append((t0, nowNsSP())) }
+                landed(preBuf[slot].ptr, twin: pre16[slot], count: n)
             } else if let rr = kvRecv {
                 try rr.wait()
                 if recordTiming { receiveWaits[1].append((t0, nowNsSP())) }
+                landed(kv[s % 2].ptr, twin: kv16[s % 2], count: n)
             }
             waitNs.backward += nowNsSP() - t0
             // Step 0 works on the prefetched block; later steps on kv[s % 2]; the last on this rank's own block.
@@ -244,8 +298,11 @@ public final class RingCore: AttentionCore {
             kvRecv = nil
             if s + 1 <= R - 2 {
                 if let k = kvSend { try k.wait() }           // kv[(s+1) % 2] is free once its last send is done
-                kvRecv = try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s\(s + 1)")
-                kvSend = try comm.isend(cur, count: n, to: prev, tag: tag, label: "ring kv bwd L\(layer) s\(s)")
+                kvRecv = try receiveKV(kv[(s + 1) % 2].ptr, twin: kv16[(s + 1) % 2], count: n, from: next, tag: tag,
+                                       label: "ring kv bwd L\(layer) s\(s + 1)")
+                // A received block (never this rank's own, which is last): pass its twin on as it came.
+                kvSend = try sendKV(cur, twin: s == 0 ? pre16[slot] : kv16[s % 2], count: n, to: prev, tag: tag,
+                                    label: "ring kv bwd L\(layer) s\(s)")
                 if recordTiming { sendPosts[1].append(nowNsSP()) }
                 if s == 0 { pendingPreSend[slot] = kvSend }
             }
@@ -333,13 +390,15 @@ public final class RingCore: AttentionCore {
 
     /// Bytes of this core's buffers.
     public var bytes: Int {
-        (kv + dkv + [partOut, partLse] + chunkLse + preBuf).reduce(0) { $0 + $1.bytes }
+        (kv + dkv + [partOut, partLse] + chunkLse + preBuf).reduce(0) { $0 + $1.bytes } + 5 * 2 * twinCount
     }
 
     /// The buffers `init` allocates, without allocating them.
-    public static func plannedBytes(layout: SequenceLayout, heads: Int, headDim: Int, maxBatch: Int) -> Int {
+    public static func plannedBytes(layout: SequenceLayout, heads: Int, headDim: Int, maxBatch: Int,
+                                    precision: Precision = .fp32) -> Int {
         let kvCount = maxBatch * layout.ringLocal * 2 * heads * headDim
         return 4 * (7 * kvCount + maxBatch * layout.chunk * heads * headDim + 3 * maxBatch * heads * layout.chunk)
+            + (precision == .bf16 ? 5 * 2 * kvCount : 0)
     }
 
     /// The ring's communication alone, as `layers` forward and backward passes make it, with no compute:
@@ -350,8 +409,9 @@ public final class RingCore: AttentionCore {
         var t0 = nowNsSP()
         for layer in 0..<layers {
             for s in 0..<(R - 1) {
-                try Request.waitAll([try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: prev, tag: MessageTag.ringForwardKV(layer: layer)),
-                                     try comm.isend(kv[s % 2].ptr, count: n, to: next, tag: MessageTag.ringForwardKV(layer: layer))])
+                let tag = MessageTag.ringForwardKV(layer: layer)
+                try Request.waitAll([try receiveKV(kv[(s + 1) % 2].ptr, twin: kv16[(s + 1) % 2], count: n, from: prev, tag: tag, label: ""),
+                                     try sendKV(kv[s % 2].ptr, twin: kv16[s % 2], count: n, to: next, tag: tag, label: "")])
             }
         }
         let forward = Double(nowNsSP() - t0) / 1e9
@@ -360,8 +420,9 @@ public final class RingCore: AttentionCore {
         for layer in 0..<layers {
             // R − 1 key/value blocks and R − 1 accumulators, all to the previous rank.
             for s in 0..<(R - 1) {
-                try Request.waitAll([try comm.irecv(kv[(s + 1) % 2].ptr, count: n, from: next, tag: MessageTag.ringBackwardKV(layer: layer)),
-                                     try comm.isend(kv[s % 2].ptr, count: n, to: prev, tag: MessageTag.ringBackwardKV(layer: layer)),
+                let tag = MessageTag.ringBackwardKV(layer: layer)
+                try Request.waitAll([try receiveKV(kv[(s + 1) % 2].ptr, twin: kv16[(s + 1) % 2], count: n, from: next, tag: tag, label: ""),
+                                     try sendKV(kv[s % 2].ptr, twin: kv16[s % 2], count: n, to: prev, tag: tag, label: ""),
                                      try comm.irecv(dkv[2].ptr, count: n, from: next, tag: MessageTag.ringBackwardGradient(layer: layer)),
                                      try comm.isend(dkv[s % 2].ptr, count: n, to: prev, tag: MessageTag.ringBackwardGradient(layer: layer))])
             }

@@ -140,7 +140,7 @@ enum TrainerBuilder {
         let layout = SequenceLayout(seqLen: t.seqLen, ring: p.ring, ulysses: p.ulysses, ringRank: mesh.coordinate.ring,
                                     ulyssesRank: mesh.coordinate.ulysses)
         let sp = SequenceParallelAttention(heads: model.config.nHead, headDim: model.config.headDim, layout: layout,
-                                           ring: mesh.ring, ulysses: mesh.ulysses, maxBatch: batch)
+                                           ring: mesh.ring, ulysses: mesh.ulysses, maxBatch: batch, precision: model.precision)
         sp.onError = { MPIRuntime.abort("\($0) at step \(Watchdog.shared?.step ?? 0); aborting the job") }
         model.attention = sp
         return SequenceTokens(seqLen: t.seqLen, batch: batch, layout: layout)

@@ -5,10 +5,10 @@ import TesseraKernels
 /// `tessera bench`: sgemm ceiling, tokens/s and MFU of the standard sizes.
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "bench", abstract: "The sgemm ceiling, training tokens/s and MFU of the standard model sizes (S, M, L).")
+        commandName: "bench", abstract: "The fp32 and bf16 product ceilings, training tokens/s and MFU of the standard model sizes (S, M, L, G).")
 
-    @Option(help: ArgumentHelp("Comma-separated model sizes (S, M, L).", valueName: "sizes"))
-    var sizes = "S,M,L"
+    @Option(help: ArgumentHelp("Comma-separated model sizes (S, M, L, G).", valueName: "sizes"))
+    var sizes = "S,M,L,G"
 
     @Option(help: ArgumentHelp("Kernel threads (default: the cores available).", valueName: "n"))
     var threads: Int?
@@ -33,7 +33,7 @@ struct BenchCommand: ParsableCommand {
     func validate() throws {
         try requireAtLeast("bench", [("--threads", threads, 1), ("--steps", steps, 1), ("--warmup", warmup, 0)])
         guard Precision(rawValue: precision) != nil else { throw ValidationError("bench: --precision must be fp32 or bf16, not '\(precision)'") }
-        for n in names where !BenchSize.standard.map(\.name).contains(n) { throw ValidationError("bench: unknown size '\(n)' (sizes: S, M, L)") }
+        for n in names where !BenchSize.standard.map(\.name).contains(n) { throw ValidationError("bench: unknown size '\(n)' (sizes: S, M, L, G)") }
     }
 
     func run() throws {

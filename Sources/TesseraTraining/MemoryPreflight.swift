@@ -15,6 +15,8 @@ import TesseraSequenceParallel
 /// The bytes one rank will allocate, by part.
 public struct MemoryPrediction: Sendable, Equatable {
     public var parameters = 0
+    /// bf16: the rounded copy of the weights the products read (GPT.productWeightBytes).
+    public var productWeights = 0
     public var gradients = 0
     /// AdamW's two moments (of this rank's partition under ZeRO-1), and ZeRO-1's reduced gradient shard.
     public var optimizer = 0
@@ -27,11 +29,11 @@ public struct MemoryPrediction: Sendable, Equatable {
     /// Pipeline parallelism, world rank 0: the whole model gathered for the sample at the end.
     public var wholeModel = 0
 
-    public var total: Int { parameters + gradients + optimizer + activations + workspace + checkpointStaging + wholeModel }
+    public var total: Int { parameters + productWeights + gradients + optimizer + activations + workspace + checkpointStaging + wholeModel }
 
     /// "618.6 GB (parameters 154.6 GB, ...)", naming only the parts this rank has.
     public var description: String {
-        let parts: [(String, Int)] = [("parameters", parameters), ("gradients", gradients), ("optimizer state", optimizer),
+        let parts: [(String, Int)] = [("parameters", parameters), ("bf16 weight copy", productWeights), ("gradients", gradients), ("optimizer state", optimizer),
                                       ("activations", activations), ("workspace", workspace),
                                       ("lazy checkpoint staging", checkpointStaging), ("whole model for sampling", wholeModel)]
         return MemoryPreflight.size(total) + " (" + parts.filter { $0.1 > 0 }.map { "\($0.0) \(MemoryPreflight.size($0.1))" }
@@ -255,6 +257,7 @@ public enum MemoryPreflight {
         let floats = GPTParameters.specs(gpt, stage: stage).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
         var out = MemoryPrediction()
         out.parameters = 4 * floats
+        out.productWeights = config.precision == .bf16 ? 4 * floats : 0
         out.gradients = 4 * floats
         let replicas = p.dp * p.ring * p.ulysses, zero = p.zero == 1
         // ZeRO-1: equal partitions aligned to 16 floats (DataParallel); the first is the largest.

@@ -53,7 +53,15 @@ final class MemoryPreflightTests: XCTestCase {
             XCTAssertEqual(p.optimizer, trainer.unshardedOptimizerBytes, policy)
             XCTAssertEqual(p.activations, trainer.memory.plan.predictedBytes, policy)
             XCTAssertEqual(p.total, p.parameters + p.gradients + p.optimizer + p.activations + p.workspace)
+            XCTAssertEqual(p.productWeights, 0)
         }
+        // bf16 adds the rounded copy of the weights the products read.
+        let c = try tiny([("training.precision", "bf16"), ("job.output_dir", dir.path + "/out")], data: data)
+        let trainer = try Trainer(config: c, runtime: nil, measurePeak: false)
+        let p = MemoryPreflight.predict(config: c, coordinate: whole)
+        XCTAssertGreaterThan(trainer.model.productWeightBytes, 0)
+        XCTAssertEqual(p.productWeights, trainer.model.productWeightBytes)
+        XCTAssertEqual(p.total, p.parameters + p.productWeights + p.gradients + p.optimizer + p.activations + p.workspace)
     }
 
     func testZeroAndPipelineShrinkTheLargestRank() throws {

@@ -20,18 +20,20 @@ public enum BF16 {
 
     /// Narrows n floats to bf16.
     public static func narrow(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<UInt16>, count n: Int) {
-        let q = UnsafeRawPointer(src).assumingMemoryBound(to: UInt32.self)
-        for i in 0..<n {
-            let b = q[i]
-            let rounded = (b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16
-            dst[i] = UInt16(truncatingIfNeeded: (b & 0x7FFF_FFFF) > 0x7F80_0000 ? (b >> 16) | 0x0040 : rounded)
+        src.withMemoryRebound(to: UInt32.self, capacity: n) { q in
+            for i in 0..<n {
+                let b = q[i]
+                let rounded = (b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16
+                dst[i] = UInt16(truncatingIfNeeded: (b & 0x7FFF_FFFF) > 0x7F80_0000 ? (b >> 16) | 0x0040 : rounded)
+            }
         }
     }
 
     /// Widens n bf16 values to float32.
     public static func widen(_ src: UnsafePointer<UInt16>, into dst: UnsafeMutablePointer<Float>, count n: Int) {
-        let q = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: UInt32.self)
-        for i in 0..<n { q[i] = UInt32(src[i]) << 16 }
+        dst.withMemoryRebound(to: UInt32.self, capacity: n) { q in
+            for i in 0..<n { q[i] = UInt32(src[i]) << 16 }
+        }
     }
 }
 
@@ -39,11 +41,12 @@ extension BF16 {
     /// Rounds n floats in place to the nearest bf16 value (kept in float32 storage).
     /// The result widens exactly from the bf16 that `from` gives.
     public static func round(_ p: UnsafeMutablePointer<Float>, count n: Int) {
-        let q = UnsafeMutableRawPointer(p).assumingMemoryBound(to: UInt32.self)
-        for i in 0..<n {
-            let b = q[i]
-            let rounded = (b &+ 0x7FFF &+ ((b >> 16) & 1)) & 0xFFFF_0000
-            q[i] = (b & 0x7FFF_FFFF) > 0x7F80_0000 ? (b & 0xFFFF_0000) | 0x0040_0000 : rounded
+        p.withMemoryRebound(to: UInt32.self, capacity: n) { q in
+            for i in 0..<n {
+                let b = q[i]
+                let rounded = (b &+ 0x7FFF &+ ((b >> 16) & 1)) & 0xFFFF_0000
+                q[i] = (b & 0x7FFF_FFFF) > 0x7F80_0000 ? (b & 0xFFFF_0000) | 0x0040_0000 : rounded
+            }
         }
     }
 

@@ -102,8 +102,8 @@ public final class GPT: ParallelModel, @unchecked Sendable {
         OpProfile.time(.rounding) { precision.operandCopy(src, into: dst, count: count) }
     }
 
-    /// The token embedding as the LM head's product reads it.
-    var headWeight: UnsafeMutablePointer<Float> { (productParams ?? params)["transformer.wte.weight"] }
+    /// The token embedding as the LM head's product reads it (the bf16 copy in bf16: refreshed by a forward).
+    public var headWeight: UnsafeMutablePointer<Float> { (productParams ?? params)["transformer.wte.weight"] }
 
     /// Called between the ops of every block, forward and backward: a chance to drive communication in
     /// flight (the pipeline engine's transfers; this MPI moves messages only inside MPI calls).

@@ -103,9 +103,10 @@ public final class RingCore: AttentionCore {
     }
 
     deinit {
-        // Sends still in flight read the twins: finish them first.
-        _ = try? Request.waitAll(([ownSend] + pendingPreSend).compactMap { $0 })
-        (kv16 + pre16 + [own16]).forEach { $0.deallocate() }
+        // No MPI call here (this may run after MPI_Finalize). A request never waited for (the last layer's own
+        // send; a prefetch abandoned by an error) may still read or fill a twin: then the twins stay allocated.
+        let inFlight = ownSend != nil || pendingPreSend.contains { $0 != nil } || prefetch.contains { $0 != nil }
+        if !inFlight { (kv16 + pre16 + [own16]).forEach { $0.deallocate() } }
     }
 
     /// Sends n values of a key/value block: the float block, or in bf16 its twin (narrowed from `block` first

@@ -266,7 +266,8 @@ public enum MemoryPreflight {
         let writes = zero || c.isFirstReplica
         if config.checkpoint.every > 0, config.checkpoint.mode == "lazy", writes { out.checkpointStaging = 3 * 4 * owned }
         if layout != nil, c.isFirstStage, c.isFirstReplica, config.sample.tokens > 0 {
-            out.wholeModel = 4 * GPTParameters.specs(gpt).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
+            // Its parameters (and in bf16 their rounded copy, which the sampler's products read).
+            out.wholeModel = (config.precision == .bf16 ? 2 : 1) * 4 * GPTParameters.specs(gpt).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
         }
         // Activations: the planner's prediction for this rank's layers, as MemorySetup makes it.
         let batch = max(t.batchSize / max(p.dp * t.microbatches, 1), 1)

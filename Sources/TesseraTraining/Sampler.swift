@@ -26,7 +26,7 @@ public final class Sampler {
             for i in 0..<t { acts.tokenIds[i] = window[i]; acts.positions[i] = Int32(i) }
             model.forwardBody(acts, saving: false)
             logits.withUnsafeMutableBufferPointer { out in
-                CrossEntropy.logits(out: out.baseAddress!, x: acts.lnf + (t - 1) * c, wte: model.params["transformer.wte.weight"],
+                CrossEntropy.logits(out: out.baseAddress!, x: acts.lnf + (t - 1) * c, wte: model.headWeight,
                                     n: 1, c: c, vocab: v)
             }
             tokens.append(Int32(Self.pick(logits, temperature: temperature, topK: topK, rng: &rng)))

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import TesseraKernels
 @testable import TesseraTraining
 
 final class ConfigTests: XCTestCase {
@@ -427,6 +428,17 @@ final class ConfigTests: XCTestCase {
             XCTAssertEqual(try load("[checkpoint]\ndir = \"\(ck)\"\npersist_dir = \"\(ck)/persist\"\n").checkpoint.persistDir,
                            ck + "/persist", "exists: \(exists)")
         }
+    }
+
+    func testPrecisionKey() throws {
+        XCTAssertEqual(TesseraConfig().training.precision, "fp32")
+        XCTAssertEqual(TesseraConfig().precision, .fp32)
+        let c = try load("[training]\nprecision = \"bf16\"\n")
+        XCTAssertEqual(c.precision, .bf16)
+        XCTAssertTrue(ConfigLoader.render(c).contains("precision = \"bf16\"  # default: \"fp32\""))
+        XCTAssertEqual(try load("", overrides: [(key: "training.precision", value: "bf16")]).precision, .bf16)
+        assertConfigError(try load("[training]\nprecision = \"fp16\"\n"),
+                          contains: ["key 'training.precision' expects one of \"fp32\", \"bf16\", found \"fp16\""])
     }
 
     func testNonfiniteGuardKeys() throws {

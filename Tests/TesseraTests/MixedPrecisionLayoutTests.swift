@@ -56,7 +56,8 @@ final class MixedPrecisionLayoutTests: XCTestCase {
     /// (key/value blocks and all-to-alls in 2 bytes a value, the ring's dK, dV in 4), which is below fp32's.
     func testSequenceParallel() throws {
         let shape = SequenceParallelTests.shape
-        for (np, name, r, u) in [(2, "ring2", 2, 1), (2, "ulysses2", 1, 2), (4, "hybrid22", 2, 2)] {
+        // Ring 4 as well: from 3 ranks on, received blocks are passed on from their twins, forward and backward.
+        for (np, name, r, u) in [(2, "ring2", 2, 1), (4, "ring4", 4, 1), (2, "ulysses2", 1, 2), (4, "hybrid22", 2, 2)] {
             try check(np: np, name, shape: shape, ["--parallelism.ring", "\(r)", "--parallelism.ulysses", "\(u)"])
             // Step 1 (no evaluation in it): the most any rank sent.
             let metrics = DataParallelTests.dir.appendingPathComponent("bf16-\(name).jsonl").path
@@ -77,6 +78,30 @@ final class MixedPrecisionLayoutTests: XCTestCase {
                                                        "--parallelism.virtual_stages", "2", "--training.microbatches", "4"])
     }
 
+    /// `tessera bench --precision` measures both ceilings in the run and reports MFU against the one of the
+    /// precision in use (a smoke run of size S; the figures themselves are benchmarks, not asserted).
+    func testBenchReportsBothCeilings() throws {
+        for precision in ["fp32", "bf16"] {
+            let (status, out) = try runProcess([CommandTests.binary, "bench", "--sizes", "S", "--steps", "1", "--warmup", "0",
+                                                "--threads", "1", "--precision", precision, "--json"])
+            XCTAssertEqual(status, 0, out)
+            XCTAssertTrue(out.contains("bf16 product ceiling"), out)
+            let r = try XCTUnwrap(benchReports(out, bench: "bench").first, out)
+            XCTAssertEqual(r["precision"] as? String, precision)
+            let sgemm = try XCTUnwrap(number(r, "sgemm_flops")), bf16 = try XCTUnwrap(number(r, "bf16_flops"))
+            let ceiling = try XCTUnwrap(number(r, "ceiling_flops"))
+            XCTAssertGreaterThan(sgemm, 0); XCTAssertGreaterThan(bf16, 0)
+            XCTAssertEqual(ceiling, precision == "bf16" ? bf16 : sgemm)
+            // MFU is the model's FLOPs at the measured rate over that ceiling.
+            let tokens = try XCTUnwrap(number(r, "tokens_per_s")), params = try XCTUnwrap(number(r, "params"))
+            let flops = (6 * params + 12 * 4 * 128 * 256) * tokens
+            XCTAssertEqual(try XCTUnwrap(number(r, "mfu")), flops / ceiling, accuracy: 1e-6 * flops / ceiling)
+        }
+        let (status, out) = try runProcess([CommandTests.binary, "bench", "--precision", "fp16"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(out.contains("--precision must be fp32 or bf16"), out)
+    }
+
     /// Recomputation and offload under ring 2 (the in-process policy test covers one rank bit for bit).
     func testMemoryPoliciesUnderRing() throws {
         let shape = SequenceParallelTests.shape
@@ -84,5 +109,14 @@ final class MixedPrecisionLayoutTests: XCTestCase {
         try check(np: 2, "ring2-full-offload", shape: shape, ["--parallelism.ring", "2", "--memory.layer_policy", "full,offload",
                                                               "--memory.offload_dir", offload])
         try check(np: 2, "ring2-selective", shape: shape, ["--parallelism.ring", "2", "--memory.policy", "selective"])
+        // The activation meter: every rank's measured peak equals the planner's prediction in bf16 too.
+        for name in ["ring2-full-offload", "ring2-selective"] {
+            let metrics = DataParallelTests.dir.appendingPathComponent("bf16-\(name).jsonl").path
+            let last = try XCTUnwrap(try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n").last)
+            let acts = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any])?["activations"] as? [String: Any])
+            let peaks = acts["peak_bytes"] as? [Int] ?? [], predicted = acts["predicted_bytes"] as? [Int] ?? []
+            XCTAssertEqual(peaks.count, 2, name)
+            XCTAssertEqual(peaks, predicted, "\(name): measured activation peaks vs predicted")
+        }
     }
 }

@@ -60,3 +60,35 @@ extension BF16 {
         }
     }
 }
+
+extension BF16 {
+    /// Values converted per pass of the in-place conversions: their `scratch` holds 4 × this many bytes.
+    public static let inPlaceChunk = 2048
+
+    /// Narrows n floats in place: afterwards the first 2n bytes at `p` hold their bf16s (the floats must
+    /// be bf16 values already for this to be lossless). Goes forward in chunks through a small buffer, so no
+    /// write lands on a float not yet read.
+    public static func narrowInPlace(_ p: UnsafeMutableRawPointer, count n: Int, scratch: UnsafeMutableRawPointer) {
+        let tmp = scratch.bindMemory(to: Float.self, capacity: inPlaceChunk)
+        var i = 0
+        while i < n {
+            let k = min(inPlaceChunk, n - i)
+            (p + 4 * i).withMemoryRebound(to: Float.self, capacity: k) { tmp.update(from: $0, count: k) }
+            (p + 2 * i).withMemoryRebound(to: UInt16.self, capacity: k) { narrow(tmp, into: $0, count: k) }
+            i += k
+        }
+    }
+
+    /// The inverse of `narrowInPlace`: the n bf16s in the first 2n bytes at `p` become n floats. Goes backward
+    /// in chunks through a small buffer, so no write lands on a bf16 not yet read.
+    public static func widenInPlace(_ p: UnsafeMutableRawPointer, count n: Int, scratch: UnsafeMutableRawPointer) {
+        let tmp = scratch.bindMemory(to: UInt16.self, capacity: inPlaceChunk)
+        var end = n
+        while end > 0 {
+            let k = min(inPlaceChunk, end), i = end - k
+            (p + 2 * i).withMemoryRebound(to: UInt16.self, capacity: k) { tmp.update(from: $0, count: k) }
+            (p + 4 * i).withMemoryRebound(to: Float.self, capacity: k) { widen(tmp, into: $0, count: k) }
+            end = i
+        }
+    }
+}

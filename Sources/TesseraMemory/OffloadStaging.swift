@@ -7,6 +7,14 @@
 // activation sets of a pipeline stage can share one pair of slots: a slot still holding a block that is
 // also on disk can always be taken over, and a block found still in a slot at its backward is used from
 // memory (its write, if not started, is cancelled).
+//
+// Compact blocks (bf16 training): the first `compact` floats of a block are bf16 values, so they travel to
+// and from the tier as bf16. Before a write the slot is packed in place (those floats narrowed into the
+// first 2·compact bytes, the fp32 rest moved down behind them) and the compact image is written; a slot
+// read back, or about to be used from memory after being packed, is unpacked in place before anyone sees
+// it. Lossless: the block is bit for bit what the forward produced.
+
+import TesseraKernels
 
 public final class OffloadStaging {
     public let tier: OffloadTier
@@ -19,16 +27,44 @@ public final class OffloadStaging {
     private var pinned: [Bool]
     private var lastUse: [Int]
     private var clock = 0
+    /// Leading floats of a block that travel as bf16 (0: the whole block as fp32).
+    public let compact: Int
+    /// Whether the slot holds the packed image (after a write was queued, or a read).
+    private var packed: [Bool]
+    private let convertScratch: UnsafeMutableRawPointer
 
-    public init(tier: OffloadTier, floats: Int, store: ActivationStore, count: Int = 2) {
-        self.tier = tier; self.floats = floats
+    public init(tier: OffloadTier, floats: Int, store: ActivationStore, count: Int = 2, compact: Int = 0) {
+        precondition(compact >= 0 && compact <= floats)
+        self.tier = tier; self.floats = floats; self.compact = compact
+        packed = Array(repeating: false, count: count)
+        convertScratch = .allocate(byteCount: 4 * BF16.inPlaceChunk, alignment: 64)
         slots = (0..<count).map { _ in store.allocate(floats, .staging) }
         owner = Array(repeating: nil, count: count); lastJob = Array(repeating: 0, count: count)
         lastIsRead = Array(repeating: false, count: count); pinned = Array(repeating: false, count: count)
         lastUse = Array(repeating: 0, count: count)
     }
 
-    public var bytes: Int { 4 * floats }
+    deinit { convertScratch.deallocate() }
+
+    /// Bytes of one block in the tier (its compact image).
+    public var bytes: Int { Self.bytes(floats: floats, compact: compact) }
+    public static func bytes(floats: Int, compact: Int) -> Int { 2 * compact + 4 * (floats - compact) }
+
+    private func pack(_ i: Int) {
+        guard compact > 0, !packed[i] else { return }
+        let p = UnsafeMutableRawPointer(slots[i])
+        BF16.narrowInPlace(p, count: compact, scratch: convertScratch)
+        (p + 2 * compact).copyMemory(from: p + 4 * compact, byteCount: 4 * (floats - compact))  // memmove: overlaps
+        packed[i] = true
+    }
+
+    private func unpack(_ i: Int) {
+        guard packed[i] else { return }
+        let p = UnsafeMutableRawPointer(slots[i])
+        (p + 4 * compact).copyMemory(from: p + 2 * compact, byteCount: 4 * (floats - compact))
+        BF16.widenInPlace(p, count: compact, scratch: convertScratch)
+        packed[i] = false
+    }
 
     private func slot(of region: Int) -> Int? { owner.firstIndex { $0 == region } }
 
@@ -41,7 +77,7 @@ public final class OffloadStaging {
         }
         guard let i = pick else { preconditionFailure("offload staging: every slot is in use") }
         if lastJob[i] > 0 { tier.wait(lastJob[i]) }
-        owner[i] = region; lastJob[i] = 0; lastIsRead[i] = false
+        owner[i] = region; lastJob[i] = 0; lastIsRead[i] = false; packed[i] = false
         return i
     }
 
@@ -51,7 +87,7 @@ public final class OffloadStaging {
     public func beginFill(region: Int) -> UnsafeMutablePointer<Float> {
         let i = slot(of: region) ?? take(for: region)
         if lastJob[i] > 0 { tier.wait(lastJob[i]) }  // a stale read or write of this region
-        lastJob[i] = 0; lastIsRead[i] = false
+        lastJob[i] = 0; lastIsRead[i] = false; packed[i] = false
         pinned[i] = true; touch(i)
         return slots[i]
     }
@@ -61,6 +97,7 @@ public final class OffloadStaging {
         guard let i = slot(of: region) else { return }
         pinned[i] = false
         if save {
+            pack(i)
             lastJob[i] = tier.write(slots[i], bytes: bytes, offset: region); lastIsRead[i] = false
         } else {
             owner[i] = nil
@@ -72,12 +109,16 @@ public final class OffloadStaging {
         guard slot(of: region) == nil else { return }
         let i = take(for: region)
         lastJob[i] = tier.read(into: slots[i], bytes: bytes, offset: region); lastIsRead[i] = true
+        packed[i] = compact > 0
         touch(i)
     }
 
     /// The slot holding block `region` if it is there now, ready to read (no waiting).
     public func residentSlot(region: Int) -> UnsafeMutablePointer<Float>? {
-        guard let i = slot(of: region), !lastIsRead[i] || tier.isDone(lastJob[i]) else { return nil }
+        guard let i = slot(of: region) else { return nil }
+        // A read not done, or a packed image whose write still reads it: not without waiting.
+        if (lastIsRead[i] || packed[i]) && lastJob[i] > 0 && !tier.isDone(lastJob[i]) { return nil }
+        unpack(i)
         return slots[i]
     }
 
@@ -85,7 +126,12 @@ public final class OffloadStaging {
     public func beginUse(region: Int) -> UnsafeMutablePointer<Float> {
         prefetch(region: region)
         let i = slot(of: region)!
-        if lastIsRead[i] { tier.wait(lastJob[i]) }
+        if lastIsRead[i] {
+            tier.wait(lastJob[i])
+        } else if packed[i], lastJob[i] > 0 {
+            tier.cancel(lastJob[i]); tier.wait(lastJob[i])  // used from memory: its write may not run over the unpacking
+        }
+        unpack(i)
         pinned[i] = true; touch(i)
         return slots[i]
     }

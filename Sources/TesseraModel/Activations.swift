@@ -60,9 +60,9 @@ public final class Workspace: @unchecked Sendable {
         return r
     }
 
-    func stagingSlots(_ tier: OffloadTier, _ shape: Activations.LayerShape) -> OffloadStaging {
-        if let s = staging { return s }
-        let s = OffloadStaging(tier: tier, floats: shape.floats, store: store)
+    func stagingSlots(_ tier: OffloadTier, _ shape: Activations.LayerShape, compact: Int) -> OffloadStaging {
+        if let s = staging { precondition(s.compact == compact, "one workspace, one offload precision"); return s }
+        let s = OffloadStaging(tier: tier, floats: shape.floats, store: store, compact: compact)
         staging = s
         return s
     }
@@ -79,6 +79,9 @@ public final class Activations: @unchecked Sendable {
     struct LayerShape {
         let n: Int, c: Int, lse: Int, attention: Int
         var floats: Int { 15 * n * c + 4 * n + lse + attention }
+        /// The leading floats that are product operands (ln1, qkv, atty, ln2, fchGelu, the attention op's saved
+        /// head-sharded q/k/v and output): bf16 values in bf16 training, so an offloaded block sends them as bf16.
+        var operandFloats: Int { 10 * n * c + attention }
         /// Floats a set keeps of one block under `policy` (as `Activations.init` allocates them; the
         /// recompute buffer and the staging slots are the workspace's).
         func keptFloats(_ policy: LayerPolicy, readsQKV: Bool) -> Int {
@@ -96,9 +99,12 @@ public final class Activations: @unchecked Sendable {
         func carve(_ p: UnsafeMutablePointer<Float>) -> Layer {
             var o = 0
             func take(_ k: Int) -> UnsafeMutablePointer<Float> { defer { o += k }; return p + o }
-            return Layer(ln1: take(n * c), ln1Mean: take(n), ln1Rstd: take(n), qkv: take(3 * n * c), atty: take(n * c),
-                         lse: take(lse), resid2: take(n * c), ln2: take(n * c), ln2Mean: take(n), ln2Rstd: take(n),
-                         fch: take(4 * n * c), fchGelu: take(4 * n * c), attnSaved: take(attention))
+            // The operands first (see operandFloats), then what stays fp32.
+            let ln1 = take(n * c), qkv = take(3 * n * c), atty = take(n * c), ln2 = take(n * c), fchGelu = take(4 * n * c)
+            let attnSaved = take(attention)
+            return Layer(ln1: ln1, ln1Mean: take(n), ln1Rstd: take(n), qkv: qkv, atty: atty, lse: take(lse),
+                         resid2: take(n * c), ln2: ln2, ln2Mean: take(n), ln2Rstd: take(n), fch: take(4 * n * c),
+                         fchGelu: fchGelu, attnSaved: attnSaved)
         }
     }
 
@@ -177,8 +183,9 @@ public final class Activations: @unchecked Sendable {
                                        attnSaved: s.saved(shape.attention)))
             case .offload:
                 guard let tier = memory.tier else { preconditionFailure("offload policy without an offload tier") }
-                _ = workspace.stagingSlots(tier, shape)
-                return .offloaded(region: tier.reserve(bytes: 4 * shape.floats))
+                let compact = memory.operandsAreBF16 ? shape.operandFloats : 0
+                _ = workspace.stagingSlots(tier, shape, compact: compact)
+                return .offloaded(region: tier.reserve(bytes: OffloadStaging.bytes(floats: shape.floats, compact: compact)))
             }
         }
         bound = Array(repeating: nil, count: range.count)
@@ -283,6 +290,8 @@ public final class Activations: @unchecked Sendable {
 public struct MemoryPlan {
     public var policies: [LayerPolicy]
     public var tier: OffloadTier?
+    /// bf16 training: the product operands of a block are bf16 values, and offload sends them as bf16.
+    public var operandsAreBF16 = false
     public init(policies: [LayerPolicy] = [], tier: OffloadTier? = nil) { self.policies = policies; self.tier = tier }
     /// The policy of global layer l (keep when the plan does not say).
     public func policy(layer l: Int) -> LayerPolicy { l < policies.count ? policies[l] : .keep }

@@ -137,12 +137,19 @@ public final class GPT: ParallelModel, @unchecked Sendable {
         blockOffsets = (0..<config.nLayer).map { stage.holds(layer: $0) ? p.offset(of: "transformer.h.\($0).ln_1.weight") : 0 }
     }
 
+    /// `memory`, told whether the operands are bf16 values (then offload sends them as bf16).
+    var activationMemory: MemoryPlan {
+        var m = memory
+        m.operandsAreBF16 = precision == .bf16
+        return m
+    }
+
     /// Activations for one micro-batch through chunk `chunk` of this stage, sharing `workspace`.
     public func activations(chunk: Int, batch: Int, tokens: Int, workspace: Workspace) -> Activations {
         Activations(config: config, batch: batch, tokens: tokens, layers: stage.chunks[chunk],
                     embeds: stage.embeds(chunk: chunk), head: stage.endsWithHead(chunk: chunk), workspace: workspace,
                     attentionSaved: attention.savedFloats(batch: batch, tokens: tokens),
-                    attentionReadsQKV: attention.backwardReadsLocalQKV, memory: memory)
+                    attentionReadsQKV: attention.backwardReadsLocalQKV, memory: activationMemory)
     }
 
     /// Activations of the whole model with their own workspace (no pipeline parallelism).
@@ -150,7 +157,7 @@ public final class GPT: ParallelModel, @unchecked Sendable {
         Activations(config: config, batch: batch, tokens: tokens, layers: 0..<config.nLayer, embeds: true, head: true,
                     workspace: Workspace(n: batch * tokens, c: config.dModel, training: training), ownLossGradient: false,
                     attentionSaved: attention.savedFloats(batch: batch, tokens: tokens),
-                    attentionReadsQKV: attention.backwardReadsLocalQKV, memory: memory)
+                    attentionReadsQKV: attention.backwardReadsLocalQKV, memory: activationMemory)
     }
 
     // MARK: forward

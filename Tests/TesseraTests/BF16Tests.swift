@@ -61,4 +61,24 @@ final class BF16Tests: XCTestCase {
             XCTAssertEqual(back.map(\.bitPattern), h.map(BF16.float).map(\.bitPattern), "widen, n = \(n)")
         }
     }
+
+    /// The in-place conversions the offload tier packs blocks with: narrowing then widening gives back every
+    /// bf16 value bit for bit (NaNs quiet), over lengths around and across the chunk size, and narrowing leaves the bf16s
+    /// in the first 2n bytes.
+    func testInPlaceNarrowAndWidenRoundTrip() {
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: 4 * BF16.inPlaceChunk, alignment: 64)
+        defer { scratch.deallocate() }
+        var rng = SystemRandomNumberGenerator()
+        for n in [0, 1, 7, BF16.inPlaceChunk - 1, BF16.inPlaceChunk, BF16.inPlaceChunk + 1, 3 * BF16.inPlaceChunk + 5] {
+            let x = (0..<n).map { _ in BF16.float(UInt16.random(in: 0...UInt16.max, using: &rng)) }
+            var buf = x
+            buf.withUnsafeMutableBytes { BF16.narrowInPlace($0.baseAddress!, count: n, scratch: scratch) }
+            let halves = buf.withUnsafeBytes { Array($0.bindMemory(to: UInt16.self).prefix(n)) }
+            XCTAssertEqual(halves, x.map { BF16.from($0) }, "narrowInPlace, n = \(n)")
+            buf.withUnsafeMutableBytes { BF16.widenInPlace($0.baseAddress!, count: n, scratch: scratch) }
+            // Every bf16 value comes back; a signalling NaN comes back quiet (narrowing keeps NaNs quiet).
+            XCTAssertEqual(buf.map(\.bitPattern), x.map { BF16.float(BF16.from($0)).bitPattern }, "round trip, n = \(n)")
+            XCTAssertEqual(zip(buf, x).filter { !$1.isNaN && $0.bitPattern != $1.bitPattern }.count, 0, "n = \(n)")
+        }
+    }
 }

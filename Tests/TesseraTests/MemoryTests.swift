@@ -43,15 +43,22 @@ final class MemoryTests: XCTestCase {
     }
 
     func testEveryPolicyGivesTheGradientsOfKeepBitForBit() throws {
-        try checkPolicies(precision: .fp32)
+        _ = try checkPolicies(precision: .fp32)
     }
 
-    /// In bf16 the recomputed operands are rounded as the forward rounded them: still bit for bit.
+    /// In bf16 the recomputed operands are rounded as the forward rounded them, and offload sends the operands
+    /// as bf16 and widens them back: still bit for bit, with fewer bytes through the tier.
     func testEveryPolicyGivesTheGradientsOfKeepBitForBitInBF16() throws {
-        try checkPolicies(precision: .bf16)
+        let bf16 = try checkPolicies(precision: .bf16), fp32 = try checkPolicies(precision: .fp32)
+        let shape = Activations.LayerShape(n: batch * tokens, c: cfg.dModel, lse: batch * cfg.nHead * tokens, attention: 0)
+        let ratio = Double(OffloadStaging.bytes(floats: shape.floats, compact: shape.operandFloats)) / Double(4 * shape.floats)
+        XCTAssertLessThan(ratio, 0.7)
+        XCTAssertEqual(Double(bf16.bytesWritten), Double(fp32.bytesWritten) * ratio, accuracy: 1)
+        XCTAssertEqual(Double(bf16.bytesRead), Double(fp32.bytesRead) * ratio, accuracy: 1)
     }
 
-    func checkPolicies(precision: Precision) throws {
+    /// Returns the offload tier's traffic.
+    func checkPolicies(precision: Precision) throws -> OffloadTier.Stats {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let tier = try OffloadTier(directory: dir, rank: 0)
@@ -79,6 +86,7 @@ final class MemoryTests: XCTestCase {
         XCTAssertLessThan(held["full"]!, held["selective"]!)
         XCTAssertLessThan(held["selective"]!, held["keep"]!)
         XCTAssertLessThan(held["offload"]!, held["keep"]!)
+        return stats
     }
 
     func testUnwritableOffloadDirectoryIsAClearError() throws {

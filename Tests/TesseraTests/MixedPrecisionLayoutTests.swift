@@ -5,7 +5,7 @@ import XCTest
 
 /// Every parallel layout in bf16 against the single-rank bf16 run of the same config, with real `mpirun` jobs:
 /// dp 2 with and without ZeRO-1, ring 2, Ulysses 2, the ring 2 × Ulysses 2 hybrid, pp 2 with 1F1B and
-/// interleaved 1F1B, and recomputation and offload policies under ring 2. Every step's loss (10 steps) and the
+/// interleaved 1F1B, recomputation and offload policies under ring 2, offload under Ulysses 2. Every step's loss (10 steps) and the
 /// validation losses within 1e-3 relative, step 1's gradients within 1e-2 relative norm.
 ///
 /// Why looser than fp32's 1e-5: a layout sums in another order, and a sum that differs in its last fp32 bit can
@@ -102,15 +102,19 @@ final class MixedPrecisionLayoutTests: XCTestCase {
         XCTAssertTrue(out.contains("--precision must be fp32 or bf16"), out)
     }
 
-    /// Recomputation and offload under ring 2 (the in-process policy test covers one rank bit for bit).
-    func testMemoryPoliciesUnderRing() throws {
+    /// Recomputation and offload under ring 2, offload under Ulysses 2 (the in-process policy test covers one
+    /// rank bit for bit, and the bytes offload saves).
+    func testMemoryPoliciesUnderSequenceParallelism() throws {
         let shape = SequenceParallelTests.shape
         let offload = DataParallelTests.dir.appendingPathComponent("bf16-offload").path
         try check(np: 2, "ring2-full-offload", shape: shape, ["--parallelism.ring", "2", "--memory.layer_policy", "full,offload",
                                                               "--memory.offload_dir", offload])
         try check(np: 2, "ring2-selective", shape: shape, ["--parallelism.ring", "2", "--memory.policy", "selective"])
+        // Ulysses keeps its head-sharded q/k/v and output with the block: offloaded as bf16 too.
+        try check(np: 2, "uly2-offload", shape: shape, ["--parallelism.ulysses", "2", "--memory.policy", "offload",
+                                                        "--memory.offload_dir", offload])
         // The activation meter: every rank's measured peak equals the planner's prediction in bf16 too.
-        for name in ["ring2-full-offload", "ring2-selective"] {
+        for name in ["ring2-full-offload", "ring2-selective", "uly2-offload"] {
             let metrics = DataParallelTests.dir.appendingPathComponent("bf16-\(name).jsonl").path
             let last = try XCTUnwrap(try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n").last)
             let acts = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any])?["activations"] as? [String: Any])

@@ -18,6 +18,8 @@ public struct ActivationCosts {
     public let attentionSaved: Int, attentionReadsQKV: Bool
     /// Micro-batches per step (each recomputes every layer once).
     public let microbatches: Int
+    /// bf16 training: offload moves a block's operands as bf16 (OffloadStaging's compact image).
+    public var operandsAreBF16 = false
 
     public init(config: GPTConfig, batch: Int, tokens: Int, seqLen: Int, stage: ModelStage, setsPerChunk: [Int],
                 ownLossGradient: Bool, attentionSaved: Int, attentionReadsQKV: Bool, microbatches: Int) {
@@ -36,6 +38,9 @@ public struct ActivationCosts {
     /// Bytes a block keeps per set under `keep` and `selective` (as `Activations.init` allocates them).
     public var keepBytes: Int { 4 * shape.keptFloats(.keep, readsQKV: attentionReadsQKV) }
     public var selectiveBytes: Int { 4 * shape.keptFloats(.selective, readsQKV: attentionReadsQKV) }
+
+    /// Bytes one offloaded block moves each way through the tier.
+    public var offloadBytes: Int { OffloadStaging.bytes(floats: shape.floats, compact: operandsAreBF16 ? shape.operandFloats : 0) }
 
     /// Bytes every plan holds: per set, the residual stream and (head chunk) ln_f and the loss gradient.
     public var fixedBytes: Int {
@@ -59,7 +64,7 @@ public struct ActivationCosts {
         let t = blockSeconds(flopRate: flopRate), m = Double(microbatches)
         var offload = 1e12  // no tier: never chosen (finite, so that 0 × it stays 0)
         if let tier {
-            let w = Double(keepBytes) / tier.write, r = Double(keepBytes) / tier.read
+            let w = Double(offloadBytes) / tier.write, r = Double(offloadBytes) / tier.read
             offload = m * (max(0, w - t.forward) + max(0, r - 2 * t.forward) + 0.05 * (w + r))
         }
         var layers: [ActivationPlanner.Layer] = []

@@ -28,11 +28,13 @@ public struct MemorySetup {
         let m = config.memory, layers = model.config.nLayer
         auto = m.policy == "auto"
         budget = m.activationBudget
-        costs = ActivationCosts(config: model.config, batch: batch, tokens: tokens, seqLen: config.training.seqLen,
+        var costs = ActivationCosts(config: model.config, batch: batch, tokens: tokens, seqLen: config.training.seqLen,
                                 stage: model.stage, setsPerChunk: setsPerChunk, ownLossGradient: ownLossGradient,
                                 attentionSaved: model.attention.savedFloats(batch: batch, tokens: tokens),
                                 attentionReadsQKV: model.attention.backwardReadsLocalQKV,
                                 microbatches: config.training.microbatches)
+        costs.operandsAreBF16 = model.precision == .bf16
+        self.costs = costs
         let mine = model.stage.chunks.flatMap { Array($0) }
         var global: [LayerPolicy]
         if auto {

@@ -14,9 +14,6 @@ import Foundation
 // Positions are explicit: query row i sits at global position qOffset + i, key row j at kOffset + j;
 // with `causal`, key j is visible to query i iff kOffset + j <= qOffset + i. A query row that sees no key
 // gets O = 0 and lse = -inf (so that a log-sum-exp merge ignores it).
-//
-// The block products run on `SmallGemm` (no packing; measured 1.4–1.8× OpenBLAS on these sizes), with the
-// transposed operands (Kᵀ, Vᵀ per key block; Pᵀ, dSᵀ per pair) copied into the worker's scratch.
 
 /// Shapes, positions and strides of one attention call. Tensors are row-major [batch, tokens, ...] with
 /// head h at columns h*headDim ..< (h+1)*headDim of each token row, so q, k and v can live inside one
@@ -72,7 +69,7 @@ public enum Attention {
         let nqb = (g.tq + bq - 1) / bq
         let tasks = g.batch * g.heads * nqb
         let workers = min(Threads.count, max(tasks, 1))
-        let per = bq * bk + bq * hd + 2 * bq + hd * bk
+        let per = bq * bk + bq * hd + 2 * bq
         let ws = SendPtr(scratch.floats(workers * per))
         let O = SendPtr(out), LSE = SendPtr(lse), Q = SendConstPtr(q), K = SendConstPtr(k), V = SendConstPtr(v)
         let scale = g.scale
@@ -81,7 +78,7 @@ public enum Attention {
             // Heaviest (latest) query blocks first for causal balance.
             let qb = nqb - 1 - task % nqb
             let bh = task / nqb, h = bh % g.heads, b = bh / g.heads
-            let s = ws.p + w * per, acc = s + bq * bk, m = acc + bq * hd, l = m + bq, kt = l + bq
+            let s = ws.p + w * per, acc = s + bq * bk, m = acc + bq * hd, l = m + bq
             let q0 = qb * bq, nq = min(bq, g.tq - q0)
             let qp = Q.p + b * g.qBatch + q0 * g.qRow + h * hd
             let kp = K.p + b * g.kBatch + h * hd
@@ -92,8 +89,8 @@ public enum Attention {
             var k0 = 0
             while k0 < kLimit {
                 let nk = min(bk, kLimit - k0)
-                SmallGemm.transpose(kp + k0 * g.kRow, rows: nk, cols: hd, lds: g.kRow, into: kt, ldd: bk)
-                SmallGemm.nn(m: nq, n: nk, k: hd, alpha: scale, a: qp, lda: g.qRow, b: kt, ldb: bk, beta: 0, c: s, ldc: bk)
+                BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: scale, a: qp, lda: g.qRow,
+                           b: kp + k0 * g.kRow, ldb: g.kRow, beta: 0, c: s, ldc: bk)
                 for i in 0..<nq {
                     let row = s + i * bk
                     let valid = min(nk, g.visibleKeys(q0 + i) - k0)
@@ -111,8 +108,8 @@ public enum Attention {
                     if corr != 1 { vscale(acc + i * hd, corr, hd) }
                     m[i] = mNew
                 }
-                SmallGemm.nn(m: nq, n: hd, k: nk, alpha: 1, a: s, lda: bk, b: vp + k0 * g.vRow, ldb: g.vRow, beta: 1,
-                             c: acc, ldc: hd)
+                BLAS.sgemm(transA: false, transB: false, m: nq, n: hd, k: nk, alpha: 1, a: s, lda: bk,
+                           b: vp + k0 * g.vRow, ldb: g.vRow, beta: 1, c: acc, ldc: hd)
                 k0 += bk
             }
             let op = O.p + b * g.oBatch + q0 * g.oRow + h * hd
@@ -140,7 +137,7 @@ public enum Attention {
         let bq = g.blockQ, bk = g.blockK, hd = g.headDim
         let tasks = g.batch * g.heads
         let workers = min(Threads.count, max(tasks, 1))
-        let per = 2 * bq * bk + g.tq + 2 * hd * bk + bk * bq
+        let per = 2 * bq * bk + g.tq
         let ws = SendPtr(scratch.floats(workers * per))
         let DQ = SendPtr(dq), DK = SendPtr(dk), DV = SendPtr(dv), DO = SendConstPtr(dout), O = SendConstPtr(out)
         let LSE = SendConstPtr(lse), Q = SendConstPtr(q), K = SendConstPtr(k), V = SendConstPtr(v)
@@ -148,7 +145,6 @@ public enum Attention {
         Threads.parallelTasks(tasks) { w, task in
             let h = task % g.heads, b = task / g.heads
             let p = ws.p + w * per, dp = p + bq * bk, dsum = dp + bq * bk
-            let kt = dsum + g.tq, vt = kt + hd * bk, pt = vt + hd * bk   // Kᵀ, Vᵀ of the key block; Pᵀ or dSᵀ
             let qp = Q.p + b * g.qBatch + h * hd, kp = K.p + b * g.kBatch + h * hd, vp = V.p + b * g.vBatch + h * hd
             let dqp = DQ.p + b * g.qBatch + h * hd, dkp = DK.p + b * g.kBatch + h * hd, dvp = DV.p + b * g.vBatch + h * hd
             let dop = DO.p + b * g.oBatch + h * hd, op = O.p + b * g.oBatch + h * hd
@@ -158,16 +154,14 @@ public enum Attention {
             while k0 < g.tk {
                 if w == 0 { progress?.poll() }
                 let nk = min(bk, g.tk - k0)
-                SmallGemm.transpose(kp + k0 * g.kRow, rows: nk, cols: hd, lds: g.kRow, into: kt, ldd: bk)
-                SmallGemm.transpose(vp + k0 * g.vRow, rows: nk, cols: hd, lds: g.vRow, into: vt, ldd: bk)
                 // First query row that sees key k0 (causal), rounded down to a query block.
                 var qStart = g.causal ? Swift.max(0, g.kOffset + k0 - g.qOffset) : 0
                 qStart = (qStart / bq) * bq
                 var q0 = qStart
                 while q0 < g.tq {
                     let nq = min(bq, g.tq - q0)
-                    SmallGemm.nn(m: nq, n: nk, k: hd, alpha: scale, a: qp + q0 * g.qRow, lda: g.qRow, b: kt, ldb: bk,
-                                 beta: 0, c: p, ldc: bk)
+                    BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: scale, a: qp + q0 * g.qRow,
+                               lda: g.qRow, b: kp + k0 * g.kRow, ldb: g.kRow, beta: 0, c: p, ldc: bk)
                     for i in 0..<nq {
                         let row = p + i * bk
                         let valid = min(nk, g.visibleKeys(q0 + i) - k0)
@@ -180,12 +174,11 @@ public enum Attention {
                         while j < nk { row[j] = 0; j += 1 }
                     }
                     // dV[k] += Pᵀ dO
-                    SmallGemm.transpose(p, rows: nq, cols: nk, lds: bk, into: pt, ldd: bq)
-                    SmallGemm.nn(m: nk, n: hd, k: nq, alpha: 1, a: pt, lda: bq, b: dop + q0 * g.oRow, ldb: g.oRow, beta: 1,
-                                 c: dvp + k0 * g.vRow, ldc: g.vRow)
+                    BLAS.sgemm(transA: true, transB: false, m: nk, n: hd, k: nq, alpha: 1, a: p, lda: bk,
+                               b: dop + q0 * g.oRow, ldb: g.oRow, beta: 1, c: dvp + k0 * g.vRow, ldc: g.vRow)
                     // dP = dO Vᵀ
-                    SmallGemm.nn(m: nq, n: nk, k: hd, alpha: 1, a: dop + q0 * g.oRow, lda: g.oRow, b: vt, ldb: bk,
-                                 beta: 0, c: dp, ldc: bk)
+                    BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: 1, a: dop + q0 * g.oRow,
+                               lda: g.oRow, b: vp + k0 * g.vRow, ldb: g.vRow, beta: 0, c: dp, ldc: bk)
                     // dS = P ∘ (dP - D), into p
                     for i in 0..<nq {
                         let row = p + i * bk, drow = dp + i * bk
@@ -195,11 +188,10 @@ public enum Attention {
                         while j < nk { row[j] = row[j] * (drow[j] - dsum[q0 + i]); j += 1 }
                     }
                     // dQ += scale dS K;  dK += scale dSᵀ Q
-                    SmallGemm.nn(m: nq, n: hd, k: nk, alpha: scale, a: p, lda: bk, b: kp + k0 * g.kRow, ldb: g.kRow,
-                                 beta: 1, c: dqp + q0 * g.qRow, ldc: g.qRow)
-                    SmallGemm.transpose(p, rows: nq, cols: nk, lds: bk, into: pt, ldd: bq)
-                    SmallGemm.nn(m: nk, n: hd, k: nq, alpha: scale, a: pt, lda: bq, b: qp + q0 * g.qRow, ldb: g.qRow,
-                                 beta: 1, c: dkp + k0 * g.kRow, ldc: g.kRow)
+                    BLAS.sgemm(transA: false, transB: false, m: nq, n: hd, k: nk, alpha: scale, a: p, lda: bk,
+                               b: kp + k0 * g.kRow, ldb: g.kRow, beta: 1, c: dqp + q0 * g.qRow, ldc: g.qRow)
+                    BLAS.sgemm(transA: true, transB: false, m: nk, n: hd, k: nq, alpha: scale, a: p, lda: bk,
+                               b: qp + q0 * g.qRow, ldb: g.qRow, beta: 1, c: dkp + k0 * g.kRow, ldc: g.kRow)
                     q0 += bq
                 }
                 k0 += bk

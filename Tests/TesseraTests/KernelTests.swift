@@ -75,35 +75,6 @@ final class KernelTests: XCTestCase {
         }
     }
 
-    /// The attention blocks' product: every row and column tail, strided operands, beta 0 and 1, against Double.
-    func testSmallGemm() {
-        for (m, n, k) in [(64, 64, 32), (64, 32, 64), (5, 7, 3), (7, 33, 9), (4, 16, 1), (1, 1, 1), (13, 48, 64)] {
-            let lda = k + 3, ldb = n + 5, ldc = n + 2
-            let a = randomFloats(m * lda, seed: 41), b = randomFloats(k * ldb, seed: 42), c0 = randomFloats(m * ldc, seed: 43)
-            for (alpha, beta) in [(Float(1), Float(0)), (Float(0.5), Float(1))] {
-                var c = c0
-                c.ptr { SmallGemm.nn(m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: $0, ldc: ldc) }
-                var worst = 0.0
-                for i in 0..<m {
-                    for j in 0..<n {
-                        var s = 0.0
-                        for p in 0..<k { s += Double(a[i * lda + p]) * Double(b[p * ldb + j]) }
-                        let want = Double(alpha) * s + Double(beta) * Double(c0[i * ldc + j])
-                        worst = max(worst, abs(Double(c[i * ldc + j]) - want))
-                    }
-                    // Padding between rows is left alone.
-                    for j in n..<ldc { XCTAssertEqual(c[i * ldc + j], c0[i * ldc + j], "\(m)×\(n)×\(k): column \(j) written") }
-                }
-                XCTAssertLessThan(worst, 1e-5 * Double(k), "\(m)×\(n)×\(k), beta \(beta)")
-            }
-        }
-        // transpose
-        let src = randomFloats(5 * 9, seed: 44)
-        var dst = [Float](repeating: 0, count: 7 * 6)
-        dst.ptr { SmallGemm.transpose(src, rows: 5, cols: 7, lds: 9, into: $0, ldd: 6) }
-        for i in 0..<5 { for j in 0..<7 { XCTAssertEqual(dst[j * 6 + i], src[i * 9 + j]) } }
-    }
-
     func testGELU() {
         let n = 4099
         let x = randomFloats(n, seed: 12, scale: 5), w = randomFloats(n, seed: 13)

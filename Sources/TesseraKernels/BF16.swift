@@ -4,11 +4,15 @@
 // (as PyTorch and oneDNN do), keeps infinities, and keeps a NaN a quiet NaN; widening is exact.
 
 public enum BF16 {
+    /// The bit pattern of the float32 nearest to `b` whose low 16 bits are zero (ties to even); a NaN stays
+    /// a NaN, made quiet. Every conversion below is this.
+    @inline(__always) static func roundedBits(_ b: UInt32) -> UInt32 {
+        (b & 0x7FFF_FFFF) > 0x7F80_0000 ? (b & 0xFFFF_0000) | 0x0040_0000 : (b &+ 0x7FFF &+ ((b >> 16) & 1)) & 0xFFFF_0000
+    }
+
     /// The bf16 nearest to x (ties to even mantissa); a NaN becomes a quiet NaN with x's sign.
     @inline(__always) public static func from(_ x: Float) -> UInt16 {
-        let bits = x.bitPattern
-        if bits & 0x7FFF_FFFF > 0x7F80_0000 { return UInt16(truncatingIfNeeded: bits >> 16) | 0x0040 }
-        return UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
+        UInt16(truncatingIfNeeded: roundedBits(x.bitPattern) >> 16)
     }
 
     /// The float32 a bf16 stands for (exact).
@@ -21,11 +25,7 @@ public enum BF16 {
     /// Narrows n floats to bf16.
     public static func narrow(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<UInt16>, count n: Int) {
         src.withMemoryRebound(to: UInt32.self, capacity: n) { q in
-            for i in 0..<n {
-                let b = q[i]
-                let rounded = (b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16
-                dst[i] = UInt16(truncatingIfNeeded: (b & 0x7FFF_FFFF) > 0x7F80_0000 ? (b >> 16) | 0x0040 : rounded)
-            }
+            for i in 0..<n { dst[i] = UInt16(truncatingIfNeeded: roundedBits(q[i]) >> 16) }
         }
     }
 
@@ -38,25 +38,32 @@ public enum BF16 {
 }
 
 extension BF16 {
-    /// Rounds n floats in place to the nearest bf16 value (kept in float32 storage).
-    /// The result widens exactly from the bf16 that `from` gives.
-    public static func round(_ p: UnsafeMutablePointer<Float>, count n: Int) {
-        p.withMemoryRebound(to: UInt32.self, capacity: n) { q in
-            for i in 0..<n {
-                let b = q[i]
-                let rounded = (b &+ 0x7FFF &+ ((b >> 16) & 1)) & 0xFFFF_0000
-                q[i] = (b & 0x7FFF_FFFF) > 0x7F80_0000 ? (b & 0xFFFF_0000) | 0x0040_0000 : rounded
+    /// Writes to `dst` the n floats of `src` rounded to the nearest bf16 value (kept in float32 storage);
+    /// `dst` is `src` or does not overlap it. The result widens exactly from the bf16 that `from` gives.
+    public static func round(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, count n: Int) {
+        // In place through one pointer: with two that may alias, the compiler does not vectorise the loop
+        // (measured: the rounding of a bf16 step at M took 96 ms that way, 29 ms this way).
+        if UnsafePointer(dst) == src {
+            dst.withMemoryRebound(to: UInt32.self, capacity: n) { q in for i in 0..<n { q[i] = roundedBits(q[i]) } }
+            return
+        }
+        src.withMemoryRebound(to: UInt32.self, capacity: n) { s in
+            dst.withMemoryRebound(to: UInt32.self, capacity: n) { d in
+                for i in 0..<n { d[i] = roundedBits(s[i]) }
             }
         }
     }
 
-    /// `round` split over the kernel threads (for activation-sized tensors).
-    public static func roundParallel(_ p: UnsafeMutablePointer<Float>, count n: Int) {
-        if n < 32_768 || Threads.count == 1 { round(p, count: n); return }
-        let P = SendPtr(p)
+    /// Rounds n floats in place.
+    public static func round(_ p: UnsafeMutablePointer<Float>, count n: Int) { round(p, into: p, count: n) }
+
+    /// `round(_:into:count:)` split over the kernel threads (for activation-sized tensors).
+    public static func roundParallel(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, count n: Int) {
+        if n < 32_768 || Threads.count == 1 { round(src, into: dst, count: n); return }
+        let S = SendConstPtr(src), D = SendPtr(dst)
         Threads.parallelRanges(n / 16, grain: 1024) { _, lo, hi in
             let end = hi == n / 16 ? n : hi * 16  // the last range takes the tail
-            round(P.p + lo * 16, count: end - lo * 16)
+            round(S.p + lo * 16, into: D.p + lo * 16, count: end - lo * 16)
         }
     }
 }

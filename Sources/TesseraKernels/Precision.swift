@@ -30,15 +30,14 @@ public enum Precision: String, Sendable, CaseIterable {
     /// leaves them alone in fp32.
     @inline(__always)
     public func roundOperand(_ p: UnsafeMutablePointer<Float>, count n: Int) {
-        if self == .bf16 { BF16.roundParallel(p, count: n) }
+        if self == .bf16 { BF16.roundParallel(p, into: p, count: n) }
     }
 
     /// Copies n floats into `dst` as operands of this precision (rounded in bf16). Returns `dst`.
     @discardableResult
     public func operandCopy(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, count n: Int)
         -> UnsafeMutablePointer<Float> {
-        dst.update(from: src, count: n)
-        roundOperand(dst, count: n)
+        if self == .bf16 { BF16.roundParallel(src, into: dst, count: n) } else { dst.update(from: src, count: n) }
         return dst
     }
 }

@@ -88,8 +88,7 @@ public final class GPT: ParallelModel, @unchecked Sendable {
     /// Rounds the master weights into the bf16 copy if they changed since it was made.
     func refreshProductWeights() {
         guard productWeightsStale, let pp = productParams else { return }
-        pp.storage.ptr.update(from: params.storage.ptr, count: params.count)
-        BF16.roundParallel(pp.storage.ptr, count: params.count)
+        BF16.roundParallel(params.storage.ptr, into: pp.storage.ptr, count: params.count)
         productWeightsStale = false
     }
 

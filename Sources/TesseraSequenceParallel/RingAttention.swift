@@ -109,13 +109,11 @@ public final class RingCore: AttentionCore {
         if !inFlight { (kv16 + pre16 + [own16]).forEach { $0.deallocate() } }
     }
 
-    /// Sends n values of a key/value block: the float block, or in bf16 its twin (narrowed from `block` first
-    /// when `narrow`).
-    func sendKV(_ block: UnsafeMutablePointer<Float>, twin: UnsafeMutablePointer<UInt16>, narrow: Bool = false, count n: Int,
+    /// Sends n values of a key/value block: the float block, or in bf16 its twin (which must hold it).
+    func sendKV(_ block: UnsafeMutablePointer<Float>, twin: UnsafeMutablePointer<UInt16>, count n: Int,
                 to dest: Int, tag: Int, label: String) throws -> Request {
-        guard lowp else { return try comm.isend(block, count: n, to: dest, tag: tag, label: label) }
-        if narrow { BF16.narrow(block, into: twin, count: n) }
-        return try comm.isend(twin, count: n, to: dest, tag: tag, label: label)
+        lowp ? try comm.isend(twin, count: n, to: dest, tag: tag, label: label)
+             : try comm.isend(block, count: n, to: dest, tag: tag, label: label)
     }
 
     /// Receives a key/value block into `block` (in bf16: into its twin; `landed` widens it after the wait).

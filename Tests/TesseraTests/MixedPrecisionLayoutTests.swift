@@ -20,6 +20,14 @@ final class MixedPrecisionLayoutTests: XCTestCase {
     static let bf16 = ["--training.precision", "bf16", "--optimizer.lr", "3e-3"]
     static let lossTolerance = 1e-3, gradTolerance = 1e-2
 
+    /// The "activations" record of each logged step of job `name` (its metrics file).
+    static func activationRecords(_ name: String) throws -> [[String: Any]] {
+        let metrics = DataParallelTests.dir.appendingPathComponent("bf16-\(name).jsonl").path
+        return try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n").compactMap {
+            (try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["activations"] as? [String: Any]
+        }
+    }
+
     @discardableResult
     func check(np: Int, _ name: String, shape: [String], _ overrides: [String], file: StaticString = #filePath,
                line: UInt = #line) throws -> DataParallelTests.Run {
@@ -60,10 +68,7 @@ final class MixedPrecisionLayoutTests: XCTestCase {
         for (np, name, r, u) in [(2, "ring2", 2, 1), (4, "ring4", 4, 1), (2, "ulysses2", 1, 2), (4, "hybrid22", 2, 2)] {
             try check(np: np, name, shape: shape, ["--parallelism.ring", "\(r)", "--parallelism.ulysses", "\(u)"])
             // Step 1 (no evaluation in it): the most any rank sent.
-            let metrics = DataParallelTests.dir.appendingPathComponent("bf16-\(name).jsonl").path
-            let first = try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n")[0]
-            let acts = (try JSONSerialization.jsonObject(with: Data(first.utf8)) as? [String: Any])?["activations"] as? [String: Any]
-            let sent = Double(acts?["sequence_bytes_max"] as? Int ?? -1)
+            let sent = Double(try Self.activationRecords(name).first?["sequence_bytes_max"] as? Int ?? -1)
             let want = SequenceBench.theoryBytes(seq: 64, ring: r, ulysses: u, layers: 2, dModel: 32, batch: 4, precision: .bf16)
             XCTAssertEqual(sent, want, "\(name): bytes sent in step 1")
             XCTAssertLessThan(want, SequenceBench.theoryBytes(seq: 64, ring: r, ulysses: u, layers: 2, dModel: 32, batch: 4))
@@ -115,9 +120,7 @@ final class MixedPrecisionLayoutTests: XCTestCase {
                                                         "--memory.offload_dir", offload])
         // The activation meter: every rank's measured peak equals the planner's prediction in bf16 too.
         for name in ["ring2-full-offload", "ring2-selective", "uly2-offload"] {
-            let metrics = DataParallelTests.dir.appendingPathComponent("bf16-\(name).jsonl").path
-            let last = try XCTUnwrap(try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n").last)
-            let acts = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any])?["activations"] as? [String: Any])
+            let acts = try XCTUnwrap(try Self.activationRecords(name).last, name)
             let peaks = acts["peak_bytes"] as? [Int] ?? [], predicted = acts["predicted_bytes"] as? [Int] ?? []
             XCTAssertEqual(peaks.count, 2, name)
             XCTAssertEqual(peaks, predicted, "\(name): measured activation peaks vs predicted")

@@ -11,6 +11,11 @@
 // dependencies complete. At the end of the step every send is complete, because every rank has received
 // everything its actions needed.
 //
+// Wire precision: in fp32 a stage sends the residual stream (and its gradient) as it is, the input landing
+// straight in the micro-batch's activations. In bf16 (`parallelism.pipeline_precision`) each message is
+// narrowed into a 16-bit buffer where it leaves and widened where it lands: half the bytes, and a forward's
+// output set is free as soon as its narrowed copy is made (the send no longer reads it).
+//
 // Memory: activations of a (micro-batch, chunk) live from its forward to its backward, in a pool per chunk
 // that grows to the schedule's peak in the first step and is reused after. The pool's size is what the
 // schedule costs: with 1F1B at most `stages` micro-batches per rank, with GPipe all of them.
@@ -39,9 +44,10 @@ public final class PipelineEngine {
     private var sending: [(set: Activations, chunk: Int, request: Request)] = []  // released, output still in flight
     private var live: [Int: Activations] = [:]  // key(mb, chunk) → activations from forward to backward
     private var inputRecv: [Int: Request] = [:] // key(mb, chunk) → receive of the forward input (into live[key])
-    private var gradFree: [FloatBuffer] = []   // buffers of one activation or gradient (batch × tokens × d_model)
-    private var gradRecv: [Int: (buffer: FloatBuffer, request: Request)] = [:]
-    private var gradSending: [(buffer: FloatBuffer, request: Request)] = []
+    private var inputWire: [Int: Message] = [:]  // key(mb, chunk) → the bf16 message the forward input lands in
+    private var gradFree: [Message] = []   // messages of one activation or gradient (batch × tokens × d_model)
+    private var gradRecv: [Int: (buffer: Message, request: Request)] = [:]
+    private var gradSending: [(buffer: Message, request: Request)] = []
     private var outputSends: [Int: Request] = [:]  // key(mb, chunk) → send of the forward output
 
     /// Activation sets allocated per chunk (the pool's high-water mark) and their bytes each.
@@ -58,12 +64,17 @@ public final class PipelineEngine {
     public private(set) var forwardNs: UInt64 = 0, backwardNs: UInt64 = 0
     /// Time blocked waiting for a neighbour's activation or gradient, last `run`.
     public private(set) var waitNs: UInt64 = 0
+    /// Bytes this rank sent to its neighbour stages in the last `run`.
+    public private(set) var bytesSent = 0
+    /// The number format of the activations and gradients sent between stages.
+    public let wire: Precision
     private var alive = 0
 
-    public init(plan: PipelinePlan, model: any ParallelModel, comm: Communicator, batch: Int, tokens: Int) throws {
+    public init(plan: PipelinePlan, model: any ParallelModel, comm: Communicator, batch: Int, tokens: Int,
+                wire: Precision = .fp32) throws {
         precondition(comm.size == plan.stages, "pipeline group of \(comm.size) ranks for \(plan.stages) stages")
         precondition(model.stage.chunks.count == plan.virtualStages, "model stage has \(model.stage.chunks.count) chunks, plan \(plan.virtualStages)")
-        self.plan = plan; self.model = model; self.comm = comm; self.batch = batch; self.tokens = tokens
+        self.plan = plan; self.model = model; self.comm = comm; self.batch = batch; self.tokens = tokens; self.wire = wire
         rank = comm.rank; stages = plan.stages
         workspace = Workspace(n: batch * tokens, c: model.boundaryWidth, training: true)
         pool = Array(repeating: [], count: plan.virtualStages)
@@ -99,7 +110,7 @@ public final class PipelineEngine {
     /// Runs this rank's actions (forward-only plans evaluate). Returns the sum of the loss over the tokens of
     /// the micro-batches whose loss this rank computes (zero on ranks without the head).
     public func run(actions: [PipelineAction], mode: Mode, gradScale: Float) throws -> Double {
-        let t0 = nowNs()
+        let t0 = nowNs(), sent0 = comm.bytesSent
         busyNs = 0; waitNs = 0; peakLive = 0; alive = 0; forwardNs = 0; backwardNs = 0
         // This MPI moves a multi-fragment message only inside MPI calls: the model calls back between its
         // ops, and the engine tests its transfers in flight, so they progress while it computes.
@@ -124,9 +135,10 @@ public final class PipelineEngine {
         try Request.waitAll(sending.map(\.request) + gradSending.map(\.request))
         waitNs += nowNs() - w0
         try reclaim()
-        precondition(live.isEmpty && inputRecv.isEmpty && gradRecv.isEmpty, "pipeline step ended with activations alive")
+        precondition(live.isEmpty && inputRecv.isEmpty && inputWire.isEmpty && gradRecv.isEmpty, "pipeline step ended with activations alive")
         endNs = nowNs()
         startNs = t0; spanNs = endNs - t0
+        bytesSent = comm.bytesSent - sent0
         return loss
     }
 
@@ -170,8 +182,19 @@ public final class PipelineEngine {
         for g in gradSending { _ = try? g.request.test() }
     }
 
-    private func gradBuffer() -> FloatBuffer {
-        gradFree.popLast() ?? FloatBuffer(batch * tokens * model.boundaryWidth)
+    /// A free message buffer of one activation or gradient in the wire's format.
+    private func message() -> Message {
+        gradFree.popLast() ?? Message(count: batch * tokens * model.boundaryWidth, wire: wire)
+    }
+
+    private func isend(_ m: Message, to dest: Int, tag: Int, label: String) throws -> Request {
+        if let h = m.b16 { return try comm.isend(h, count: m.count, to: dest, tag: tag, label: label) }
+        return try comm.isend(m.f32!, count: m.count, to: dest, tag: tag, label: label)
+    }
+
+    private func irecv(_ m: Message, from source: Int, tag: Int, label: String) throws -> Request {
+        if let h = m.b16 { return try comm.irecv(h, count: m.count, from: source, tag: tag, label: label) }
+        return try comm.irecv(m.f32!, count: m.count, from: source, tag: tag, label: label)
     }
 
     /// Posts the receive an action needs, once: the forward input from the previous virtual stage, or the
@@ -183,13 +206,19 @@ public final class PipelineEngine {
             guard vs > 0, live[k] == nil else { return }
             let set = acquire(chunk: a.chunk)
             live[k] = set
-            inputRecv[k] = try comm.irecv(set.residual[0], count: n, from: prev, tag: tag(a.microbatch, vs, backward: false),
-                                          label: "pipeline activation mb \(a.microbatch) → stage \(vs)")
+            let t = tag(a.microbatch, vs, backward: false), label = "pipeline activation mb \(a.microbatch) → stage \(vs)"
+            if wire == .fp32 {
+                inputRecv[k] = try comm.irecv(set.residual[0], count: n, from: prev, tag: t, label: label)
+            } else {
+                let m = message()
+                inputWire[k] = m
+                inputRecv[k] = try irecv(m, from: prev, tag: t, label: label)
+            }
         case .backward:
             guard vs < lastVirtualStage, gradRecv[k] == nil else { return }
-            let buf = gradBuffer()
-            gradRecv[k] = (buf, try comm.irecv(buf.ptr, count: n, from: next, tag: tag(a.microbatch, vs, backward: true),
-                                              label: "pipeline gradient mb \(a.microbatch) → stage \(vs)"))
+            let buf = message()
+            gradRecv[k] = (buf, try irecv(buf, from: next, tag: tag(a.microbatch, vs, backward: true),
+                                          label: "pipeline gradient mb \(a.microbatch) → stage \(vs)"))
         }
     }
 
@@ -205,6 +234,10 @@ public final class PipelineEngine {
         if vs > 0 {
             set = live[k]!
             try waitFor(inputRecv.removeValue(forKey: k)!)
+            if let m = inputWire.removeValue(forKey: k) {
+                m.unpack(into: set.residual[0])
+                gradFree.append(m)
+            }
         } else {
             set = acquire(chunk: a.chunk)
             live[k] = set
@@ -221,17 +254,15 @@ public final class PipelineEngine {
         }
         let dt = nowNs() - t0
         busyNs += dt; forwardNs += dt
-        if vs < lastVirtualStage, mode == .train {
-            outputSends[k] = try comm.isend(set.output, count: batch * tokens * model.boundaryWidth, to: next,
-                                            tag: tag(a.microbatch, vs + 1, backward: false),
-                                            label: "pipeline activation mb \(a.microbatch) → stage \(vs + 1)")
+        let t = tag(a.microbatch, vs + 1, backward: false), label = "pipeline activation mb \(a.microbatch) → stage \(vs + 1)"
+        if vs < lastVirtualStage, mode == .train, wire == .fp32 {
+            outputSends[k] = try comm.isend(set.output, count: batch * tokens * model.boundaryWidth, to: next, tag: t, label: label)
         } else if vs < lastVirtualStage {
-            // Evaluation frees the set at once: the output leaves from a copy, so a send still in flight does
-            // not hold a whole activation set (the pool stays at what training needs).
-            let n = batch * tokens * model.boundaryWidth, buf = gradBuffer()
-            buf.ptr.update(from: set.output, count: n)
-            gradSending.append((buf, try comm.isend(buf.ptr, count: n, to: next, tag: tag(a.microbatch, vs + 1, backward: false),
-                                                    label: "pipeline activation mb \(a.microbatch) → stage \(vs + 1)")))
+            // Evaluation (and a bf16 wire) sends a copy, so a send still in flight does not hold a whole
+            // activation set (in evaluation the pool stays at what training needs).
+            let buf = message()
+            buf.pack(set.output)
+            gradSending.append((buf, try isend(buf, to: next, tag: t, label: label)))
         }
         if mode == .evaluate {
             live[k] = nil
@@ -250,16 +281,16 @@ public final class PipelineEngine {
             let (buf, r) = gradRecv.removeValue(forKey: k)!
             try waitFor(r)
             t0 = nowNs()
-            set.dres.update(from: buf.ptr, count: n)
+            buf.unpack(into: set.dres)
             gradFree.append(buf)
         }
         Timeline.shared.work("B\(a.microbatch)" + (plan.virtualStages > 1 ? ".\(a.chunk)" : "")) { model.backward(set) }
         defer { let dt = nowNs() - t0; busyNs += dt; backwardNs += dt }
         if vs > 0 {
-            let buf = gradBuffer()
-            buf.ptr.update(from: set.dres, count: n)
-            gradSending.append((buf, try comm.isend(buf.ptr, count: n, to: prev, tag: tag(a.microbatch, vs - 1, backward: true),
-                                                    label: "pipeline gradient mb \(a.microbatch) → stage \(vs - 1)")))
+            let buf = message()
+            buf.pack(set.dres)
+            gradSending.append((buf, try isend(buf, to: prev, tag: tag(a.microbatch, vs - 1, backward: true),
+                                               label: "pipeline gradient mb \(a.microbatch) → stage \(vs - 1)")))
         }
         try release(set, chunk: a.chunk, key: k)
     }
@@ -286,5 +317,28 @@ public final class PipelineEngine {
     /// The forward-only actions of an evaluation pass: every micro-batch through every chunk in order.
     public static func evaluationActions(microbatches m: Int, chunks v: Int) -> [PipelineAction] {
         (0..<m).flatMap { mb in (0..<v).map { PipelineAction(.forward, microbatch: mb, chunk: $0) } }
+    }
+}
+
+/// One message between stages: `count` floats, or `count` bf16 values on a bf16 wire.
+final class Message {
+    let count: Int
+    let f32: UnsafeMutablePointer<Float>?, b16: UnsafeMutablePointer<UInt16>?
+
+    init(count: Int, wire: Precision) {
+        self.count = count
+        f32 = wire == .fp32 ? .allocate(capacity: count) : nil
+        b16 = wire == .bf16 ? .allocate(capacity: count) : nil
+    }
+    deinit { f32?.deallocate(); b16?.deallocate() }
+
+    /// Fills the message from n floats (narrowed to bf16 on a bf16 wire).
+    func pack(_ src: UnsafePointer<Float>) {
+        if let h = b16 { BF16.narrow(src, into: h, count: count) } else { f32!.update(from: src, count: count) }
+    }
+
+    /// Writes the message's values as floats.
+    func unpack(into dst: UnsafeMutablePointer<Float>) {
+        if let h = b16 { BF16.widen(h, into: dst, count: count) } else { dst.update(from: f32!, count: count) }
     }
 }

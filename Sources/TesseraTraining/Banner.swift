@@ -20,7 +20,10 @@ extension Trainer {
         if let v = data.val { s += "; \(v.source.count) validation tokens" }
         if let mesh {
             s += "\n  mesh: \(mesh.shape) = \(mesh.shape.size) rank(s); \(data.localBatch) sequence(s) per data-parallel rank"
-            if let layout = pipelineLayout { s += "\n" + layout.describe(microbatches: t.microbatches) }
+            if let layout = pipelineLayout {
+                s += "\n" + layout.describe(microbatches: t.microbatches)
+                if let p = pipeline { s += "\n  pipeline messages: \(p.wire.rawValue) activations and gradients" }
+            }
             if let l = sequenceLayout {
                 s += "; \(l.local) of \(l.seqLen) tokens per sequence on each rank"
                 s += l.ring > 1 ? " (ring: \(2 * l.ring) zigzag chunks of \(l.chunk)" + (l.ulysses > 1 ? "; Ulysses inside each ring position)" : ")") : " (Ulysses)"

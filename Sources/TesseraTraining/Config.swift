@@ -187,6 +187,8 @@ public struct SampleConfig: Sendable, Equatable {
 public struct ParallelismConfig: Sendable, Equatable {
     /// Allowed values of `pipelineSchedule`.
     public static let pipelineScheduleValues = ["gpipe", "1f1b", "interleaved"]
+    /// Allowed values of `pipelinePrecision`.
+    public static let pipelinePrecisionValues = ["auto", "fp32", "bf16"]
 
     /// Pipeline stages.
     public var pp: Int
@@ -200,6 +202,8 @@ public struct ParallelismConfig: Sendable, Equatable {
     public var zero: Int
     /// One of `pipelineScheduleValues`.
     public var pipelineSchedule: String
+    /// The number format pipeline stages send activations and gradients in: "auto" = `training.precision`.
+    public var pipelinePrecision: String
     /// Model chunks per pipeline rank (interleaved schedule).
     public var virtualStages: Int
     /// Layers of each virtual stage in order, comma-separated ("3,3,2"); empty = balanced by cost.
@@ -220,8 +224,9 @@ public struct ParallelismConfig: Sendable, Equatable {
 
     public init(pp: Int = 1, dp: Int = 1, ring: Int = 1, ulysses: Int = 1, zero: Int = 0,
                 pipelineSchedule: String = "1f1b", virtualStages: Int = 1, stageLayers: String = "",
-                bucketMb: Double = 25, timeoutS: Double = 300) {
+                bucketMb: Double = 25, timeoutS: Double = 300, pipelinePrecision: String = "auto") {
         self.stageLayers = stageLayers
+        self.pipelinePrecision = pipelinePrecision
         self.pp = pp
         self.dp = dp
         self.ring = ring

@@ -112,6 +112,7 @@ enum ConfigSchema {
         .int("parallelism", "ulysses", \.parallelism.ulysses),
         .int("parallelism", "zero", \.parallelism.zero),
         .string("parallelism", "pipeline_schedule", \.parallelism.pipelineSchedule),
+        .string("parallelism", "pipeline_precision", \.parallelism.pipelinePrecision),
         .int("parallelism", "virtual_stages", \.parallelism.virtualStages),
         .string("parallelism", "stage_layers", \.parallelism.stageLayers),
         .double("parallelism", "bucket_mb", \.parallelism.bucketMb),

@@ -105,6 +105,7 @@ struct ConfigChecks {
         }
         integer("parallelism.zero", p.zero, in: 0...1, why: " (0 = off, 1 = shard optimizer state)")
         oneOf("parallelism.pipeline_schedule", p.pipelineSchedule, ParallelismConfig.pipelineScheduleValues)
+        oneOf("parallelism.pipeline_precision", p.pipelinePrecision, ParallelismConfig.pipelinePrecisionValues)
         integer("parallelism.virtual_stages", p.virtualStages, atLeast: 1)
         if p.virtualStages > 1, p.pipelineSchedule != "interleaved" {
             fail(["parallelism.virtual_stages", "parallelism.pipeline_schedule"],

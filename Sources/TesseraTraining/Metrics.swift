@@ -31,6 +31,8 @@ public struct ActivationStep: Sendable {
     public var tierHeldBytes = 0
     /// Bytes sent over the sequence-parallel groups (ring key/value blocks, Ulysses all-to-alls).
     public var sequenceBytes = 0
+    /// Bytes sent to neighbour pipeline stages (activations and their gradients).
+    public var pipelineBytes = 0
     public init() {}
 }
 
@@ -46,6 +48,8 @@ public struct ActivationSummary: Sendable, Equatable {
     public var tierHeldBytes: Int
     /// Most bytes any rank sent over its sequence-parallel groups in the step.
     public var sequenceBytesMax: Int
+    /// Most bytes any rank sent to its neighbour pipeline stages in the step.
+    public var pipelineBytesMax: Int
     public var offloadHiddenFraction: Double {
         offloadIOSeconds > 0 ? max(0, 1 - offloadWaitSeconds / offloadIOSeconds) : 1
     }
@@ -126,7 +130,8 @@ public final class MetricsSink {
                                   "offload_written_bytes": a.offloadWritten, "offload_read_bytes": a.offloadRead,
                                   "offload_io_s": a.offloadIOSeconds, "offload_wait_s": a.offloadWaitSeconds,
                                   "offload_hidden": a.offloadHiddenFraction, "tier_held_bytes": a.tierHeldBytes,
-                                  "sequence_bytes_max": a.sequenceBytesMax] as [String: Any]
+                                  "sequence_bytes_max": a.sequenceBytesMax,
+                                  "pipeline_bytes_max": a.pipelineBytesMax] as [String: Any]
         }
         if let p = r.phases {
             obj["phases"] = ["ranks": p.ranks, "compute_s_mean": p.computeMean, "compute_s_max": p.computeMax,

@@ -14,6 +14,9 @@ extension TesseraConfig {
     public var seed: UInt64 { UInt64(bitPattern: Int64(training.seed)) }
     /// `training.precision` (validated by the loader).
     public var precision: Precision { Precision(rawValue: training.precision) ?? .fp32 }
+    /// The format of the activations and gradients between pipeline stages (`parallelism.pipeline_precision`;
+    /// "auto" follows `training.precision`).
+    public var pipelineWire: Precision { Precision(rawValue: parallelism.pipelinePrecision) ?? precision }
 }
 
 extension PipelineLayout {

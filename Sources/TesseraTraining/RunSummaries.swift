@@ -44,11 +44,13 @@ extension Trainer {
         let peaks = job.gather(Double(a.peakBytes)), predicted = job.gather(Double(memory.plan.predictedBytes))
         let sums = job.sum(["written": Double(o.bytesWritten), "read": Double(o.bytesRead), "io": Double(o.ioNs) / 1e9,
                             "wait": Double(o.waitNs) / 1e9, "held": Double(a.tierHeldBytes)])
-        let maxima = job.max(["recompute": a.recomputeSeconds, "sequence": Double(a.sequenceBytes)])
+        let maxima = job.max(["recompute": a.recomputeSeconds, "sequence": Double(a.sequenceBytes),
+                              "pipeline": Double(a.pipelineBytes)])
         return ActivationSummary(peakBytes: peaks.map { Int($0) }, predictedBytes: predicted.map { Int($0) },
                                  recomputeSecondsMax: maxima["recompute"]!, offloadWritten: Int(sums["written"]!),
                                  offloadRead: Int(sums["read"]!), offloadIOSeconds: sums["io"]!, offloadWaitSeconds: sums["wait"]!,
-                                 tierHeldBytes: Int(sums["held"]!), sequenceBytesMax: Int(maxima["sequence"]!))
+                                 tierHeldBytes: Int(sums["held"]!), sequenceBytesMax: Int(maxima["sequence"]!),
+                                 pipelineBytesMax: Int(maxima["pipeline"]!))
     }
 
     /// Mean and max over all ranks of each phase's seconds per step in the interval.

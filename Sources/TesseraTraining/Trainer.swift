@@ -167,6 +167,7 @@ public final class Trainer {
         a.recomputeSeconds = Double(model.recomputeNs) / 1e9
         if let tier = memory.tier { a.offload = tier.takeStats(); a.tierHeldBytes = tier.heldBytes }
         a.sequenceBytes = sequenceBytesSent - start
+        a.pipelineBytes = pipeline?.bytesSent ?? 0
         return a
     }
 

@@ -85,7 +85,7 @@ enum TrainerBuilder {
         var pipeline: PipelineEngine? = nil, acts: Activations? = nil
         if let mesh, let layout = pipelineLayout {
             pipeline = try PipelineEngine(plan: layout.plan, model: model, comm: mesh.pipeline, batch: data.microBatch,
-                                          tokens: tokens.count)
+                                          tokens: tokens.count, wire: config.pipelineWire)
         } else {
             acts = model.activations(batch: data.microBatch, tokens: tokens.count)
         }

@@ -5,7 +5,7 @@ import XCTest
 
 /// Every parallel layout in bf16 against the single-rank bf16 run of the same config, with real `mpirun` jobs:
 /// dp 2 with and without ZeRO-1, ring 2, Ulysses 2, the ring 2 × Ulysses 2 hybrid, pp 2 with 1F1B and
-/// interleaved 1F1B, recomputation and offload policies under ring 2, offload under Ulysses 2. Every step's loss (10 steps) and the
+/// interleaved 1F1B (bf16 messages between stages, and fp32 ones), recomputation and offload policies under ring 2, offload under Ulysses 2. Every step's loss (10 steps) and the
 /// validation losses within 1e-3 relative, step 1's gradients within 1e-2 relative norm.
 ///
 /// Why looser than fp32's 1e-5: a layout sums in another order, and a sum that differs in its last fp32 bit can
@@ -75,12 +75,29 @@ final class MixedPrecisionLayoutTests: XCTestCase {
         }
     }
 
+    /// pp 2 with 1F1B and interleaved: stages send bf16 activations and gradients (the default in bf16), and
+    /// once with `pipeline_precision = "fp32"`. Each rank's bytes to its neighbours in step 1 are what the
+    /// schedule sends: m micro-batches through each of its v chunks, forward unless the chunk is the last
+    /// virtual stage, backward unless it is the first, each a micro-batch's residual stream (4 sequences × 32
+    /// tokens × 32 wide) in 2 or 4 bytes a value.
     func testPipeline() throws {
-        let shape = PipelineTests.shape
-        try check(np: 2, "1f1b", shape: shape, ["--parallelism.pp", "2", "--parallelism.pipeline_schedule", "1f1b",
-                                                "--training.microbatches", "4"])
-        try check(np: 2, "interleaved", shape: shape, ["--parallelism.pp", "2", "--parallelism.pipeline_schedule", "interleaved",
-                                                       "--parallelism.virtual_stages", "2", "--training.microbatches", "4"])
+        let shape = PipelineTests.shape, m = 4, message = 4 * 32 * 32
+        func bytes(_ name: String, chunks v: Int, wire: Int) throws {
+            let sent = try Self.activationRecords(name).first?["pipeline_bytes_max"] as? Int ?? -1
+            let perRank = (0..<2).map { r in m * ((v - (r == 1 ? 1 : 0)) + (v - (r == 0 ? 1 : 0))) * message * wire }
+            XCTAssertEqual(sent, perRank.max()!, "\(name): bytes sent to neighbour stages in step 1")
+        }
+        let pp = ["--parallelism.pp", "2", "--training.microbatches", "\(m)"]
+        let r = try check(np: 2, "1f1b", shape: shape, pp + ["--parallelism.pipeline_schedule", "1f1b"])
+        XCTAssertTrue(r.output.contains("pipeline messages: bf16"), r.output)
+        try bytes("1f1b", chunks: 1, wire: 2)
+        try check(np: 2, "interleaved", shape: shape, pp + ["--parallelism.pipeline_schedule", "interleaved",
+                                                            "--parallelism.virtual_stages", "2"])
+        try bytes("interleaved", chunks: 2, wire: 2)
+        let f = try check(np: 2, "1f1b-fp32wire", shape: shape, pp + ["--parallelism.pipeline_schedule", "1f1b",
+                                                                      "--parallelism.pipeline_precision", "fp32"])
+        XCTAssertTrue(f.output.contains("pipeline messages: fp32"), f.output)
+        try bytes("1f1b-fp32wire", chunks: 1, wire: 4)
     }
 
     /// `tessera bench --precision` measures both ceilings in the run and reports MFU against the one of the

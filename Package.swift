@@ -24,6 +24,8 @@ let package = Package(
                        providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
+        // oneDNN's matmul: the native bf16 product on CPUs with AVX512_BF16 (see docs/precision.md).
+        .systemLibrary(name: "COneDNN", providers: [.apt(["libdnnl-dev"])]),
         // Plain C MPI loops that `tessera bench-comm` measures the Swift communication layer against.
         .target(name: "CCommBench", dependencies: ["CMPI"]),
         // Step phase accounting (compute / communication wait / idle) and Chrome trace files.
@@ -31,7 +33,7 @@ let package = Package(
         // MPI bindings and the process mesh.
         .target(name: "TesseraComm", dependencies: ["CMPI", "TesseraTimeline"], swiftSettings: fast),
         // CPU kernels: thread pool, SIMD math, forward/backward of every op, blockwise attention.
-        .target(name: "TesseraKernels", dependencies: ["COpenBLAS"], swiftSettings: fast),
+        .target(name: "TesseraKernels", dependencies: ["COpenBLAS", "COneDNN"], swiftSettings: fast),
         // Activation memory: the store and its meter, layer policies, the offload tier, the budget planner.
         .target(name: "TesseraMemory", dependencies: ["TesseraKernels"], swiftSettings: fast),
         // Checkpoints: the format (manifest, per-rank safetensors shards, checksums), atomic commit, reading

@@ -1,5 +1,5 @@
 # Sourced by the other Launch/ scripts: installs what is missing, sets the MPI environment.
-# Needs only the Swift toolchain on a Debian machine; installs Open MPI, OpenBLAS, pkg-config and
+# Needs only the Swift toolchain on a Debian machine; installs Open MPI, OpenBLAS, oneDNN, pkg-config and
 # the fortunes text with apt-get (as root, or through sudo when available).
 
 tessera_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,6 +9,7 @@ tessera_install_missing() {
     command -v mpirun >/dev/null 2>&1 || need+=(openmpi-bin)
     [ -e /usr/include/x86_64-linux-gnu/openmpi/include/mpi.h ] || pkg-config --exists ompi-c 2>/dev/null || need+=(libopenmpi-dev)
     pkg-config --exists openblas 2>/dev/null || need+=(libopenblas-dev)
+    [ -e /usr/include/oneapi/dnnl/dnnl.h ] || need+=(libdnnl-dev)
     command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
     [ -d /usr/share/games/fortunes ] || need+=(fortunes)
     [ ${#need[@]} -eq 0 ] && return 0

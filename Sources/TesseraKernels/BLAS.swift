@@ -24,10 +24,16 @@ public enum BLAS {
     }
 
     /// The same product split over the kernel threads: the larger of M and N is cut into contiguous
-    /// blocks (multiples of 16), each computed by one single-threaded sgemm.
+    /// blocks (multiples of 16), each computed by one single-threaded sgemm. In bf16 (operands already bf16
+    /// values) the product runs on the process's bf16 backend (`ProductBackend`).
     public static func gemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
                             a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                            beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                            beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, precision: Precision = .fp32) {
+        if precision == .bf16, ProductBackend.bf16 == .onednn {
+            ProductBackend.gemmBF16(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                                    b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            return
+        }
         let flops = 2 * m * n * k
         if Threads.count == 1 || flops < 2_000_000 {
             sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,

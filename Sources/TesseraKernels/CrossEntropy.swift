@@ -32,7 +32,7 @@ public enum CrossEntropy {
         while r0 < n {
             let nr = min(rowsPer, n - r0)
             let xr = x + r0 * c
-            BLAS.gemm(transB: true, m: nr, n: v, k: c, a: xr, lda: c, b: wte, ldb: c, beta: 0, c: logits, ldc: v)
+            BLAS.gemm(transB: true, m: nr, n: v, k: c, a: xr, lda: c, b: wte, ldb: c, beta: 0, c: logits, ldc: v, precision: precision)
             let base = r0
             Threads.parallelRanges(nr, grain: 1) { _, lo, hi in
                 for i in lo..<hi {
@@ -63,8 +63,8 @@ public enum CrossEntropy {
                 rowLosses?[r0 + i] = losses[i]
             }
             if let dx, let dwte {
-                BLAS.gemm(m: nr, n: c, k: v, a: logits, lda: v, b: wte, ldb: c, beta: 0, c: dx + r0 * c, ldc: c)
-                BLAS.gemm(transA: true, m: v, n: c, k: nr, a: logits, lda: v, b: xr, ldb: c, beta: 1, c: dwte, ldc: c)
+                BLAS.gemm(m: nr, n: c, k: v, a: logits, lda: v, b: wte, ldb: c, beta: 0, c: dx + r0 * c, ldc: c, precision: precision)
+                BLAS.gemm(transA: true, m: v, n: c, k: nr, a: logits, lda: v, b: xr, ldb: c, beta: 1, c: dwte, ldc: c, precision: precision)
             }
             r0 += nr
         }

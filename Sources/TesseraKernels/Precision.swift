@@ -6,8 +6,8 @@
 // Operands are rounded in place where they are produced (a LayerNorm's output, the attention output, the
 // GELU output, q/k/v) when nothing else reads the unrounded values; the residual stream's gradient, which
 // keeps accumulating in float32, is rounded into a copy. The values are then exactly bf16 whatever storage
-// holds them, so the product backend can be an emulation (float32 sgemm on the rounded values, for CPUs
-// without bf16 arithmetic) or a native bf16 kernel with the same inputs (see docs/precision.md).
+// holds them, so the product backend (ProductBackend.swift) can be an emulation (float32 sgemm on the rounded
+// values, for CPUs without bf16 arithmetic) or oneDNN's bf16 matmul on the same inputs (docs/precision.md).
 
 public enum Precision: String, Sendable, CaseIterable {
     case fp32, bf16
@@ -17,9 +17,12 @@ public enum Precision: String, Sendable, CaseIterable {
         switch self {
         case .fp32: return "fp32 products on OpenBLAS sgemm (\(BLAS.coreName))"
         case .bf16:
-            let cpu = MachineCheck.hasBF16 ? "this CPU has avx512_bf16, which this build does not use yet"
-                                           : "this CPU has no avx512_bf16"
-            return "bf16 operands, fp32 accumulation, emulated: rounded operands on OpenBLAS sgemm (\(cpu); runs at the fp32 rate)"
+            switch ProductBackend.bf16 {
+            case .onednn: return "bf16 operands, fp32 accumulation, on oneDNN's bf16 matmul (\(ProductBackend.reason))"
+            case .emulated:
+                return "bf16 operands, fp32 accumulation, emulated: rounded operands on OpenBLAS sgemm "
+                    + "(\(ProductBackend.reason); runs at the fp32 rate)"
+            }
         }
     }
 

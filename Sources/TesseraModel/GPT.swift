@@ -189,7 +189,7 @@ public final class GPT: ParallelModel, @unchecked Sendable {
         let p = pBlocks[l]!, w = wBlocks[l]!, x = a.input(of: l)
         OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln1, mean: s.ln1Mean, rstd: s.ln1Rstd, x: x, weight: p.ln1w, bias: p.ln1b, n: n, c: c) }
         roundOperand(s.ln1, count: n * c)
-        OpProfile.time(.matmul) { Linear.forward(out: s.qkv, inp: s.ln1, weight: w.attnW, bias: p.attnB, n: n, inDim: c, outDim: 3 * c) }
+        OpProfile.time(.matmul) { Linear.forward(out: s.qkv, inp: s.ln1, weight: w.attnW, bias: p.attnB, n: n, inDim: c, outDim: 3 * c, precision: precision) }
         roundOperand(s.qkv, count: n * 3 * c)
         progress?()
         OpProfile.time(.attention) { attention.forward(qkv: s.qkv, out: s.atty, lse: s.lse, saved: s.attnSaved, batch: a.batch, tokens: a.tokens, layer: l,
@@ -203,18 +203,18 @@ public final class GPT: ParallelModel, @unchecked Sendable {
     private func mlpForward(_ l: Int, _ a: Activations, _ s: Activations.Layer, output: UnsafeMutablePointer<Float>?) {
         let c = config.dModel, n = a.n
         let p = pBlocks[l]!, w = wBlocks[l]!, x = a.input(of: l)
-        OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.atty, weight: w.projW, bias: p.projB, n: n, inDim: c, outDim: c) }
+        OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.atty, weight: w.projW, bias: p.projB, n: n, inDim: c, outDim: c, precision: precision) }
         OpProfile.time(.residual) { Residual.forward(out: s.resid2, a: x, b: a.tmp, n: n * c) }
         OpProfile.time(.layerNorm) { LayerNorm.forward(out: s.ln2, mean: s.ln2Mean, rstd: s.ln2Rstd, x: s.resid2, weight: p.ln2w, bias: p.ln2b,
                           n: n, c: c) }
         roundOperand(s.ln2, count: n * c)
         progress?()
-        OpProfile.time(.matmul) { Linear.forward(out: s.fch, inp: s.ln2, weight: w.fcW, bias: p.fcB, n: n, inDim: c, outDim: 4 * c) }
+        OpProfile.time(.matmul) { Linear.forward(out: s.fch, inp: s.ln2, weight: w.fcW, bias: p.fcB, n: n, inDim: c, outDim: 4 * c, precision: precision) }
         progress?()
         OpProfile.time(.gelu) { GELU.forward(out: s.fchGelu, x: s.fch, n: n * 4 * c) }
         roundOperand(s.fchGelu, count: n * 4 * c)
         guard let output else { return }
-        OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.fchGelu, weight: w.fcProjW, bias: p.fcProjB, n: n, inDim: 4 * c, outDim: c) }
+        OpProfile.time(.matmul) { Linear.forward(out: a.tmp, inp: s.fchGelu, weight: w.fcProjW, bias: p.fcProjB, n: n, inDim: 4 * c, outDim: c, precision: precision) }
         OpProfile.time(.residual) { Residual.forward(out: output, a: s.resid2, b: a.tmp, n: n * c) }
         progress?()
     }
@@ -314,13 +314,13 @@ public final class GPT: ParallelModel, @unchecked Sendable {
         // MLP: out = resid2 + c_proj(gelu(c_fc(ln_2(resid2))))
         let dOut = lowp ? operandCopy(a.dres, into: a.tmp, count: n * c) : a.dres
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dfch, dweight: g.fcProjW, dbias: g.fcProjB, dout: dOut, inp: s.fchGelu,
-                        weight: w.fcProjW, n: n, inDim: 4 * c, outDim: c, accumulateInput: false) }
+                        weight: w.fcProjW, n: n, inDim: 4 * c, outDim: c, accumulateInput: false, precision: precision) }
         poll()
         OpProfile.time(.gelu) { GELU.backward(dx: a.dfch, dout: a.dfch, x: s.fch, n: n * 4 * c) }
         roundOperand(a.dfch, count: n * 4 * c)
         poll()
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.fcW, dbias: g.fcB, dout: a.dfch, inp: s.ln2, weight: w.fcW,
-                        n: n, inDim: c, outDim: 4 * c, accumulateInput: false) }
+                        n: n, inDim: c, outDim: 4 * c, accumulateInput: false, precision: precision) }
         poll()
         OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: g.ln2w, dbias: g.ln2b, dout: a.dln, x: s.resid2, weight: p.ln2w,
                            mean: s.ln2Mean, rstd: s.ln2Rstd, n: n, c: c, scratch: a.scratch) }
@@ -328,7 +328,7 @@ public final class GPT: ParallelModel, @unchecked Sendable {
         // Attention: resid2 = x + c_proj(attn(c_attn(ln_1(x))))
         let dResid2 = lowp ? operandCopy(a.dres, into: a.tmp, count: n * c) : a.dres
         OpProfile.time(.matmul) { Linear.backward(dinp: a.datty, dweight: g.projW, dbias: g.projB, dout: dResid2, inp: s.atty, weight: w.projW,
-                        n: n, inDim: c, outDim: c, accumulateInput: false) }
+                        n: n, inDim: c, outDim: c, accumulateInput: false, precision: precision) }
         roundOperand(a.datty, count: n * c)
         progress?()
         a.dqkv.update(repeating: 0, count: n * 3 * c)
@@ -342,7 +342,7 @@ public final class GPT: ParallelModel, @unchecked Sendable {
         roundOperand(a.dqkv, count: n * 3 * c)
         progress?()
         OpProfile.time(.matmul) { Linear.backward(dinp: a.dln, dweight: g.attnW, dbias: g.attnB, dout: a.dqkv, inp: s.ln1, weight: w.attnW,
-                        n: n, inDim: c, outDim: 3 * c, accumulateInput: false) }
+                        n: n, inDim: c, outDim: 3 * c, accumulateInput: false, precision: precision) }
         progress?()
         OpProfile.time(.layerNorm) { LayerNorm.backward(dx: a.dres, dweight: g.ln1w, dbias: g.ln1b, dout: a.dln, x: a.input(of: l), weight: p.ln1w,
                            mean: s.ln1Mean, rstd: s.ln1Rstd, n: n, c: c, scratch: a.scratch) }

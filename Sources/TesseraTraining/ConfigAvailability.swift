@@ -1,10 +1,15 @@
-// Features the configuration can describe but this build cannot run yet: none at present. A feature that
-// lands before it runs everywhere adds a check here, so the config fails early with a clear message.
+// Settings the configuration can describe but this build or machine cannot run. A feature that lands
+// before it runs everywhere adds a check here, so the config fails early with a clear message.
+
+import TesseraKernels
 
 extension TesseraConfig {
-    /// Rejects settings for features not built yet; throws a ConfigError listing each one.
+    /// Rejects settings this build or machine cannot run; throws a ConfigError listing each one.
     public func validateForThisBuild() throws {
-        let errors: [String] = []
+        var errors: [String] = []
+        if precision == .bf16, let e = ProductBackend.configurationError {
+            errors.append("training.precision = \"bf16\": \(e)")
+        }
         guard errors.isEmpty else { throw ConfigError(lines: errors) }
     }
 }

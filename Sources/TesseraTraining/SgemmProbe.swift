@@ -13,8 +13,8 @@ public enum SgemmProbe {
     }
 
     /// The rate of one product of `precision` as this build runs it, n×n×n, on `threads` threads: in fp32 an
-    /// sgemm; in bf16 (emulated: Precision.swift) both operands are first rounded to bf16 from an fp32 source,
-    /// and the rounding counts against the rate.
+    /// sgemm; in bf16 both operands are first rounded to bf16 from an fp32 source, and the rounding counts
+    /// against the rate, then multiplied by the bf16 backend (ProductBackend.swift; oneDNN narrows them too).
     public static func measure(precision: Precision, threads: Int, n: Int = 2048, seconds: Double = 0.6) -> Result {
         let src = FloatBuffer(n * n, value: 0.3), a = FloatBuffer(n * n, value: 0.5), b = FloatBuffer(n * n, value: 0.25)
         let c = FloatBuffer(n * n)
@@ -28,8 +28,12 @@ public enum SgemmProbe {
                 precision.operandCopy(src.ptr, into: a.ptr, count: n * n)
                 precision.operandCopy(src.ptr, into: b.ptr, count: n * n)
             }
-            BLAS.sgemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: a.ptr, lda: n, b: b.ptr, ldb: n,
-                       beta: 0, c: c.ptr, ldc: n)
+            if precision == .bf16, ProductBackend.bf16 == .onednn {
+                BLAS.gemm(m: n, n: n, k: n, a: a.ptr, lda: n, b: b.ptr, ldb: n, beta: 0, c: c.ptr, ldc: n, precision: .bf16)
+            } else {
+                BLAS.sgemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: a.ptr, lda: n, b: b.ptr, ldb: n,
+                           beta: 0, c: c.ptr, ldc: n)
+            }
             let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             best = min(best, dt); spent += dt; reps += 1
         }

@@ -33,6 +33,7 @@ struct BenchCommand: ParsableCommand {
     func validate() throws {
         try requireAtLeast("bench", [("--threads", threads, 1), ("--steps", steps, 1), ("--warmup", warmup, 0)])
         guard Precision(rawValue: precision) != nil else { throw ValidationError("bench: --precision must be fp32 or bf16, not '\(precision)'") }
+        if let e = ProductBackend.configurationError { throw ValidationError("bench: \(e)") }
         for n in names where !BenchSize.standard.map(\.name).contains(n) { throw ValidationError("bench: unknown size '\(n)' (sizes: S, M, L, G)") }
     }
 

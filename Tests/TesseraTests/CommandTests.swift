@@ -11,7 +11,7 @@ final class CommandTests: XCTestCase {
 
     func run(_ argv: [String]) throws -> (Int32, String) { try runProcess(argv) }
 
-    func tinyJob(_ dir: URL) throws -> String {
+    static func tinyJob(_ dir: URL) throws -> String {
         try writeTrainingText(in: dir, lines: 300)
         let toml = """
         [job]
@@ -46,7 +46,7 @@ final class CommandTests: XCTestCase {
     func checkRun(launcher: [String], name: String) throws {
         let dir = scratchDirectory("tessera-cmd-\(name)")
         try? FileManager.default.removeItem(at: dir)
-        let cfg = try tinyJob(dir)
+        let cfg = try Self.tinyJob(dir)
         let (status, out) = try run(launcher + [Self.binary, "train", cfg])
         XCTAssertEqual(status, 0, out)
         XCTAssertTrue(out.contains("step 12/12"), out)
@@ -73,7 +73,7 @@ final class CommandTests: XCTestCase {
 
     func testWrongRankCountStopsEveryRankWithTheNeededCount() throws {
         let dir = scratchDirectory("tessera-cmd-np")
-        let cfg = try tinyJob(dir)
+        let cfg = try Self.tinyJob(dir)
         let (status, out) = try run(["mpirun", "-np", "2", Self.binary, "train", cfg])
         XCTAssertNotEqual(status, 0, out)
         XCTAssertTrue(out.contains("mpirun -np 1"), out)
@@ -83,7 +83,7 @@ final class CommandTests: XCTestCase {
     func testLauncherComputesRanksAndRuns() throws {
         let dir = scratchDirectory("tessera-cmd-launch")
         try? FileManager.default.removeItem(at: dir)
-        let cfg = try tinyJob(dir)
+        let cfg = try Self.tinyJob(dir)
         let launcher = repoRoot.appendingPathComponent("Launch/tessera-run").path
         // A plain run through the wrapper (mesh of 1, threads from the config).
         var (status, out) = try runProcess(["env", "TESSERA_BIN=\(Self.binary)", launcher, cfg, "--training.steps", "3"])
@@ -117,7 +117,7 @@ final class CommandTests: XCTestCase {
 
     func testStrayArgumentsAndBadPromptAreRejected() throws {
         let dir = scratchDirectory("tessera-cmd-stray")
-        let cfg = try tinyJob(dir)
+        let cfg = try Self.tinyJob(dir)
         var (status, out) = try run([Self.binary, "train", cfg, "--steps", "5"])
         XCTAssertNotEqual(status, 0)
         XCTAssertTrue(out.contains("unexpected") && out.contains("--steps"), out)
@@ -131,7 +131,7 @@ final class CommandTests: XCTestCase {
 
     func testConfigErrorsNameKeyAndFile() throws {
         let dir = scratchDirectory("tessera-cmd-errors")
-        let cfg = try tinyJob(dir)
+        let cfg = try Self.tinyJob(dir)
         var (status, out) = try run([Self.binary, "train", cfg, "--model.n_layr", "3"])
         XCTAssertNotEqual(status, 0)
         XCTAssertTrue(out.contains("model.n_layr") && out.contains("n_layer"), out)

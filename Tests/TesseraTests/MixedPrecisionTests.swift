@@ -44,20 +44,22 @@ final class MixedPrecisionTests: XCTestCase {
         let x = randomFloats(n * inDim, seed: 21), w = randomFloats(inDim * outDim, seed: 22)
         let dy = randomFloats(n * outDim, seed: 23)
         let xr = rounded(x), wr = rounded(w), dyr = rounded(dy)
-        func forward(_ x: [Float], _ w: [Float]) -> [Float] {
+        // In bf16 the products run on this process's bf16 backend (oneDNN where the CPU has AVX512_BF16).
+        func forward(_ x: [Float], _ w: [Float], _ p: Precision) -> [Float] {
             var out = [Float](repeating: 0, count: n * outDim)
-            out.ptr { Linear.forward(out: $0, inp: x, weight: w, bias: nil, n: n, inDim: inDim, outDim: outDim) }
+            out.ptr { Linear.forward(out: $0, inp: x, weight: w, bias: nil, n: n, inDim: inDim, outDim: outDim, precision: p) }
             return out
         }
-        func backward(_ x: [Float], _ w: [Float], _ dy: [Float]) -> (dx: [Float], dw: [Float]) {
+        func backward(_ x: [Float], _ w: [Float], _ dy: [Float], _ p: Precision) -> (dx: [Float], dw: [Float]) {
             var dx = [Float](repeating: 0, count: n * inDim), dw = [Float](repeating: 0, count: inDim * outDim)
             dx.ptr { a in dw.ptr { b in
-                Linear.backward(dinp: a, dweight: b, dbias: nil, dout: dy, inp: x, weight: w, n: n, inDim: inDim, outDim: outDim)
+                Linear.backward(dinp: a, dweight: b, dbias: nil, dout: dy, inp: x, weight: w, n: n, inDim: inDim, outDim: outDim,
+                                precision: p)
             } }
             return (dx, dw)
         }
-        let y32 = forward(x, w), y16 = forward(xr, wr)
-        let (dx32, dw32) = backward(x, w, dy), (dx16, dw16) = backward(xr, wr, dyr)
+        let y32 = forward(x, w, .fp32), y16 = forward(xr, wr, .bf16)
+        let (dx32, dw32) = backward(x, w, dy, .fp32), (dx16, dw16) = backward(xr, wr, dyr, .bf16)
         // Σ|a||b| of each output element, in Double.
         let ax = x.map { Double(abs($0)) }, aw = w.map { Double(abs($0)) }, ady = dy.map { Double(abs($0)) }
         let absY = Ref.linear(ax, aw, nil, n: n, inDim: inDim, outDim: outDim)
@@ -70,8 +72,10 @@ final class MixedPrecisionTests: XCTestCase {
         for (name, a, b) in [("forward", y16, y32), ("input gradient", dx16, dx32), ("weight gradient", dw16, dw32)] {
             XCTAssertGreaterThan(relErr(a, b), 1e-4, "\(name): bf16 indistinguishable from fp32")
         }
-        // And the accumulation is fp32: the emulated product equals the exact product of the rounded operands.
+        // And the accumulation is fp32: the bf16 product equals the exact product of the rounded operands.
         XCTAssertLessThan(relErr(y16, Ref.linear(xr.d, wr.d, nil, n: n, inDim: inDim, outDim: outDim).f), 1e-6)
+        XCTAssertLessThan(relErr(dw16, Ref.linear(Ref.transpose(xr.d, rows: n, cols: inDim), dyr.d, nil,
+                                                  n: inDim, inDim: n, outDim: outDim).f), 1e-6)
     }
 
     /// The LM head in bf16: the loss is the fp32 softmax of the rounded operands' logits; dlogits is rounded

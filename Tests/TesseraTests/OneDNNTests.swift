@@ -1,0 +1,93 @@
+import Foundation
+import XCTest
+@testable import TesseraKernels
+
+/// The oneDNN product wrapper (OneDNN.swift) and the choice of the bf16 backend (ProductBackend.swift).
+///
+/// The wrapper's code is the same for f32 and bf16 operands but for the data type, so its f32 products
+/// (which oneDNN runs on every CPU) test the primitive cache, strides, transposes, alpha, beta and the split
+/// over threads against OpenBLAS on any machine; bf16 products are compared where oneDNN has them, and where
+/// it has none the test checks that it says so and that bf16 runs emulated.
+final class OneDNNTests: XCTestCase {
+    /// Every transpose combination, beta 0, 1 and ½, alpha 1 and 2, row strides wider than the rows, on 1
+    /// and 2 threads, M > N and M < N (the two ways the product is split): oneDNN f32 = sgemm within 1e-5.
+    func testF32ProductsMatchOpenBLAS() throws {
+        for threads in [1, 2] {
+            Threads.configure(threads)
+            for (m, n, k) in [(130, 70, 120), (40, 150, 200), (3, 5, 7)] {
+                for transA in [false, true] { for transB in [false, true] { for (alpha, beta) in [(Float(1), Float(0)), (1, 1), (2, 0.5)] {
+                    let (aRows, aCols) = transA ? (k, m) : (m, k), (bRows, bCols) = transB ? (n, k) : (k, n)
+                    let lda = aCols + 3, ldb = bCols + 5, ldc = n + 2
+                    let a = randomFloats(aRows * lda, seed: 1), b = randomFloats(bRows * ldb, seed: 2)
+                    let c0 = randomFloats(m * ldc, seed: 3)
+                    var want = c0, got = c0
+                    want.ptr { BLAS.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                                          b: b, ldb: ldb, beta: beta, c: $0, ldc: ldc) }
+                    try got.ptr { c in try a.withUnsafeBytes { ap in try b.withUnsafeBytes { bp in
+                        try OneDNN.gemm(type: .f32, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
+                                        a: ap.baseAddress!, lda: lda, b: bp.baseAddress!, ldb: ldb, beta: beta, c: c, ldc: ldc)
+                    } } }
+                    let label = "\(m)×\(n)×\(k) transA \(transA) transB \(transB) alpha \(alpha) beta \(beta), \(threads) thread(s)"
+                    XCTAssertLessThan(relErr(got, want), 1e-5, label)
+                    // The padding columns of C (beyond n in each row) are left alone.
+                    for r in 0..<m { for j in n..<ldc { XCTAssertEqual(got[r * ldc + j], c0[r * ldc + j], label) } }
+                } } }
+            }
+        }
+        // Primitives are made once and reused: running the same products again adds none.
+        let made = OneDNN.cachedPrimitives
+        Threads.configure(2)
+        var c = [Float](repeating: 0, count: 130 * 72)
+        let a = randomFloats(130 * 123, seed: 1), b = randomFloats(120 * 75, seed: 2)
+        try c.ptr { cp in try a.withUnsafeBytes { ap in try b.withUnsafeBytes { bp in
+            try OneDNN.gemm(type: .f32, m: 130, n: 70, k: 120, a: ap.baseAddress!, lda: 123, b: bp.baseAddress!, ldb: 75,
+                            beta: 0, c: cp, ldc: 72)
+        } } }
+        XCTAssertEqual(OneDNN.cachedPrimitives, made)
+    }
+
+    /// bf16: where oneDNN has a bf16 matmul, its product of bf16 operands equals the exact product (fp32
+    /// accumulation: 1e-6); where it has none, asking for one is an error naming the cause. Either way the
+    /// process's backend is oneDNN exactly when the CPU has AVX512_BF16 and oneDNN a bf16 matmul.
+    func testBF16ProductOrItsAbsence() throws {
+        let impl = OneDNN.implementation(.bf16)
+        if ProcessInfo.processInfo.environment["TESSERA_BF16_PRODUCTS"] == nil {
+            XCTAssertEqual(ProductBackend.bf16, MachineCheck.hasBF16 && impl != nil ? .onednn : .emulated, ProductBackend.reason)
+        }
+        XCTAssertTrue(Precision.bf16.productsDescription.contains(ProductBackend.bf16 == .onednn ? "oneDNN" : "emulated"))
+        let (m, n, k) = (96, 80, 64)
+        let a = randomFloats(m * k, seed: 4).map { BF16.from($0) }, b = randomFloats(k * n, seed: 5).map { BF16.from($0) }
+        var c = [Float](repeating: 0, count: m * n)
+        func product() throws {
+            try c.ptr { cp in try a.withUnsafeBytes { ap in try b.withUnsafeBytes { bp in
+                try OneDNN.gemm(type: .bf16, m: m, n: n, k: k, a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: n,
+                                beta: 0, c: cp, ldc: n)
+            } } }
+        }
+        if impl != nil {
+            try product()
+            let exact = Ref.linear(a.map { Double(BF16.float($0)) }, b.map { Double(BF16.float($0)) }, nil, n: m, inDim: k, outDim: n)
+            XCTAssertLessThan(relErr(c, exact.map { Float($0) }), 1e-6)
+        } else {
+            XCTAssertThrowsError(try product()) { XCTAssertTrue("\($0)".contains("unimplemented on this CPU"), "\($0)") }
+            XCTAssertEqual(ProductBackend.bf16, .emulated)
+        }
+    }
+
+    /// Forcing the oneDNN backend where it has no bf16 matmul stops a bf16 job at start with the reason;
+    /// forcing the emulation always works.
+    func testForcedBackend() throws {
+        let cfg = try CommandTests.tinyJob(scratchDirectory("onednn-forced"))
+        for (forced, ok) in [("onednn", OneDNN.implementation(.bf16) != nil), ("emulated", true), ("sgemm", false)] {
+            let (status, out) = try runProcess(["TESSERA_BF16_PRODUCTS=\(forced)", CommandTests.binary, "train", cfg,
+                                                "--training.precision", "bf16", "--training.steps", "1", "--sample.tokens", "0"])
+            if ok {
+                XCTAssertEqual(status, 0, out)
+                XCTAssertTrue(out.contains(forced == "emulated" ? "emulated" : "oneDNN"), out)
+            } else {
+                XCTAssertNotEqual(status, 0, out)
+                XCTAssertTrue(out.contains("training.precision = \"bf16\"") && out.contains("TESSERA_BF16_PRODUCTS=\(forced)"), out)
+            }
+        }
+    }
+}

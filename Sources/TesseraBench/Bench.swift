@@ -63,9 +63,12 @@ public enum Bench {
         let pt = threads == p2.threads ? p2 : threads == 1 ? p1 : SgemmProbe.measure(threads: threads)
         // Both ceilings, in this run: the fp32 sgemm and the bf16 product as this build runs it.
         let bf = SgemmProbe.measure(precision: .bf16, threads: threads)
+        let dnnl = SgemmProbe.measureOneDNN(threads: threads)
         let ceiling = precision == .bf16 ? bf : pt
         out.append("sgemm ceiling (\(p1.n)³, OpenBLAS threads): 1 thread \(fmt(p1.flops / 1e9, 1)) GFLOP/s, "
                    + "\(p2.threads) threads \(fmt(p2.flops / 1e9, 1)) GFLOP/s")
+        out.append("oneDNN f32 matmul (\(dnnl.n)³, \(dnnl.threads) thread(s)): \(fmt(dnnl.flops / 1e9, 1)) GFLOP/s "
+                   + "(\(fmt(dnnl.flops / pt.flops, 2))× OpenBLAS's sgemm on as many threads; OpenBLAS runs the fp32 products)")
         out.append("bf16 product ceiling (\(bf.n)³, \(bf.threads) thread(s)): \(fmt(bf.flops / 1e9, 1)) GFLOP/s — \(Precision.bf16.productsDescription)")
         out.append("precision \(precision.rawValue): MFU below is against the \(precision.rawValue) ceiling on \(threads) thread(s): \(fmt(ceiling.flops / 1e9, 1)) GFLOP/s")
         out.append("")
@@ -93,7 +96,8 @@ public enum Bench {
                     "bench": "bench", "size": r.size.name, "params": r.parameters, "step_s": r.stepSeconds,
                     "tokens_per_s": r.tokensPerSecond, "mfu": r.mfu, "threads": threads, "activation_bytes": r.activationBytes,
                     "sgemm_flops": pt.flops, "sgemm_1t_flops": p1.flops, "sgemm_2t_flops": p2.flops,
-                    "precision": precision.rawValue, "bf16_flops": bf.flops, "ceiling_flops": ceiling.flops]))
+                    "precision": precision.rawValue, "bf16_flops": bf.flops, "ceiling_flops": ceiling.flops,
+                    "onednn_f32_flops": dnnl.flops, "bf16_backend": ProductBackend.bf16.rawValue]))
             }
         }
         return out.joined(separator: "\n")

@@ -39,4 +39,21 @@ public enum SgemmProbe {
         }
         return Result(flops: 2 * Double(n * n * n) / best, n: n, threads: threads)
     }
+
+    /// oneDNN's f32 matmul at n³ through the same split over `threads` kernel threads: the alternative fp32
+    /// library, measured beside OpenBLAS so the choice of fp32 backend rests on this machine's figures.
+    public static func measureOneDNN(threads: Int, n: Int = 2048, seconds: Double = 0.6) -> Result {
+        let a = FloatBuffer(n * n, value: 0.5), b = FloatBuffer(n * n, value: 0.25), c = FloatBuffer(n * n)
+        Threads.configure(threads)
+        var best = Double.infinity, spent = 0.0, reps = 0
+        while reps < 2 || (spent < seconds && reps < 20) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            do {
+                try OneDNN.gemm(type: .f32, m: n, n: n, k: n, a: a.ptr, lda: n, b: b.ptr, ldb: n, beta: 0, c: c.ptr, ldc: n)
+            } catch { fatalError("\(error)") }  // oneDNN has f32 matmuls on every x86-64 CPU
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            best = min(best, dt); spent += dt; reps += 1
+        }
+        return Result(flops: 2 * Double(n * n * n) / best, n: n, threads: threads)
+    }
 }

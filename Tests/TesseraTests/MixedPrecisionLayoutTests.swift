@@ -113,6 +113,8 @@ final class MixedPrecisionLayoutTests: XCTestCase {
             let sgemm = try XCTUnwrap(number(r, "sgemm_flops")), bf16 = try XCTUnwrap(number(r, "bf16_flops"))
             let ceiling = try XCTUnwrap(number(r, "ceiling_flops"))
             XCTAssertGreaterThan(sgemm, 0); XCTAssertGreaterThan(bf16, 0)
+            XCTAssertGreaterThan(try XCTUnwrap(number(r, "onednn_f32_flops")), 0)
+            XCTAssertEqual(r["bf16_backend"] as? String, ProductBackend.bf16.rawValue)
             XCTAssertEqual(ceiling, precision == "bf16" ? bf16 : sgemm)
             // MFU is the model's FLOPs at the measured rate over that ceiling.
             let tokens = try XCTUnwrap(number(r, "tokens_per_s")), params = try XCTUnwrap(number(r, "params"))

@@ -51,7 +51,7 @@ public enum Bench {
 
     /// Runs the whole benchmark and returns the report text.
     public static func run(names: [String], threads: Int, steps: Int, warmup: Int, json: Bool, profile: Bool = false,
-                           precision: Precision = .fp32) -> String {
+                           precision: Precision = .fp32, attention: Bool = false) -> String {
         OpProfile.enabled = profile
         var out: [String] = []
         let cores = Threads.availableCores()
@@ -89,6 +89,8 @@ public enum Bench {
                 out.append("  \(BenchScaffold.cell(op.name, 16))\(fmt(1000 * s, 1).leftPad(9))  \(fmt(100 * s / total, 1).leftPad(5))%")
             }
         }
+        let attn = attention ? BenchSize.standard.filter { names.contains($0.name) }.map { AttentionBench.measure($0, threads: threads) } : []
+        if attention { out += AttentionBench.report(attn, ceiling: pt.flops) }
         out.append("\nMFU = (6N + 12·n_layer·d·seq) FLOPs/token × tokens/s ÷ the ceiling of the precision in use; median of \(steps) steps after \(warmup) warm-up; \(threads) kernel thread(s).")
         if json {
             for r in rows {
@@ -98,6 +100,12 @@ public enum Bench {
                     "sgemm_flops": pt.flops, "sgemm_1t_flops": p1.flops, "sgemm_2t_flops": p2.flops,
                     "precision": precision.rawValue, "bf16_flops": bf.flops, "ceiling_flops": ceiling.flops,
                     "onednn_f32_flops": dnnl.flops, "bf16_backend": ProductBackend.bf16.rawValue]))
+            }
+            for a in attn {
+                out.append(BenchScaffold.jsonLine([
+                    "bench": "attention", "size": a.size, "threads": threads, "forward_s": a.forwardSeconds,
+                    "backward_s": a.backwardSeconds, "forward_flops": a.forwardFlops / a.forwardSeconds,
+                    "backward_flops": a.backwardFlops / a.backwardSeconds, "sgemm_flops": pt.flops]))
             }
         }
         return out.joined(separator: "\n")

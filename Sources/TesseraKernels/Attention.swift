@@ -98,13 +98,9 @@ public enum Attention {
                     let mx = vmax(row, valid)
                     let mOld = m[i], mNew = Swift.max(mOld, mx)
                     let corr: Float = mOld == -.infinity ? 0 : Foundation.exp(mOld - mNew)
-                    let mv = F16(repeating: mNew)
-                    var sum = F16(), j = 0
-                    while j + 16 <= valid { let p = vexp(load16(row, j) - mv); store16(row, j, p); sum += p; j += 16 }
-                    var tail: Float = 0
-                    while j < valid { let p = Foundation.exp(row[j] - mNew); row[j] = p; tail += p; j += 1 }
-                    while j < nk { row[j] = 0; j += 1 }
-                    l[i] = l[i] * corr + sum.sum() + tail
+                    let sum = vexpShifted(row, valid, shift: mNew)
+                    if valid < nk { (row + valid).update(repeating: 0, count: nk - valid) }
+                    l[i] = l[i] * corr + sum
                     if corr != 1 { vscale(acc + i * hd, corr, hd) }
                     m[i] = mNew
                 }
@@ -167,11 +163,8 @@ public enum Attention {
                         let valid = min(nk, g.visibleKeys(q0 + i) - k0)
                         let li = lp[q0 + i]
                         if valid <= 0 || li == -.infinity { row.update(repeating: 0, count: nk); continue }
-                        let lv = F16(repeating: li)
-                        var j = 0
-                        while j + 16 <= valid { store16(row, j, vexp(load16(row, j) - lv)); j += 16 }
-                        while j < valid { row[j] = Foundation.exp(row[j] - li); j += 1 }
-                        while j < nk { row[j] = 0; j += 1 }
+                        _ = vexpShifted(row, valid, shift: li)
+                        if valid < nk { (row + valid).update(repeating: 0, count: nk - valid) }
                     }
                     // dV[k] += Pᵀ dO
                     BLAS.sgemm(transA: true, transB: false, m: nk, n: hd, k: nq, alpha: 1, a: p, lda: bk,

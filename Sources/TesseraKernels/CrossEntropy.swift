@@ -40,11 +40,7 @@ public enum CrossEntropy {
                     let t = Int(T.p[base + i])
                     let mx = vmax(row, v)
                     let targetLogit = t >= 0 ? row[t] - mx : 0
-                    let mv = F16(repeating: mx)
-                    var acc = F16(), j = 0
-                    while j + 16 <= v { let e = vexp(load16(row, j) - mv); store16(row, j, e); acc += e; j += 16 }
-                    var sum = acc.sum()
-                    while j < v { let e = Foundation.exp(row[j] - mx); row[j] = e; sum += e; j += 1 }
+                    let sum = vexpShifted(row, v, shift: mx)
                     if t < 0 {
                         LS.p[i] = 0
                         if wantGrad { row.update(repeating: 0, count: v) }

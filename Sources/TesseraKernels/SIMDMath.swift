@@ -1,3 +1,5 @@
+import Foundation
+
 // SIMD building blocks for the non-BLAS kernels. Swift has no SIMD exp/tanh; these are Cephes-style
 // polynomials over SIMD16<Float> written only with operations that lower to vector instructions.
 
@@ -24,6 +26,19 @@ public func vexp(_ xin: F16) -> F16 {
     y = (x + 1).addingProduct(y, z)
     let n = unsafeBitCast(t, to: SIMD16<Int32>.self) &- 0x4B40_0000
     return y * unsafeBitCast((n &+ 127) &<< 23, to: F16.self)
+}
+
+/// p[i] = exp(p[i] - shift) for i < n; returns the sum of the new values. One call per row: the compiler
+/// does not inline `vexp` into every loop that calls it (measured in attention: a call per 16 values,
+/// the 64-byte vectors passed through memory), so the softmax loops share this one.
+@inlinable
+public func vexpShifted(_ p: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) -> Float {
+    let sv = F16(repeating: shift)
+    var acc = F16(), i = 0
+    while i + 16 <= n { let e = vexp(load16(p, i) - sv); store16(p, i, e); acc += e; i += 16 }
+    var sum = acc.sum()
+    while i < n { let e = Foundation.exp(p[i] - shift); p[i] = e; sum += e; i += 1 }
+    return sum
 }
 
 /// tanh(x) = 1 - 2 / (exp(2x) + 1), for 16 lanes (absolute error about 1e-7).

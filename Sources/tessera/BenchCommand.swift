@@ -25,6 +25,9 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Also print where a step's time goes, op by op.")
     var profile = false
 
+    @Flag(help: "Also time the attention kernel alone at each size's shape (forward, backward, share of the ceiling).")
+    var attention = false
+
     @Option(help: ArgumentHelp("Number format of the matrix products: fp32 or bf16.", valueName: "fp32|bf16"))
     var precision = "fp32"
 
@@ -41,6 +44,6 @@ struct BenchCommand: ParsableCommand {
         let note = prepareMachine()
         if let note { print("note: \(note)") }
         print(Bench.run(names: names, threads: threads ?? Threads.availableCores(), steps: steps, warmup: warmup, json: json,
-                        profile: profile, precision: Precision(rawValue: precision)!))
+                        profile: profile, precision: Precision(rawValue: precision)!, attention: attention))
     }
 }

@@ -1,0 +1,55 @@
+// `tessera bench --attention`: the blockwise attention kernel alone, forward and backward, at each size's
+// shape (batch, sequence, heads, head dimension), best of several calls. The FLOPs counted are the products'
+// on the causal half: forward 2 products (QKᵀ, PV), backward 5 (QKᵀ recomputed, PᵀdO, dO·Vᵀ, dS·K, dSᵀQ),
+// each 2·T²/2·hd per (batch, head). Against the sgemm ceiling of the same run.
+
+import Foundation
+import TesseraKernels
+import TesseraTraining
+
+public enum AttentionBench {
+    public struct Row: Sendable {
+        public let size: String, forwardSeconds: Double, backwardSeconds: Double
+        public let forwardFlops: Double, backwardFlops: Double
+    }
+
+    public static func measure(_ s: BenchSize, threads: Int, reps: Int = 7) -> Row {
+        Threads.configure(threads)
+        let hd = s.d / s.heads, c = s.d, n = s.batch * s.seq
+        let g = AttentionLayout.fused(batch: s.batch, t: s.seq, heads: s.heads, headDim: hd)
+        var rng = SplitMix64(seed: 7)
+        let qkv = FloatBuffer(n * 3 * c), dout = FloatBuffer(n * c)
+        for i in 0..<(n * 3 * c) { qkv.ptr[i] = Float(rng.nextDouble()) - 0.5 }
+        for i in 0..<(n * c) { dout.ptr[i] = Float(rng.nextDouble()) - 0.5 }
+        let out = FloatBuffer(n * c), lse = FloatBuffer(s.batch * s.heads * s.seq), dqkv = FloatBuffer(n * 3 * c)
+        let scratch = Scratch()
+        var fwd = Double.infinity, bwd = Double.infinity
+        for _ in 0..<reps {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            Attention.forward(out: out.ptr, lse: lse.ptr, q: qkv.ptr, k: qkv.ptr + c, v: qkv.ptr + 2 * c, layout: g, scratch: scratch)
+            let t1 = DispatchTime.now().uptimeNanoseconds
+            Attention.backward(dq: dqkv.ptr, dk: dqkv.ptr + c, dv: dqkv.ptr + 2 * c, dout: dout.ptr, out: out.ptr, lse: lse.ptr,
+                               q: qkv.ptr, k: qkv.ptr + c, v: qkv.ptr + 2 * c, layout: g, scratch: scratch)
+            let t2 = DispatchTime.now().uptimeNanoseconds
+            fwd = min(fwd, Double(t1 - t0) / 1e9); bwd = min(bwd, Double(t2 - t1) / 1e9)
+        }
+        let product = 2 * Double(s.batch * s.heads) * Double(s.seq * s.seq) / 2 * Double(hd)
+        return Row(size: s.name, forwardSeconds: fwd, backwardSeconds: bwd, forwardFlops: 2 * product, backwardFlops: 5 * product)
+    }
+
+    /// The table: per size, forward and backward time, GFLOP/s and share of the ceiling.
+    public static func report(_ rows: [Row], ceiling: Double) -> [String] {
+        var out = ["", "attention kernel alone (causal; products' FLOPs on the visible half; best of 7 calls; % of the ceiling above):",
+                   "size  shape                 forward ms  GFLOP/s  of ceiling   backward ms  GFLOP/s  of ceiling"]
+        for r in rows {
+            let s = BenchSize.standard.first { $0.name == r.size }!
+            let f = r.forwardFlops / r.forwardSeconds, b = r.backwardFlops / r.backwardSeconds
+            out.append(BenchScaffold.cell(r.size, 6) + BenchScaffold.cell("\(s.batch)×\(s.seq), \(s.heads)×\(s.d / s.heads)", 22)
+                       + BenchScaffold.cell(fmt(1000 * r.forwardSeconds, 1), 12) + BenchScaffold.cell(fmt(f / 1e9, 1), 9)
+                       + BenchScaffold.cell(fmt(100 * f / ceiling, 0) + "%", 13)
+                       + BenchScaffold.cell(fmt(1000 * r.backwardSeconds, 1), 13) + BenchScaffold.cell(fmt(b / 1e9, 1), 9)
+                       + fmt(100 * b / ceiling, 0) + "%")
+        }
+        return out
+    }
+}

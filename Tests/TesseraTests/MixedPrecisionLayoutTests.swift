@@ -101,11 +101,13 @@ final class MixedPrecisionLayoutTests: XCTestCase {
     }
 
     /// `tessera bench --precision` measures both ceilings in the run and reports MFU against the one of the
-    /// precision in use (a smoke run of size S; the figures themselves are benchmarks, not asserted).
+    /// precision in use (a smoke run of size S; the figures themselves are benchmarks, not asserted), and
+    /// `--attention` the kernel alone with the FLOPs of its products on the causal half.
     func testBenchReportsBothCeilings() throws {
         for precision in ["fp32", "bf16"] {
             let (status, out) = try runProcess([CommandTests.binary, "bench", "--sizes", "S", "--steps", "1", "--warmup", "0",
-                                                "--threads", "1", "--precision", precision, "--json"])
+                                                "--threads", "1", "--precision", precision, "--json"]
+                                               + (precision == "fp32" ? ["--attention"] : []))
             XCTAssertEqual(status, 0, out)
             XCTAssertTrue(out.contains("bf16 product ceiling"), out)
             let r = try XCTUnwrap(benchReports(out, bench: "bench").first, out)
@@ -120,6 +122,16 @@ final class MixedPrecisionLayoutTests: XCTestCase {
             let tokens = try XCTUnwrap(number(r, "tokens_per_s")), params = try XCTUnwrap(number(r, "params"))
             let flops = (6 * params + 12 * 4 * 128 * 256) * tokens
             XCTAssertEqual(try XCTUnwrap(number(r, "mfu")), flops / ceiling, accuracy: 1e-6 * flops / ceiling)
+            let attention = benchReports(out, bench: "attention")
+            XCTAssertEqual(attention.count, precision == "fp32" ? 1 : 0, out)
+            if let a = attention.first {
+                // S: batch 8, 256 tokens, 4 heads of 32; a product on the causal half is 2·8·4·256²/2·32 FLOPs.
+                let product = 2.0 * 8 * 4 * 256 * 256 / 2 * 32
+                let f = try XCTUnwrap(number(a, "forward_flops")) * XCTUnwrap(number(a, "forward_s"))
+                let b = try XCTUnwrap(number(a, "backward_flops")) * XCTUnwrap(number(a, "backward_s"))
+                XCTAssertEqual(f, 2 * product, accuracy: 1e-6 * product)
+                XCTAssertEqual(b, 5 * product, accuracy: 1e-6 * product)
+            }
         }
         let (status, out) = try runProcess([CommandTests.binary, "bench", "--precision", "fp16"])
         XCTAssertNotEqual(status, 0)

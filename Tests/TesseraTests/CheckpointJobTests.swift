@@ -1,6 +1,8 @@
 import Foundation
 import XCTest
 @testable import TesseraCheckpoint
+import TesseraModel
+import TesseraTraining
 
 /// Checkpointing in real `mpirun` jobs of the data-parallel test config (2 layers, batch 16 × 32 tokens,
 /// 10 steps, clipping active, evaluation at steps 5 and 10):
@@ -206,6 +208,13 @@ final class CheckpointJobTests: XCTestCase {
         XCTAssertEqual(w16.losses, plain16.losses, "saving changed a bf16 run")
         _ = try Self.job(np: 1, "w-fp32", lr + ["--checkpoint.every", "4", "--checkpoint.dir", Self.root("w-fp32")])
         XCTAssertNotEqual(plain16.losses, plain32.losses)
+        // Export of the bf16 run writes the fp32 masters: F32 tensors, most values not representable in bf16.
+        let hf = Self.root("w-bf16-hf")
+        _ = try CheckpointCommands.export(arguments: ["--hf", hf, "--checkpoint", Self.root("w-bf16") + "/step-000004"], log: { _ in })
+        let exported = try SafeTensorsFile(path: hf + "/model.safetensors")
+        let wte = try exported.floats("transformer.wte.weight")
+        XCTAssertEqual(exported.entries["transformer.wte.weight"]?.dtype, "F32")
+        XCTAssertGreaterThan(wte.filter { $0.bitPattern & 0xFFFF != 0 }.count, wte.count / 2, "export wrote bf16-rounded weights")
         let cases: [(String, String, [String], Job, Double)] = [
             ("bf16 → bf16", "w-bf16", bf16, plain16, 0),
             ("bf16 → fp32", "w-bf16", [], plain32, 2e-2),

@@ -11,6 +11,11 @@ import Foundation
 // With the *global* O and lse this is exact also when keys arrive block by block from other ranks
 // (ring attention), which is why both are inputs to the backward.
 //
+// Grouped-query attention: `kvHeads` key/value heads, each shared by heads / kvHeads consecutive query
+// heads (query head h reads key/value head h / group) straight from the buffers, without copies. The
+// backward runs one task per key/value head, its query heads in turn, so a shared head's dK and dV
+// accumulate on one thread.
+//
 // Positions are explicit: query row i sits at global position qOffset + i, key row j at kOffset + j;
 // with `causal`, key j is visible to query i iff kOffset + j <= qOffset + i. A query row that sees no key
 // gets O = 0 and lse = -inf (so that a log-sum-exp merge ignores it).
@@ -20,6 +25,10 @@ import Foundation
 /// fused qkv buffer (row stride 3C) without copies.
 public struct AttentionLayout: Sendable {
     public var batch: Int, heads: Int, headDim: Int
+    /// Key/value heads (grouped-query attention); `heads` unless told, and a divisor of it.
+    public var kvHeads: Int
+    /// Query heads per key/value head.
+    public var group: Int { heads / kvHeads }
     public var tq: Int, tk: Int
     public var qOffset: Int = 0, kOffset: Int = 0
     public var causal: Bool = true
@@ -31,7 +40,9 @@ public struct AttentionLayout: Sendable {
 
     public init(batch: Int, heads: Int, headDim: Int, tq: Int, tk: Int, qOffset: Int = 0, kOffset: Int = 0,
                 causal: Bool = true, qRow: Int, kRow: Int, vRow: Int, oRow: Int,
-                qBatch: Int, kBatch: Int, vBatch: Int, oBatch: Int, blockQ: Int = 64, blockK: Int = 64) {
+                qBatch: Int, kBatch: Int, vBatch: Int, oBatch: Int, blockQ: Int = 64, blockK: Int = 64, kvHeads: Int? = nil) {
+        precondition(heads % (kvHeads ?? heads) == 0, "attention: \(kvHeads ?? heads) key/value heads do not divide \(heads) query heads")
+        self.kvHeads = kvHeads ?? heads
         self.blockQ = blockQ; self.blockK = blockK
         self.batch = batch; self.heads = heads; self.headDim = headDim; self.tq = tq; self.tk = tk
         self.qOffset = qOffset; self.kOffset = kOffset; self.causal = causal
@@ -39,12 +50,14 @@ public struct AttentionLayout: Sendable {
         self.qBatch = qBatch; self.kBatch = kBatch; self.vBatch = vBatch; self.oBatch = oBatch
     }
 
-    /// Self-attention over a fused qkv buffer [batch, t, 3·heads·headDim] with output [batch, t, heads·headDim].
-    public static func fused(batch: Int, t: Int, heads: Int, headDim: Int, causal: Bool = true) -> AttentionLayout {
-        let c = heads * headDim
+    /// Self-attention over a fused qkv buffer [batch, t, (heads + 2·kvHeads)·headDim] (q, then k, then v: k
+    /// starts at column heads·headDim, v at (heads + kvHeads)·headDim) with output [batch, t, heads·headDim].
+    public static func fused(batch: Int, t: Int, heads: Int, headDim: Int, causal: Bool = true,
+                             kvHeads: Int? = nil) -> AttentionLayout {
+        let c = heads * headDim, row = c + 2 * (kvHeads ?? heads) * headDim
         return AttentionLayout(batch: batch, heads: heads, headDim: headDim, tq: t, tk: t, causal: causal,
-                               qRow: 3 * c, kRow: 3 * c, vRow: 3 * c, oRow: c,
-                               qBatch: t * 3 * c, kBatch: t * 3 * c, vBatch: t * 3 * c, oBatch: t * c)
+                               qRow: row, kRow: row, vRow: row, oRow: c,
+                               qBatch: t * row, kBatch: t * row, vBatch: t * row, oBatch: t * c, kvHeads: kvHeads)
     }
 
     /// Number of keys (from 0) that query row i may see.
@@ -81,8 +94,8 @@ public enum Attention {
             let s = ws.p + w * per, acc = s + bq * bk, m = acc + bq * hd, l = m + bq
             let q0 = qb * bq, nq = min(bq, g.tq - q0)
             let qp = Q.p + b * g.qBatch + q0 * g.qRow + h * hd
-            let kp = K.p + b * g.kBatch + h * hd
-            let vp = V.p + b * g.vBatch + h * hd
+            let kp = K.p + b * g.kBatch + (h / g.group) * hd
+            let vp = V.p + b * g.vBatch + (h / g.group) * hd
             for i in 0..<nq { m[i] = -.infinity; l[i] = 0 }
             acc.update(repeating: 0, count: nq * hd)
             let kLimit = g.visibleKeys(q0 + nq - 1)
@@ -131,7 +144,7 @@ public enum Attention {
                                 q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                 layout g: AttentionLayout, scratch: Scratch, progress: KernelProgress? = nil) {
         let bq = g.blockQ, bk = g.blockK, hd = g.headDim
-        let tasks = g.batch * g.heads
+        let tasks = g.batch * g.kvHeads
         let workers = min(Threads.count, max(tasks, 1))
         let per = 2 * bq * bk + g.tq
         let ws = SendPtr(scratch.floats(workers * per))
@@ -139,55 +152,57 @@ public enum Attention {
         let LSE = SendConstPtr(lse), Q = SendConstPtr(q), K = SendConstPtr(k), V = SendConstPtr(v)
         let scale = g.scale
         Threads.parallelTasks(tasks) { w, task in
-            let h = task % g.heads, b = task / g.heads
-            let p = ws.p + w * per, dp = p + bq * bk, dsum = dp + bq * bk
-            let qp = Q.p + b * g.qBatch + h * hd, kp = K.p + b * g.kBatch + h * hd, vp = V.p + b * g.vBatch + h * hd
-            let dqp = DQ.p + b * g.qBatch + h * hd, dkp = DK.p + b * g.kBatch + h * hd, dvp = DV.p + b * g.vBatch + h * hd
-            let dop = DO.p + b * g.oBatch + h * hd, op = O.p + b * g.oBatch + h * hd
-            let lp = LSE.p + (b * g.heads + h) * g.tq
-            for i in 0..<g.tq { dsum[i] = vdot(dop + i * g.oRow, op + i * g.oRow, hd) }
-            var k0 = 0
-            while k0 < g.tk {
-                if w == 0 { progress?.poll() }
-                let nk = min(bk, g.tk - k0)
-                // First query row that sees key k0 (causal), rounded down to a query block.
-                var qStart = g.causal ? Swift.max(0, g.kOffset + k0 - g.qOffset) : 0
-                qStart = (qStart / bq) * bq
-                var q0 = qStart
-                while q0 < g.tq {
-                    let nq = min(bq, g.tq - q0)
-                    BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: scale, a: qp + q0 * g.qRow,
-                               lda: g.qRow, b: kp + k0 * g.kRow, ldb: g.kRow, beta: 0, c: p, ldc: bk)
-                    for i in 0..<nq {
-                        let row = p + i * bk
-                        let valid = min(nk, g.visibleKeys(q0 + i) - k0)
-                        let li = lp[q0 + i]
-                        if valid <= 0 || li == -.infinity { row.update(repeating: 0, count: nk); continue }
-                        _ = vexpShifted(row, valid, shift: li)
-                        if valid < nk { (row + valid).update(repeating: 0, count: nk - valid) }
+            let kvh = task % g.kvHeads, b = task / g.kvHeads
+            for h in kvh * g.group ..< (kvh + 1) * g.group {
+                let p = ws.p + w * per, dp = p + bq * bk, dsum = dp + bq * bk
+                let qp = Q.p + b * g.qBatch + h * hd, kp = K.p + b * g.kBatch + kvh * hd, vp = V.p + b * g.vBatch + kvh * hd
+                let dqp = DQ.p + b * g.qBatch + h * hd, dkp = DK.p + b * g.kBatch + kvh * hd, dvp = DV.p + b * g.vBatch + kvh * hd
+                let dop = DO.p + b * g.oBatch + h * hd, op = O.p + b * g.oBatch + h * hd
+                let lp = LSE.p + (b * g.heads + h) * g.tq
+                for i in 0..<g.tq { dsum[i] = vdot(dop + i * g.oRow, op + i * g.oRow, hd) }
+                var k0 = 0
+                while k0 < g.tk {
+                    if w == 0 { progress?.poll() }
+                    let nk = min(bk, g.tk - k0)
+                    // First query row that sees key k0 (causal), rounded down to a query block.
+                    var qStart = g.causal ? Swift.max(0, g.kOffset + k0 - g.qOffset) : 0
+                    qStart = (qStart / bq) * bq
+                    var q0 = qStart
+                    while q0 < g.tq {
+                        let nq = min(bq, g.tq - q0)
+                        BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: scale, a: qp + q0 * g.qRow,
+                                   lda: g.qRow, b: kp + k0 * g.kRow, ldb: g.kRow, beta: 0, c: p, ldc: bk)
+                        for i in 0..<nq {
+                            let row = p + i * bk
+                            let valid = min(nk, g.visibleKeys(q0 + i) - k0)
+                            let li = lp[q0 + i]
+                            if valid <= 0 || li == -.infinity { row.update(repeating: 0, count: nk); continue }
+                            _ = vexpShifted(row, valid, shift: li)
+                            if valid < nk { (row + valid).update(repeating: 0, count: nk - valid) }
+                        }
+                        // dV[k] += Pᵀ dO
+                        BLAS.sgemm(transA: true, transB: false, m: nk, n: hd, k: nq, alpha: 1, a: p, lda: bk,
+                                   b: dop + q0 * g.oRow, ldb: g.oRow, beta: 1, c: dvp + k0 * g.vRow, ldc: g.vRow)
+                        // dP = dO Vᵀ
+                        BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: 1, a: dop + q0 * g.oRow,
+                                   lda: g.oRow, b: vp + k0 * g.vRow, ldb: g.vRow, beta: 0, c: dp, ldc: bk)
+                        // dS = P ∘ (dP - D), into p
+                        for i in 0..<nq {
+                            let row = p + i * bk, drow = dp + i * bk
+                            let dv = F16(repeating: dsum[q0 + i])
+                            var j = 0
+                            while j + 16 <= nk { store16(row, j, load16(row, j) * (load16(drow, j) - dv)); j += 16 }
+                            while j < nk { row[j] = row[j] * (drow[j] - dsum[q0 + i]); j += 1 }
+                        }
+                        // dQ += scale dS K;  dK += scale dSᵀ Q
+                        BLAS.sgemm(transA: false, transB: false, m: nq, n: hd, k: nk, alpha: scale, a: p, lda: bk,
+                                   b: kp + k0 * g.kRow, ldb: g.kRow, beta: 1, c: dqp + q0 * g.qRow, ldc: g.qRow)
+                        BLAS.sgemm(transA: true, transB: false, m: nk, n: hd, k: nq, alpha: scale, a: p, lda: bk,
+                                   b: qp + q0 * g.qRow, ldb: g.qRow, beta: 1, c: dkp + k0 * g.kRow, ldc: g.kRow)
+                        q0 += bq
                     }
-                    // dV[k] += Pᵀ dO
-                    BLAS.sgemm(transA: true, transB: false, m: nk, n: hd, k: nq, alpha: 1, a: p, lda: bk,
-                               b: dop + q0 * g.oRow, ldb: g.oRow, beta: 1, c: dvp + k0 * g.vRow, ldc: g.vRow)
-                    // dP = dO Vᵀ
-                    BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: 1, a: dop + q0 * g.oRow,
-                               lda: g.oRow, b: vp + k0 * g.vRow, ldb: g.vRow, beta: 0, c: dp, ldc: bk)
-                    // dS = P ∘ (dP - D), into p
-                    for i in 0..<nq {
-                        let row = p + i * bk, drow = dp + i * bk
-                        let dv = F16(repeating: dsum[q0 + i])
-                        var j = 0
-                        while j + 16 <= nk { store16(row, j, load16(row, j) * (load16(drow, j) - dv)); j += 16 }
-                        while j < nk { row[j] = row[j] * (drow[j] - dsum[q0 + i]); j += 1 }
-                    }
-                    // dQ += scale dS K;  dK += scale dSᵀ Q
-                    BLAS.sgemm(transA: false, transB: false, m: nq, n: hd, k: nk, alpha: scale, a: p, lda: bk,
-                               b: kp + k0 * g.kRow, ldb: g.kRow, beta: 1, c: dqp + q0 * g.qRow, ldc: g.qRow)
-                    BLAS.sgemm(transA: true, transB: false, m: nk, n: hd, k: nq, alpha: scale, a: p, lda: bk,
-                               b: qp + q0 * g.qRow, ldb: g.qRow, beta: 1, c: dkp + k0 * g.kRow, ldc: g.kRow)
-                    q0 += bq
+                    k0 += bk
                 }
-                k0 += bk
             }
         }
     }

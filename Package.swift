@@ -50,10 +50,12 @@ let package = Package(
         // Pipeline parallelism: schedules as data (planner, simulation), stage partition, the engine.
         .target(name: "TesseraPipeline",
                 dependencies: ["TesseraComm", "TesseraModel", "TesseraKernels", "TesseraTimeline"], swiftSettings: fast),
+        // Byte-level BPE tokenizer (GPT-2 style), trained here or read from Hugging Face's tokenizer.json.
+        .target(name: "TesseraTokenizer", swiftSettings: fast),
         // Training: config, data, optimizer, schedule, loop, metrics, sampling.
         .target(name: "TesseraTraining",
                 dependencies: ["TesseraModel", "TesseraMemory", "TesseraKernels", "TesseraComm", "TesseraTimeline", "TesseraDataParallel",
-                               "TesseraSequenceParallel", "TesseraPipeline", "TesseraCheckpoint", "TOMLKit"],
+                               "TesseraSequenceParallel", "TesseraPipeline", "TesseraCheckpoint", "TesseraTokenizer", "TOMLKit"],
                 swiftSettings: fast),
         // Benchmarks (`tessera bench*`): one shared scaffold (synthetic data, sizes, median, tables, JSON reports).
         .target(name: "TesseraBench",
@@ -64,12 +66,12 @@ let package = Package(
         .target(name: "TesseraSelfCheck", dependencies: ["TesseraComm", "CMPI"], swiftSettings: fast),
         // The `tessera` command.
         .executableTarget(name: "tessera",
-                          dependencies: ["TesseraTraining", "TesseraBench", "TesseraSelfCheck",
+                          dependencies: ["TesseraTraining", "TesseraBench", "TesseraSelfCheck", "TesseraTokenizer",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: fast),
         .testTarget(name: "TesseraTests",
                     dependencies: ["TesseraTraining", "TesseraModel", "TesseraMemory", "TesseraCheckpoint", "TesseraKernels", "TesseraComm", "TesseraTimeline",
                                  "TesseraDataParallel", "TesseraSequenceParallel", "TesseraPipeline", "TesseraBench", "TesseraSelfCheck",
-                                 "tessera"]),
+                                 "TesseraTokenizer", "tessera"]),
     ]
 )

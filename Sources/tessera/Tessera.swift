@@ -18,7 +18,7 @@ struct Tessera: ParsableCommand {
             + "train, config show and plan take a config file and any config key as an override, e.g. --training.steps 50.",
         version: version,
         subcommands: [
-            TrainCommand.self, ConfigCommand.self, PrepareCommand.self, ExportCommand.self, GenerateCommand.self,
+            TrainCommand.self, ConfigCommand.self, PrepareCommand.self, TokenizerCommand.self, ExportCommand.self, GenerateCommand.self,
             PlanCommand.self, BenchCommand.self, BenchDPCommand.self, BenchSPCommand.self, BenchPPCommand.self,
             BenchMemoryCommand.self, BenchCheckpointCommand.self, BenchCommCommand.self, MPICheckCommand.self,
         ])

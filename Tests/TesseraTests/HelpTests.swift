@@ -42,7 +42,7 @@ final class HelpTests: XCTestCase {
     func testEverySubcommandHasHelpNamingEveryOptionAndStartsNothing() throws {
         let all = try commands()
         XCTAssertEqual(Set(all.map { $0.path.joined(separator: " ") }), [
-            "train", "config", "config show", "prepare", "export", "generate", "plan", "bench", "bench-dp", "bench-sp",
+            "train", "config", "config show", "prepare", "tokenizer", "tokenizer train", "tokenizer encode", "tokenizer decode", "export", "generate", "plan", "bench", "bench-dp", "bench-sp",
             "bench-pp", "bench-memory", "bench-checkpoint", "bench-comm", "mpi-check",
         ])
         for command in all {

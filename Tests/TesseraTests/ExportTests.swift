@@ -291,16 +291,7 @@ final class ExportTests: XCTestCase {
     /// (scripts/hf_venv.sh makes one in the package's .build/hf-venv on first use, so nothing lands in the home
     /// directory's caches); skipped only when pip cannot reach the package index.
     func testHuggingFaceLoadsTheExportAndComputesTheSameLogits() throws {
-        let venv = repoRoot.appendingPathComponent(".build/hf-venv").path
-        let (status, setup) = try runProcess(["bash", repoRoot.path + "/scripts/hf_venv.sh", venv], timeout: 1800)
-        if status == 3 {
-            print("ExportTests: skipping the Hugging Face load: pip cannot reach the package index\n\(setup)")
-            throw XCTSkip("pip cannot reach the package index to install torch and transformers")
-        }
-        XCTAssertEqual(status, 0, "scripts/hf_venv.sh failed:\n\(setup)")
-        guard status == 0 else { return }
-        print(setup.split(separator: "\n").filter { $0.hasPrefix("hf_venv:") }.joined(separator: "\n"))
-        let python = String(try XCTUnwrap(setup.split(separator: "\n").last))
+        guard let python = try huggingFacePython("ExportTests", skipping: "the Hugging Face load") else { return }
 
         let root = tempDir("hf"), config = makeConfig(), model = makeModel(config, scale: 0.5)
         try save(model, config, root: root, step: 3)

@@ -80,6 +80,23 @@ func writeTrainingText(in dir: URL, lines: Int) throws -> String {
     return url.path
 }
 
+/// The python of the Hugging Face venv (torch, transformers, tokenizers) that scripts/hf_venv.sh makes in the
+/// package's .build/hf-venv on first use, so nothing lands in the home directory's caches. Throws XCTSkip (saying
+/// so, after `who` and what is skipped) only when pip cannot reach the package index; any other failure of the
+/// set-up fails the calling test and returns nil.
+func huggingFacePython(_ who: String, skipping what: String) throws -> String? {
+    let venv = repoRoot.appendingPathComponent(".build/hf-venv").path
+    let (status, setup) = try runProcess(["bash", repoRoot.path + "/scripts/hf_venv.sh", venv], timeout: 1800)
+    if status == 3 {
+        print("\(who): skipping \(what): pip cannot reach the package index\n\(setup)")
+        throw XCTSkip("pip cannot reach the package index to install torch and transformers")
+    }
+    XCTAssertEqual(status, 0, "scripts/hf_venv.sh failed:\n\(setup)")
+    guard status == 0 else { return nil }
+    print(setup.split(separator: "\n").filter { $0.hasPrefix("hf_venv:") }.joined(separator: "\n"))
+    return String(try XCTUnwrap(setup.split(separator: "\n").last))
+}
+
 /// A command through /usr/bin/env with Open MPI's root and oversubscription settings (not started).
 func testProcess(_ argv: [String]) -> Process {
     let p = Process()

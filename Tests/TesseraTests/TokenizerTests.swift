@@ -59,6 +59,21 @@ final class TokenizerTests: XCTestCase {
         "",
     ]
 
+    /// 300 pseudo-random strings (fixed seed) over an alphabet of the pattern's edge cases: spaces, tabs, newlines,
+    /// CR, NBSP, apostrophes and contraction letters, digits, punctuation, accented and CJK letters, a combining
+    /// mark, emoji, a control byte and the special token.
+    static let fuzzTexts: [String] = {
+        let alphabet = [" ", " ", "  ", "\n", "\t", "\r\n", "\u{00A0}", "'", "'", "s", "t", "re", "ll", "d", "m", "v",
+                        "e", "A", "x", "7", "42", ".", ",", "!", "-", "(", "é", "ß", "日", "\u{0301}", "½", "👋🏽", "🎉",
+                        "\u{1}", "<|endoftext|>"]
+        var state: UInt64 = 0x2545_F491_4F6C_DD1D
+        func next(_ n: Int) -> Int {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int((state >> 33) % UInt64(n))
+        }
+        return (0..<300).map { _ in (0..<next(16)).map { _ in alphabet[next(alphabet.count)] }.joined() }
+    }()
+
     // MARK: The byte alphabet
 
     func testByteTableIsABijectionWithGPT2sLayout() {
@@ -135,9 +150,10 @@ final class TokenizerTests: XCTestCase {
         let tokenizer = Tokenizer.train(texts: [Self.trainingText], vocabSize: 600)
         XCTAssertEqual(tokenizer.vocabSize, 600)
         XCTAssertEqual(tokenizer.id(of: "<|endoftext|>"), 599)
-        for text in Self.texts + [Self.trainingText] {
+        for text in Self.texts + Self.fuzzTexts + [Self.trainingText] {
             let ids = tokenizer.encode(text)
             XCTAssertEqual(tokenizer.decode(ids), text, "round trip of \(text.debugDescription)")
+            XCTAssertEqual(PreTokenizer.split(text).joined(), text)
             XCTAssertTrue(ids.allSatisfy { (0..<600).contains($0) })
         }
         let ids = tokenizer.encode(Self.trainingText)
@@ -269,9 +285,10 @@ final class TokenizerTests: XCTestCase {
         try Self.trainingText.write(toFile: input, atomically: true, encoding: .utf8)
         let tokenizer = try Tokenizer.train(files: [input], vocabSize: 600)
         try tokenizer.write(to: path)
-        guard let hf = try huggingFaceEncode(python, tokenizer: path, texts: Self.texts, in: dir) else { return }
-        XCTAssertEqual(hf.ids.count, Self.texts.count)
-        for (i, text) in Self.texts.enumerated() {
+        let texts = Self.texts + Self.fuzzTexts
+        guard let hf = try huggingFaceEncode(python, tokenizer: path, texts: texts, in: dir) else { return }
+        XCTAssertEqual(hf.ids.count, texts.count)
+        for (i, text) in texts.enumerated() {
             XCTAssertEqual(tokenizer.encode(text), hf.ids[i], "ids of \(text.debugDescription)")
             XCTAssertEqual(hf.decoded[i], text, "Hugging Face's decode of \(text.debugDescription)")
         }
@@ -283,12 +300,14 @@ final class TokenizerTests: XCTestCase {
         let dir = try scratch("hf-theirs")
         let input = dir.appendingPathComponent("text.txt").path, path = dir.appendingPathComponent("tokenizer.json").path
         try Self.trainingText.write(toFile: input, atomically: true, encoding: .utf8)
-        guard let hf = try huggingFaceEncode(python, tokenizer: path, texts: Self.texts, in: dir,
+        let texts = Self.texts + Self.fuzzTexts
+        guard let hf = try huggingFaceEncode(python, tokenizer: path, texts: texts, in: dir,
                                              train: ["--train", input, "600"]) else { return }
         let tokenizer = try Tokenizer(path: path)
         XCTAssertEqual(tokenizer.id(of: "<|endoftext|>"), 0, "Hugging Face's trainer puts special tokens first")
         XCTAssertGreaterThan(tokenizer.model.merges.count, 100)
-        for (i, text) in Self.texts.enumerated() {
+        XCTAssertEqual(hf.ids.count, texts.count)
+        for (i, text) in texts.enumerated() {
             XCTAssertEqual(tokenizer.encode(text), hf.ids[i], "ids of \(text.debugDescription)")
             XCTAssertEqual(tokenizer.decode(hf.ids[i]), text, "decode of \(text.debugDescription)")
         }

@@ -6,6 +6,8 @@ public struct SpecialTokens: Sendable {
     /// (content, id), longest content first.
     public let tokens: [(content: String, id: Int)]
     private let patterns: [[Unicode.Scalar]]
+    private let ids: [String: Int]
+    private let contents: [Int: String]
 
     public enum Segment: Equatable {
         /// Ordinary text: the scalars in this range of the text's scalars.
@@ -19,13 +21,15 @@ public struct SpecialTokens: Sendable {
         let sorted = nonEmpty.sorted { $0.content.unicodeScalars.count > $1.content.unicodeScalars.count }
         self.tokens = sorted
         patterns = sorted.map { Array($0.content.unicodeScalars) }
+        ids = Dictionary(sorted.map { ($0.content, $0.id) }, uniquingKeysWith: { first, _ in first })
+        contents = Dictionary(sorted.map { ($0.id, $0.content) }, uniquingKeysWith: { first, _ in first })
     }
 
     public var isEmpty: Bool { tokens.isEmpty }
 
-    public func id(of content: String) -> Int? { tokens.first { $0.content == content }?.id }
+    public func id(of content: String) -> Int? { ids[content] }
 
-    public func content(of id: Int) -> String? { tokens.first { $0.id == id }?.content }
+    public func content(of id: Int) -> String? { contents[id] }
 
     /// `scalars` cut into ordinary text and special tokens, in order.
     public func segments(_ scalars: [Unicode.Scalar]) -> [Segment] {

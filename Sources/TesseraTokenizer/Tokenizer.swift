@@ -32,6 +32,7 @@ public struct Tokenizer: Sendable {
     }
 
     /// Trains on the texts of `files` (read as UTF-8, invalid bytes becoming U+FFFD); see BPETrainer for the rule.
+    /// `vocabSize` counts the 256 bytes, the merges and the special tokens; below 256 + specials nothing is merged.
     public static func train(files: [String], vocabSize: Int, specialTokens: [String] = ["<|endoftext|>"]) throws -> Tokenizer {
         let texts = try files.map { path in
             do {

@@ -128,6 +128,9 @@ enum TokenizerJSON {
             guard let token = item as? [String: Any], let content = token["content"] as? String, let id = token["id"] as? Int else {
                 throw fail("expected added_tokens[\(i)] to have a string \"content\" and an integer \"id\"")
             }
+            for flag in ["single_word", "lstrip", "rstrip"] where token[flag] as? Bool == true {
+                throw fail("expected added token \(content.debugDescription) to have \(flag) false (not supported)")
+            }
             special.append((content, id))
         }
         return Contents(vocab: vocab, merges: merges, special: special, ignoreMerges: model["ignore_merges"] as? Bool == true)

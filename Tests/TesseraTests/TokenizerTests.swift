@@ -223,6 +223,9 @@ final class TokenizerTests: XCTestCase {
             ("{\(good),\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":\"x\"},\"merges\":[]}}", "expected a non-negative integer id"),
             ("{\"version\":\"1.0\",\"normalizer\":{\"type\":\"NFC\"},\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
              "normalizers are not supported"),
+            ("{\"version\":\"1.0\",\"added_tokens\":[{\"id\":0,\"content\":\"<mask>\",\"lstrip\":true}],\"normalizer\":null,"
+                + "\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+             "expected added token \"<mask>\" to have lstrip false"),
             ("{\"version\":\"1.0\",\"pre_tokenizer\":{\"type\":\"Whitespace\"},\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
              "expected \"pre_tokenizer\" of type ByteLevel"),
         ]

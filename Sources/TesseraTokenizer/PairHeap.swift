@@ -5,8 +5,6 @@
 struct PairHeap {
     private var entries: [(count: Int, key: UInt64)] = []
 
-    var isEmpty: Bool { entries.isEmpty }
-
     mutating func push(count: Int, key: UInt64, tokenBytes: [[UInt8]]) {
         entries.append((count, key))
         var i = entries.count - 1

@@ -4,8 +4,9 @@
     python3 scripts/hf_logits.py DIR IDS [OUT.json]
 
 IDS is a comma-separated list of token ids (one sequence). Writes one JSON object (to OUT.json, else to
-standard output): the logits [len(IDS), vocab_size] of GPT2LMHeadModel.from_pretrained(DIR) in float32
-(as float64 lists), transformers' loading report (missing / unexpected / mismatched keys), whether lm_head is tied to wte,
+standard output): the logits [len(IDS), vocab_size] of AutoModelForCausalLM.from_pretrained(DIR) (GPT2LMHeadModel or LlamaForCausalLM) in float32
+(as float64 lists), transformers' loading report (missing / unexpected / mismatched keys), whether the LM head is tied to
+the input embeddings,
 and the torch and transformers versions. Needs torch and transformers (scripts/hf_venv.sh makes a venv).
 """
 import json
@@ -18,16 +19,17 @@ def main(argv):
         return 2
     import torch
     import transformers
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
-    model, info = GPT2LMHeadModel.from_pretrained(argv[1], output_loading_info=True)
+    model, info = AutoModelForCausalLM.from_pretrained(argv[1], output_loading_info=True)
     model.eval()
     ids = [int(x) for x in argv[2].split(",")]
     with torch.no_grad():
         logits = model(torch.tensor([ids], dtype=torch.long)).logits[0]
     result = json.dumps({
         "loading_info": {k: sorted(str(x) for x in v) for k, v in info.items()},
-        "tied": model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr(),
+        "architecture": type(model).__name__,
+        "tied": model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr(),
         "dtype": str(logits.dtype),
         "logits": logits.double().tolist(),
         "torch": torch.__version__,

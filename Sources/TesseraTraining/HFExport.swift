@@ -50,16 +50,21 @@ public enum HFExport {
     /// Writes `dir`/config.json and `dir`/model.safetensors (making `dir` if needed). Returns the two paths.
     @discardableResult
     public static func write(model: GPT, to dir: String) throws -> (config: String, weights: String) {
+        try writeDirectory(dir, params: model.params, config: configJSON(model.config))
+    }
+
+    /// `dir`/model.safetensors (every tensor of `params` under its name, F32, metadata {"format": "pt"}) and
+    /// `dir`/config.json (`config`), making `dir` if needed. Returns the two paths.
+    static func writeDirectory(_ dir: String, params p: ParameterSet, config: String) throws -> (config: String, weights: String) {
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
             throw TrainingError("\(dir): cannot create the export directory: \((error as NSError).localizedDescription)")
         }
         let configPath = dir + "/config.json", weightsPath = dir + "/model.safetensors"
-        let p = model.params
         let tensors = p.specs.enumerated().map { i, s in
             (name: s.name, shape: s.shape, values: UnsafeBufferPointer(start: p.pointer(i), count: s.count))
         }
         try SafeTensorsFile.write(path: weightsPath, tensors: tensors, metadata: ["format": "pt"])
-        do { try configJSON(model.config).write(toFile: configPath, atomically: true, encoding: .utf8) } catch {
+        do { try config.write(toFile: configPath, atomically: true, encoding: .utf8) } catch {
             throw TrainingError("\(configPath): cannot write: \((error as NSError).localizedDescription)")
         }
         return (configPath, weightsPath)

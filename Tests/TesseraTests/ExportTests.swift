@@ -307,18 +307,8 @@ final class ExportTests: XCTestCase {
         var mine = [Float](repeating: 0, count: t * v)
         mine.ptr { loaded.logits(acts, into: $0) }
 
-        let result = root + "/hf-logits.json"
-        let (pyStatus, pyOut) = try runProcess([python, repoRoot.path + "/scripts/hf_logits.py", dir,
-                                                ids.map(String.init).joined(separator: ","), result], timeout: 600)
-        XCTAssertEqual(pyStatus, 0, pyOut)
-        guard pyStatus == 0 else { return }
-        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: result))) as? [String: Any])
-        let info = try XCTUnwrap(json["loading_info"] as? [String: [String]])
-        XCTAssertEqual(info["unexpected_keys"] ?? [], [], "\(info)")
-        XCTAssertEqual(info["mismatched_keys"] ?? [], [], "\(info)")
-        XCTAssertEqual(info["error_msgs"] ?? [], [], "\(info)")
-        XCTAssertTrue((info["missing_keys"] ?? []).allSatisfy { $0 == "lm_head.weight" }, "\(info)")
-        XCTAssertEqual(json["tied"] as? Bool, true, "lm_head is not tied to wte")
+        guard let json = try huggingFaceLogits(python: python, dir: dir, ids: ids, tied: true) else { return }
+        XCTAssertEqual(json["architecture"] as? String, "GPT2LMHeadModel")
         XCTAssertEqual(json["dtype"] as? String, "torch.float32")
         let rows = try XCTUnwrap(json["logits"] as? [[Double]])
         XCTAssertEqual(rows.count, t)

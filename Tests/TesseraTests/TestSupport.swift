@@ -123,3 +123,23 @@ func runProcess(_ argv: [String], timeout: TimeInterval = 300) throws -> (Int32,
     killer.cancel()
     return (p.terminationStatus, String(decoding: data, as: UTF8.self))
 }
+
+/// Runs scripts/hf_logits.py on an exported directory (transformers' AutoModelForCausalLM) and returns its JSON
+/// report after checking the load was clean: no unexpected or mismatched keys, no errors, nothing missing but
+/// `lm_head.weight` when `tied` (a tied head is not saved). Nil when the script failed (reported).
+func huggingFaceLogits(python: String, dir: String, ids: [Int32], tied: Bool, file: StaticString = #filePath,
+                       line: UInt = #line) throws -> [String: Any]? {
+    let result = dir + "/hf-logits.json"
+    let (status, out) = try runProcess([python, repoRoot.path + "/scripts/hf_logits.py", dir,
+                                        ids.map(String.init).joined(separator: ","), result], timeout: 600)
+    XCTAssertEqual(status, 0, out, file: file, line: line)
+    guard status == 0 else { return nil }
+    let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: result))) as? [String: Any])
+    let info = try XCTUnwrap(json["loading_info"] as? [String: [String]])
+    XCTAssertEqual(info["unexpected_keys"] ?? [], [], "\(info)", file: file, line: line)
+    XCTAssertEqual(info["mismatched_keys"] ?? [], [], "\(info)", file: file, line: line)
+    XCTAssertEqual(info["error_msgs"] ?? [], [], "\(info)", file: file, line: line)
+    XCTAssertTrue((info["missing_keys"] ?? []).allSatisfy { tied && $0 == "lm_head.weight" }, "\(info)", file: file, line: line)
+    XCTAssertEqual(json["tied"] as? Bool, tied, "the LM head's tie to the input embeddings", file: file, line: line)
+    return json
+}

@@ -46,7 +46,7 @@ struct ConfigChecks {
 
     mutating func checkModel() {
         let m = config.model
-        integer("model.vocab_size", m.vocabSize, in: 1...65536, why: " (tokens are stored as uint16)")
+        integer("model.vocab_size", m.vocabSize, in: 1...Int(Int32.max), why: " (token ids are int32)")
         integer("model.n_layer", m.nLayer, atLeast: 1)
         integer("model.n_head", m.nHead, atLeast: 1)
         integer("model.d_model", m.dModel, atLeast: 1)

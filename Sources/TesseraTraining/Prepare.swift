@@ -1,5 +1,6 @@
-// `tessera prepare`: text files -> byte-level llm.c token shards (train_000000.bin ..., val_000000.bin).
-// Streams the inputs in chunks, so memory use does not grow with the corpus. See docs/data.md.
+// `tessera prepare`: text files -> llm.c token shards (train_000000.bin ..., val_000000.bin), byte-level or, with a
+// tokenizer.json, BPE (PrepareTokenized.swift). Streams the inputs, so memory use does not grow with the corpus.
+// See docs/data.md.
 
 import Foundation
 #if canImport(Glibc)
@@ -9,16 +10,21 @@ import Glibc
 public enum Prepare {
     public static let usage = """
         usage: tessera prepare --input FILE... --out DIR [--val-fraction 0.1] [--shard-tokens N]
+                               [--tokenizer tokenizer.json [--delimiter STRING | --jsonl] [--eot "<|endoftext|>"]]
           Tokenizes text files byte-level (token = byte, vocabulary 256), concatenated in order, and writes llm.c
           token shards DIR/train_000000.bin ... (at most N tokens each, default 100000000) and DIR/val_000000.bin
           (the last --val-fraction of the tokens).
+          With --tokenizer: encodes documents with the BPE tokenizer, each preceded by the --eot token. A document is
+          a whole file, a record between --delimiter strings (escapes \\n \\t \\r \\\\), or the "text" of each
+          JSON line (--jsonl). Vocabularies over 65536 give version 2 (uint32) shards.
         """
 
-    /// Reads the input text files (concatenated in order, byte-level tokens), splits off the last `valFraction` as
+    /// Reads the input text files (concatenated in order; byte-level tokens, or with `tokenization` the documents
+    /// encoded by a tokenizer, each preceded by its end-of-text token), splits off the last `valFraction` as
     /// validation, writes `<outDir>/train_000000.bin` (and further shards of at most `shardTokens` tokens:
     /// train_000001.bin, ...) and `<outDir>/val_000000.bin`. Returns a summary (token counts, files).
     public static func run(inputs: [String], outDir: String, valFraction: Double,
-                           shardTokens: Int = 100_000_000) throws -> String {
+                           shardTokens: Int = 100_000_000, tokenization: PrepareTokenization? = nil) throws -> String {
         guard !inputs.isEmpty else { throw DataError("prepare: no input files given\n\(usage)") }
         guard valFraction > 0 && valFraction < 1 else {
             throw DataError("prepare: --val-fraction \(valFraction) must be greater than 0 and less than 1")
@@ -27,7 +33,43 @@ public enum Prepare {
             throw DataError("prepare: --shard-tokens \(shardTokens) must be in 1...\(Int32.max)")
         }
 
+        let sizes = try inputSizes(inputs)
+        if let tokenization { return try runTokenized(inputs: inputs, outDir: outDir, valFraction: valFraction,
+                                                      shardTokens: shardTokens, tokenization: tokenization) }
+
         // Sizes first: the split point and every shard's token count are known before anything is written.
+        let total = sizes.reduce(0, +)
+        let layout = try ShardLayout(total: total, valFraction: valFraction, shardTokens: shardTokens,
+                                     inputs: inputs, outDir: outDir)
+        let reader = try ConcatenatedReader(paths: inputs, sizes: sizes)
+        defer { reader.close() }
+        try layout.write(version: TokenShard.version) { out in
+            try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: out.count) { bytes in
+                try reader.read(into: bytes)
+                for i in 0..<out.count { out[i] = UInt32(bytes[i]) }
+            }
+        }
+        return layout.summary(first: "prepared \(total) tokens (byte-level, vocabulary 256) from \(inputs.count) file(s) into \(outDir)")
+    }
+
+    static func runTokenized(inputs: [String], outDir: String, valFraction: Double, shardTokens: Int,
+                             tokenization t: PrepareTokenization) throws -> String {
+        try ShardLayout.makeDirectory(outDir)
+        let encoded = try EncodedTokens(inputs: inputs, outDir: outDir, options: t)
+        defer { encoded.close() }
+        let layout = try ShardLayout(total: encoded.count, valFraction: valFraction, shardTokens: shardTokens,
+                                     inputs: inputs, outDir: outDir)
+        let vocab = encoded.tokenizer.vocabSize
+        let version = TokenShard.version(forVocabSize: vocab)
+        try layout.write(version: version) { try encoded.read(into: $0) }
+        return layout.summary(first: "prepared \(encoded.count) tokens (tokenizer \(t.path), vocabulary \(vocab), "
+                              + "shard version \(version)) from \(encoded.documents) document(s) in \(inputs.count) "
+                              + "file(s) into \(outDir); \"\(t.eot)\" (id \(encoded.eotId)) precedes every document",
+                              last: "model: vocab_size >= \(vocab)")
+    }
+
+    /// The size of each input file; throws naming a missing, unreadable or empty one.
+    static func inputSizes(_ inputs: [String]) throws -> [Int] {
         var sizes: [Int] = []
         for path in inputs {
             var isDir: ObjCBool = false
@@ -42,33 +84,7 @@ public enum Prepare {
             guard size > 0 else { throw DataError("\(path): input file is empty") }
             sizes.append(size)
         }
-        let total = sizes.reduce(0, +)
-        let nVal = validationTokens(total, fraction: valFraction)
-        let nTrain = total - nVal
-        guard nTrain > 0 else {
-            throw DataError("\(inputs.joined(separator: ", ")): \(total) tokens are too few to split off a validation fraction of \(valFraction)")
-        }
-
-        try makeDirectory(outDir)
-        var trainCounts: [Int] = []
-        var left = nTrain
-        while left > 0 { let c = min(left, shardTokens); trainCounts.append(c); left -= c }
-        let trainPaths = trainCounts.indices.map { shardPath(outDir, "train", $0) }
-        let valPath = shardPath(outDir, "val", 0)
-        try checkNoStaleShards(outDir, keeping: Set(trainPaths + [valPath]))
-
-        let reader = try ConcatenatedReader(paths: inputs, sizes: sizes)
-        defer { reader.close() }
-        for (path, count) in zip(trainPaths, trainCounts) {
-            try writeShard(path, count: count, from: reader)
-        }
-        try writeShard(valPath, count: nVal, from: reader)
-
-        var lines = ["prepared \(total) tokens (byte-level, vocabulary 256) from \(inputs.count) file(s) into \(outDir)"]
-        for (path, count) in zip(trainPaths, trainCounts) { lines.append("  train  \(count) tokens  \(path)") }
-        lines.append("  val    \(nVal) tokens  \(valPath)")
-        lines.append("config: train = \"\(trainPaths.count == 1 ? trainPaths[0] : shardPath(outDir, "train", nil))\", val = \"\(valPath)\"")
-        return lines.joined(separator: "\n")
+        return sizes
     }
 
     /// Parses `tessera prepare` arguments (those after "prepare"), runs it, and returns the summary.
@@ -77,6 +93,7 @@ public enum Prepare {
         var out: String?
         var valFraction = 0.1
         var shardTokens = 100_000_000
+        var tokenizer: String?, delimiter: String?, eot: String?, jsonl = false
         var i = 0
         func value(_ flag: String) throws -> String {
             i += 1
@@ -101,6 +118,10 @@ public enum Prepare {
                 let v = try value(a)
                 guard let n = Int(v) else { throw DataError("prepare: --shard-tokens \"\(v)\" is not an integer") }
                 shardTokens = n
+            case "--tokenizer": tokenizer = try value(a)
+            case "--delimiter": delimiter = try value(a)
+            case "--eot": eot = try value(a)
+            case "--jsonl": jsonl = true
             case "--help", "-h":
                 return usage
             default:
@@ -109,50 +130,9 @@ public enum Prepare {
             i += 1
         }
         guard let outDir = out else { throw DataError("prepare: --out DIR is required\n\(usage)") }
-        return try run(inputs: inputs, outDir: outDir, valFraction: valFraction, shardTokens: shardTokens)
-    }
-
-    // MARK: internals
-
-    /// DIR/split_000000.bin; with a nil index, the glob matching all of a split's shards.
-    static func shardPath(_ dir: String, _ split: String, _ index: Int?) -> String {
-        let name = index.map { split + "_" + String(format: "%06d", $0) } ?? split + "_*"
-        return (dir as NSString).appendingPathComponent(name + ".bin")
-    }
-
-    static func makeDirectory(_ dir: String) throws {
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: dir, isDirectory: &isDir) {
-            guard isDir.boolValue else { throw DataError("\(dir): exists and is not a directory") }
-        } else {
-            do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
-                throw DataError("\(dir): cannot create output directory: \(error.localizedDescription)")
-            }
-        }
-        guard access(dir, W_OK) == 0 else { throw DataError("\(dir): output directory is not writable") }
-    }
-
-    /// Refuses to leave shards of an earlier, larger run that a `train_*.bin` glob would pick up.
-    static func checkNoStaleShards(_ dir: String, keeping: Set<String>) throws {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-        let stale = names.filter { ($0.hasPrefix("train_") || $0.hasPrefix("val_")) && $0.hasSuffix(".bin") }
-            .map { (dir as NSString).appendingPathComponent($0) }
-            .filter { !keeping.contains($0) }
-            .sorted()
-        guard stale.isEmpty else {
-            throw DataError("\(dir): already holds shards this run would not overwrite (\(stale.joined(separator: ", "))); "
-                            + "remove them or choose another --out")
-        }
-    }
-
-    static func writeShard(_ path: String, count: Int, from reader: ConcatenatedReader) throws {
-        try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 1 << 20) { bytes in
-            try TokenShard.write(count: count, to: path) { _, out in
-                let chunk = UnsafeMutableBufferPointer(rebasing: bytes[0..<out.count])
-                try reader.read(into: chunk)
-                for i in 0..<out.count { out[i] = UInt16(chunk[i]) }
-            }
-        }
+        let tokenization = try PrepareTokenization.fromFlags(tokenizer: tokenizer, delimiter: delimiter, jsonl: jsonl, eot: eot)
+        return try run(inputs: inputs, outDir: outDir, valFraction: valFraction, shardTokens: shardTokens,
+                       tokenization: tokenization)
     }
 }
 

@@ -2,12 +2,13 @@
 //
 //   bytes [0, 1024)          header: 256 little-endian int32
 //                              header[0] = 20240520   magic
-//                              header[1] = 1          version (1 = uint16 tokens, GPT-2 vocabulary)
+//                              header[1] = 1 or 2     version: 1 = uint16 tokens (vocabularies up to 65536),
+//                                                     2 = uint32 tokens (llm.c's format for larger ones)
 //                              header[2] = N          number of tokens
 //                              header[3...] = 0       reserved
-//   bytes [1024, 1024 + 2N)  the tokens, little-endian uint16
+//   bytes [1024, 1024 + wN)  the tokens, little-endian, w = 2 (version 1) or 4 (version 2) bytes each
 //
-// Shards are memory-mapped read-only, so a multi-gigabyte dataset costs page cache, not process memory.
+// Shards of either version are memory-mapped read-only, so a multi-gigabyte dataset costs page cache, not process memory.
 
 import Foundation
 #if canImport(Glibc)
@@ -16,26 +17,56 @@ import Glibc
 
 public enum TokenShard {
     public static let magic: Int32 = 20240520
+    /// Version 1: uint16 tokens.
     public static let version: Int32 = 1
+    /// Version 2: uint32 tokens.
+    public static let wideVersion: Int32 = 2
     public static let headerInts = 256
     public static let headerBytes = 1024
 
-    /// Writes `tokens` as an llm.c shard at `path` (through a temporary file, renamed into place).
-    public static func write(_ tokens: UnsafeBufferPointer<UInt16>, to path: String) throws {
-        try write(count: tokens.count, to: path) { start, out in
-            for i in 0..<out.count { out[i] = tokens[start + i] }
+    /// The version whose tokens hold every id of a vocabulary of `vocabSize`: 1 up to 65536, else 2.
+    public static func version(forVocabSize vocabSize: Int) -> Int32 {
+        vocabSize <= 1 << 16 ? version : wideVersion
+    }
+
+    /// Bytes per token of a supported version (2 or 4), nil for any other.
+    public static func tokenBytes(version v: Int32) -> Int? {
+        switch v {
+        case version: return 2
+        case wideVersion: return 4
+        default: return nil
         }
     }
 
-    /// Writes `tokens` as an llm.c shard at `path`.
+    /// Writes `tokens` as a version 1 llm.c shard at `path` (through a temporary file, renamed into place).
+    public static func write(_ tokens: UnsafeBufferPointer<UInt16>, to path: String) throws {
+        try write(count: tokens.count, to: path, version: version) { start, out in
+            for i in 0..<out.count { out[i] = UInt32(tokens[start + i]) }
+        }
+    }
+
+    /// Writes `tokens` as a version 1 llm.c shard at `path`.
     public static func write(_ tokens: [UInt16], to path: String) throws {
         try tokens.withUnsafeBufferPointer { try write($0, to: path) }
     }
 
-    /// Writes a shard of `count` tokens, produced in chunks: `produce(start, buffer)` fills `buffer` with tokens
-    /// [start, start + buffer.count). Throws from `produce` abort the write and remove the temporary file.
-    static func write(count: Int, to path: String,
-                      produce: (Int, UnsafeMutableBufferPointer<UInt16>) throws -> Void) throws {
+    /// Writes `tokens` as a version 2 (uint32) llm.c shard at `path`.
+    public static func write(_ tokens: [UInt32], to path: String) throws {
+        try tokens.withUnsafeBufferPointer { t in
+            try write(count: t.count, to: path, version: wideVersion) { start, out in
+                for i in 0..<out.count { out[i] = t[start + i] }
+            }
+        }
+    }
+
+    /// Writes a shard of `count` tokens in format `version` (1 or 2), produced in chunks: `produce(start, buffer)`
+    /// fills `buffer` with tokens [start, start + buffer.count). Throws from `produce`, or a token too large for a
+    /// version 1 shard, abort the write and remove the temporary file.
+    static func write(count: Int, to path: String, version v: Int32,
+                      produce: (Int, UnsafeMutableBufferPointer<UInt32>) throws -> Void) throws {
+        guard let width = tokenBytes(version: v) else {
+            throw DataError("\(path): cannot write shard version \(v) (expected \(version) or \(wideVersion))")
+        }
         guard count >= 0 && count <= Int(Int32.max) else {
             throw DataError("\(path): \(count) tokens do not fit an llm.c shard (at most \(Int32.max))")
         }
@@ -54,20 +85,33 @@ public enum TokenShard {
         }
         var header = [Int32](repeating: 0, count: headerInts)
         header[0] = magic.littleEndian
-        header[1] = version.littleEndian
+        header[1] = v.littleEndian
         header[2] = Int32(count).littleEndian
         try header.withUnsafeBytes { try put($0.baseAddress!, headerBytes) }
 
         let chunk = 1 << 20
-        let buf = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: min(max(count, 1), chunk))
+        let buf = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: min(max(count, 1), chunk))
         defer { buf.deallocate() }
+        let narrow = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: width == 2 ? buf.count : 0)
+        defer { narrow.deallocate() }
         var done = 0
         while done < count {
             let m = min(buf.count, count - done)
             let part = UnsafeMutableBufferPointer(rebasing: buf[0..<m])
             try produce(done, part)
-            for i in 0..<m { part[i] = part[i].littleEndian }
-            try put(part.baseAddress!, m * 2)
+            if width == 2 {
+                for i in 0..<m {
+                    guard part[i] <= UInt32(UInt16.max) else {
+                        throw DataError("\(path): token id \(part[i]) does not fit a version 1 (uint16) shard; "
+                                        + "write version 2 (uint32)")
+                    }
+                    narrow[i] = UInt16(part[i]).littleEndian
+                }
+                try put(narrow.baseAddress!, m * 2)
+            } else {
+                for i in 0..<m { part[i] = part[i].littleEndian }
+                try put(part.baseAddress!, m * 4)
+            }
             done += m
         }
         guard fflush(f) == 0 else { throw DataError("\(path): write failed: \(String(cString: strerror(errno)))") }
@@ -85,13 +129,19 @@ public enum TokenShard {
 
     /// Validates the header of the shard at `path` against its size and returns its token count.
     public static func readHeader(path: String) throws -> Int {
+        try readInfo(path: path).count
+    }
+
+    /// Validates the header of the shard at `path` against its size and returns its token count and version.
+    public static func readInfo(path: String) throws -> (count: Int, version: Int32) {
         let fd = try openShard(path)
         defer { close(fd) }
         let size = try fileSize(fd, path)
         var header = [Int32](repeating: 0, count: 3)
         let got = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, 12, 0) }
         guard got == 12 else { throw DataError("\(path): cannot read the shard header") }
-        return try validate(path: path, size: size, magic: header[0], version: header[1], count: header[2])
+        let count = try validate(path: path, size: size, magic: header[0], version: header[1], count: header[2])
+        return (count, Int32(littleEndian: header[1]))
     }
 
     // MARK: internals shared with MappedShard
@@ -120,14 +170,15 @@ public enum TokenShard {
             throw DataError("\(path): bad magic \(m) (expected \(magic)); not an llm.c token shard "
                             + "(a headerless nanoGPT .bin needs a header first: see docs/data.md)")
         }
-        guard v == version else {
-            let hint = v == 2 ? " (version 2 holds uint32 tokens, which Tessera does not read)" : ""
-            throw DataError("\(path): unsupported shard version \(v) (expected \(version), uint16 tokens)\(hint)")
+        guard let width = tokenBytes(version: v) else {
+            throw DataError("\(path): unsupported shard version \(v) (expected \(version), uint16 tokens, "
+                            + "or \(wideVersion), uint32 tokens)")
         }
         guard c >= 0 else { throw DataError("\(path): negative token count \(c) in header") }
-        let expected = headerBytes + 2 * Int(c)
+        let expected = headerBytes + width * Int(c)
         guard size == expected else {
-            throw DataError("\(path): file is \(size) bytes but its header says \(c) tokens, so expected \(expected) bytes (\(size < expected ? "truncated" : "trailing data"))")
+            throw DataError("\(path): file is \(size) bytes but its header says \(c) tokens of version \(v) "
+                            + "(\(width) bytes each), so expected \(expected) bytes (\(size < expected ? "truncated" : "trailing data"))")
         }
         return Int(c)
     }
@@ -137,10 +188,12 @@ public enum TokenShard {
 final class MappedShard: @unchecked Sendable {  // read-only mapping, never written
     let path: String
     let count: Int
+    /// 1 (uint16 tokens) or 2 (uint32 tokens).
+    let version: Int32
     private let base: UnsafeMutableRawPointer
     private let length: Int
-    /// The tokens (little-endian uint16), `count` of them.
-    let tokens: UnsafePointer<UInt16>
+    /// The tokens (little-endian, 2 or 4 bytes each by version), `count` of them.
+    private let tokens: UnsafeRawPointer
 
     init(path: String) throws {
         let fd = try TokenShard.openShard(path)
@@ -157,12 +210,37 @@ final class MappedShard: @unchecked Sendable {  // read-only mapping, never writ
             throw error
         }
         self.path = path
+        version = Int32(littleEndian: h[1])
         base = p
         length = size
-        tokens = UnsafePointer((p + TokenShard.headerBytes).assumingMemoryBound(to: UInt16.self))
+        tokens = UnsafeRawPointer(p + TokenShard.headerBytes)
     }
 
     deinit { munmap(base, length) }
+
+    /// Copies tokens [start, start + n) of this shard into `dst` as Int32.
+    func copy(from start: Int, count n: Int, into dst: UnsafeMutablePointer<Int32>) {
+        if version == TokenShard.version {
+            let src = tokens.assumingMemoryBound(to: UInt16.self) + start
+            for i in 0..<n { dst[i] = Int32(UInt16(littleEndian: src[i])) }
+        } else {
+            let src = tokens.assumingMemoryBound(to: UInt32.self) + start
+            for i in 0..<n { dst[i] = Int32(truncatingIfNeeded: UInt32(littleEndian: src[i])) }
+        }
+    }
+
+    /// The largest token id (-1 when empty).
+    func maxToken() -> Int {
+        var m = -1
+        if version == TokenShard.version {
+            let src = tokens.assumingMemoryBound(to: UInt16.self)
+            for i in 0..<count { m = max(m, Int(UInt16(littleEndian: src[i]))) }
+        } else {
+            let src = tokens.assumingMemoryBound(to: UInt32.self)
+            for i in 0..<count { m = max(m, Int(UInt32(littleEndian: src[i]))) }
+        }
+        return m
+    }
 }
 
 /// One or more llm.c shards, memory-mapped and concatenated logically (in the order given).
@@ -189,16 +267,7 @@ public final class ShardTokens: TokenSource {
     public var paths: [String] { shards.map(\.path) }
 
     public var maxToken: Int {
-        cachedMax.get {
-            var m = -1
-            for sh in shards {
-                for i in 0..<sh.count {
-                    let t = Int(UInt16(littleEndian: sh.tokens[i]))
-                    if t > m { m = t }
-                }
-            }
-            return m
-        }
+        cachedMax.get { shards.map { $0.maxToken() }.max() ?? -1 }
     }
 
     /// Index of the shard holding global token `i` (0 <= i < count): the last shard with starts[k] <= i.
@@ -220,9 +289,7 @@ public final class ShardTokens: TokenSource {
             while starts[k + 1] <= pos { k += 1 }  // skip to the shard holding pos (empty shards included)
             let local = pos - starts[k]
             let m = min(n - done, shards[k].count - local)
-            let src = shards[k].tokens + local
-            let out = dst + done
-            for i in 0..<m { out[i] = Int32(UInt16(littleEndian: src[i])) }
+            shards[k].copy(from: local, count: m, into: dst + done)
             done += m
             pos += m
         }

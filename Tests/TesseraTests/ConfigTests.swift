@@ -322,9 +322,12 @@ final class ConfigTests: XCTestCase {
     }
 
     func testVocabSizeLimit() throws {
-        XCTAssertEqual(try load("[model]\nvocab_size = 65536\n").model.vocabSize, 65536)
-        assertConfigError(try load("[model]\nvocab_size = 65537\n"),
-                          contains: ["key 'model.vocab_size' expects an integer in 1...65536", "found 65537"])
+        // Vocabularies over 65536 are stored in version 2 (uint32) shards; ids are int32 in the model.
+        XCTAssertEqual(try load("[model]\nvocab_size = 65537\n").model.vocabSize, 65537)
+        XCTAssertEqual(try load("[model]\nvocab_size = 2147483647\n").model.vocabSize, 2147483647)
+        assertConfigError(try load("[model]\nvocab_size = 2147483648\n"),
+                          contains: ["key 'model.vocab_size' expects an integer in 1...2147483647 (token ids are int32)",
+                                     "found 2147483648"])
     }
 
     func testEnumValues() {

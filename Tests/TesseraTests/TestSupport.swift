@@ -143,3 +143,15 @@ func huggingFaceLogits(python: String, dir: String, ids: [Int32], tied: Bool, fi
     XCTAssertEqual(json["tied"] as? Bool, tied, "the LM head's tie to the input embeddings", file: file, line: line)
     return json
 }
+
+/// Fails unless `expr` throws an error whose description contains every one of `parts`.
+func assertThrows(_ expr: () throws -> Void, mentioning parts: [String],
+                  file: StaticString = #filePath, line: UInt = #line) {
+    do {
+        try expr()
+        XCTFail("expected an error mentioning \(parts)", file: file, line: line)
+    } catch {
+        let msg = "\(error)"
+        for p in parts { XCTAssertTrue(msg.contains(p), "error \"\(msg)\" does not mention \"\(p)\"", file: file, line: line) }
+    }
+}

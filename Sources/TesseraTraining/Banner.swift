@@ -49,13 +49,14 @@ extension Trainer {
         return s
     }
 
-    /// Text sampled from the trained model (`[sample]` section).
-    public func sample() -> String {
+    /// Text sampled from the trained model (`[sample]` section): decoded by data.tokenizer when set, else text for a
+    /// byte-level model and token ids for others (SampleText). The prompt was checked when the data was opened.
+    public func sample() throws -> String {
         let s = config.sample
-        let prompt = Array(s.prompt.utf8).map { Int32($0) }
+        let codec = try SampleText(config: config, vocabSize: model.config.vocabSize)
+        let prompt = try codec.encode(s.prompt, what: "sample.prompt")
         let out = Sampler(model: wholeModel ?? model).generate(prompt: prompt, count: s.tokens, temperature: s.temperature,
                                                  topK: s.topK, seed: UInt64(bitPattern: Int64(config.training.seed)))
-        // Byte-level models print text; other vocabularies (a user's tokenizer) print token ids.
-        return model.config.vocabSize == 256 ? s.prompt + Sampler.text(out) : out.map(String.init).joined(separator: " ")
+        return codec.render(prompt: s.prompt, output: out)
     }
 }

@@ -1,6 +1,7 @@
 // `tessera export` and `tessera generate`: commands over a saved checkpoint (docs/export.md).
 //   tessera export --hf DIR --checkpoint PATH
 //   tessera generate --checkpoint PATH [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]
+//                    [--stop-at-eot]
 // PATH is one checkpoint (step-NNNNNN/) or a checkpoint root (its newest valid checkpoint). Notes (which
 // checkpoint, skipped ones) go to `log`; the result is returned for standard output.
 
@@ -11,7 +12,7 @@ import TesseraModel
 public enum CheckpointCommands {
     public static let exportUsage = "usage: tessera export --hf DIR --checkpoint PATH"
     public static let generateUsage = "usage: tessera generate --checkpoint PATH [--prompt TEXT] [--tokens N] "
-        + "[--temperature T] [--top-k K] [--seed S]"
+        + "[--temperature T] [--top-k K] [--seed S] [--stop-at-eot]"
 
     /// Writes a Hugging Face GPT-2 directory from a checkpoint; returns a summary line.
     public static func export(arguments: [String], log: (String) -> Void = CheckpointCommands.stderr) throws -> String {
@@ -34,7 +35,9 @@ public enum CheckpointCommands {
 
     /// Samples text from a checkpoint; defaults come from the checkpoint config's [sample] section.
     public static func generate(arguments: [String], log: (String) -> Void = CheckpointCommands.stderr) throws -> String {
-        var o = try Options(arguments, allowed: ["--checkpoint", "--prompt", "--tokens", "--temperature", "--top-k", "--seed"],
+        let stopAtEOT = arguments.contains("--stop-at-eot")
+        var o = try Options(arguments.filter { $0 != "--stop-at-eot" },
+                            allowed: ["--checkpoint", "--prompt", "--tokens", "--temperature", "--top-k", "--seed"],
                             usage: generateUsage)
         guard let path = o.take("--checkpoint") else { throw TrainingError("generate needs --checkpoint PATH\n" + generateUsage) }
         // Parse every option before the (possibly long) load, so that a typo fails at once.
@@ -44,27 +47,28 @@ public enum CheckpointCommands {
         let topK = try o.integer("--top-k", atLeast: 0)
         let seed = try o.integer("--seed", atLeast: Int.min)
         return try generate(checkpoint: path, prompt: prompt, tokens: tokens, temperature: temperature, topK: topK, seed: seed,
-                            log: log)
+                            stopAtEOT: stopAtEOT, log: log)
     }
 
     /// Samples text from the checkpoint at `path`; nil options come from the checkpoint config's [sample] section.
+    /// The checkpoint config's data.tokenizer, when set, encodes the prompt and decodes the output (SampleText);
+    /// `stopAtEOT` then ends the sample at its `<|endoftext|>`.
     public static func generate(checkpoint path: String, prompt: String?, tokens: Int?, temperature: Double?, topK: Int?,
-                                seed: Int?, log: (String) -> Void = CheckpointCommands.stderr) throws -> String {
+                                seed: Int?, stopAtEOT: Bool = false,
+                                log: (String) -> Void = CheckpointCommands.stderr) throws -> String {
         let loaded = try load(path, log: log)
-        let config = loaded.config, s = config.sample, vocab = loaded.model.config.vocabSize
+        let config = loaded.config, s = config.sample
         // sample.tokens = 0 turns off the trainer's sample; generate then uses the default length.
         let count = tokens ?? (s.tokens > 0 ? s.tokens : SampleConfig().tokens)
         let text = prompt ?? s.prompt
-        if let b = text.utf8.first(where: { Int($0) >= vocab }) {
-            throw TrainingError("\(prompt == nil ? "sample.prompt of the checkpoint's config" : "--prompt") contains byte \(b), "
-                                + "outside the model's vocab_size \(vocab) (the prompt is fed as bytes)")
-        }
+        let codec = try SampleText(config: config, vocabSize: loaded.model.config.vocabSize)
+        let ids = try codec.encode(text, what: prompt == nil ? "sample.prompt of the checkpoint's config" : "--prompt")
+        let stop = stopAtEOT ? try codec.endOfText() : nil
         Threads.configure(config.training.threads > 0 ? config.training.threads : Threads.availableCores())
         let out = Sampler(model: loaded.model).generate(
-            prompt: Array(text.utf8).map { Int32($0) }, count: count, temperature: temperature ?? s.temperature,
-            topK: topK ?? s.topK, seed: UInt64(bitPattern: Int64(seed ?? config.training.seed)))
-        // Byte-level models print text; other vocabularies (a user's tokenizer) print token ids, as the trainer does.
-        return vocab == 256 ? text + Sampler.text(out) : out.map(String.init).joined(separator: " ")
+            prompt: ids, count: count, temperature: temperature ?? s.temperature,
+            topK: topK ?? s.topK, seed: UInt64(bitPattern: Int64(seed ?? config.training.seed)), stop: stop)
+        return codec.render(prompt: text, output: out)
     }
 
     static func load(_ path: String, log: (String) -> Void) throws -> CheckpointModel {

@@ -157,12 +157,17 @@ public struct DataConfig: Sendable, Equatable {
     public var val: String
     /// Fraction of `train` held out for validation when `val` is empty.
     public var valFraction: Double
+    /// Path of the tokenizer.json the data was prepared with; empty = none (byte-level text or unknown ids).
+    /// Samples and `tessera generate` encode prompts and decode output with it.
+    public var tokenizer: String
 
-    public init(format: String = "auto", train: String = "", val: String = "", valFraction: Double = 0.1) {
+    public init(format: String = "auto", train: String = "", val: String = "", valFraction: Double = 0.1,
+                tokenizer: String = "") {
         self.format = format
         self.train = train
         self.val = val
         self.valFraction = valFraction
+        self.tokenizer = tokenizer
     }
 }
 

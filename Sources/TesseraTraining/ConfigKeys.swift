@@ -100,6 +100,7 @@ enum ConfigSchema {
         .string("data", "train", \.data.train),
         .string("data", "val", \.data.val),
         .double("data", "val_fraction", \.data.valFraction),
+        .string("data", "tokenizer", \.data.tokenizer),
 
         .int("sample", "tokens", \.sample.tokens),
         .string("sample", "prompt", \.sample.prompt),

@@ -5,6 +5,7 @@
 import Foundation
 import TesseraMemory
 import TesseraSequenceParallel
+import TesseraTokenizer
 
 extension TesseraConfig {
     /// Checks every value and that the data files exist; throws a ConfigError listing all problems.
@@ -24,7 +25,7 @@ extension TesseraConfig {
         checks.checkParallelism()
         checks.checkCheckpointAndMemory()
         checks.checkShapes()
-        if dataFiles { checks.checkDataFiles() }
+        if dataFiles { checks.checkDataFiles(); checks.checkTokenizer() }
         guard checks.errors.isEmpty else { throw ConfigError(lines: checks.errors) }
     }
 }
@@ -209,6 +210,22 @@ struct ConfigChecks {
                     + "\(FileManager.default.currentDirectoryPath))"
             }
             errors.append(message)
+        }
+    }
+
+    /// data.tokenizer, when set, loads and has no id at or above model.vocab_size.
+    mutating func checkTokenizer() {
+        let path = config.data.tokenizer
+        guard !path.isEmpty else { return }
+        do {
+            let vocab = try Tokenizer(path: path).vocabSize
+            if vocab > config.model.vocabSize {
+                fail(["data.tokenizer", "model.vocab_size"],
+                     "data.tokenizer = '\(path)' has a vocabulary of \(vocab) ids, more than model.vocab_size = "
+                     + "\(config.model.vocabSize) (expected model.vocab_size >= \(vocab))")
+            }
+        } catch {
+            fail(["data.tokenizer"], "data.tokenizer = '\(path)': \(error)")
         }
     }
 

@@ -14,9 +14,12 @@ public final class Sampler {
         logits = [Float](repeating: 0, count: model.config.vocabSize)
     }
 
-    /// Generates `count` tokens after `prompt`, with temperature and optional top-k, from a seeded RNG.
-    public func generate(prompt: [Int32], count: Int, temperature: Double, topK: Int, seed: UInt64) -> [Int32] {
+    /// Generates `count` tokens after `prompt`, with temperature and optional top-k, from a seeded RNG. With `stop`,
+    /// generation ends when that token is sampled; the result then holds the tokens before it.
+    public func generate(prompt: [Int32], count: Int, temperature: Double, topK: Int, seed: UInt64,
+                         stop: Int32? = nil) -> [Int32] {
         var tokens = prompt.isEmpty ? [0] : prompt
+        var produced = 0
         var rng = SplitMix64(seed: seed)
         let cfg = model.config, c = cfg.dModel, v = cfg.vocabSize
         for _ in 0..<count {
@@ -29,9 +32,12 @@ public final class Sampler {
                 CrossEntropy.logits(out: out.baseAddress!, x: acts.lnf + (t - 1) * c, wte: model.headWeight,
                                     n: 1, c: c, vocab: v)
             }
-            tokens.append(Int32(Self.pick(logits, temperature: temperature, topK: topK, rng: &rng)))
+            let next = Int32(Self.pick(logits, temperature: temperature, topK: topK, rng: &rng))
+            if next == stop { break }
+            tokens.append(next)
+            produced += 1
         }
-        return Array(tokens.suffix(count))
+        return Array(tokens.suffix(produced))
     }
 
     static func pick(_ logits: [Float], temperature: Double, topK: Int, rng: inout SplitMix64) -> Int {

@@ -119,8 +119,8 @@ enum TrainerBuilder {
         let data = try openDataset(format: config.data.format, train: config.data.train, val: config.data.val,
                                    valFraction: config.data.valFraction)
         try data.train.checkTokens(vocabSize: m.vocabSize)
-        if config.sample.tokens > 0, let b = config.sample.prompt.utf8.first(where: { Int($0) >= m.vocabSize }) {
-            throw TrainingError("sample.prompt contains byte \(b), outside model.vocab_size = \(m.vocabSize) (the prompt is fed as bytes)")
+        if config.sample.tokens > 0 {
+            _ = try SampleText(config: config, vocabSize: m.vocabSize).encode(config.sample.prompt, what: "sample.prompt")
         }
         let train = try DataLoader(source: data.train, seqLen: t.seqLen, seed: config.seed)
         var val: DataLoader? = nil

@@ -1,18 +1,22 @@
 import ArgumentParser
 import TesseraTraining
 
-/// `tessera generate --checkpoint PATH [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]`.
+/// `tessera generate --checkpoint PATH [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]
+///  [--stop-at-eot]`.
 struct GenerateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "generate", abstract: "Sample from a checkpoint.",
-        discussion: "Options not given come from the checkpoint config's [sample] section (and training.seed).")
+        discussion: "Options not given come from the checkpoint config's [sample] section (and training.seed). With "
+            + "data.tokenizer in that config, the prompt is encoded and the output decoded with that tokenizer.json; "
+            + "otherwise the prompt is fed as bytes.")
 
     @Option(help: ArgumentHelp("One checkpoint (step-NNNNNN/) or a checkpoint root (its newest valid checkpoint).",
                                valueName: "path"))
     var checkpoint: String?
 
     // Values may start with '-' (a prompt "- item", a negative seed): taken as values, not flags.
-    @Option(parsing: .unconditional, help: ArgumentHelp("The text to continue (fed as bytes).", valueName: "text"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("The text to continue (encoded by data.tokenizer, else fed as bytes).",
+                                                              valueName: "text"))
     var prompt: String?
 
     @Option(help: ArgumentHelp("How many tokens to sample.", valueName: "n"))
@@ -26,6 +30,9 @@ struct GenerateCommand: ParsableCommand {
 
     @Option(parsing: .unconditional, help: ArgumentHelp("The sampler's random seed.", valueName: "s"))
     var seed: Int?
+
+    @Flag(name: .customLong("stop-at-eot"), help: "Stop at the tokenizer's <|endoftext|> (needs data.tokenizer).")
+    var stopAtEOT = false
 
     @Argument(parsing: .allUnrecognized, help: .hidden)
     var unexpected: [String] = []
@@ -42,6 +49,6 @@ struct GenerateCommand: ParsableCommand {
     func run() throws {
         _ = prepareMachine()
         print(try CheckpointCommands.generate(checkpoint: checkpoint!, prompt: prompt, tokens: tokens, temperature: temperature,
-                                              topK: topK, seed: seed))
+                                              topK: topK, seed: seed, stopAtEOT: stopAtEOT))
     }
 }

@@ -70,7 +70,8 @@ struct TrainCommand: ParsableCommand {
         }
         if runtime.rank == 0 && config.sample.tokens > 0 && trainer.stoppedBy == nil {
             print("\n--- sample (\(config.sample.tokens) tokens, temperature \(config.sample.temperature)) ---")
-            print(trainer.sample())
+            // Rank 0 still finalizes with the others if the sample fails (it was checked when the data was opened).
+            do { print(try trainer.sample()) } catch { print("no sample: \(error)") }
             print("---")
         }
         runtime.finalize()

@@ -1,0 +1,99 @@
+// data.tokenizer end to end: a tiny job trained on shards prepared with a tokenizer, then `tessera generate` encodes
+// a text prompt and prints decoded text; config validation of data.tokenizer; the sampler's stop token.
+
+import Foundation
+import XCTest
+import TesseraModel
+import TesseraTokenizer
+@testable import TesseraTraining
+
+final class TokenizedTrainingTests: XCTestCase {
+    /// A tokenizer trained on the tiny job's text, shards of its lines (one document each), and a config using both.
+    static func tokenizedJob(_ dir: URL) throws -> (config: String, tokenizer: Tokenizer) {
+        try? FileManager.default.removeItem(at: dir)
+        let text = try writeTrainingText(in: dir, lines: 300)
+        let tokenizer = try Tokenizer.train(files: [text], vocabSize: 300)
+        let tokPath = dir.appendingPathComponent("tokenizer.json").path
+        try tokenizer.write(to: tokPath)
+        let data = dir.appendingPathComponent("data").path
+        _ = try Prepare.run(inputs: [text], outDir: data, valFraction: 0.1,
+                            tokenization: PrepareTokenization(path: tokPath, documents: .delimited("\n")))
+        let toml = """
+            [job]
+            name = "tok"
+            output_dir = "\(dir.path)/out"
+            [model]
+            vocab_size = \(tokenizer.vocabSize)
+            n_layer = 1
+            n_head = 2
+            d_model = 32
+            block_size = 32
+            [training]
+            steps = 4
+            batch_size = 4
+            seq_len = 32
+            log_every = 2
+            eval_every = 0
+            threads = 1
+            [data]
+            train = "\(data)/train_000000.bin"
+            val = "\(data)/val_000000.bin"
+            tokenizer = "\(tokPath)"
+            [sample]
+            tokens = 8
+            prompt = "Line 3:"
+            [checkpoint]
+            dir = "\(dir.path)/ck"
+            every = 4
+            """
+        let path = dir.appendingPathComponent("tok.toml").path
+        try toml.write(toFile: path, atomically: true, encoding: .utf8)
+        return (path, tokenizer)
+    }
+
+    func testTrainOnTokenizedDataThenGenerateFromATextPrompt() throws {
+        let dir = scratchDirectory("tessera-tokjob")
+        let (config, _) = try Self.tokenizedJob(dir)
+        var (status, out) = try runProcess([CommandTests.binary, "train", config])
+        XCTAssertEqual(status, 0, out)
+        XCTAssertTrue(out.contains("step 4/4"), out)
+        // The trainer's own sample is decoded text after the prompt, not ids.
+        XCTAssertTrue(out.contains("--- sample (8 tokens") && out.contains("\nLine 3:"), out)
+        let ck = dir.appendingPathComponent("ck").path
+        (status, out) = try runProcess([CommandTests.binary, "generate", "--checkpoint", ck, "--prompt", "The quick brown",
+                                        "--tokens", "12"])
+        XCTAssertEqual(status, 0, out)
+        let printed = out.split(separator: "\n").first { $0.hasPrefix("The quick brown") }
+        XCTAssertNotNil(printed, "generate prints the prompt followed by decoded text: \(out)")
+        XCTAssertGreaterThan(printed?.count ?? 0, "The quick brown".count, out)
+        (status, out) = try runProcess([CommandTests.binary, "generate", "--checkpoint", ck, "--prompt", "Line",
+                                        "--tokens", "40", "--stop-at-eot"])
+        XCTAssertEqual(status, 0, out)
+        XCTAssertTrue(out.contains("Line"), out)
+        XCTAssertFalse(out.contains("<|endoftext|>"), "stops before the end-of-text token: \(out)")
+    }
+
+    func testDataTokenizerIsValidated() throws {
+        let dir = scratchDirectory("tessera-tokcfg")
+        let (config, tokenizer) = try Self.tokenizedJob(dir)
+        var (status, out) = try runProcess([CommandTests.binary, "config", "show", config,
+                                            "--model.vocab_size", "\(tokenizer.vocabSize - 1)"])
+        XCTAssertNotEqual(status, 0, out)
+        XCTAssertTrue(out.contains("data.tokenizer") && out.contains("more than model.vocab_size = \(tokenizer.vocabSize - 1)"), out)
+        let missing = dir.appendingPathComponent("missing.json").path
+        (status, out) = try runProcess([CommandTests.binary, "config", "show", config, "--data.tokenizer", missing])
+        XCTAssertNotEqual(status, 0, out)
+        XCTAssertTrue(out.contains("data.tokenizer = '\(missing)'"), out)
+    }
+
+    func testSamplerStopsAtTheStopToken() throws {
+        var c = TesseraConfig()
+        c.model = ModelConfig(vocabSize: 64, nLayer: 1, nHead: 2, dModel: 16, blockSize: 16)
+        let sampler = Sampler(model: GPT(config: c.gptConfig, seed: 3))
+        let free = sampler.generate(prompt: [1, 2], count: 12, temperature: 1.5, topK: 0, seed: 9)
+        XCTAssertEqual(free.count, 12)
+        let stop = free[5]
+        let cut = sampler.generate(prompt: [1, 2], count: 12, temperature: 1.5, topK: 0, seed: 9, stop: stop)
+        XCTAssertEqual(cut, Array(free.prefix { $0 != stop }), "the same draws, ending before the first stop token")
+    }
+}

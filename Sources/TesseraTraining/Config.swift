@@ -53,6 +53,9 @@ public struct ModelConfig: Sendable, Equatable {
     public var dModel: Int
     /// Maximum number of positions (rows of the position embedding `wpe`).
     public var blockSize: Int
+    /// A Hugging Face GPT-2 directory (config.json, model.safetensors) whose weights start training; empty:
+    /// initialise from the seed. A resumed checkpoint takes precedence.
+    public var initFrom: String = ""
 
     public init(vocabSize: Int = 256, nLayer: Int = 4, nHead: Int = 4, dModel: Int = 128, blockSize: Int = 256) {
         self.vocabSize = vocabSize

@@ -72,6 +72,7 @@ enum ConfigSchema {
         .int("model", "n_head", \.model.nHead),
         .int("model", "d_model", \.model.dModel),
         .int("model", "block_size", \.model.blockSize),
+        .string("model", "init_from", \.model.initFrom),
 
         .int("training", "steps", \.training.steps),
         .int("training", "batch_size", \.training.batchSize),

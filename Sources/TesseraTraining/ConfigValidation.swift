@@ -25,7 +25,7 @@ extension TesseraConfig {
         checks.checkParallelism()
         checks.checkCheckpointAndMemory()
         checks.checkShapes()
-        if dataFiles { checks.checkDataFiles(); checks.checkTokenizer() }
+        if dataFiles { checks.checkDataFiles(); checks.checkTokenizer(); checks.checkInitFrom() }
         guard checks.errors.isEmpty else { throw ConfigError(lines: checks.errors) }
     }
 }
@@ -210,6 +210,18 @@ struct ConfigChecks {
                     + "\(FileManager.default.currentDirectoryPath))"
             }
             errors.append(message)
+        }
+    }
+
+    /// model.init_from, when set, is a GPT-2 directory whose config.json describes this model.
+    mutating func checkInitFrom() {
+        let dir = config.model.initFrom
+        guard !dir.isEmpty else { return }
+        do {
+            let problems = try HFImport.mismatches(dir: dir, model: config.model)
+            if !problems.isEmpty { fail(["model.init_from"], "model.init_from = '\(dir)' does not fit: " + problems.joined(separator: "; ")) }
+        } catch {
+            fail(["model.init_from"], "\(error)")
         }
     }
 

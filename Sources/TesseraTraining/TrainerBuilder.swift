@@ -72,6 +72,10 @@ enum TrainerBuilder {
         let pipelineLayout = mesh != nil && config.parallelism.pp > 1 ? try PipelineLayout(config: config) : nil
         let model = GPT(config: gpt, seed: seed, stage: mesh.flatMap { m in pipelineLayout?.stage(rank: m.coordinate.pp) })
         model.precision = config.precision
+        if !config.model.initFrom.isEmpty {
+            try HFImport.load(dir: config.model.initFrom, into: model.params)  // this stage's tensors
+            model.parametersChanged()
+        }
         let tokens = makeSequenceParallel(config, mesh, model: model, batch: data.microBatch)
         // Activation memory: the policies (or the plan for the budget) before any activations exist.
         let sgemmPeak = options.measurePeak ? SgemmProbe.measure(threads: threads).flops : 0

@@ -1,0 +1,66 @@
+// `model.init_from`: training starts from a Hugging Face GPT-2 directory (what `tessera export --hf` writes,
+// or a GPT2LMHeadModel / GPT2Model saved by transformers). Its config.json must describe the configured model
+// (every mismatch named with the config key and the file's key), and model.safetensors must hold every
+// parameter with its shape. Each rank copies the tensors its stage holds; names may lack the "transformer."
+// prefix (GPT2Model); other tensors (the attention-mask buffers older files carry, a tied lm_head.weight) are
+// not parameters and are not read.
+
+import Foundation
+import TesseraKernels
+import TesseraModel
+
+public enum HFImport {
+    /// Differences between the directory's config.json and the configured model, one line each (empty: it fits).
+    public static func mismatches(dir: String, model m: ModelConfig) throws -> [String] {
+        let path = dir + "/config.json"
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw TrainingError("model.init_from = '\(dir)': cannot read \(path)")
+        }
+        guard let j = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw TrainingError("model.init_from = '\(dir)': \(path) is not a JSON object")
+        }
+        var out: [String] = []
+        if let t = j["model_type"] as? String, t != "gpt2" {
+            out.append("\(path): model_type is \"\(t)\", expected \"gpt2\" (Llama directories are not supported by the trainer yet)")
+        }
+        for (key, theirs, ours) in [("vocab_size", "vocab_size", m.vocabSize), ("n_layer", "n_layer", m.nLayer),
+                                    ("n_head", "n_head", m.nHead), ("d_model", "n_embd", m.dModel),
+                                    ("block_size", "n_positions", m.blockSize)] {
+            let v = j[theirs] as? Int
+            if v != ours { out.append("model.\(key) = \(ours), but \(path) has \(theirs) = \(v.map(String.init) ?? "none")") }
+        }
+        if let act = j["activation_function"] as? String, !["gelu_new", "gelu_pytorch_tanh"].contains(act) {
+            out.append("\(path): activation_function \"\(act)\"; Tessera computes GELU's tanh approximation (gelu_new)")
+        }
+        if let eps = j["layer_norm_epsilon"] as? Double, abs(eps - Double(LayerNorm.eps)) > 1e-12 {
+            out.append("\(path): layer_norm_epsilon \(eps); Tessera's LayerNorm uses \(Double(LayerNorm.eps))")
+        }
+        if let inner = j["n_inner"] as? Int, inner != 4 * m.dModel {
+            out.append("\(path): n_inner \(inner); Tessera's MLP is 4 × d_model = \(4 * m.dModel)")
+        }
+        if j["tie_word_embeddings"] as? Bool == false {
+            out.append("\(path): tie_word_embeddings is false; Tessera's GPT-2 ties the LM head to wte")
+        }
+        return out
+    }
+
+    /// Copies every tensor of `params` from `dir`/model.safetensors (checked: present, right shape, finite).
+    public static func load(dir: String, into params: ParameterSet) throws {
+        let path = dir + "/model.safetensors"
+        let file: SafeTensorsFile
+        do { file = try SafeTensorsFile(path: path) } catch { throw TrainingError("model.init_from = '\(dir)': \(error)") }
+        for (i, s) in params.specs.enumerated() {
+            let bare = s.name.hasPrefix("transformer.") ? String(s.name.dropFirst("transformer.".count)) : s.name
+            guard let name = [s.name, bare].first(where: { file.entries[$0] != nil }) else {
+                throw TrainingError("\(path): no tensor '\(s.name)' (model.init_from = '\(dir)')")
+            }
+            guard file.entries[name]!.shape == s.shape else {
+                throw TrainingError("\(path): tensor '\(name)' has shape \(file.entries[name]!.shape), the model needs \(s.shape)")
+            }
+            let w: [Float]
+            do { w = try file.floats(name) } catch { throw TrainingError("\(error)") }
+            guard w.allSatisfy({ $0.isFinite }) else { throw TrainingError("\(path): tensor '\(name)' has non-finite values") }
+            params.pointer(i).update(from: w, count: s.count)
+        }
+    }
+}

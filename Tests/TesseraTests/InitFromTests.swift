@@ -1,0 +1,64 @@
+import Foundation
+import XCTest
+@testable import TesseraKernels
+@testable import TesseraModel
+@testable import TesseraTraining
+
+/// `model.init_from`: training starts from a Hugging Face GPT-2 directory. The oracle's directory (written by
+/// transformers) loads into a model with the oracle's loss; a run's export, loaded by a new run on one rank and
+/// on two pipeline stages (each stage reading only its tensors), evaluates exactly as the exporting run did
+/// at that step; a directory that does not fit the configured model stops the job at start, naming the keys.
+final class InitFromTests: XCTestCase {
+    func testTheOraclesDirectoryGivesTheOraclesLoss() throws {
+        Threads.configure(2)
+        let dir = referenceDir.path
+        let meta = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: referenceDir.appendingPathComponent("meta.json"))) as? [String: Any])
+        let m = ModelConfig(vocabSize: meta["vocab_size"] as! Int, nLayer: meta["n_layer"] as! Int, nHead: meta["n_head"] as! Int,
+                            dModel: meta["n_embd"] as! Int, blockSize: meta["seq_len"] as! Int)
+        XCTAssertEqual(try HFImport.mismatches(dir: dir, model: m), [])
+        var wrong = m
+        wrong.nLayer += 1; wrong.dModel *= 2
+        let problems = try HFImport.mismatches(dir: dir, model: wrong)
+        XCTAssertEqual(problems.count, 2, "\(problems)")
+        XCTAssertTrue(problems.contains { $0.contains("model.n_layer") && $0.contains("n_layer = \(m.nLayer)") }, "\(problems)")
+        XCTAssertTrue(problems.contains { $0.contains("model.d_model") && $0.contains("n_embd = \(m.dModel)") }, "\(problems)")
+
+        let cfg = GPTConfig(vocabSize: m.vocabSize, nLayer: m.nLayer, nHead: m.nHead, dModel: m.dModel, blockSize: m.blockSize)
+        let model = GPT(config: cfg, seed: 99)
+        try HFImport.load(dir: dir, into: model.params)
+        let expected = try SafeTensorsFile(path: dir + "/expected.safetensors")
+        let (b, t) = (meta["batch"] as! Int, m.blockSize)
+        let acts = Activations(config: cfg, batch: b, tokens: t, training: false)
+        let ids = try expected.floats("input_ids"), tg = try expected.floats("targets")
+        for i in 0..<(b * t) { acts.tokenIds[i] = Int32(ids[i]); acts.targets[i] = Int32(tg[i]) }
+        acts.setContiguousPositions()
+        let loss = model.lossSum(acts) / Double(b * t), want = meta["loss"] as! Double
+        XCTAssertEqual(loss, want, accuracy: 1e-5 * want)
+    }
+
+    func testARunsExportStartsANewRunOnAnyLayout() throws {
+        // The exporting run: 10 steps, a checkpoint and an evaluation at step 5.
+        let ckpt = CheckpointJobTests.root("init-src")
+        let a = try CheckpointJobTests.job(np: 1, "init-src", ["--checkpoint.every", "5", "--checkpoint.dir", ckpt])
+        let hf = CheckpointJobTests.root("init-hf")
+        _ = try CheckpointCommands.export(arguments: ["--hf", hf, "--checkpoint", ckpt + "/step-000005"], log: { _ in })
+        let want = try XCTUnwrap(a.vals[5])
+        // New runs whose updates change nothing (lr 1e-30 is below every weight's float spacing): their step-5
+        // evaluation is the exported weights' evaluation, on one rank and split over two pipeline stages.
+        let frozen = ["--optimizer.lr", "1e-30", "--training.steps", "5"]
+        for (np, name, layout) in [(1, "init-1", [String]()), (2, "init-pp2", ["--parallelism.pp", "2", "--training.microbatches", "2"])] {
+            let r = try CheckpointJobTests.job(np: np, name, frozen + layout + ["--model.init_from", hf])
+            XCTAssertTrue(r.output.contains("weights: from the Hugging Face directory \(hf)"), r.output)
+            let got = try XCTUnwrap(r.vals[5], r.output)
+            XCTAssertEqual(got, want, accuracy: 1e-6 * want, "\(name): validation loss of the exported weights")
+        }
+        // Without init_from the same frozen run evaluates its seed's weights: not the exported ones.
+        let fresh = try CheckpointJobTests.job(np: 1, "init-none", frozen)
+        XCTAssertGreaterThan(abs(try XCTUnwrap(fresh.vals[5]) - want), 1e-3 * want)
+        // A directory of another shape stops the job at start, naming both keys.
+        let bad = try CheckpointJobTests.job(np: 1, "init-bad", frozen + ["--model.init_from", hf, "--model.n_layer", "3"],
+                                             expectFailure: true)
+        XCTAssertTrue(bad.output.contains("model.init_from") && bad.output.contains("model.n_layer = 3")
+                      && bad.output.contains("n_layer = 2"), bad.output)
+    }
+}

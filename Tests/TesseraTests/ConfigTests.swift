@@ -238,7 +238,7 @@ final class ConfigTests: XCTestCase {
     func testUnknownKeyWithSuggestion() {
         assertConfigError(try load("[model]\nn_layr = 2\n"),
                           contains: ["\(configPath): unknown key 'model.n_layr'",
-                                     "(known keys in [model]: vocab_size, n_layer, n_head, d_model, block_size)",
+                                     "(known keys in [model]: vocab_size, n_layer, n_head, d_model, block_size, init_from)",
                                      "did you mean 'model.n_layer'?"])
         assertConfigError(try load("[model]\nlr = 0.1\n"), contains: ["unknown key 'model.lr'", "did you mean 'optimizer.lr'?"])
         assertConfigError(try load("[model]\nzzzzzz = 1\n"), contains: ["unknown key 'model.zzzzzz'"])

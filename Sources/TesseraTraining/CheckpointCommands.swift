@@ -8,6 +8,7 @@
 import Foundation
 import TesseraKernels
 import TesseraModel
+import TesseraTokenizer
 
 public enum CheckpointCommands {
     public static let exportUsage = "usage: tessera export --hf DIR --checkpoint PATH"
@@ -26,9 +27,26 @@ public enum CheckpointCommands {
     /// Writes a Hugging Face GPT-2 directory `dir` from the checkpoint at `path`; returns a summary line.
     public static func export(hf dir: String, checkpoint path: String, log: (String) -> Void = CheckpointCommands.stderr) throws -> String {
         let loaded = try load(path, log: log)
-        try HFExport.write(model: loaded.model, to: dir)
-        let c = loaded.model.config
-        return "wrote \(dir)/config.json and model.safetensors: GPT-2, vocab_size \(c.vocabSize), n_layer \(c.nLayer), "
+        let c = loaded.model.config, tokenizerPath = loaded.config.data.tokenizer
+        // A run trained on a tokenizer's ids exports it too, its end-of-text token as bos and eos.
+        var endOfText = 0, tokenizerNote = ""
+        if !tokenizerPath.isEmpty {
+            let eot = "<|endoftext|>"
+            let tokenizer: Tokenizer
+            do { tokenizer = try Tokenizer(path: tokenizerPath) } catch {
+                throw TrainingError("export: the checkpoint's data.tokenizer: \(error)")
+            }
+            guard let id = tokenizer.id(of: eot) else {
+                throw TrainingError("export: \(tokenizerPath) has no special token \(eot) to name as bos and eos")
+            }
+            endOfText = id
+            tokenizerNote = "; tokenizer.json, tokenizer_config.json, special_tokens_map.json (bos = eos = \(id))"
+        }
+        try HFExport.write(model: loaded.model, to: dir, endOfText: endOfText)
+        if !tokenizerPath.isEmpty {
+            try HFExport.writeTokenizer(from: tokenizerPath, token: "<|endoftext|>", to: dir, maxLength: c.blockSize)
+        }
+        return "wrote \(dir)/config.json and model.safetensors\(tokenizerNote): GPT-2, vocab_size \(c.vocabSize), n_layer \(c.nLayer), "
             + "n_head \(c.nHead), n_embd \(c.dModel), n_positions \(c.blockSize) (\(c.parameterCount) parameters), "
             + "from step \(loaded.manifest.step)"
     }

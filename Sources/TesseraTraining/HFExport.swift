@@ -11,17 +11,17 @@ import TesseraKernels
 import TesseraModel
 
 public enum HFExport {
-    /// GPT2Config as JSON text, keys sorted.
-    public static func configJSON(_ c: GPTConfig) -> String {
-        // Tessera has no special tokens; 0 is the token an empty prompt starts from (Sampler).
+    /// GPT2Config as JSON text, keys sorted. bos/eos: the tokenizer's end-of-text id when the run has one; else 0,
+    /// the token an empty prompt starts from (Sampler).
+    public static func configJSON(_ c: GPTConfig, bos: Int = 0, eos: Int = 0) -> String {
         let fields: [(String, String)] = [
             ("activation_function", "\"gelu_new\""),
             ("architectures", "[\"GPT2LMHeadModel\"]"),
             ("attn_pdrop", "0.0"),
-            ("bos_token_id", "0"),
+            ("bos_token_id", "\(bos)"),
             ("dtype", "\"float32\""),
             ("embd_pdrop", "0.0"),
-            ("eos_token_id", "0"),
+            ("eos_token_id", "\(eos)"),
             ("initializer_range", "0.02"),
             ("layer_norm_epsilon", layerNormEpsilonLiteral),
             ("model_type", "\"gpt2\""),
@@ -49,8 +49,31 @@ public enum HFExport {
 
     /// Writes `dir`/config.json and `dir`/model.safetensors (making `dir` if needed). Returns the two paths.
     @discardableResult
-    public static func write(model: GPT, to dir: String) throws -> (config: String, weights: String) {
-        try writeDirectory(dir, params: model.params, config: configJSON(model.config))
+    public static func write(model: GPT, to dir: String, endOfText: Int = 0) throws -> (config: String, weights: String) {
+        try writeDirectory(dir, params: model.params, config: configJSON(model.config, bos: endOfText, eos: endOfText))
+    }
+
+    /// The run's tokenizer beside the weights, as transformers' AutoTokenizer loads it: tokenizer.json as it is,
+    /// tokenizer_config.json (a fast tokenizer, `token` as bos and eos, no prefix space) and special_tokens_map.json.
+    public static func writeTokenizer(from path: String, token: String, to dir: String, maxLength: Int) throws {
+        let files: [(String, String)] = [
+            ("tokenizer_config.json", "{\n  \"add_prefix_space\": false,\n  \"bos_token\": \(jsonString(token)),\n"
+             + "  \"clean_up_tokenization_spaces\": false,\n  \"eos_token\": \(jsonString(token)),\n"
+             + "  \"model_max_length\": \(maxLength),\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\"\n}\n"),
+            ("special_tokens_map.json", "{\n  \"bos_token\": \(jsonString(token)),\n  \"eos_token\": \(jsonString(token))\n}\n"),
+        ]
+        do {
+            let target = dir + "/tokenizer.json"
+            if FileManager.default.fileExists(atPath: target) { try FileManager.default.removeItem(atPath: target) }
+            try FileManager.default.copyItem(atPath: path, toPath: target)
+            for (name, text) in files { try text.write(toFile: dir + "/" + name, atomically: true, encoding: .utf8) }
+        } catch {
+            throw TrainingError("\(dir): cannot write the tokenizer files (from \(path)): \((error as NSError).localizedDescription)")
+        }
+    }
+
+    static func jsonString(_ s: String) -> String {
+        String(decoding: try! JSONSerialization.data(withJSONObject: [s]), as: UTF8.self).dropFirst().dropLast().description
     }
 
     /// `dir`/model.safetensors (every tensor of `params` under its name, F32, metadata {"format": "pt"}) and

@@ -73,6 +73,38 @@ final class TokenizedTrainingTests: XCTestCase {
         XCTAssertFalse(out.contains("<|endoftext|>"), "stops before the end-of-text token: \(out)")
     }
 
+    /// The export of a tokenized run carries its tokenizer: transformers' AutoTokenizer loads the directory and
+    /// encodes texts to Tessera's ids, bos and eos are the end-of-text id in both the tokenizer and config.json,
+    /// and the model loads cleanly beside it.
+    func testExportCarriesTheTokenizerForTransformers() throws {
+        guard let python = try huggingFacePython("TokenizedTrainingTests", skipping: "the Hugging Face tokenizer load") else { return }
+        let dir = scratchDirectory("tessera-tokexport")
+        let (config, tokenizer) = try Self.tokenizedJob(dir)
+        let (status, out) = try runProcess([CommandTests.binary, "train", config, "--sample.tokens", "0"])
+        XCTAssertEqual(status, 0, out)
+        let hf = dir.appendingPathComponent("hf").path
+        let summary = try CheckpointCommands.export(arguments: ["--hf", hf, "--checkpoint", dir.appendingPathComponent("ck").path],
+                                                    log: { _ in })
+        let eot = try XCTUnwrap(tokenizer.id(of: "<|endoftext|>"))
+        XCTAssertTrue(summary.contains("tokenizer.json") && summary.contains("bos = eos = \(eot)"), summary)
+        let cfg = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: hf + "/config.json"))) as? [String: Any])
+        XCTAssertEqual(cfg["bos_token_id"] as? Int, eot); XCTAssertEqual(cfg["eos_token_id"] as? Int, eot)
+
+        let texts = ["Line 3: the quick brown fox", "  spaces  and\nnewlines\n", "<|endoftext|>Line 7: lazy dogs.", "héllo wörld 42!"]
+        let textsPath = dir.appendingPathComponent("texts.json"), result = dir.appendingPathComponent("hf-ids.json")
+        try JSONSerialization.data(withJSONObject: texts).write(to: textsPath)
+        let (s2, o2) = try runProcess([python, repoRoot.path + "/scripts/hf_tokenize.py", hf, textsPath.path, result.path], timeout: 600)
+        XCTAssertEqual(s2, 0, o2)
+        guard s2 == 0 else { return }
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: result)) as? [String: Any])
+        // transformers 4 names the fast tokenizer PreTrainedTokenizerFast, 5 TokenizersBackend.
+        XCTAssertTrue(["PreTrainedTokenizerFast", "TokenizersBackend"].contains(json["class"] as? String ?? ""), "\(json["class"] ?? "none")")
+        XCTAssertEqual(json["bos_token_id"] as? Int, eot); XCTAssertEqual(json["eos_token_id"] as? Int, eot)
+        XCTAssertEqual(try XCTUnwrap(json["ids"] as? [[Int]]), texts.map { tokenizer.encode($0) })
+        XCTAssertEqual(try XCTUnwrap(json["decoded"] as? [String]), texts)
+        _ = try huggingFaceLogits(python: python, dir: hf, ids: tokenizer.encode("Line 3:").map(Int32.init), tied: true)
+    }
+
     func testDataTokenizerIsValidated() throws {
         let dir = scratchDirectory("tessera-tokcfg")
         let (config, tokenizer) = try Self.tokenizedJob(dir)

@@ -146,12 +146,19 @@ public enum OneDNN {
     }()
 
     private static let cache = Mutex<[Key: Entry]>([:])
+    /// Most primitives kept. Training runs a few dozen shapes; a caller whose M changes every call (the sampler's
+    /// growing sequence) would otherwise add one per call for the life of the process. Past this the cache
+    /// starts over (an entry being executed stays alive through its caller's reference).
+    static let cacheLimit = 512
 
     static func run(_ key: Key, a: UnsafeRawPointer, b: UnsafeRawPointer, c: UnsafeMutablePointer<Float>) throws {
         let entry: Entry
         if let e = cache.withLock({ $0[key] }) { entry = e } else {
             entry = try Entry(key, engine: engine)
-            cache.withLock { $0[key] = entry }
+            cache.withLock {
+                if $0.count >= cacheLimit { $0.removeAll() }
+                $0[key] = entry
+            }
         }
         singleThreaded()
         dnnl_memory_set_data_handle(entry.src, UnsafeMutableRawPointer(mutating: a))

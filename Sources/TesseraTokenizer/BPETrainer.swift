@@ -16,7 +16,9 @@ public enum BPETrainer {
         public var special: [(content: String, id: Int)]
     }
 
-    public static func train(texts: [String], vocabSize: Int, specialTokens: [String]) -> Result {
+    public static func train(texts: [String], vocabSize: Int, specialTokens given: [String]) -> Result {
+        var specialTokens: [String] = []  // each once, in the order given
+        for t in given where !specialTokens.contains(t) { specialTokens.append(t) }
         let special = SpecialTokens(specialTokens.enumerated().map { ($0.element, $0.offset) })
         var counts: [[UInt8]: Int] = [:]
         for text in texts {

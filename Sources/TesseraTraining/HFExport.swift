@@ -64,8 +64,13 @@ public enum HFExport {
         ]
         do {
             let target = dir + "/tokenizer.json"
-            if FileManager.default.fileExists(atPath: target) { try FileManager.default.removeItem(atPath: target) }
-            try FileManager.default.copyItem(atPath: path, toPath: target)
+            // Exporting into the tokenizer's own directory: the file is already there (removing it would lose it).
+            let same = URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath()
+                == URL(fileURLWithPath: target).standardizedFileURL.resolvingSymlinksInPath()
+            if !same {
+                if FileManager.default.fileExists(atPath: target) { try FileManager.default.removeItem(atPath: target) }
+                try FileManager.default.copyItem(atPath: path, toPath: target)
+            }
             for (name, text) in files { try text.write(toFile: dir + "/" + name, atomically: true, encoding: .utf8) }
         } catch {
             throw TrainingError("\(dir): cannot write the tokenizer files (from \(path)): \((error as NSError).localizedDescription)")

@@ -41,7 +41,26 @@ public enum HFImport {
         if j["tie_word_embeddings"] as? Bool == false {
             out.append("\(path): tie_word_embeddings is false; Tessera's GPT-2 ties the LM head to wte")
         }
+        guard out.isEmpty else { return out }
+        // Every tensor of the whole model, checked here (on every rank) rather than only by the stage that
+        // needs it, so a bad file stops every rank at start instead of one rank in the middle of a collective.
+        let weights = dir + "/model.safetensors"
+        let file: SafeTensorsFile
+        do { file = try SafeTensorsFile(path: weights) } catch { return ["\(error)"] }
+        let cfg = GPTConfig(vocabSize: m.vocabSize, nLayer: m.nLayer, nHead: m.nHead, dModel: m.dModel, blockSize: m.blockSize)
+        for s in GPTParameters.specs(cfg) {
+            guard let name = storedName(s.name, in: file) else { out.append("\(weights): no tensor '\(s.name)'"); continue }
+            if file.entries[name]!.shape != s.shape {
+                out.append("\(weights): tensor '\(name)' has shape \(file.entries[name]!.shape), the model needs \(s.shape)")
+            }
+        }
         return out
+    }
+
+    /// The name under which `file` stores parameter `name` (with or without the "transformer." prefix).
+    static func storedName(_ name: String, in file: SafeTensorsFile) -> String? {
+        let bare = name.hasPrefix("transformer.") ? String(name.dropFirst("transformer.".count)) : name
+        return [name, bare].first { file.entries[$0] != nil }
     }
 
     /// Copies every tensor of `params` from `dir`/model.safetensors (checked: present, right shape, finite).
@@ -50,8 +69,7 @@ public enum HFImport {
         let file: SafeTensorsFile
         do { file = try SafeTensorsFile(path: path) } catch { throw TrainingError("model.init_from = '\(dir)': \(error)") }
         for (i, s) in params.specs.enumerated() {
-            let bare = s.name.hasPrefix("transformer.") ? String(s.name.dropFirst("transformer.".count)) : s.name
-            guard let name = [s.name, bare].first(where: { file.entries[$0] != nil }) else {
+            guard let name = storedName(s.name, in: file) else {
                 throw TrainingError("\(path): no tensor '\(s.name)' (model.init_from = '\(dir)')")
             }
             guard file.entries[name]!.shape == s.shape else {

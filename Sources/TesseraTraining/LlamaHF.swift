@@ -32,6 +32,7 @@ public enum LlamaHF {
             ("num_key_value_heads", "\(c.nKVHead)"),
             ("rms_norm_eps", "\(Double(c.rmsEps))"),
             ("rope_parameters", "{\"rope_theta\": \(c.ropeTheta), \"rope_type\": \"default\"}"),
+            ("rope_theta", "\(c.ropeTheta)"),  // for transformers releases before rope_parameters
             ("tie_word_embeddings", c.tied ? "true" : "false"),
             ("use_cache", "true"),
             ("vocab_size", "\(c.vocabSize)"),
@@ -100,7 +101,11 @@ public enum LlamaHF {
         let file: SafeTensorsFile
         do { file = try SafeTensorsFile(path: path) } catch { throw TrainingError("\(error)") }
         let names = Set(model.params.specs.map(\.name))
-        if let extra = file.entries.keys.sorted().first(where: { !names.contains($0) }) {
+        // Not parameters: the rotary tables older files store, and a tied head written out anyway.
+        func ignorable(_ name: String) -> Bool {
+            name.hasSuffix("rotary_emb.inv_freq") || (model.config.tied && name == "lm_head.weight")
+        }
+        if let extra = file.entries.keys.sorted().first(where: { !names.contains($0) && !ignorable($0) }) {
             throw TrainingError("\(path): tensor '\(extra)' is not a parameter of this Llama (config \(dir)/config.json)")
         }
         for (i, s) in model.params.specs.enumerated() {

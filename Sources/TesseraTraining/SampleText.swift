@@ -30,6 +30,8 @@ struct SampleText {
     /// vocabulary.
     func encode(_ prompt: String, what: String) throws -> [Int32] {
         if let tokenizer {
+            // Every training document follows an <|endoftext|>: an empty prompt starts where documents start.
+            if prompt.isEmpty, let eot = tokenizer.id(of: "<|endoftext|>"), eot < vocabSize { return [Int32(eot)] }
             let ids = tokenizer.encode(prompt)
             if let id = ids.first(where: { $0 >= vocabSize }) {
                 throw TrainingError("\(what) encodes to id \(id), outside the model's vocab_size \(vocabSize) "

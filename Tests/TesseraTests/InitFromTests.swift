@@ -23,6 +23,23 @@ final class InitFromTests: XCTestCase {
         XCTAssertTrue(problems.contains { $0.contains("model.n_layer") && $0.contains("n_layer = \(m.nLayer)") }, "\(problems)")
         XCTAssertTrue(problems.contains { $0.contains("model.d_model") && $0.contains("n_embd = \(m.dModel)") }, "\(problems)")
 
+        // A file without one of the model's tensors is refused at validation (every rank), naming it.
+        let partial = scratchDirectory("init-partial").path
+        try FileManager.default.createDirectory(atPath: partial, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: dir + "/config.json", toPath: partial + "/config.json")
+        let full = try SafeTensorsFile(path: dir + "/model.safetensors")
+        let kept = try full.entries.keys.sorted().filter { $0 != "transformer.ln_f.weight" }.map { ($0, full.entries[$0]!.shape, try full.floats($0)) }
+        let buffers = kept.map { t -> UnsafeMutableBufferPointer<Float> in
+            let b = UnsafeMutableBufferPointer<Float>.allocate(capacity: t.2.count)
+            _ = b.initialize(from: t.2)
+            return b
+        }
+        defer { buffers.forEach { $0.deallocate() } }
+        try SafeTensorsFile.write(path: partial + "/model.safetensors",
+                                  tensors: zip(kept, buffers).map { (name: $0.0, shape: $0.1, values: UnsafeBufferPointer($1)) },
+                                  metadata: ["format": "pt"])
+        XCTAssertEqual(try HFImport.mismatches(dir: partial, model: m), ["\(partial)/model.safetensors: no tensor 'transformer.ln_f.weight'"])
+
         let cfg = GPTConfig(vocabSize: m.vocabSize, nLayer: m.nLayer, nHead: m.nHead, dModel: m.dModel, blockSize: m.blockSize)
         let model = GPT(config: cfg, seed: 99)
         try HFImport.load(dir: dir, into: model.params)

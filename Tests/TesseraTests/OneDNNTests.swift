@@ -74,6 +74,25 @@ final class OneDNNTests: XCTestCase {
         }
     }
 
+    /// A caller whose M changes every call (the sampler) does not grow the primitive cache without bound, and the
+    /// products stay right after the cache starts over.
+    func testPrimitiveCacheIsBounded() throws {
+        Threads.configure(1)
+        let b = randomFloats(4 * 4, seed: 9)
+        for m in 1...(OneDNN.cacheLimit + 20) {
+            let a = randomFloats(m * 4, seed: UInt64(m))
+            var c = [Float](repeating: 0, count: m * 4), want = c
+            try c.ptr { cp in try a.withUnsafeBytes { ap in try b.withUnsafeBytes { bp in
+                try OneDNN.gemm(type: .f32, m: m, n: 4, k: 4, a: ap.baseAddress!, lda: 4, b: bp.baseAddress!, ldb: 4, beta: 0, c: cp, ldc: 4)
+            } } }
+            if m % 100 == 0 || m > OneDNN.cacheLimit {
+                want.ptr { BLAS.sgemm(transA: false, transB: false, m: m, n: 4, k: 4, alpha: 1, a: a, lda: 4, b: b, ldb: 4, beta: 0, c: $0, ldc: 4) }
+                XCTAssertLessThan(relErr(c, want), 1e-5, "m \(m)")
+            }
+            XCTAssertLessThanOrEqual(OneDNN.cachedPrimitives, OneDNN.cacheLimit)
+        }
+    }
+
     /// Forcing the oneDNN backend where it has no bf16 matmul stops a bf16 job at start with the reason;
     /// forcing the emulation always works.
     func testForcedBackend() throws {

@@ -105,6 +105,21 @@ final class TokenizedTrainingTests: XCTestCase {
         _ = try huggingFaceLogits(python: python, dir: hf, ids: tokenizer.encode("Line 3:").map(Int32.init), tied: true)
     }
 
+    /// With a tokenizer an empty prompt is <|endoftext|> (where every training document starts); exporting into
+    /// the directory that holds the tokenizer keeps it.
+    func testEmptyPromptAndExportNextToTheTokenizer() throws {
+        let dir = scratchDirectory("tessera-tokempty")
+        let (configPath, tokenizer) = try Self.tokenizedJob(dir)
+        let config = try ConfigLoader.load(path: configPath, overrides: [])
+        let codec = try SampleText(config: config, vocabSize: tokenizer.vocabSize)
+        XCTAssertEqual(try codec.encode("", what: "test"), [Int32(try XCTUnwrap(tokenizer.id(of: "<|endoftext|>")))])
+        let path = dir.appendingPathComponent("tokenizer.json").path
+        let before = try Data(contentsOf: URL(fileURLWithPath: path))
+        try HFExport.writeTokenizer(from: path, token: "<|endoftext|>", to: dir.path, maxLength: 32)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path)), before)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir.appendingPathComponent("tokenizer_config.json").path))
+    }
+
     func testDataTokenizerIsValidated() throws {
         let dir = scratchDirectory("tessera-tokcfg")
         let (config, tokenizer) = try Self.tokenizedJob(dir)

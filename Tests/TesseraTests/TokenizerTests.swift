@@ -146,6 +146,17 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(small.model.merges.count, 2)
     }
 
+    /// A special token given twice is one token: the vocabulary still has the size asked for.
+    func testDuplicateSpecialTokensCountOnce() {
+        let texts = [(0..<200).map { "Line \($0 % 23): the quick brown fox jumps over \($0 % 7) lazy dogs." }.joined(separator: "\n")]
+        let once = Tokenizer.train(texts: texts, vocabSize: 300, specialTokens: ["<|endoftext|>"])
+        let twice = Tokenizer.train(texts: texts, vocabSize: 300, specialTokens: ["<|endoftext|>", "<|endoftext|>"])
+        XCTAssertEqual(once.vocabSize, 300)
+        XCTAssertEqual(twice.vocabSize, 300)
+        XCTAssertEqual(twice.vocabSize, once.vocabSize)
+        XCTAssertEqual(twice.encode(texts[0]), once.encode(texts[0]))
+    }
+
     func testTrainedTokenizerRoundTripsAndIsDeterministic() {
         let tokenizer = Tokenizer.train(texts: [Self.trainingText], vocabSize: 600)
         XCTAssertEqual(tokenizer.vocabSize, 600)

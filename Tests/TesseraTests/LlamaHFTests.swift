@@ -76,6 +76,22 @@ final class LlamaHFTests: XCTestCase {
             expectError([dir + "/config.json"] + contains, line: line)
             try config.write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
         }
+        // Tensors that are not parameters but older files store (rotary tables) load; an unknown one does not.
+        let original = try Data(contentsOf: URL(fileURLWithPath: dir + "/model.safetensors"))
+        func withExtra(_ name: String) throws {
+            let p = model.params, extra = [Float](repeating: 1, count: 2)
+            try extra.withUnsafeBufferPointer { e in
+                try SafeTensorsFile.write(path: dir + "/model.safetensors",
+                                          tensors: p.specs.enumerated().map { i, s in
+                                              (name: s.name, shape: s.shape, values: UnsafeBufferPointer(start: p.pointer(i), count: s.count))
+                                          } + [(name: name, shape: [2], values: e)], metadata: ["format": "pt"])
+            }
+        }
+        try withExtra("model.layers.0.self_attn.rotary_emb.inv_freq")
+        XCTAssertNoThrow(try LlamaHF.load(dir: dir))
+        try withExtra("model.layers.0.mystery.weight")
+        expectError([dir + "/model.safetensors", "model.layers.0.mystery.weight", "not a parameter"])
+        try original.write(to: URL(fileURLWithPath: dir + "/model.safetensors"))
         try withConfig({ $0.replacingOccurrences(of: "\"llama\"", with: "\"gpt2\"") }, ["model_type", "expected \"llama\""])
         try withConfig({ $0.replacingOccurrences(of: "\"num_key_value_heads\": 1", with: "\"num_key_value_heads\": 3") }, ["key/value heads"])
         try withConfig({ $0.replacingOccurrences(of: "\"silu\"", with: "\"gelu\"") }, ["hidden_act"])

@@ -19,7 +19,7 @@ public enum Bench {
                                precision: Precision = .fp32) -> Row {
         Threads.configure(threads)
         let cfg = s.gpt
-        let model = GPT(config: cfg, seed: 1)
+        let model = Transformer.make(config: cfg, seed: 1)
         model.precision = precision
         let acts = Activations(config: cfg, batch: s.batch, tokens: s.seq)
         let opt = AdamWOptimizer(params: model.params, grads: model.grads, beta1: 0.9, beta2: 0.95, eps: 1e-8,

@@ -8,7 +8,7 @@ import TesseraTraining
 /// A benchmark model size: the GPT shape and the batch of one step.
 public struct BenchSize: Sendable {
     public let name: String, vocab: Int, d: Int, layers: Int, heads: Int, seq: Int, batch: Int
-    public var gpt: GPTConfig { GPTConfig(vocabSize: vocab, nLayer: layers, nHead: heads, dModel: d, blockSize: seq) }
+    public var gpt: TransformerConfig { TransformerConfig(vocabSize: vocab, nLayer: layers, nHead: heads, dModel: d, blockSize: seq) }
 
     /// This size with another layer count, sequence length or batch.
     public func with(layers: Int? = nil, seq: Int? = nil, batch: Int? = nil) -> BenchSize {

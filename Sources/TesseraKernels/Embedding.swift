@@ -1,4 +1,5 @@
-// Token + position embedding.   x[n, :] = wte[tokens[n], :] + wpe[positions[n], :]
+// Token + position embedding.   x[n, :] = wte[tokens[n], :] + wpe[positions[n], :]   (GPT-2)
+// Token embedding alone.         x[n, :] = wte[tokens[n], :]                         (Llama: RoPE places tokens)
 // Positions are explicit so that sequence-parallel layouts (contiguous or zigzag chunks) pass the
 // global position of every local token.
 
@@ -32,6 +33,23 @@ public enum Embedding {
                 vaxpy(1, d + lo, DE.p + Int(T.p[i]) * c + lo, hi - lo)
                 vaxpy(1, d + lo, DP.p + Int(P.p[i]) * c + lo, hi - lo)
             }
+        }
+    }
+
+    /// out [N, C] = wte[tokens[n]]; wte [V, C].
+    public static func lookup(out: UnsafeMutablePointer<Float>, tokens: UnsafePointer<Int32>, wte: UnsafePointer<Float>, n: Int, c: Int) {
+        let O = SendPtr(out), T = SendConstPtr(tokens), E = SendConstPtr(wte)
+        Threads.parallelRanges(n, grain: 8) { _, lo, hi in
+            for i in lo..<hi { (O.p + i * c).update(from: E.p + Int(T.p[i]) * c, count: c) }
+        }
+    }
+
+    /// dwte[tokens[n]] += dout[n], in row order (as `backward`).
+    public static func lookupBackward(dwte: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, tokens: UnsafePointer<Int32>,
+                                      n: Int, c: Int) {
+        let DE = SendPtr(dwte), D = SendConstPtr(dout), T = SendConstPtr(tokens)
+        Threads.parallelRanges(c, grain: 16) { _, lo, hi in
+            for i in 0..<n { vaxpy(1, D.p + i * c + lo, DE.p + Int(T.p[i]) * c + lo, hi - lo) }
         }
     }
 }

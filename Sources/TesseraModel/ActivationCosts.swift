@@ -6,7 +6,7 @@
 import TesseraMemory
 
 public struct ActivationCosts {
-    public let config: GPTConfig
+    public let config: TransformerConfig
     /// Sequences per micro-batch, tokens per sequence on this rank, tokens of a whole sequence.
     public let batch: Int, tokens: Int, seqLen: Int
     /// Layers per chunk of this rank and, per chunk, activation sets alive at once.
@@ -21,7 +21,7 @@ public struct ActivationCosts {
     /// bf16 training: offload moves a block's operands as bf16 (OffloadStaging's compact image).
     public var operandsAreBF16 = false
 
-    public init(config: GPTConfig, batch: Int, tokens: Int, seqLen: Int, stage: ModelStage, setsPerChunk: [Int],
+    public init(config: TransformerConfig, batch: Int, tokens: Int, seqLen: Int, stage: ModelStage, setsPerChunk: [Int],
                 ownLossGradient: Bool, attentionSaved: Int, attentionReadsQKV: Bool, microbatches: Int) {
         self.config = config; self.batch = batch; self.tokens = tokens; self.seqLen = seqLen
         chunks = stage.chunks; self.setsPerChunk = setsPerChunk
@@ -32,7 +32,7 @@ public struct ActivationCosts {
 
     var n: Int { batch * tokens }
     var shape: Activations.LayerShape {
-        Activations.LayerShape(n: n, c: config.dModel, lse: batch * config.nHead * tokens, attention: attentionSaved)
+        Activations.LayerShape(n: n, config: config, lse: batch * config.nHead * tokens, attention: attentionSaved)
     }
 
     /// Bytes a block keeps per set under `keep` and `selective` (as `Activations.init` allocates them).
@@ -51,11 +51,14 @@ public struct ActivationCosts {
 
     /// Seconds of one block's forward and of a selective recomputation, per micro-batch.
     public func blockSeconds(flopRate: Double, memoryRate: Double = 10e9) -> (forward: Double, selective: Double) {
-        let c = Double(config.dModel), n = Double(n)
+        let m = config, c = Double(m.dModel), n = Double(n)
         let attention = 2 * Double(batch * tokens) * Double(seqLen) * c  // causal: half of 4·t·S·c
-        let elementwise = 4 * 20 * n * c / memoryRate                    // LayerNorms, residuals, GELU: ~20 passes of N·C
-        // full: the whole block (qkv 6, projection 2, MLP 16 · N·C² FLOPs, attention); selective: projection and MLP input (2 + 8).
-        return ((24 * n * c * c + attention) / flopRate + elementwise, 10 * n * c * c / flopRate + 0.75 * elementwise)
+        let elementwise = 4 * 20 * n * c / memoryRate                    // norms, residuals, MLP activation: ~20 passes of N·C
+        // 2·N·(in·out) FLOPs per product. full: the whole block (qkv, projection, the MLP's two products, attention);
+        // selective: what follows the kept attention output (projection, MLP input product; GPT-2: 2 + 8 · N·C²).
+        let qkv = c * Double(m.qkvWidth), proj = c * c, mlpIn = c * Double(m.mlpInWidth), mlpOut = Double(m.mlpHiddenWidth) * c
+        let full = 2 * n * (qkv + proj + mlpIn + mlpOut) + attention
+        return (full / flopRate + elementwise, 2 * n * (proj + mlpIn) / flopRate + 0.75 * elementwise)
     }
 
     /// The planner's view of this rank. `tier`: write and read bytes/s of the offload tier (nil: offload is

@@ -1,13 +1,16 @@
 // Activation buffers of one micro-batch of `batch` sequences × `tokens` local tokens, through the layers
 // `layerRange` (all of them without pipeline parallelism; one model chunk with it).
-// Per layer l of the range (N = batch·tokens, C = d_model), a block's tensors (`Layer`):
-//   ln1, ln1Mean/Rstd  [N, C], [N]
-//   qkv                [N, 3C]  fused q, k, v
+// Per layer l of the range (N = batch·tokens, C = d_model, Q = the fused q|k|v width, M = the MLP input
+// product's width, F = the MLP's hidden width; see TransformerConfig), a block's tensors (`Layer`), named for
+// GPT-2 and filled by Llama as noted:
+//   ln1, ln1Mean/Rstd  [N, C], [N]   first norm's output and statistics (Llama: RMSNorm, the mean unused)
+//   qkv                [N, Q]        fused q, k, v (Llama: q and k after RoPE)
 //   atty, lse          [N, C], [batch, heads, tokens]   attention output and log-sum-exp
-//   resid2             [N, C]   residual after attention
-//   ln2, ln2Mean/Rstd  [N, C], [N]
-//   fch, fchGelu       [N, 4C]  MLP pre- and post-activation
-//   attnSaved                   what the attention op keeps (Ulysses: head-sharded q/k/v and output)
+//   resid2             [N, C]        residual after attention
+//   ln2, ln2Mean/Rstd  [N, C], [N]   second norm
+//   fch                [N, M]        MLP pre-activation (GPT-2: c_fc, M = 4C; Llama: gate|up, M = 2F)
+//   fchGelu            [N, F]        MLP activation (GPT-2: GELU; Llama: silu(gate)·up)
+//   attnSaved                        what the attention op keeps (Ulysses: head-sharded q/k/v and output)
 // and the residual stream: residual[i] = the input of block first+i (residual[0] = the chunk's input: the
 // embeddings on the first stage, the received activation elsewhere; residual[count] = the chunk's output),
 // plus ln_f (on the chunk that ends with the head) and the token/position/target ids.
@@ -27,22 +30,31 @@ import TesseraMemory
 /// Transient buffers of a forward or backward pass (gradients in flight, outputs consumed at once), the
 /// recompute buffer and the offload staging slots.
 public final class Workspace: @unchecked Sendable {
-    public let dres, dln, dqkv, datty, dfch, tmp: UnsafeMutablePointer<Float>
+    /// Gradients in flight: dres, dln, datty [N, C]; dqkv [N, Q]; dfch [N, M]; dact [N, F] (Llama only: GPT-2's
+    /// GELU backward runs in place in dfch); and tmp [N, C].
+    public let dres, dln, dqkv, datty, dfch, dact, tmp: UnsafeMutablePointer<Float>
     public let scratch = Scratch()
     public let store = ActivationStore()
-    let n: Int, c: Int
+    let n: Int
     /// One block's tensors, for recomputed blocks (made when a set first needs it).
     private(set) var recompute: Activations.Layer?
     /// Staging slots of offloaded blocks (made when a set first needs them).
     private(set) var staging: OffloadStaging?
 
-    /// Room for `n` tokens of width `c`; `training: false` leaves out the backward's buffers.
-    public init(n: Int, c: Int, training: Bool) {
-        self.n = n; self.c = c
-        let w = training ? 1 : 0, s = store
-        dres = s.workspace(w * n * c); dln = s.workspace(w * n * c); dqkv = s.workspace(w * n * 3 * c)
-        datty = s.workspace(w * n * c); dfch = s.workspace(w * n * 4 * c)
+    /// Room for `n` tokens of `config`'s widths; `training: false` leaves out the backward's buffers.
+    public init(n: Int, config m: TransformerConfig, training: Bool) {
+        self.n = n
+        let w = training ? 1 : 0, s = store, c = m.dModel
+        dres = s.workspace(w * n * c); dln = s.workspace(w * n * c); dqkv = s.workspace(w * n * m.qkvWidth)
+        datty = s.workspace(w * n * c); dfch = s.workspace(w * n * m.mlpInWidth)
+        dact = s.workspace(m.family == .llama ? w * n * m.mlpHiddenWidth : 0)
         tmp = s.workspace(n * c)
+    }
+
+    /// Floats of the buffers above (the memory preflight's prediction).
+    public static func floats(n: Int, config m: TransformerConfig, training: Bool = true) -> Int {
+        let w = training ? 1 : 0
+        return w * n * (3 * m.dModel + m.qkvWidth + m.mlpInWidth + (m.family == .llama ? m.mlpHiddenWidth : 0)) + n * m.dModel
     }
 
     /// Offload writes still running read the staging slots: they finish before the slots are freed.
@@ -77,17 +89,21 @@ public final class Activations: @unchecked Sendable {
 
     /// Sizes of one block's tensors, and their layout in one contiguous buffer (recompute, offload slots).
     struct LayerShape {
-        let n: Int, c: Int, lse: Int, attention: Int
-        var floats: Int { 15 * n * c + 4 * n + lse + attention }
+        let n: Int, c: Int, qkv: Int, mlpIn: Int, hidden: Int, lse: Int, attention: Int
+        init(n: Int, config m: TransformerConfig, lse: Int, attention: Int) {
+            self.n = n; c = m.dModel; qkv = m.qkvWidth; mlpIn = m.mlpInWidth; hidden = m.mlpHiddenWidth
+            self.lse = lse; self.attention = attention
+        }
+        var floats: Int { operandFloats + n * (c + mlpIn) + 4 * n + lse }
         /// The leading floats that are product operands (ln1, qkv, atty, ln2, fchGelu, the attention op's saved
         /// head-sharded q/k/v and output): bf16 values in bf16 training, so an offloaded block sends them as bf16.
-        var operandFloats: Int { 10 * n * c + attention }
+        var operandFloats: Int { n * (3 * c + qkv + hidden) + attention }
         /// Floats a set keeps of one block under `policy` (as `Activations.init` allocates them; the
         /// recompute buffer and the staging slots are the workspace's).
         func keptFloats(_ policy: LayerPolicy, readsQKV: Bool) -> Int {
             switch policy {
             case .keep: floats
-            case .selective: (readsQKV ? 3 * n * c : 0) + n * c + lse + attention  // qkv, atty, lse, attnSaved
+            case .selective: (readsQKV ? n * qkv : 0) + n * c + lse + attention  // qkv, atty, lse, attnSaved
             case .full, .offload: 0
             }
         }
@@ -100,10 +116,10 @@ public final class Activations: @unchecked Sendable {
             var o = 0
             func take(_ k: Int) -> UnsafeMutablePointer<Float> { defer { o += k }; return p + o }
             // The operands first (see operandFloats), then what stays fp32.
-            let ln1 = take(n * c), qkv = take(3 * n * c), atty = take(n * c), ln2 = take(n * c), fchGelu = take(4 * n * c)
+            let ln1 = take(n * c), qkv = take(n * self.qkv), atty = take(n * c), ln2 = take(n * c), fchGelu = take(n * hidden)
             let attnSaved = take(attention)
             return Layer(ln1: ln1, ln1Mean: take(n), ln1Rstd: take(n), qkv: qkv, atty: atty, lse: take(lse),
-                         resid2: take(n * c), ln2: ln2, ln2Mean: take(n), ln2Rstd: take(n), fch: take(4 * n * c),
+                         resid2: take(n * c), ln2: ln2, ln2Mean: take(n), ln2Rstd: take(n), fch: take(n * mlpIn),
                          fchGelu: fchGelu, attnSaved: attnSaved)
         }
     }
@@ -114,7 +130,7 @@ public final class Activations: @unchecked Sendable {
         case offloaded(region: Int)    // a staging slot while bound
     }
 
-    public let batch: Int, config: GPTConfig
+    public let batch: Int, config: TransformerConfig
     /// Tokens per sequence of the current micro-batch (at most `capacity`).
     public private(set) var tokens: Int
     public let capacity: Int
@@ -142,29 +158,30 @@ public final class Activations: @unchecked Sendable {
     public var dqkv: UnsafeMutablePointer<Float> { workspace.dqkv }
     public var datty: UnsafeMutablePointer<Float> { workspace.datty }
     public var dfch: UnsafeMutablePointer<Float> { workspace.dfch }
+    public var dact: UnsafeMutablePointer<Float> { workspace.dact }
     public var tmp: UnsafeMutablePointer<Float> { workspace.tmp }
     public var scratch: Scratch { workspace.scratch }
 
     public var n: Int { batch * tokens }
 
     /// The whole model, with its own workspace; `attentionSaved`: the attention op's floats per layer.
-    public convenience init(config: GPTConfig, batch: Int, tokens: Int, training: Bool = true, attentionSaved: Int = 0,
+    public convenience init(config: TransformerConfig, batch: Int, tokens: Int, training: Bool = true, attentionSaved: Int = 0,
                             memory: MemoryPlan = .init()) {
         self.init(config: config, batch: batch, tokens: tokens, layers: 0..<config.nLayer, embeds: true, head: true,
-                  workspace: Workspace(n: batch * tokens, c: config.dModel, training: training), ownLossGradient: false,
+                  workspace: Workspace(n: batch * tokens, config: config, training: training), ownLossGradient: false,
                   attentionSaved: attentionSaved, memory: memory)
     }
 
     /// Layers `layers` of the model; `workspace` must have room for batch × tokens.
     /// `ownLossGradient`: the head's loss gradient gets its own buffer (see `dlnf`).
     /// `attentionReadsQKV`: the attention op's backward reads the local qkv (false: selective need not keep it).
-    public init(config: GPTConfig, batch: Int, tokens: Int, layers range: Range<Int>, embeds: Bool, head: Bool,
+    public init(config: TransformerConfig, batch: Int, tokens: Int, layers range: Range<Int>, embeds: Bool, head: Bool,
                 workspace: Workspace, ownLossGradient: Bool = true, attentionSaved: Int = 0,
                 attentionReadsQKV: Bool = true, memory: MemoryPlan = .init()) {
         self.batch = batch; self.tokens = tokens; self.capacity = tokens; self.config = config
         layerRange = range; self.embeds = embeds; self.head = head; self.workspace = workspace
         let n = batch * tokens, c = config.dModel, s = store
-        let shape = LayerShape(n: n, c: c, lse: batch * config.nHead * tokens, attention: attentionSaved)
+        let shape = LayerShape(n: n, config: config, lse: batch * config.nHead * tokens, attention: attentionSaved)
         self.shape = shape
         policies = range.map { memory.policy(layer: $0) }
         residual = (0...range.count).map { _ in s.saved(n * c) }
@@ -177,7 +194,7 @@ public final class Activations: @unchecked Sendable {
             case .selective:
                 let r = workspace.recomputeLayer(shape)
                 return .resident(Layer(ln1: r.ln1, ln1Mean: r.ln1Mean, ln1Rstd: r.ln1Rstd,
-                                       qkv: attentionReadsQKV ? s.saved(3 * n * c) : r.qkv,
+                                       qkv: attentionReadsQKV ? s.saved(n * config.qkvWidth) : r.qkv,
                                        atty: s.saved(n * c), lse: s.saved(shape.lse), resid2: r.resid2, ln2: r.ln2,
                                        ln2Mean: r.ln2Mean, ln2Rstd: r.ln2Rstd, fch: r.fch, fchGelu: r.fchGelu,
                                        attnSaved: s.saved(shape.attention)))

@@ -8,7 +8,7 @@
 //   ParallelModel (chunk API)     driven by TesseraPipeline             forward / backward of one stage chunk
 //   ParallelModel.params/grads    TesseraDataParallel, checkpoints      one flat storage in global-name order
 //
-// A second model family (Llama) implements `ParallelModel` and reuses every parallel module unchanged.
+// Both families (GPT-2, Llama) implement `ParallelModel` through `Transformer` and reuse every parallel module.
 
 import TesseraKernels
 import TesseraMemory
@@ -20,6 +20,8 @@ public protocol ParallelModel: AnyObject {
     /// in global storage order (so a gradient offset's finality is monotone in the backward pass).
     var params: ParameterSet { get }
     var grads: ParameterSet { get }
+    /// The architecture (family and sizes).
+    var config: TransformerConfig { get }
     /// The part of the global model this rank holds.
     var stage: ModelStage { get }
     /// Floats per token that cross a pipeline-stage boundary (the residual stream's width).

@@ -1,8 +1,9 @@
 // Which part of the global model one rank holds. Without pipeline parallelism that is everything. With it,
 // a rank holds one or more contiguous chunks of blocks (one chunk per virtual stage it runs), the embeddings
-// if it runs the first virtual stage, and ln_f with the LM head if it runs the last. The LM head is tied to
-// the token embedding, so the first and last stages each hold a copy of `transformer.wte.weight`; the
-// trainer keeps the copies identical by summing their gradients every step.
+// if it runs the first virtual stage, and the final norm with the LM head if it runs the last. When the LM
+// head is tied to the token embedding (GPT-2 always, Llama if configured), the first and last stages each
+// hold a copy of the token embedding; the trainer keeps the copies identical by summing their gradients
+// every step.
 //
 // A stage's parameters are the global tensors it needs, under their global names, initialised from the
 // seed and the name alone: every layout starts from the same model.
@@ -22,7 +23,7 @@ public struct ModelStage: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// The whole model (one rank, or pipeline parallelism off).
-    public static func whole(_ c: GPTConfig) -> ModelStage {
+    public static func whole(_ c: TransformerConfig) -> ModelStage {
         ModelStage(chunks: [0..<c.nLayer], hasEmbedding: true, hasHead: true)
     }
 
@@ -33,7 +34,7 @@ public struct ModelStage: Sendable, Equatable, CustomStringConvertible {
     public func embeds(chunk: Int) -> Bool { hasEmbedding && chunk == 0 }
     /// The chunk ends with ln_f, the LM head and the loss.
     public func endsWithHead(chunk: Int) -> Bool { hasHead && chunk == chunks.count - 1 }
-    /// Holds `transformer.wte.weight` (as the embedding, as the LM head, or both).
+    /// Holds the token embedding if the head is tied to it (as the embedding, as the LM head, or both).
     public var holdsTokenEmbedding: Bool { hasEmbedding || hasHead }
 
     public var description: String {
@@ -44,24 +45,16 @@ public struct ModelStage: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-extension GPTParameters {
-    /// The global tensors a stage holds, in global storage order (wte, wpe, h.0 … h.L-1, ln_f).
-    public static func specs(_ c: GPTConfig, stage: ModelStage) -> [ParameterSpec] {
+extension ModelParameters {
+    /// The global tensors a stage holds, in global storage order (embeddings, blocks, final norm, head).
+    public static func specs(_ c: TransformerConfig, stage: ModelStage) -> [ParameterSpec] {
         specs(c).filter { spec in
+            if let l = layerIndex(of: spec.name) { return stage.holds(layer: l) }
             switch spec.name {
-            case "transformer.wte.weight": return stage.holdsTokenEmbedding
+            case c.tokenEmbeddingName: return c.tied ? stage.holdsTokenEmbedding : stage.hasEmbedding
             case "transformer.wpe.weight": return stage.hasEmbedding
-            case "transformer.ln_f.weight", "transformer.ln_f.bias": return stage.hasHead
-            default:
-                return stage.holds(layer: layerIndex(of: spec.name)!)
+            default: return stage.hasHead  // the final norm, an untied lm_head
             }
         }
-    }
-
-    /// The block index in a name "transformer.h.<l>.…", nil for other tensors.
-    public static func layerIndex(of name: String) -> Int? {
-        let prefix = "transformer.h."
-        guard name.hasPrefix(prefix) else { return nil }
-        return Int(name.dropFirst(prefix.count).prefix { $0 != "." })
     }
 }

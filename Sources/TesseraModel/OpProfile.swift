@@ -4,10 +4,10 @@ import Dispatch
 /// branch per op). `tessera bench --profile` prints it.
 public enum OpProfile {
     public enum Op: Int, CaseIterable, Sendable {
-        case embedding, layerNorm, matmul, attention, gelu, residual, lmHeadLoss, optimizer, rounding
+        case embedding, layerNorm, matmul, attention, gelu, residual, lmHeadLoss, optimizer, rounding, rope
         public var name: String {
             ["embedding", "layernorm", "matmul (sgemm)", "attention", "gelu", "residual", "lm head + loss", "optimizer",
-             "bf16 rounding"][rawValue]
+             "bf16 rounding", "rope"][rawValue]
         }
     }
 

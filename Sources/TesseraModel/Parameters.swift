@@ -6,22 +6,6 @@ import Foundation
 
 import TesseraKernels
 
-/// Architecture of a GPT-2 model.
-public struct GPTConfig: Sendable, Equatable {
-    public var vocabSize: Int, nLayer: Int, nHead: Int, dModel: Int, blockSize: Int
-    public init(vocabSize: Int, nLayer: Int, nHead: Int, dModel: Int, blockSize: Int) {
-        self.vocabSize = vocabSize; self.nLayer = nLayer; self.nHead = nHead
-        self.dModel = dModel; self.blockSize = blockSize
-    }
-    public var headDim: Int { dModel / nHead }
-    /// Parameter count (wte counted once: the LM head is tied).
-    public var parameterCount: Int { GPTParameters.specs(self).reduce(0) { $0 + $1.count } }
-    /// Training FLOPs per token as in the PaLM/nanoGPT MFU estimate: 6N + 12·n_layer·d·seq.
-    public func flopsPerToken(seqLen: Int) -> Double {
-        6 * Double(parameterCount) + 12 * Double(nLayer * dModel * seqLen)
-    }
-}
-
 /// How a parameter is initialised (GPT-2 / nanoGPT scheme).
 public enum InitKind: Sendable, Equatable {
     case normal(std: Double)
@@ -41,7 +25,7 @@ public struct ParameterSpec: Sendable, Equatable {
 public enum GPTParameters {
     /// Every parameter of the model, in storage order, with Hugging Face GPT-2 names and layouts
     /// (Conv1D weights are [in, out]).
-    public static func specs(_ c: GPTConfig) -> [ParameterSpec] {
+    public static func specs(_ c: TransformerConfig) -> [ParameterSpec] {
         let d = c.dModel
         let std = 0.02, residStd = 0.02 / (2.0 * Double(c.nLayer)).squareRoot()
         var s: [ParameterSpec] = [

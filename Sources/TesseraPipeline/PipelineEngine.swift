@@ -76,7 +76,7 @@ public final class PipelineEngine {
         precondition(model.stage.chunks.count == plan.virtualStages, "model stage has \(model.stage.chunks.count) chunks, plan \(plan.virtualStages)")
         self.plan = plan; self.model = model; self.comm = comm; self.batch = batch; self.tokens = tokens; self.wire = wire
         rank = comm.rank; stages = plan.stages
-        workspace = Workspace(n: batch * tokens, c: model.boundaryWidth, training: true)
+        workspace = Workspace(n: batch * tokens, config: model.config, training: true)
         pool = Array(repeating: [], count: plan.virtualStages)
         allocated = Array(repeating: 0, count: plan.virtualStages)
         setBytes = Array(repeating: 0, count: plan.virtualStages)

@@ -11,15 +11,15 @@ public struct PipelineLayout: Sendable {
     /// Layer range of each virtual stage (virtual stage s = chunk · stages + rank).
     public let partition: StagePartition
     public let plan: PipelinePlan
-    public let gpt: GPTConfig
+    public let model: TransformerConfig
 
     /// `stages` pipeline ranks running `schedule` over `microbatches`; `virtualStages` chunks per rank when the
     /// schedule is interleaved; `explicitStageLayers` the layers of each virtual stage (nil: balanced by cost).
-    public init(gpt: GPTConfig, seqLen: Int, stages: Int, schedule: String, microbatches: Int, virtualStages: Int,
+    public init(model gpt: TransformerConfig, seqLen: Int, stages: Int, schedule: String, microbatches: Int, virtualStages: Int,
                 explicitStageLayers: [Int]?) throws {
         self.stages = stages
         chunks = schedule == "interleaved" ? virtualStages : 1
-        self.gpt = gpt
+        self.model = gpt
         let cost = Self.costs(gpt, seqLen: seqLen)
         if let counts = explicitStageLayers {
             partition = .explicit(layerCounts: counts, blockCost: cost.block, first: cost.first, last: cost.last)
@@ -32,9 +32,10 @@ public struct PipelineLayout: Sendable {
 
     /// Training FLOPs per token of a block, of the first stage's extra work (embeddings) and of the last's
     /// (ln_f, the LM head and the loss): 6 × parameters per token, plus attention's 12 · seq · d per block.
-    static func costs(_ c: GPTConfig, seqLen: Int) -> (block: Double, first: Double, last: Double) {
+    static func costs(_ c: TransformerConfig, seqLen: Int) -> (block: Double, first: Double, last: Double) {
         let d = Double(c.dModel)
-        return (72 * d * d + 6 * Double(seqLen) * d, 2 * d, 6 * Double(c.vocabSize) * d + 10 * d)
+        let blockWeights = d * Double(c.qkvWidth + c.dModel + c.mlpInWidth) + Double(c.mlpHiddenWidth) * d  // GPT-2: 12·d²
+        return (6 * blockWeights + 6 * Double(seqLen) * d, 2 * d, 6 * Double(c.vocabSize) * d + 10 * d)
     }
 
     /// The part of the model pipeline rank `rank` holds: the first stage embeds, the last has the head.
@@ -49,7 +50,7 @@ public struct PipelineLayout: Sendable {
         if chunks > 1 { s += ", \(chunks) chunks per rank" }
         s += String(format: "; theoretical bubble %.1f%%", 100 * plan.theoreticalBubble)
         for r in 0..<stages {
-            let count = GPTParameters.specs(gpt, stage: stage(rank: r)).reduce(0) { $0 + $1.count }
+            let count = ModelParameters.specs(model, stage: stage(rank: r)).reduce(0) { $0 + $1.count }
             s += "\n    stage \(r): \(stage(rank: r)) (" + String(format: "%.2f", Double(count) / 1e6) + "M parameters)"
         }
         return s

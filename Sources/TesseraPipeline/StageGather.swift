@@ -7,9 +7,9 @@ import TesseraModel
 extension Communicator {
     /// Sums the tied token-embedding gradient between the first and last pipeline stage (the mesh's
     /// `embedding` group; alone on a middle stage, where it does nothing). The copies stay identical.
-    public func reduceTiedEmbedding(_ grads: ParameterSet, count: Int) throws {
+    public func reduceTiedEmbedding(_ grads: ParameterSet, name: String, count: Int) throws {
         guard size > 1 else { return }
-        try allreduce(grads["transformer.wte.weight"], count: count, label: "tied wte gradient (first + last stage)")
+        try allreduce(grads[name], count: count, label: "tied \(name) gradient (first + last stage)")
     }
 }
 
@@ -24,15 +24,15 @@ public enum StageGather {
                               label: "gather stage \(pipeline.rank)")
             return nil
         }
-        let whole = ParameterSet(specs: GPTParameters.specs(layout.gpt))
+        let whole = ParameterSet(specs: ModelParameters.specs(layout.model))
         for r in 0..<layout.stages {
             let set: ParameterSet
             if r == 0 { set = source } else {
-                set = ParameterSet(specs: GPTParameters.specs(layout.gpt, stage: layout.stage(rank: r)))
+                set = ParameterSet(specs: ModelParameters.specs(layout.model, stage: layout.stage(rank: r)))
                 _ = try pipeline.recv(set.storage.ptr, count: set.count, from: r, tag: MessageTag.gatherStages,
                                       label: "gather stage \(r)")
             }
-            for (i, spec) in set.specs.enumerated() where r == 0 || spec.name != "transformer.wte.weight" {
+            for (i, spec) in set.specs.enumerated() where r == 0 || spec.name != layout.model.tokenEmbeddingName {
                 whole[spec.name].update(from: set.pointer(i), count: spec.count)
             }
         }

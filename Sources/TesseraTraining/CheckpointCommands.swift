@@ -24,12 +24,13 @@ public enum CheckpointCommands {
         return try export(hf: dir, checkpoint: path, log: log)
     }
 
-    /// Writes a Hugging Face GPT-2 directory `dir` from the checkpoint at `path`; returns a summary line.
+    /// Writes a Hugging Face directory `dir` (GPT2LMHeadModel or LlamaForCausalLM) from the checkpoint at `path`;
+    /// returns a summary line.
     public static func export(hf dir: String, checkpoint path: String, log: (String) -> Void = CheckpointCommands.stderr) throws -> String {
         let loaded = try load(path, log: log)
         let c = loaded.model.config, tokenizerPath = loaded.config.data.tokenizer
         // A run trained on a tokenizer's ids exports it too, its end-of-text token as bos and eos.
-        var endOfText = 0, tokenizerNote = ""
+        var endOfText: Int?, tokenizerNote = ""
         if !tokenizerPath.isEmpty {
             let eot = "<|endoftext|>"
             let tokenizer: Tokenizer
@@ -46,8 +47,12 @@ public enum CheckpointCommands {
         if !tokenizerPath.isEmpty {
             try HFExport.writeTokenizer(from: tokenizerPath, token: "<|endoftext|>", to: dir, maxLength: c.blockSize)
         }
-        return "wrote \(dir)/config.json and model.safetensors\(tokenizerNote): GPT-2, vocab_size \(c.vocabSize), n_layer \(c.nLayer), "
-            + "n_head \(c.nHead), n_embd \(c.dModel), n_positions \(c.blockSize) (\(c.parameterCount) parameters), "
+        let shape = c.family == .llama
+            ? "Llama, vocab_size \(c.vocabSize), num_hidden_layers \(c.nLayer), num_attention_heads \(c.nHead), "
+              + "num_key_value_heads \(c.nKVHead), hidden_size \(c.dModel), intermediate_size \(c.intermediate), "
+              + "tie_word_embeddings \(c.tied)"
+            : "GPT-2, vocab_size \(c.vocabSize), n_layer \(c.nLayer), n_head \(c.nHead), n_embd \(c.dModel), n_positions \(c.blockSize)"
+        return "wrote \(dir)/config.json and model.safetensors\(tokenizerNote): \(shape) (\(c.parameterCount) parameters), "
             + "from step \(loaded.manifest.step)"
     }
 

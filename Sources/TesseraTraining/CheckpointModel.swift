@@ -14,7 +14,7 @@ public final class CheckpointModel {
     public let manifest: CheckpointManifest
     /// The config that wrote the checkpoint (data files not checked).
     public let config: TesseraConfig
-    public let model: GPT
+    public let model: Transformer
 
     /// `path` is one checkpoint directory (it holds manifest.json) or a checkpoint root (then the newest
     /// checkpoint that verifies; `log` gets a line for each newer one skipped, with the reason).
@@ -23,9 +23,9 @@ public final class CheckpointModel {
         self.path = reader.path
         manifest = reader.manifest
         config = try Self.config(of: reader)
-        let gc = config.gptConfig
+        let gc = config.transformer
         try Self.checkTensors(reader, against: gc, config: config)
-        model = GPT(config: gc, seed: 0)
+        model = Transformer.make(config: gc, seed: 0)
         let params = model.params
         for (i, spec) in params.specs.enumerated() {
             do { try reader.read(tensor: spec.name, kind: "param", range: 0..<spec.count, into: params.pointer(i)) } catch {
@@ -68,8 +68,8 @@ public final class CheckpointModel {
     }
 
     /// The manifest must list exactly the config's model: every parameter with its shape, nothing else.
-    static func checkTensors(_ reader: CheckpointReader, against gc: GPTConfig, config: TesseraConfig) throws {
-        let problems = tensorProblems(reader.manifest, specs: GPTParameters.specs(gc), model: "the config's model")
+    static func checkTensors(_ reader: CheckpointReader, against gc: TransformerConfig, config: TesseraConfig) throws {
+        let problems = tensorProblems(reader.manifest, specs: ModelParameters.specs(gc), model: "the config's model")
         guard problems.isEmpty else {
             throw CheckpointError("\(reader.path)/manifest.json: its tensors do not match its config's model (\(describe(config.model))):\n  "
                                   + problems.joined(separator: "\n  "))
@@ -96,12 +96,5 @@ public final class CheckpointModel {
 
     static func describe(_ m: ModelConfig) -> String {
         "model.vocab_size = \(m.vocabSize), n_layer = \(m.nLayer), n_head = \(m.nHead), d_model = \(m.dModel), block_size = \(m.blockSize)"
-    }
-}
-
-extension TesseraConfig {
-    /// The architecture `[model]` describes.
-    public var gptConfig: GPTConfig {
-        GPTConfig(vocabSize: model.vocabSize, nLayer: model.nLayer, nHead: model.nHead, dModel: model.dModel, blockSize: model.blockSize)
     }
 }

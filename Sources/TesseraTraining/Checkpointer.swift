@@ -248,7 +248,7 @@ public final class Checkpointer {
     /// Checks that the checkpoint holds exactly this config's tensors with the same shapes (an error here is
     /// the config's, so resuming does not fall back to an older checkpoint).
     static func checkCompatible(_ m: CheckpointManifest, path: String, config: TesseraConfig) throws {
-        let problems = CheckpointModel.tensorProblems(m, specs: GPTParameters.specs(config.gptConfig), model: "this config's model")
+        let problems = CheckpointModel.tensorProblems(m, specs: ModelParameters.specs(config.transformer), model: "this config's model")
         guard problems.isEmpty else {
             throw CheckpointIncompatible(description: "checkpoint \(path) does not fit this config's model (\(CheckpointModel.describe(config.model))):\n  "
                                          + problems.prefix(5).joined(separator: "\n  ") + (problems.count > 5 ? "\n  … \(problems.count - 5) more" : ""))

@@ -2,6 +2,10 @@
 // The TOML key of a field is the snake_case of its Swift name (see ConfigKeys.swift for the mapping
 // and docs/config.md for the meaning of every key). Defaults live only in the initialisers below.
 
+import TesseraModel
+
+import TesseraModel
+
 /// The root of a Tessera configuration. `TesseraConfig()` is the all-defaults configuration.
 public struct TesseraConfig: Sendable, Equatable {
     public var job: JobConfig
@@ -45,8 +49,12 @@ public struct JobConfig: Sendable, Equatable {
     }
 }
 
-/// `[model]`: GPT-2 shape.
+/// `[model]`: the architecture (family and sizes).
 public struct ModelConfig: Sendable, Equatable {
+    /// Allowed values of `family`.
+    public static let familyValues = ModelFamily.allCases.map(\.rawValue)
+    /// "gpt2" or "llama".
+    public var family = "gpt2"
     public var vocabSize: Int
     public var nLayer: Int
     public var nHead: Int
@@ -56,6 +64,13 @@ public struct ModelConfig: Sendable, Equatable {
     /// A Hugging Face GPT-2 directory (config.json, model.safetensors) whose weights start training; empty:
     /// initialise from the seed. A resumed checkpoint takes precedence.
     public var initFrom: String = ""
+    /// Llama: key/value heads (0: as many as n_head), the MLP's hidden size (0: the family's default), RMSNorm's
+    /// epsilon, RoPE's base, and whether the LM head is the token embedding. GPT-2 fixes all of these.
+    public var nKVHead = 0
+    public var intermediateSize = 0
+    public var rmsNormEps = 1e-5
+    public var ropeTheta = 10_000.0
+    public var tieWordEmbeddings = false
 
     public init(vocabSize: Int = 256, nLayer: Int = 4, nHead: Int = 4, dModel: Int = 128, blockSize: Int = 256) {
         self.vocabSize = vocabSize

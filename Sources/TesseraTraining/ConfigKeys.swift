@@ -67,11 +67,17 @@ enum ConfigSchema {
         .string("job", "name", \.job.name),
         .string("job", "output_dir", \.job.outputDir),
 
+        .string("model", "family", \.model.family),
         .int("model", "vocab_size", \.model.vocabSize),
         .int("model", "n_layer", \.model.nLayer),
         .int("model", "n_head", \.model.nHead),
         .int("model", "d_model", \.model.dModel),
         .int("model", "block_size", \.model.blockSize),
+        .int("model", "n_kv_head", \.model.nKVHead),
+        .int("model", "intermediate_size", \.model.intermediateSize),
+        .double("model", "rms_norm_eps", \.model.rmsNormEps),
+        .double("model", "rope_theta", \.model.ropeTheta),
+        .bool("model", "tie_word_embeddings", \.model.tieWordEmbeddings),
         .string("model", "init_from", \.model.initFrom),
 
         .int("training", "steps", \.training.steps),

@@ -52,6 +52,21 @@ struct ConfigChecks {
         integer("model.n_head", m.nHead, atLeast: 1)
         integer("model.d_model", m.dModel, atLeast: 1)
         integer("model.block_size", m.blockSize, atLeast: 1)
+        oneOf("model.family", m.family, ModelConfig.familyValues)
+        integer("model.n_kv_head", m.nKVHead, atLeast: 0)
+        integer("model.intermediate_size", m.intermediateSize, atLeast: 0)
+        number("model.rms_norm_eps", m.rmsNormEps, m.rmsNormEps > 0 && m.rmsNormEps < 1, expected: "in (0, 1)")
+        number("model.rope_theta", m.ropeTheta, m.ropeTheta > 1 && m.ropeTheta.isFinite, expected: "> 1")
+        if m.family == "gpt2" {
+            // GPT-2 fixes what these keys choose; a value that changes the model needs the Llama family.
+            let fixed: [(String, Bool)] = [("model.n_kv_head", m.nKVHead != 0 && m.nKVHead != m.nHead),
+                                           ("model.intermediate_size", m.intermediateSize != 0 && m.intermediateSize != 4 * m.dModel),
+                                           ("model.tie_word_embeddings", origins["model.tie_word_embeddings"] != nil && !m.tieWordEmbeddings)]
+            for (key, set) in fixed where set {
+                fail([key, "model.family"], "\(key) applies to model.family = \"llama\" only: GPT-2 has n_kv_head = n_head, "
+                     + "intermediate_size = 4 × d_model and an LM head tied to wte; set model.family = \"llama\" or remove the key")
+            }
+        }
     }
 
     mutating func checkTraining() {
@@ -157,7 +172,10 @@ struct ConfigChecks {
                                     : [("training.microbatches", t.microbatches)]
             divisible("training.batch_size", t.batchSize, by: divisors)
         }
+        if m.nKVHead > 0, m.nHead >= 1 { divisible("model.n_head", m.nHead, by: [("model.n_kv_head", m.nKVHead)]) }
         if p.ulysses > 1, m.nHead >= 1 { divisible("model.n_head", m.nHead, by: [("parallelism.ulysses", p.ulysses)]) }
+        // Ulysses splits the key/value heads across its group as it splits the query heads (no replication).
+        if p.ulysses > 1, m.nKVHead > 0, m.nKVHead < m.nHead { divisible("model.n_kv_head", m.nKVHead, by: [("parallelism.ulysses", p.ulysses)]) }
         if p.ring > 1 || p.ulysses > 1, p.ring >= 1, p.ulysses >= 1, t.seqLen >= 1 {
             if p.ring > 1 {
                 // Zigzag: 2 × ring chunks, and each rank's pair of chunks split into ulysses slices.

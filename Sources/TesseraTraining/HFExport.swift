@@ -13,7 +13,7 @@ import TesseraModel
 public enum HFExport {
     /// GPT2Config as JSON text, keys sorted. bos/eos: the tokenizer's end-of-text id when the run has one; else 0,
     /// the token an empty prompt starts from (Sampler).
-    public static func configJSON(_ c: GPTConfig, bos: Int = 0, eos: Int = 0) -> String {
+    public static func configJSON(_ c: TransformerConfig, bos: Int = 0, eos: Int = 0) -> String {
         let fields: [(String, String)] = [
             ("activation_function", "\"gelu_new\""),
             ("architectures", "[\"GPT2LMHeadModel\"]"),
@@ -49,8 +49,13 @@ public enum HFExport {
 
     /// Writes `dir`/config.json and `dir`/model.safetensors (making `dir` if needed). Returns the two paths.
     @discardableResult
-    public static func write(model: GPT, to dir: String, endOfText: Int = 0) throws -> (config: String, weights: String) {
-        try writeDirectory(dir, params: model.params, config: configJSON(model.config, bos: endOfText, eos: endOfText))
+    /// A Llama model is written as `LlamaForCausalLM` (LlamaHF); `endOfText` (the tokenizer's) is its bos and eos,
+    /// else Llama's own 1 and 2, GPT-2's 0.
+    public static func write(model: Transformer, to dir: String, endOfText: Int? = nil) throws -> (config: String, weights: String) {
+        let c = model.config
+        let json = c.family == .llama ? LlamaHF.configJSON(c, bos: endOfText ?? 1, eos: endOfText ?? 2)
+                                      : configJSON(c, bos: endOfText ?? 0, eos: endOfText ?? 0)
+        return try writeDirectory(dir, params: model.params, config: json)
     }
 
     /// The run's tokenizer beside the weights, as transformers' AutoTokenizer loads it: tokenizer.json as it is,

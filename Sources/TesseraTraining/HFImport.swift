@@ -47,8 +47,8 @@ public enum HFImport {
         let weights = dir + "/model.safetensors"
         let file: SafeTensorsFile
         do { file = try SafeTensorsFile(path: weights) } catch { return ["\(error)"] }
-        let cfg = GPTConfig(vocabSize: m.vocabSize, nLayer: m.nLayer, nHead: m.nHead, dModel: m.dModel, blockSize: m.blockSize)
-        for s in GPTParameters.specs(cfg) {
+        let cfg = TransformerConfig(vocabSize: m.vocabSize, nLayer: m.nLayer, nHead: m.nHead, dModel: m.dModel, blockSize: m.blockSize)
+        for s in ModelParameters.specs(cfg) {
             guard let name = storedName(s.name, in: file) else { out.append("\(weights): no tensor '\(s.name)'"); continue }
             if file.entries[name]!.shape != s.shape {
                 out.append("\(weights): tensor '\(name)' has shape \(file.entries[name]!.shape), the model needs \(s.shape)")

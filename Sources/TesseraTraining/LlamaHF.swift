@@ -10,8 +10,8 @@ import TesseraKernels
 import TesseraModel
 
 public enum LlamaHF {
-    /// LlamaConfig as JSON text. bos/eos: 1 and 2 as Llama's tokenizers number them unless told.
-    public static func configJSON(_ c: LlamaConfig, bos: Int = 1, eos: Int = 2) -> String {
+    /// A Llama config as JSON text. bos/eos: 1 and 2 as Llama's tokenizers number them unless told.
+    public static func configJSON(_ c: TransformerConfig, bos: Int = 1, eos: Int = 2) -> String {
         let fields: [(String, String)] = [
             ("architectures", "[\"LlamaForCausalLM\"]"),
             ("attention_bias", "false"),
@@ -47,7 +47,7 @@ public enum LlamaHF {
     }
 
     /// The architecture a Hugging Face Llama directory's config.json describes (errors name the file and key).
-    public static func config(dir: String) throws -> LlamaConfig {
+    public static func config(dir: String) throws -> TransformerConfig {
         let path = dir + "/config.json"
         guard let data = FileManager.default.contents(atPath: path) else { throw TrainingError("\(path): cannot read the file") }
         guard let j = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
@@ -87,7 +87,7 @@ public enum LlamaHF {
         for k in ["attention_bias", "mlp_bias"] where j[k] as? Bool == true {
             throw TrainingError("\(path): \"\(k)\" is true; Tessera's Llama has no biases")
         }
-        return LlamaConfig(vocabSize: try int("vocab_size"), nLayer: try int("num_hidden_layers"), nHead: heads, nKVHead: kv,
+        return .llama(vocabSize: try int("vocab_size"), nLayer: try int("num_hidden_layers"), nHead: heads, nKVHead: kv,
                            dModel: hidden, intermediate: try int("intermediate_size"),
                            blockSize: try int("max_position_embeddings"),
                            rmsEps: Float(try double("rms_norm_eps", default: 1e-6)), ropeTheta: theta,

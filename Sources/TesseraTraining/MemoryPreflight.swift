@@ -15,7 +15,7 @@ import TesseraSequenceParallel
 /// The bytes one rank will allocate, by part.
 public struct MemoryPrediction: Sendable, Equatable {
     public var parameters = 0
-    /// bf16: the rounded copy of the weights the products read (GPT.productWeightBytes).
+    /// bf16: the rounded copy of the weights the products read (Transformer.productWeightBytes).
     public var productWeights = 0
     public var gradients = 0
     /// AdamW's two moments (of this rank's partition under ZeRO-1), and ZeRO-1's reduced gradient shard.
@@ -251,10 +251,10 @@ public enum MemoryPreflight {
 
     static func predict(config: TesseraConfig, coordinate c: MeshCoordinate, layout: PipelineLayout?) -> MemoryPrediction {
         let m = config.model, t = config.training, p = config.parallelism
-        let gpt = GPTConfig(vocabSize: m.vocabSize, nLayer: m.nLayer, nHead: m.nHead, dModel: m.dModel, blockSize: m.blockSize)
+        let gpt = m.transformer
         let stage = layout?.stage(rank: c.pp) ?? .whole(gpt)
         // ParameterSet's storage: every tensor padded to 16 floats.
-        let floats = GPTParameters.specs(gpt, stage: stage).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
+        let floats = ModelParameters.specs(gpt, stage: stage).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
         var out = MemoryPrediction()
         out.parameters = 4 * floats
         out.productWeights = config.precision == .bf16 ? 4 * floats : 0
@@ -267,7 +267,7 @@ public enum MemoryPreflight {
         if config.checkpoint.every > 0, config.checkpoint.mode == "lazy", writes { out.checkpointStaging = 3 * 4 * owned }
         if layout != nil, c.isFirstStage, c.isFirstReplica, config.sample.tokens > 0 {
             // Its parameters (and in bf16 their rounded copy, which the sampler's products read).
-            out.wholeModel = (config.precision == .bf16 ? 2 : 1) * 4 * GPTParameters.specs(gpt).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
+            out.wholeModel = (config.precision == .bf16 ? 2 : 1) * 4 * ModelParameters.specs(gpt).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
         }
         // Activations: the planner's prediction for this rank's layers, as MemorySetup makes it.
         let batch = max(t.batchSize / max(p.dp * t.microbatches, 1), 1)
@@ -298,8 +298,8 @@ public enum MemoryPreflight {
                 ?? Array(repeating: LayerPolicy(rawValue: mem.policy) ?? .keep, count: m.nLayer)
             out.activations = planner.bytes(mine.map { mem.layerPolicy.isEmpty ? (LayerPolicy(rawValue: mem.policy) ?? .keep) : global[$0] })
         }
-        // Workspace: the backward's dres, dln, dqkv (3), datty, dfch (4) and tmp, of batch × tokens × d_model.
-        out.workspace = 4 * 11 * batch * tokens * m.dModel
+        // Workspace: the backward's gradients in flight and tmp (Workspace.floats).
+        out.workspace = 4 * Workspace.floats(n: batch * tokens, config: gpt)
         return out
     }
 

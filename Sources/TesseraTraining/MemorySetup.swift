@@ -23,7 +23,7 @@ public struct MemorySetup {
     /// `setsPerChunk`: activation sets alive at once per chunk (1 without a pipeline); `flopRate`: this rank's
     /// sgemm rate (for the planner's time estimates); `agree`: the minimum of a value over the ranks, so that
     /// ranks that must run the same plan (a sequence group) plan from the same measurements.
-    public init(config: TesseraConfig, model: GPT, rank: Int, batch: Int, tokens: Int, setsPerChunk: [Int],
+    public init(config: TesseraConfig, model: Transformer, rank: Int, batch: Int, tokens: Int, setsPerChunk: [Int],
                 ownLossGradient: Bool, flopRate: @autoclosure () -> Double, agree: (Double) -> Double = { $0 }) throws {
         let m = config.memory, layers = model.config.nLayer
         auto = m.policy == "auto"

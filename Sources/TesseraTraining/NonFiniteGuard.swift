@@ -17,7 +17,7 @@ extension Trainer {
         }
         guard bad == 1 else { return nil }
         // Only now (a rare step) scan the gradients: the first bad tensor over all ranks' parts.
-        let specs = GPTParameters.specs(model.config)
+        let specs = ModelParameters.specs(model.config)
         var first = Int32(specs.count)
         if let name = optimizer.firstNonFiniteGradient(), let i = specs.firstIndex(where: { $0.name == name }) { first = Int32(i) }
         if let world = mesh?.world, world.size > 1 {

@@ -4,11 +4,11 @@ import TesseraModel
 
 /// Autoregressive sampling from the in-memory model (byte-level vocabularies print as text).
 public final class Sampler {
-    let model: GPT
+    let model: Transformer
     let acts: Activations
     var logits: [Float]
 
-    public init(model: GPT) {
+    public init(model: Transformer) {
         self.model = model
         acts = Activations(config: model.config, batch: 1, tokens: model.config.blockSize, training: false)
         logits = [Float](repeating: 0, count: model.config.vocabSize)

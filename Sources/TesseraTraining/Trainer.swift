@@ -25,7 +25,7 @@ public final class Trainer {
     public let mesh: ProcessMesh?
     let timeline: Timeline
     public let data: TrainingData
-    public let model: GPT
+    public let model: Transformer
     public let tokens: SequenceTokens
     public let pipelineLayout: PipelineLayout?
     public let pipeline: PipelineEngine?
@@ -40,7 +40,7 @@ public final class Trainer {
     public let sgemmPeak: Double
 
     /// World rank 0 under pipeline parallelism: the whole trained model, gathered for sampling.
-    var wholeModel: GPT?
+    var wholeModel: Transformer?
     /// Activation measurements of the last step (this rank).
     public internal(set) var lastActivation = ActivationStep()
     /// The first step this run trains (the checkpoint's step after `resume`).
@@ -104,7 +104,7 @@ public final class Trainer {
         model.recomputeNs = 0
         defer { lastActivation = measuredActivation(sequenceBytesSince: seqBytes0) }
         model.grads.zero()
-        options.fault?.poison(step: step, rank: runtime?.rank ?? 0, grads: model.grads, stage: model.stage)
+        options.fault?.poison(step: step, rank: runtime?.rank ?? 0, grads: model.grads, stage: model.stage, family: model.config.family)
         let gradScale = 1 / Float(tokensPerStep)
         var lossSum = 0.0
         if let pipeline, let layout = pipelineLayout, let mesh {
@@ -135,8 +135,9 @@ public final class Trainer {
         options.fault?.apply(step: step, rank: runtime?.rank ?? 0)
         if let dpl = dataParallel {
             dpl.finish()
-        } else if let mesh, pipeline != nil {
-            orAbort(step) { try mesh.embedding.reduceTiedEmbedding(model.grads, count: model.config.vocabSize * model.config.dModel) }
+        } else if let mesh, pipeline != nil, model.config.tied {
+            let m = model.config
+            orAbort(step) { try mesh.embedding.reduceTiedEmbedding(model.grads, name: m.tokenEmbeddingName, count: m.vocabSize * m.dModel) }
         }
         let loss = globalSum(lossSum, label: "loss", step: step) / Double(tokensPerStep)
         if step == 0, let path = options.dumpGradientsPath { dumpGradients(path) }

@@ -21,7 +21,7 @@ public struct TrainingParts {
     public let mesh: ProcessMesh?
     public let timeline: Timeline
     public let data: TrainingData
-    public let model: GPT
+    public let model: Transformer
     /// This rank's tokens of each sequence (all of them without sequence parallelism).
     public let tokens: SequenceTokens
     /// Pipeline parallelism (pp > 1): the layer split and plan, and the engine that runs it.
@@ -68,9 +68,9 @@ enum TrainerBuilder {
         let threads = config.training.threads > 0 ? config.training.threads : Threads.availableCores()
         Threads.configure(threads)
         let data = try makeData(config, replica: mesh?.coordinate.dp ?? 0)
-        let gpt = config.gpt, t = config.training, seed = config.seed
+        let gpt = config.transformer, t = config.training, seed = config.seed
         let pipelineLayout = mesh != nil && config.parallelism.pp > 1 ? try PipelineLayout(config: config) : nil
-        let model = GPT(config: gpt, seed: seed, stage: mesh.flatMap { m in pipelineLayout?.stage(rank: m.coordinate.pp) })
+        let model = Transformer.make(config: gpt, seed: seed, stage: mesh.flatMap { m in pipelineLayout?.stage(rank: m.coordinate.pp) })
         model.precision = config.precision
         if !config.model.initFrom.isEmpty {
             try HFImport.load(dir: config.model.initFrom, into: model.params)  // this stage's tensors
@@ -138,7 +138,7 @@ enum TrainerBuilder {
 
     /// This rank's tokens; with a sequence group of more than one rank, the model's attention becomes the
     /// sequence-parallel one (ring, Ulysses or both) over those tokens.
-    static func makeSequenceParallel(_ config: TesseraConfig, _ mesh: ProcessMesh?, model: GPT, batch: Int) -> SequenceTokens {
+    static func makeSequenceParallel(_ config: TesseraConfig, _ mesh: ProcessMesh?, model: Transformer, batch: Int) -> SequenceTokens {
         let t = config.training, p = config.parallelism
         guard let mesh, mesh.sequence.size > 1 else { return SequenceTokens(seqLen: t.seqLen, batch: batch, layout: nil) }
         let layout = SequenceLayout(seqLen: t.seqLen, ring: p.ring, ulysses: p.ulysses, ringRank: mesh.coordinate.ring,
@@ -150,7 +150,7 @@ enum TrainerBuilder {
         return SequenceTokens(seqLen: t.seqLen, batch: batch, layout: layout)
     }
 
-    static func makeMemory(_ config: TesseraConfig, _ runtime: MPIRuntime?, _ mesh: ProcessMesh?, model: GPT,
+    static func makeMemory(_ config: TesseraConfig, _ runtime: MPIRuntime?, _ mesh: ProcessMesh?, model: Transformer,
                            pipelineLayout: PipelineLayout?, batch: Int, tokens: Int, flopRate: Double) throws -> MemorySetup {
         var sets = [1]
         if let mesh, let layout = pipelineLayout {
@@ -175,7 +175,7 @@ enum TrainerBuilder {
     /// reducer over the replicas (data × sequence ranks of the stage). Under pipeline parallelism the tied
     /// embedding's two copies sum their gradients before the replicas reduce them; the norm counts the first
     /// stage's copy only.
-    static func makeOptimizer(_ config: TesseraConfig, _ mesh: ProcessMesh?, model: GPT,
+    static func makeOptimizer(_ config: TesseraConfig, _ mesh: ProcessMesh?, model: Transformer,
                               pipelined: Bool) -> (DataParallel?, AdamWOptimizer) {
         let o = config.optimizer, p = config.parallelism
         var dataParallel: DataParallel? = nil
@@ -191,12 +191,13 @@ enum TrainerBuilder {
             optimizer = AdamWOptimizer(params: model.params, grads: model.grads, beta1: o.beta1, beta2: o.beta2,
                                        eps: o.eps, weightDecay: o.weightDecay, clip: o.gradClip)
         }
-        if let mesh, pipelined, model.stage.holdsTokenEmbedding {
+        if let mesh, pipelined, model.config.tied, model.stage.holdsTokenEmbedding {
             let wteCount = model.config.vocabSize * model.config.dModel, grads = model.grads, embedding = mesh.embedding
-            precondition(model.params.offset(of: "transformer.wte.weight") == 0, "wte must lead the parameter storage")
+            let name = model.config.tokenEmbeddingName
+            precondition(model.params.offset(of: name) == 0, "the token embedding must lead the parameter storage")
             if let dpl = dataParallel {
                 dpl.holdBelow = wteCount
-                dpl.beforeHeld = { try embedding.reduceTiedEmbedding(grads, count: wteCount) }
+                dpl.beforeHeld = { try embedding.reduceTiedEmbedding(grads, name: name, count: wteCount) }
             }
             if !model.stage.hasEmbedding { optimizer.normExcluded = 0..<wteCount }
         }
@@ -206,16 +207,16 @@ enum TrainerBuilder {
     /// One writer per group of replicas, or every replica its ZeRO-1 piece; the tied embedding's second copy
     /// (last stage) is not written. With saves due, rank 0 prepares `checkpoint.dir` and every rank learns
     /// whether it could (no rank may stop alone).
-    static func makeCheckpointer(_ config: TesseraConfig, _ runtime: MPIRuntime?, _ mesh: ProcessMesh?, model: GPT,
+    static func makeCheckpointer(_ config: TesseraConfig, _ runtime: MPIRuntime?, _ mesh: ProcessMesh?, model: Transformer,
                                  optimizer: AdamWOptimizer, zero: Bool, options: TrainerOptions) throws -> Checkpointer {
         let p = config.parallelism, c = config.checkpoint, rank = runtime?.rank ?? 0
-        let skip: Set<String> = model.stage.hasEmbedding ? [] : ["transformer.wte.weight"]
+        let skip: Set<String> = model.stage.hasEmbedding ? [] : [model.config.tokenEmbeddingName]
         let sources = Checkpointer.sources(params: model.params, optimizer: optimizer,
                                            writes: zero || (mesh?.isFirstReplica ?? true), skip: skip)
         let checkpointer = Checkpointer(root: config.checkpointDir, persistRoot: c.persistDir.isEmpty ? nil : c.persistDir,
                                         keep: c.keep, lazy: c.mode == "lazy", rank: rank, world: mesh?.world,
                                         background: mesh?.checkpoint, sources: sources,
-                                        tensors: GPTParameters.specs(model.config).map { .init(name: $0.name, shape: $0.shape) },
+                                        tensors: ModelParameters.specs(model.config).map { .init(name: $0.name, shape: $0.shape) },
                                         mesh: ["pp": p.pp, "dp": p.dp, "ring": p.ring, "ulysses": p.ulysses, "zero": p.zero],
                                         configText: ConfigLoader.render(config))
         if let runtime, c.mode == "lazy", runtime.size > 1, runtime.threadLevel < 3 {

@@ -39,9 +39,9 @@ public struct FaultInjection: Sendable, Equatable {
         self.mode = mode; self.rank = rank; self.step = step
     }
 
-    /// The tensor `nan` poisons on a rank holding `stage`: the fc weight of its first block.
-    public static func poisonedTensor(stage: ModelStage) -> String {
-        "transformer.h.\(stage.layers[0]).mlp.c_fc.weight"
+    /// The tensor `nan` poisons on a rank holding `stage`: the MLP input weight of its first block.
+    public static func poisonedTensor(stage: ModelStage, family: ModelFamily) -> String {
+        family == .llama ? "model.layers.\(stage.layers[0]).mlp.up_proj.weight" : "transformer.h.\(stage.layers[0]).mlp.c_fc.weight"
     }
 
     /// Applies an `exit` or `hang` fault if it is due at `step` (0-based) on `rank`: after the backward pass.
@@ -55,9 +55,9 @@ public struct FaultInjection: Sendable, Equatable {
 
     /// Applies a `nan` fault if it is due: before the backward pass, so the NaN is accumulated into and
     /// reduced with the gradient like any value the backward could have produced.
-    func poison(step: Int, rank: Int, grads: ParameterSet, stage: ModelStage) {
+    func poison(step: Int, rank: Int, grads: ParameterSet, stage: ModelStage, family: ModelFamily) {
         guard self.step == step + 1, self.rank == rank, mode == .nan else { return }
-        let tensor = Self.poisonedTensor(stage: stage)
+        let tensor = Self.poisonedTensor(stage: stage, family: family)
         print("tessera: rank \(rank): fault injection: NaN in the gradient of \(tensor) at step \(self.step)")
         fflush(nil)
         grads[tensor][0] = .nan

@@ -77,7 +77,7 @@ extension Trainer {
         }
         writeTrace()
         if failure == nil, pipeline != nil && config.sample.tokens > 0, let whole = gatherWholeModel(model.params) {
-            let m = GPT(config: model.config, seed: 0)
+            let m = Transformer.make(config: model.config, seed: 0)
             m.precision = model.precision
             m.params.storage.ptr.update(from: whole.storage.ptr, count: whole.count)
             wholeModel = m

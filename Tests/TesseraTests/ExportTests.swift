@@ -40,7 +40,7 @@ final class ExportTests: XCTestCase {
     /// A model whose every parameter (LayerNorm weights and biases too) is its initialisation plus uniform
     /// noise in [-scale, scale).
     func makeModel(_ c: TesseraConfig, seed: UInt64 = 11, scale: Float = 0.05) -> GPT {
-        let m = GPT(config: c.gptConfig, seed: seed)
+        let m = GPT(config: c.transformer, seed: seed)
         for (i, s) in m.params.specs.enumerated() {
             let noise = randomFloats(s.count, seed: seed &* 1000 &+ UInt64(i), scale: scale)
             let p = m.params.pointer(i)
@@ -76,7 +76,7 @@ final class ExportTests: XCTestCase {
 
     func floats(_ p: UnsafePointer<Float>, _ n: Int) -> [UInt32] { (0..<n).map { p[$0].bitPattern } }
 
-    func assertSameParameters(_ a: GPT, _ b: GPT, file: StaticString = #filePath, line: UInt = #line) {
+    func assertSameParameters(_ a: Transformer, _ b: Transformer, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(a.params.specs, b.params.specs, file: file, line: line)
         for (i, s) in a.params.specs.enumerated() {
             XCTAssertEqual(floats(a.params.pointer(i), s.count), floats(b.params.pointer(i), s.count), s.name, file: file, line: line)
@@ -97,7 +97,7 @@ final class ExportTests: XCTestCase {
             XCTAssertEqual(loaded.path, root + "/step-000003")
             XCTAssertEqual(loaded.manifest.step, 3)
             XCTAssertEqual(loaded.config, config)
-            XCTAssertEqual(loaded.model.config, config.gptConfig)
+            XCTAssertEqual(loaded.model.config, config.transformer)
             XCTAssertTrue(loaded.model.stage.hasHead)
             assertSameParameters(loaded.model, model)
         }
@@ -200,7 +200,7 @@ final class ExportTests: XCTestCase {
         let ref = referenceDir.path
         let weights = try SafeTensorsFile(path: ref + "/model.safetensors")
         let refConfig = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: referenceDir.appendingPathComponent("config.json"))) as? [String: Any])
-        let cfg = GPTConfig(vocabSize: try XCTUnwrap(refConfig["vocab_size"] as? Int), nLayer: try XCTUnwrap(refConfig["n_layer"] as? Int),
+        let cfg = TransformerConfig(vocabSize: try XCTUnwrap(refConfig["vocab_size"] as? Int), nLayer: try XCTUnwrap(refConfig["n_layer"] as? Int),
                             nHead: try XCTUnwrap(refConfig["n_head"] as? Int), dModel: try XCTUnwrap(refConfig["n_embd"] as? Int),
                             blockSize: try XCTUnwrap(refConfig["n_positions"] as? Int))
         let model = GPT(config: cfg, seed: 0)

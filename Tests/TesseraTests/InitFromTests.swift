@@ -40,7 +40,7 @@ final class InitFromTests: XCTestCase {
                                   metadata: ["format": "pt"])
         XCTAssertEqual(try HFImport.mismatches(dir: partial, model: m), ["\(partial)/model.safetensors: no tensor 'transformer.ln_f.weight'"])
 
-        let cfg = GPTConfig(vocabSize: m.vocabSize, nLayer: m.nLayer, nHead: m.nHead, dModel: m.dModel, blockSize: m.blockSize)
+        let cfg = TransformerConfig(vocabSize: m.vocabSize, nLayer: m.nLayer, nHead: m.nHead, dModel: m.dModel, blockSize: m.blockSize)
         let model = GPT(config: cfg, seed: 99)
         try HFImport.load(dir: dir, into: model.params)
         let expected = try SafeTensorsFile(path: dir + "/expected.safetensors")

@@ -9,9 +9,10 @@ import XCTest
 /// (untied and tied) with logits within 1e-4; wrong directories are refused with the file and what was expected.
 final class LlamaHFTests: XCTestCase {
     func logits(_ model: Llama, ids: [Int32]) -> [Float] {
-        let st = model.state(batch: 1, tokens: ids.count)
-        st.tokenIds = ids
-        _ = model.forward(st, gradScale: nil)
+        let st = model.activations(batch: 1, tokens: ids.count, training: false)
+        for (i, id) in ids.enumerated() { st.tokenIds[i] = id }
+        st.setContiguousPositions()
+        model.forwardBody(st, saving: false)
         var out = [Float](repeating: 0, count: ids.count * model.config.vocabSize)
         out.ptr { model.logits(st, into: $0) }
         return out
@@ -35,7 +36,7 @@ final class LlamaHFTests: XCTestCase {
         Threads.configure(2)
         let root = scratchDirectory("llama-hf")
         for tied in [false, true] {
-            let cfg = LlamaConfig(vocabSize: 120, nLayer: 2, nHead: 4, nKVHead: 2, dModel: 32, intermediate: 72, blockSize: 24,
+            let cfg = TransformerConfig.llama(vocabSize: 120, nLayer: 2, nHead: 4, nKVHead: 2, dModel: 32, intermediate: 72, blockSize: 24,
                                   rmsEps: 1e-6, ropeTheta: 500, tied: tied)
             let model = Llama(config: cfg, seed: 11)
             // Norm weights away from one, so a wrong eps or a skipped norm weight would show.
@@ -62,7 +63,7 @@ final class LlamaHFTests: XCTestCase {
 
     func testBadDirectoriesAreRefusedClearly() throws {
         let root = scratchDirectory("llama-hf-bad")
-        let model = Llama(config: LlamaConfig(vocabSize: 30, nLayer: 1, nHead: 2, nKVHead: 1, dModel: 8, intermediate: 12, blockSize: 8), seed: 1)
+        let model = Llama(config: .llama(vocabSize: 30, nLayer: 1, nHead: 2, nKVHead: 1, dModel: 8, intermediate: 12, blockSize: 8), seed: 1)
         let dir = root.appendingPathComponent("m").path
         try LlamaHF.write(model, to: dir)
         func expectError(_ contains: [String], file: StaticString = #filePath, line: UInt = #line) {

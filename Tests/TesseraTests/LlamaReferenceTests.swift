@@ -3,7 +3,7 @@ import XCTest
 @testable import TesseraKernels
 @testable import TesseraModel
 
-/// The Llama numerics core against Hugging Face LlamaForCausalLM in float64 (../shared/reference/llama-tiny:
+/// The Llama model against Hugging Face LlamaForCausalLM in float64 (../shared/reference/llama-tiny:
 /// grouped-query attention 4/2, untied head, RoPE θ 1e4, RMSNorm eps 1e-5): logits, loss, every gradient, the
 /// gradient norm and the parameters after one AdamW step, on 1 and 2 threads.
 final class LlamaReferenceTests: XCTestCase {
@@ -26,10 +26,10 @@ final class LlamaReferenceTests: XCTestCase {
         let meta = try JSONDecoder().decode(Meta.self, from: Data(contentsOf: Self.dir.appendingPathComponent("meta.json")))
         let weights = try SafeTensorsFile(path: Self.dir.path + "/model.safetensors")
         let expected = try SafeTensorsFile(path: Self.dir.path + "/expected.safetensors")
-        let cfg = LlamaConfig(vocabSize: meta.vocab_size, nLayer: meta.num_hidden_layers, nHead: meta.num_attention_heads,
-                              nKVHead: meta.num_key_value_heads, dModel: meta.hidden_size, intermediate: meta.intermediate_size,
-                              blockSize: meta.seq_len, rmsEps: Float(meta.rms_norm_eps), ropeTheta: meta.rope_theta,
-                              tied: meta.tie_word_embeddings)
+        let cfg = TransformerConfig.llama(vocabSize: meta.vocab_size, nLayer: meta.num_hidden_layers, nHead: meta.num_attention_heads,
+                                          nKVHead: meta.num_key_value_heads, dModel: meta.hidden_size, intermediate: meta.intermediate_size,
+                                          blockSize: meta.seq_len, rmsEps: Float(meta.rms_norm_eps), ropeTheta: meta.rope_theta,
+                                          tied: meta.tie_word_embeddings)
         let model = Llama(config: cfg, seed: 0)
         // Every tensor of the oracle, and nothing else, under the same names and shapes.
         XCTAssertEqual(Set(model.params.specs.map(\.name)), Set(weights.entries.keys))
@@ -39,13 +39,13 @@ final class LlamaReferenceTests: XCTestCase {
             model.params.pointer(i).update(from: w, count: s.count)
         }
         let (b, t) = (meta.batch, meta.seq_len), n = b * t
-        let st = model.state(batch: b, tokens: t)
+        let st = model.activations(batch: b, tokens: t)
         let ids = try expected.floats("input_ids"), tg = try expected.floats("targets")
         for i in 0..<n { st.tokenIds[i] = Int32(ids[i]); st.targets[i] = Int32(tg[i]) }
+        st.setContiguousPositions()
 
         model.grads.zero()
-        let loss = model.forward(st, gradScale: 1 / Float(n)) / Double(n)
-        model.backward(st)
+        let loss = model.forwardBackward(st, gradScale: 1 / Float(n)) / Double(n)
         XCTAssertEqual(loss, meta.loss, accuracy: 1e-5 * meta.loss, "loss (threads \(threads))")
         var logits = [Float](repeating: 0, count: n * cfg.vocabSize)
         logits.ptr { model.logits(st, into: $0) }
@@ -78,7 +78,7 @@ final class LlamaReferenceTests: XCTestCase {
     /// Initialisation from (seed, name, index) alone: two models of one seed are equal, another seed differs,
     /// norms start at one; a tied model has no lm_head.
     func testInitialisation() {
-        let cfg = LlamaConfig(vocabSize: 50, nLayer: 2, nHead: 4, nKVHead: 2, dModel: 16, intermediate: 24, blockSize: 8)
+        let cfg = TransformerConfig.llama(vocabSize: 50, nLayer: 2, nHead: 4, nKVHead: 2, dModel: 16, intermediate: 24, blockSize: 8)
         let a = Llama(config: cfg, seed: 3), b = Llama(config: cfg, seed: 3), c = Llama(config: cfg, seed: 4)
         XCTAssertEqual(copyArray(a.params.storage.ptr, a.params.count), copyArray(b.params.storage.ptr, b.params.count))
         XCTAssertNotEqual(copyArray(a.params.storage.ptr, a.params.count), copyArray(c.params.storage.ptr, c.params.count))

@@ -7,7 +7,7 @@ import XCTest
 /// Activation policies on one rank, in process: every policy gives the gradients of `keep` bit for bit,
 /// holds less activation memory, and leaves nothing in the offload directory.
 final class MemoryTests: XCTestCase {
-    let cfg = GPTConfig(vocabSize: 64, nLayer: 4, nHead: 4, dModel: 32, blockSize: 64)
+    let cfg = TransformerConfig(vocabSize: 64, nLayer: 4, nHead: 4, dModel: 32, blockSize: 64)
     let (batch, tokens) = (2, 48)
 
     func tempDir() -> String {
@@ -50,7 +50,7 @@ final class MemoryTests: XCTestCase {
     /// as bf16 and widens them back: still bit for bit, with fewer bytes through the tier.
     func testEveryPolicyGivesTheGradientsOfKeepBitForBitInBF16() throws {
         let bf16 = try checkPolicies(precision: .bf16), fp32 = try checkPolicies(precision: .fp32)
-        let shape = Activations.LayerShape(n: batch * tokens, c: cfg.dModel, lse: batch * cfg.nHead * tokens, attention: 0)
+        let shape = Activations.LayerShape(n: batch * tokens, config: cfg, lse: batch * cfg.nHead * tokens, attention: 0)
         let ratio = Double(OffloadStaging.bytes(floats: shape.floats, compact: shape.operandFloats)) / Double(4 * shape.floats)
         XCTAssertLessThan(ratio, 0.7)
         XCTAssertEqual(Double(bf16.bytesWritten), Double(fp32.bytesWritten) * ratio, accuracy: 1)

@@ -102,7 +102,7 @@ final class MixedPrecisionTests: XCTestCase {
         }
     }
 
-    let cfg = GPTConfig(vocabSize: 64, nLayer: 2, nHead: 4, dModel: 32, blockSize: 32)
+    let cfg = TransformerConfig(vocabSize: 64, nLayer: 2, nHead: 4, dModel: 32, blockSize: 32)
 
     func batch(_ model: GPT, _ b: Int, _ t: Int) -> Activations {
         let a = model.activations(batch: b, tokens: t)

@@ -6,7 +6,7 @@ import XCTest
 /// The whole model: gradients against finite differences of an independent Double GPT-2, and
 /// overfitting one batch.
 final class ModelTests: XCTestCase {
-    let cfg = GPTConfig(vocabSize: 11, nLayer: 2, nHead: 2, dModel: 8, blockSize: 8)
+    let cfg = TransformerConfig(vocabSize: 11, nLayer: 2, nHead: 2, dModel: 8, blockSize: 8)
 
     /// GPT-2 loss (sum over tokens) in Double from named parameters, built from the Ref ops.
     func referenceLoss(_ p: [String: [Double]], tokens: [Int32], targets: [Int32], b: Int, t: Int) -> Double {
@@ -80,7 +80,7 @@ final class ModelTests: XCTestCase {
 
     func testOverfitsOneBatch() {
         Threads.configure(2)
-        let cfg = GPTConfig(vocabSize: 32, nLayer: 2, nHead: 2, dModel: 32, blockSize: 16)
+        let cfg = TransformerConfig(vocabSize: 32, nLayer: 2, nHead: 2, dModel: 32, blockSize: 16)
         let model = GPT(config: cfg, seed: 3)
         let acts = Activations(config: cfg, batch: 2, tokens: 16)
         for i in 0..<acts.n {

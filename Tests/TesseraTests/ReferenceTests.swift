@@ -25,7 +25,7 @@ final class ReferenceTests: XCTestCase {
         let meta = try JSONDecoder().decode(Meta.self, from: Data(contentsOf: referenceDir.appendingPathComponent("meta.json")))
         let weights = try SafeTensorsFile(path: dir + "/model.safetensors")
         let expected = try SafeTensorsFile(path: dir + "/expected.safetensors")
-        let cfg = GPTConfig(vocabSize: meta.vocab_size, nLayer: meta.n_layer, nHead: meta.n_head, dModel: meta.n_embd,
+        let cfg = TransformerConfig(vocabSize: meta.vocab_size, nLayer: meta.n_layer, nHead: meta.n_head, dModel: meta.n_embd,
                             blockSize: meta.seq_len)
         let model = GPT(config: cfg, seed: 0)
         for (i, s) in model.params.specs.enumerated() {

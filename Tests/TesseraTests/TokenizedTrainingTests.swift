@@ -136,7 +136,7 @@ final class TokenizedTrainingTests: XCTestCase {
     func testSamplerStopsAtTheStopToken() throws {
         var c = TesseraConfig()
         c.model = ModelConfig(vocabSize: 64, nLayer: 1, nHead: 2, dModel: 16, blockSize: 16)
-        let sampler = Sampler(model: GPT(config: c.gptConfig, seed: 3))
+        let sampler = Sampler(model: GPT(config: c.transformer, seed: 3))
         let free = sampler.generate(prompt: [1, 2], count: 12, temperature: 1.5, topK: 0, seed: 9)
         XCTAssertEqual(free.count, 12)
         let stop = free[5]

@@ -13,19 +13,24 @@
 // but the bytes): each float block has a 16-bit twin that is what is sent and received, narrowed once from this
 // rank's own block and widened once after each receive; a received block is passed on from its twin. The dK, dV
 // accumulators are gradient sums and stay fp32.
+//
+// Grouped-query attention (KV key/value heads for H query heads): a fused row is (H + 2·KV)·hd wide and a
+// key/value block, like its dK|dV accumulator, [batch, tokens, 2·KV·hd]; only those travel, so the ring's
+// bytes shrink with KV while the queries, outputs and log-sum-exps keep H heads.
 
 import TesseraComm
 import TesseraKernels
 
-/// Attention of a fused qkv [batch, tokens, 3·heads·hd] → out [batch, tokens, heads·hd], lse [batch, heads, tokens].
+/// Attention of a fused qkv [batch, tokens, (heads + 2·kvHeads)·hd] → out [batch, tokens, heads·hd],
+/// lse [batch, heads, tokens].
 public protocol AttentionCore: AnyObject {
     /// Called before the layer's MLP backward: start any communication the attention backward will need.
-    func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, layer: Int) throws
+    func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, kvHeads: Int, layer: Int) throws
     func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
-                 batch: Int, tokens: Int, heads: Int, layer: Int, scratch: Scratch) throws
+                 batch: Int, tokens: Int, heads: Int, kvHeads: Int, layer: Int, scratch: Scratch) throws
     /// Writes dq and accumulates dk, dv into dqkv (zeroed by the caller).
     func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
-                  lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int,
+                  lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, kvHeads: Int,
                   layer: Int, scratch: Scratch) throws
 }
 
@@ -33,20 +38,25 @@ public protocol AttentionCore: AnyObject {
 public final class LocalCore: AttentionCore {
     let headDim: Int
     public init(headDim: Int) { self.headDim = headDim }
-    public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, layer: Int) {}
+    public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, kvHeads: Int, layer: Int) {}
+
+    func fused(batch: Int, tokens: Int, heads: Int, kvHeads: Int) -> (AttentionLayout, HeadWidths) {
+        (AttentionLayout.fused(batch: batch, t: tokens, heads: heads, headDim: headDim, kvHeads: kvHeads),
+         HeadWidths(heads: heads, kvHeads: kvHeads, headDim: headDim))
+    }
 
     public func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
-                        batch: Int, tokens: Int, heads: Int, layer: Int, scratch: Scratch) {
-        let c = heads * headDim, g = AttentionLayout.fused(batch: batch, t: tokens, heads: heads, headDim: headDim)
-        Attention.forward(out: out, lse: lse, q: qkv, k: qkv + c, v: qkv + 2 * c, layout: g, scratch: scratch)
+                        batch: Int, tokens: Int, heads: Int, kvHeads: Int, layer: Int, scratch: Scratch) {
+        let (g, w) = fused(batch: batch, tokens: tokens, heads: heads, kvHeads: kvHeads)
+        Attention.forward(out: out, lse: lse, q: qkv, k: qkv + w.q, v: qkv + w.q + w.kv, layout: g, scratch: scratch)
     }
 
     public func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
                          lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int,
-                         layer: Int, scratch: Scratch) {
-        let c = heads * headDim, g = AttentionLayout.fused(batch: batch, t: tokens, heads: heads, headDim: headDim)
-        Attention.backward(dq: dqkv, dk: dqkv + c, dv: dqkv + 2 * c, dout: dout, out: out, lse: lse, q: qkv,
-                           k: qkv + c, v: qkv + 2 * c, layout: g, scratch: scratch)
+                         kvHeads: Int, layer: Int, scratch: Scratch) {
+        let (g, w) = fused(batch: batch, tokens: tokens, heads: heads, kvHeads: kvHeads)
+        Attention.backward(dq: dqkv, dk: dqkv + w.q, dv: dqkv + w.q + w.kv, dout: dout, out: out, lse: lse, q: qkv,
+                           k: qkv + w.q, v: qkv + w.q + w.kv, layout: g, scratch: scratch)
     }
 }
 
@@ -86,10 +96,11 @@ public final class RingCore: AttentionCore {
     let twinCount: Int
     var lowp: Bool { precision == .bf16 }
 
-    /// `maxBatch` × ring-local tokens × `heads` × `headDim` bounds every buffer.
-    public init(comm: Communicator, layout: SequenceLayout, heads: Int, headDim: Int, maxBatch: Int, precision: Precision = .fp32) {
+    /// `maxBatch` × ring-local tokens × the head widths bound every buffer (`kvHeads` nil: `heads`).
+    public init(comm: Communicator, layout: SequenceLayout, heads: Int, kvHeads: Int? = nil, headDim: Int, maxBatch: Int,
+                precision: Precision = .fp32) {
         self.comm = comm; self.layout = layout; self.headDim = headDim; self.precision = precision
-        let kvCount = maxBatch * layout.ringLocal * 2 * heads * headDim
+        let kvCount = maxBatch * layout.ringLocal * HeadWidths(heads: heads, kvHeads: kvHeads, headDim: headDim).packed
         twinCount = precision == .bf16 ? kvCount : 0
         let tc = twinCount
         kv16 = [.allocate(capacity: tc), .allocate(capacity: tc)]
@@ -131,21 +142,21 @@ public final class RingCore: AttentionCore {
     var next: Int { comm.ringPosition.next }
     var prev: Int { comm.ringPosition.prev }
 
-    /// Copies k and v of the fused qkv into a packed kv buffer [batch, tokens, 2·heads·hd].
-    func packKV(_ qkv: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, c: Int) {
+    /// Copies k and v of the fused qkv into a packed kv buffer [batch, tokens, 2·kvHeads·hd].
+    func packKV(_ qkv: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, batch: Int, tokens: Int, w: HeadWidths) {
         for row in 0..<(batch * tokens) {
-            (dst + row * 2 * c).update(from: qkv + row * 3 * c + c, count: 2 * c)
+            (dst + row * w.packed).update(from: qkv + row * w.row + w.q, count: w.packed)
         }
     }
 
     /// The kernel layout of query chunk q (local row qLocal, global position qGlobal) against key chunk k.
-    func pairLayout(batch: Int, heads: Int, tokens: Int, q: (local: Int, global: Int, count: Int),
+    func pairLayout(batch: Int, w: HeadWidths, tokens: Int, q: (local: Int, global: Int, count: Int),
                     k: (local: Int, global: Int, count: Int), oRow: Int, oBatch: Int) -> AttentionLayout {
-        let c = heads * headDim
-        return AttentionLayout(batch: batch, heads: heads, headDim: headDim, tq: q.count, tk: k.count,
-                               qOffset: q.global, kOffset: k.global, causal: true,
-                               qRow: 3 * c, kRow: 2 * c, vRow: 2 * c, oRow: oRow,
-                               qBatch: tokens * 3 * c, kBatch: tokens * 2 * c, vBatch: tokens * 2 * c, oBatch: oBatch)
+        AttentionLayout(batch: batch, heads: w.heads, headDim: headDim, tq: q.count, tk: k.count,
+                        qOffset: q.global, kOffset: k.global, causal: true,
+                        qRow: w.row, kRow: w.packed, vRow: w.packed, oRow: oRow,
+                        qBatch: tokens * w.row, kBatch: tokens * w.packed, vBatch: tokens * w.packed, oBatch: oBatch,
+                        kvHeads: w.kvHeads)
     }
 
     static func masked(_ q: (local: Int, global: Int, count: Int), _ k: (local: Int, global: Int, count: Int)) -> Bool {
@@ -153,10 +164,12 @@ public final class RingCore: AttentionCore {
     }
 
     public func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
-                        batch: Int, tokens: Int, heads: Int, layer: Int, scratch: Scratch) throws {
+                        batch: Int, tokens: Int, heads: Int, kvHeads: Int, layer: Int, scratch: Scratch) throws {
         precondition(tokens == layout.ringLocal, "ring attention expects the ring-local sequence (\(layout.ringLocal) tokens), got \(tokens)")
-        let c = heads * headDim, R = comm.size, r = comm.rank, ch = layout.chunk, n = batch * tokens * 2 * c
-        packKV(qkv, into: kv[0].ptr, batch: batch, tokens: tokens, c: c)
+        let w = HeadWidths(heads: heads, kvHeads: kvHeads, headDim: headDim)
+        let c = w.q, R = comm.size, r = comm.rank, ch = layout.chunk, n = batch * tokens * w.packed
+        precondition(n <= kv[0].count, "ring attention: a key/value block of \(n) floats exceeds the \(kv[0].count) allocated")
+        packKV(qkv, into: kv[0].ptr, batch: batch, tokens: tokens, w: w)
         if lowp && R > 1 { BF16.narrow(kv[0].ptr, into: kv16[0], count: n) }
         out.update(repeating: 0, count: batch * tokens * c)
         for l in chunkLse { l.ptr.update(repeating: -.infinity, count: batch * heads * ch) }
@@ -175,9 +188,9 @@ public final class RingCore: AttentionCore {
             poller.requests = reqs
             for (qi, q) in myRuns.enumerated() {
                 for k in layout.runs(ringRank: src) where !Self.masked(q, k) {
-                    let g = pairLayout(batch: batch, heads: heads, tokens: tokens, q: q, k: k, oRow: c, oBatch: ch * c)
-                    Attention.forward(out: partOut.ptr, lse: partLse.ptr, q: qkv + q.local * 3 * c,
-                                      k: cur + k.local * 2 * c, v: cur + k.local * 2 * c + c, layout: g, scratch: scratch,
+                    let g = pairLayout(batch: batch, w: w, tokens: tokens, q: q, k: k, oRow: c, oBatch: ch * c)
+                    Attention.forward(out: partOut.ptr, lse: partLse.ptr, q: qkv + q.local * w.row,
+                                      k: cur + k.local * w.packed, v: cur + k.local * w.packed + w.kv, layout: g, scratch: scratch,
                                       progress: reqs.isEmpty ? nil : poller)
                     try poller.check()
                     Attention.merge(accOut: out + q.local * c, accLse: chunkLse[qi].ptr, accRow: c, accBatch: tokens * c,
@@ -223,8 +236,9 @@ public final class RingCore: AttentionCore {
 
     var prefetchRequests: [Request] { prefetch.compactMap { $0?.requests }.flatMap { $0 } }
 
-    public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, layer: Int) throws {
-        let c = heads * headDim, R = comm.size, n = batch * tokens * 2 * c, slot = layer % 2
+    public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, kvHeads: Int, layer: Int) throws {
+        let w = HeadWidths(heads: heads, kvHeads: kvHeads, headDim: headDim)
+        let R = comm.size, n = batch * tokens * w.packed, slot = layer % 2
         guard R > 1, prefetch[slot]?.layer != layer else { return }
         if preBuf.isEmpty {
             preBuf = [FloatBuffer(kv[0].count), FloatBuffer(kv[0].count)]
@@ -236,10 +250,10 @@ public final class RingCore: AttentionCore {
         let recv = try receiveKV(preBuf[slot].ptr, twin: pre16[slot], count: n, from: next, tag: tag, label: "ring kv bwd L\(layer) s0")
         let own: Request
         if lowp {
-            for row in 0..<(batch * tokens) { BF16.narrow(qkv + row * 3 * c + c, into: own16 + row * 2 * c, count: 2 * c) }
+            for row in 0..<(batch * tokens) { BF16.narrow(qkv + row * w.row + w.q, into: own16 + row * w.packed, count: w.packed) }
             own = try comm.isend(own16, count: n, to: prev, tag: tag, label: "ring kv bwd L\(layer) own")
         } else {
-            own = try comm.isendRows(qkv + c, rows: batch * tokens, width: 2 * c, stride: 3 * c, to: prev, tag: tag,
+            own = try comm.isendRows(qkv + w.q, rows: batch * tokens, width: w.packed, stride: w.row, to: prev, tag: tag,
                                      label: "ring kv bwd L\(layer) own")
         }
         let reqs = [recv, own]
@@ -252,15 +266,18 @@ public final class RingCore: AttentionCore {
 
     public func backward(dqkv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>,
                          lse: UnsafePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int,
-                         layer: Int, scratch: Scratch) throws {
-        let c = heads * headDim, R = comm.size, r = comm.rank, ch = layout.chunk, n = batch * tokens * 2 * c
+                         kvHeads: Int, layer: Int, scratch: Scratch) throws {
+        let w = HeadWidths(heads: heads, kvHeads: kvHeads, headDim: headDim)
+        let c = w.q, R = comm.size, r = comm.rank, ch = layout.chunk, n = batch * tokens * w.packed
         let myRuns = layout.runs(ringRank: r), slot = layer % 2
         for (qi, q) in myRuns.enumerated() {
             for bh in 0..<(batch * heads) {
                 (chunkLse[qi].ptr + bh * ch).update(from: lse + bh * tokens + q.local, count: ch)
             }
         }
-        if prefetch[slot]?.layer != layer { try prepareBackward(qkv: qkv, batch: batch, tokens: tokens, heads: heads, layer: layer) }
+        if prefetch[slot]?.layer != layer {
+            try prepareBackward(qkv: qkv, batch: batch, tokens: tokens, heads: heads, kvHeads: kvHeads, layer: layer)
+        }
         let tag = MessageTag.ringBackwardKV(layer: layer), dtag = MessageTag.ringBackwardGradient(layer: layer)
         // kv[s % 2]: this step's block. dkv[0], dkv[1]: accumulators being built, then sent (double buffered);
         // dkv[2]: the accumulator arriving from the next rank.
@@ -289,7 +306,7 @@ public final class RingCore: AttentionCore {
                 // Own block, packed again (the own-block buffer already serves the next layer's prefetch).
                 cur = kv[s % 2].ptr
                 if s >= 2, let k = kvSend { try k.wait(); kvSend = nil }   // kv[s % 2] was sent on two steps ago
-                packKV(qkv, into: cur, batch: batch, tokens: tokens, c: c)
+                packKV(qkv, into: cur, batch: batch, tokens: tokens, w: w)
             } else {
                 cur = s == 0 ? preBuf[slot].ptr : kv[s % 2].ptr
             }
@@ -312,10 +329,11 @@ public final class RingCore: AttentionCore {
             poller.requests = [kvRecv, kvSend, ownSend, incoming, sending[(s + 1) % 2]].compactMap { $0 } + prefetchRequests
             for (qi, q) in myRuns.enumerated() {
                 for k in layout.runs(ringRank: src) where !Self.masked(q, k) {
-                    let g = pairLayout(batch: batch, heads: heads, tokens: tokens, q: q, k: k, oRow: c, oBatch: tokens * c)
-                    Attention.backward(dq: dqkv + q.local * 3 * c, dk: acc + k.local * 2 * c, dv: acc + k.local * 2 * c + c,
+                    let g = pairLayout(batch: batch, w: w, tokens: tokens, q: q, k: k, oRow: c, oBatch: tokens * c)
+                    let kp = k.local * w.packed
+                    Attention.backward(dq: dqkv + q.local * w.row, dk: acc + kp, dv: acc + kp + w.kv,
                                        dout: dout + q.local * c, out: out + q.local * c, lse: chunkLse[qi].ptr,
-                                       q: qkv + q.local * 3 * c, k: cur + k.local * 2 * c, v: cur + k.local * 2 * c + c,
+                                       q: qkv + q.local * w.row, k: cur + kp, v: cur + kp + w.kv,
                                        layout: g, scratch: scratch, progress: poller)
                     try poller.check()
                 }
@@ -344,8 +362,8 @@ public final class RingCore: AttentionCore {
         // Own dK, dV (complete: the last step's accumulator) into the k and v columns of dqkv.
         let mine = dkv[(R - 1) % 2].ptr
         for row in 0..<(batch * tokens) {
-            let d = dqkv + row * 3 * c + c, s = mine + row * 2 * c
-            for j in 0..<(2 * c) { d[j] += s[j] }
+            let d = dqkv + row * w.row + w.q, s = mine + row * w.packed
+            for j in 0..<w.packed { d[j] += s[j] }
         }
     }
 
@@ -393,17 +411,17 @@ public final class RingCore: AttentionCore {
     }
 
     /// The buffers `init` allocates, without allocating them.
-    public static func plannedBytes(layout: SequenceLayout, heads: Int, headDim: Int, maxBatch: Int,
+    public static func plannedBytes(layout: SequenceLayout, heads: Int, kvHeads: Int? = nil, headDim: Int, maxBatch: Int,
                                     precision: Precision = .fp32) -> Int {
-        let kvCount = maxBatch * layout.ringLocal * 2 * heads * headDim
+        let kvCount = maxBatch * layout.ringLocal * HeadWidths(heads: heads, kvHeads: kvHeads, headDim: headDim).packed
         return 4 * (7 * kvCount + maxBatch * layout.chunk * heads * headDim + 3 * maxBatch * heads * layout.chunk)
             + (precision == .bf16 ? 5 * 2 * kvCount : 0)
     }
 
     /// The ring's communication alone, as `layers` forward and backward passes make it, with no compute:
     /// seconds (forward, backward) for the comparison with the waits measured in training.
-    public func exchangeAlone(batch: Int, heads: Int, layers: Int) throws -> (forward: Double, backward: Double) {
-        let c = heads * headDim, R = comm.size, n = batch * layout.ringLocal * 2 * c
+    public func exchangeAlone(batch: Int, heads: Int, kvHeads: Int? = nil, layers: Int) throws -> (forward: Double, backward: Double) {
+        let R = comm.size, n = batch * layout.ringLocal * HeadWidths(heads: heads, kvHeads: kvHeads, headDim: headDim).packed
         try comm.barrier()
         var t0 = nowNsSP()
         for layer in 0..<layers {

@@ -34,20 +34,32 @@ public enum SequenceBench {
 
     /// Attention bytes one rank sends per step (one micro-batch of `batch` sequences), by the formulas in
     /// docs/sequence-parallel.md. In bf16 the key/value blocks and every all-to-all carry 2 bytes a value; the
-    /// ring's dK, dV accumulators stay fp32.
-    public static func theoryBytes(seq: Int, ring r: Int, ulysses u: Int, layers: Int, dModel c: Int, batch: Int = 1,
-                                   precision: Precision = .fp32) -> Double {
-        var bytes = 0.0
-        let operand = Double(precision.operandBytes)
-        if r > 1 {
-            let block = Double(batch * (seq / r) * 2 * (c / u))
-            bytes += Double(layers * (r - 1)) * block * (2 * operand + 4)   // kv forward, kv backward, dkv
-        }
-        if u > 1 {
-            let tl = Double(seq / (r * u))
-            bytes += Double(layers) * 8 * Double(u - 1) / Double(u) * Double(batch) * tl * Double(c) * operand
-        }
-        return bytes
+    /// ring's dK, dV accumulators stay fp32. `kvWidth`: key/value heads × head dim (grouped-query attention),
+    /// `dModel` unless told.
+    public static func theoryBytes(seq: Int, ring r: Int, ulysses u: Int, layers: Int, dModel c: Int, kvWidth: Int? = nil,
+                                   batch: Int = 1, precision: Precision = .fp32) -> Double {
+        theoryRingBytes(seq: seq, ring: r, ulysses: u, layers: layers, kvWidth: kvWidth ?? c, batch: batch, precision: precision)
+            + theoryUlyssesBytes(seq: seq, ring: r, ulysses: u, layers: layers, dModel: c, kvWidth: kvWidth ?? c, batch: batch,
+                                 precision: precision)
+    }
+
+    /// The ring's share: per layer R − 1 key/value blocks forward, R − 1 backward and R − 1 dK|dV accumulators,
+    /// each [batch, S/R, 2·kvWidth/U].
+    public static func theoryRingBytes(seq: Int, ring r: Int, ulysses u: Int, layers: Int, kvWidth: Int, batch: Int = 1,
+                                       precision: Precision = .fp32) -> Double {
+        guard r > 1 else { return 0 }
+        let block = Double(batch * (seq / r) * 2 * (kvWidth / u))
+        return Double(layers * (r - 1)) * block * (2 * Double(precision.operandBytes) + 4)
+    }
+
+    /// Ulysses' share: per layer (U − 1)/U of q, k, v and out forward, of dout, dq, dk, dv backward, over the
+    /// rank's S/(R·U) tokens: 4·(dModel + kvWidth) values a token.
+    public static func theoryUlyssesBytes(seq: Int, ring r: Int, ulysses u: Int, layers: Int, dModel c: Int, kvWidth: Int,
+                                          batch: Int = 1, precision: Precision = .fp32) -> Double {
+        guard u > 1 else { return 0 }
+        // In integers before the one division, so that a whole number of bytes comes out exactly.
+        let values = layers * (u - 1) * batch * (seq / (r * u)) * 4 * (c + kvWidth)
+        return Double(values * precision.operandBytes) / Double(u)
     }
 
     public static func run(runtime: MPIRuntime, options o: Options) throws -> String? {

@@ -24,6 +24,9 @@ public protocol ParallelModel: AnyObject {
     var config: TransformerConfig { get }
     /// The part of the global model this rank holds.
     var stage: ModelStage { get }
+    /// Every block reads the tokens' positions (Llama's RoPE), not only the embeddings: a pipeline stage fills
+    /// them for every chunk.
+    var blocksReadPositions: Bool { get }
     /// Floats per token that cross a pipeline-stage boundary (the residual stream's width).
     var boundaryWidth: Int { get }
     /// The attention every block runs (sequence parallelism replaces it).

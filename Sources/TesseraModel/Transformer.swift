@@ -19,6 +19,7 @@ public class Transformer: ParallelModel, @unchecked Sendable {
     public weak var observer: BackwardObserver?
     /// The residual stream's width: what crosses a pipeline-stage boundary per token.
     public var boundaryWidth: Int { config.dModel }
+    public var blocksReadPositions: Bool { config.family == .llama }
     /// Storage offsets of the final norm and of each held block's first tensor (gradient-readiness boundaries).
     let finalNormOffset: Int, blockOffsets: [Int]
 

@@ -35,7 +35,8 @@ public final class PipelineEngine {
     public let batch: Int, tokens: Int
     let workspace: Workspace
     let rank: Int, stages: Int
-    /// Fills a micro-batch's token ids and positions (chunks that embed) and targets (the chunk with the head).
+    /// Fills a micro-batch's token ids, positions and targets (called for chunks that embed, that have the head,
+    /// and every chunk of a model whose blocks read positions).
     public var load: (_ microbatch: Int, _ activations: Activations) -> Void = { _, _ in }
     /// Called just before the rank's last backward of the step (data parallelism starts reducing then).
     public var beforeLastBackward: () -> Void = {}
@@ -243,7 +244,8 @@ public final class PipelineEngine {
             live[k] = set
         }
         let t0 = nowNs()
-        if set.embeds || set.head { load(a.microbatch, set) }
+        // Ids for the embeddings, targets for the loss, positions for blocks that rotate by them (RoPE).
+        if set.embeds || set.head || model.blocksReadPositions { load(a.microbatch, set) }
         var loss = 0.0
         Timeline.shared.work((mode == .evaluate ? "eval F" : "F") + "\(a.microbatch)" + (plan.virtualStages > 1 ? ".\(a.chunk)" : "")) {
             if set.head {

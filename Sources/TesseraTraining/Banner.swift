@@ -10,7 +10,9 @@ extension Trainer {
     /// The start-up banner: model, batch, data, mesh, optimizer state, reduction, MPI, memory, machine warnings.
     func banner() -> String {
         let m = model.config, t = config.training
-        var s = "tessera: \(config.job.name): GPT-2 \(m.nLayer) layers, d \(m.dModel), \(m.nHead) heads, vocab \(m.vocabSize), "
+        var s = "tessera: \(config.job.name): \(m.familyName) \(m.nLayer) layers, d \(m.dModel), \(m.nHead) heads"
+        if m.family == .llama { s += " (\(m.nKVHead) key/value), MLP \(m.intermediate)" + (m.tied ? ", tied head" : "") }
+        s += ", vocab \(m.vocabSize), "
         s += "\(fmt(Double(m.parameterCount) / 1e6, 2))M parameters\n"
         s += "  batch \(t.batchSize) × seq \(t.seqLen) = \(tokensPerStep) tokens/step in \(t.microbatches) micro-batch(es) of \(microBatch); "
         s += "\(t.steps) steps; \(Threads.count) thread(s); "

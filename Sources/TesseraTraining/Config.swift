@@ -65,12 +65,13 @@ public struct ModelConfig: Sendable, Equatable {
     /// initialise from the seed. A resumed checkpoint takes precedence.
     public var initFrom: String = ""
     /// Llama: key/value heads (0: as many as n_head), the MLP's hidden size (0: the family's default), RMSNorm's
-    /// epsilon, RoPE's base, and whether the LM head is the token embedding. GPT-2 fixes all of these.
+    /// epsilon, RoPE's base, and whether the LM head is the token embedding (true, as GPT-2 and Llama 3.2's small
+    /// models; false gives Llama an lm_head of its own). GPT-2 fixes all of these.
     public var nKVHead = 0
     public var intermediateSize = 0
     public var rmsNormEps = 1e-5
     public var ropeTheta = 10_000.0
-    public var tieWordEmbeddings = false
+    public var tieWordEmbeddings = true
 
     public init(vocabSize: Int = 256, nLayer: Int = 4, nHead: Int = 4, dModel: Int = 128, blockSize: Int = 256) {
         self.vocabSize = vocabSize

@@ -61,7 +61,7 @@ struct ConfigChecks {
             // GPT-2 fixes what these keys choose; a value that changes the model needs the Llama family.
             let fixed: [(String, Bool)] = [("model.n_kv_head", m.nKVHead != 0 && m.nKVHead != m.nHead),
                                            ("model.intermediate_size", m.intermediateSize != 0 && m.intermediateSize != 4 * m.dModel),
-                                           ("model.tie_word_embeddings", origins["model.tie_word_embeddings"] != nil && !m.tieWordEmbeddings)]
+                                           ("model.tie_word_embeddings", !m.tieWordEmbeddings)]
             for (key, set) in fixed where set {
                 fail([key, "model.family"], "\(key) applies to model.family = \"llama\" only: GPT-2 has n_kv_head = n_head, "
                      + "intermediate_size = 4 × d_model and an LM head tied to wte; set model.family = \"llama\" or remove the key")

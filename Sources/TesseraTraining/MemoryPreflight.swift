@@ -285,7 +285,8 @@ public enum MemoryPreflight {
         let costs = ActivationCosts(config: gpt, batch: batch, tokens: tokens, seqLen: t.seqLen, stage: stage, setsPerChunk: sets,
                                     ownLossGradient: layout != nil,
                                     attentionSaved: SequenceParallelAttention.savedFloats(batch: batch, tokens: tokens, heads: gpt.nHead,
-                                                                                          headDim: gpt.headDim, ulysses: p.ulysses),
+                                                                                          kvHeads: gpt.nKVHead, headDim: gpt.headDim,
+                                                                                          ulysses: p.ulysses),
                                     attentionReadsQKV: SequenceParallelAttention.readsLocalQKV(ulysses: p.ulysses),
                                     microbatches: t.microbatches)
         let planner = costs.planner(flopRate: 1e11, tier: nil)

@@ -143,7 +143,7 @@ enum TrainerBuilder {
         guard let mesh, mesh.sequence.size > 1 else { return SequenceTokens(seqLen: t.seqLen, batch: batch, layout: nil) }
         let layout = SequenceLayout(seqLen: t.seqLen, ring: p.ring, ulysses: p.ulysses, ringRank: mesh.coordinate.ring,
                                     ulyssesRank: mesh.coordinate.ulysses)
-        let sp = SequenceParallelAttention(heads: model.config.nHead, headDim: model.config.headDim, layout: layout,
+        let sp = SequenceParallelAttention(heads: model.config.nHead, kvHeads: model.config.nKVHead, headDim: model.config.headDim, layout: layout,
                                            ring: mesh.ring, ulysses: mesh.ulysses, maxBatch: batch, precision: model.precision)
         sp.onError = { MPIRuntime.abort("\($0) at step \(Watchdog.shared?.step ?? 0); aborting the job") }
         model.attention = sp

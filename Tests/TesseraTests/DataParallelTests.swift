@@ -72,7 +72,8 @@ final class DataParallelTests: XCTestCase {
         var losses: [Double] = [], vals: [Double] = [], stateBytes = 0
         for line in try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n") {
             let obj = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
-            losses.append(obj["loss"] as! Double)
+            guard let loss = obj["loss"] as? Double else { continue }  // not a step's record (a checkpoint's)
+            losses.append(loss)
             if let v = obj["val_loss"] as? Double { vals.append(v) }
             stateBytes = obj["optimizer_state_bytes"] as! Int
         }

@@ -21,8 +21,8 @@ final class MixedPrecisionLayoutTests: XCTestCase {
     static let lossTolerance = 1e-3, gradTolerance = 1e-2
 
     /// The "activations" record of each logged step of job `name` (its metrics file).
-    static func activationRecords(_ name: String) throws -> [[String: Any]] {
-        let metrics = DataParallelTests.dir.appendingPathComponent("bf16-\(name).jsonl").path
+    static func activationRecords(_ name: String, prefix: String = "bf16-") throws -> [[String: Any]] {
+        let metrics = DataParallelTests.dir.appendingPathComponent("\(prefix)\(name).jsonl").path
         return try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n").compactMap {
             (try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["activations"] as? [String: Any]
         }

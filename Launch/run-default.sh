@@ -4,8 +4,5 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/setup.sh"
-tessera_install_missing
-tessera_fortunes
-cd "$tessera_root"
-tessera_build -c release --product tessera
+tessera_ready_job
 exec "$here/tessera-run" Configs/default.toml "$@"

@@ -70,15 +70,31 @@ tessera_mesh_size() {
 }
 
 # The fortunes corpus as one UTF-8 text file (records separated by blank lines).
+# What a ready job needs before it trains: the packages, the fortunes text, the release build; then the
+# working directory is the repository.
+tessera_ready_job() {
+    tessera_install_missing
+    tessera_fortunes
+    cd "$tessera_root"
+    tessera_build -c release --product tessera
+}
+
+# The fortune files of Debian's `fortunes` packages, one path per line (fortunes separated by "%" lines).
+tessera_fortune_files() {
+    local f
+    for f in /usr/share/games/fortunes/*; do
+        case "$f" in *.dat|*.u8) continue ;; esac
+        [ -f "$f" ] && echo "$f"
+    done
+    return 0
+}
+
 tessera_fortunes() {
     local out="$tessera_root/data/fortunes.txt"
     [ -s "$out" ] && return 0
     mkdir -p "$tessera_root/data"
     local files=()
-    for f in /usr/share/games/fortunes/*; do
-        case "$f" in *.dat|*.u8) continue ;; esac
-        [ -f "$f" ] && files+=("$f")
-    done
+    mapfile -t files < <(tessera_fortune_files)
     [ ${#files[@]} -gt 0 ] || { echo "tessera: no fortunes found in /usr/share/games/fortunes" >&2; return 1; }
     cat "${files[@]}" | sed 's/^%$//' | iconv -f utf-8 -t utf-8 -c > "$out.tmp" && mv "$out.tmp" "$out"
     echo "tessera: wrote $out ($(wc -c < "$out") bytes from ${#files[@]} fortune files)" >&2

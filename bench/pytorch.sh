@@ -3,10 +3,13 @@
 #
 #   bench/pytorch.sh [pytorch_gpt2.py args...]      e.g. bench/pytorch.sh --config all --threads 2
 #   bench/pytorch.sh --config S --precision bf16 --max-seconds 600 --json
+#   bench/pytorch.sh --config llama-S --json          a Llama size: runs bench/pytorch_llama.py
 #
 # Creates bench/.venv on first use, installs torch from PyPI into it, then runs bench/pytorch_gpt2.py
 # with the given arguments (all passed through: --config, --threads, --steps, --warmup, --precision
-# fp32|bf16, --max-seconds S, --json). See bench/README.md for how torch is installed and why.
+# fp32|bf16, --max-seconds S, --json). A --config naming a Llama size (llama-S, llama-M, llama-L,
+# llama-G, or llama-all for all four) runs bench/pytorch_llama.py instead, with the same arguments
+# (llama-all passed as all). See bench/README.md for how torch is installed and why.
 #
 # Environment:
 #   PYTHON           interpreter used to create the venv (default: python3)
@@ -21,6 +24,22 @@ venv="$here/.venv"
 [ -n "${TESSERA_HF_VENV:-}" ] && venv="$TESSERA_HF_VENV"
 py="${PYTHON:-python3}"
 pip=("$venv/bin/pip" install --disable-pip-version-check)
+
+# The script for --config: pytorch_llama.py for a llama-* size, else pytorch_gpt2.py.
+script="$here/pytorch_gpt2.py"
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case "${args[i]}" in
+        --config) [ $((i + 1)) -lt ${#args[@]} ] && config="${args[i + 1]}" ;;
+        --config=*) config="${args[i]#--config=}" ;;
+        *) continue ;;
+    esac
+    case "${config:-}" in
+        llama-all) script="$here/pytorch_llama.py"; [ "${args[i]}" = --config ] && args[i + 1]=all || args[i]=--config=all ;;
+        llama-*) script="$here/pytorch_llama.py" ;;
+        *) script="$here/pytorch_gpt2.py" ;;
+    esac
+done
 
 torch_works() {
     "$venv/bin/python" - <<'PY' >/dev/null 2>&1
@@ -63,7 +82,7 @@ if [ -n "${TESSERA_HF_VENV:-}" ]; then
         "$here/../scripts/hf_venv.sh" "$venv" >/dev/null || { echo "pytorch.sh: scripts/hf_venv.sh failed" >&2; exit 1; }
         torch_works || { echo "pytorch.sh: torch still fails in $venv" >&2; exit 1; }
     fi
-    exec "$venv/bin/python" "$here/pytorch_gpt2.py" "$@"
+    exec "$venv/bin/python" "$script" "${args[@]}"
 fi
 
 if [ ! -x "$venv/bin/python" ]; then
@@ -94,4 +113,4 @@ if ! torch_works; then
     fi
 fi
 
-exec "$venv/bin/python" "$here/pytorch_gpt2.py" "$@"
+exec "$venv/bin/python" "$script" "${args[@]}"

@@ -15,21 +15,22 @@ public enum AttentionBench {
 
     public static func measure(_ s: BenchSize, threads: Int, reps: Int = 7) -> Row {
         Threads.configure(threads)
-        let hd = s.d / s.heads, c = s.d, n = s.batch * s.seq
-        let g = AttentionLayout.fused(batch: s.batch, t: s.seq, heads: s.heads, headDim: hd)
+        let m = s.model, hd = m.headDim, c = s.d, w = m.qkvWidth, n = s.batch * s.seq
+        let kOff = c, vOff = c + m.nKVHead * hd
+        let g = AttentionLayout.fused(batch: s.batch, t: s.seq, heads: s.heads, headDim: hd, kvHeads: m.nKVHead)
         var rng = SplitMix64(seed: 7)
-        let qkv = FloatBuffer(n * 3 * c), dout = FloatBuffer(n * c)
-        for i in 0..<(n * 3 * c) { qkv.ptr[i] = Float(rng.nextDouble()) - 0.5 }
+        let qkv = FloatBuffer(n * w), dout = FloatBuffer(n * c)
+        for i in 0..<(n * w) { qkv.ptr[i] = Float(rng.nextDouble()) - 0.5 }
         for i in 0..<(n * c) { dout.ptr[i] = Float(rng.nextDouble()) - 0.5 }
-        let out = FloatBuffer(n * c), lse = FloatBuffer(s.batch * s.heads * s.seq), dqkv = FloatBuffer(n * 3 * c)
+        let out = FloatBuffer(n * c), lse = FloatBuffer(s.batch * s.heads * s.seq), dqkv = FloatBuffer(n * w)
         let scratch = Scratch()
         var fwd = Double.infinity, bwd = Double.infinity
         for _ in 0..<reps {
             let t0 = DispatchTime.now().uptimeNanoseconds
-            Attention.forward(out: out.ptr, lse: lse.ptr, q: qkv.ptr, k: qkv.ptr + c, v: qkv.ptr + 2 * c, layout: g, scratch: scratch)
+            Attention.forward(out: out.ptr, lse: lse.ptr, q: qkv.ptr, k: qkv.ptr + kOff, v: qkv.ptr + vOff, layout: g, scratch: scratch)
             let t1 = DispatchTime.now().uptimeNanoseconds
-            Attention.backward(dq: dqkv.ptr, dk: dqkv.ptr + c, dv: dqkv.ptr + 2 * c, dout: dout.ptr, out: out.ptr, lse: lse.ptr,
-                               q: qkv.ptr, k: qkv.ptr + c, v: qkv.ptr + 2 * c, layout: g, scratch: scratch)
+            Attention.backward(dq: dqkv.ptr, dk: dqkv.ptr + kOff, dv: dqkv.ptr + vOff, dout: dout.ptr, out: out.ptr, lse: lse.ptr,
+                               q: qkv.ptr, k: qkv.ptr + kOff, v: qkv.ptr + vOff, layout: g, scratch: scratch)
             let t2 = DispatchTime.now().uptimeNanoseconds
             fwd = min(fwd, Double(t1 - t0) / 1e9); bwd = min(bwd, Double(t2 - t1) / 1e9)
         }
@@ -42,7 +43,7 @@ public enum AttentionBench {
         var out = ["", "attention kernel alone (causal; products' FLOPs on the visible half; best of 7 calls; % of the ceiling above):",
                    "size  shape                 forward ms  GFLOP/s  of ceiling   backward ms  GFLOP/s  of ceiling"]
         for r in rows {
-            let s = BenchSize.standard.first { $0.name == r.size }!
+            let s = BenchSize.all.first { $0.name == r.size }!
             let f = r.forwardFlops / r.forwardSeconds, b = r.backwardFlops / r.backwardSeconds
             out.append(BenchScaffold.cell(r.size, 6) + BenchScaffold.cell("\(s.batch)×\(s.seq), \(s.heads)×\(s.d / s.heads)", 22)
                        + BenchScaffold.cell(fmt(1000 * r.forwardSeconds, 1), 12) + BenchScaffold.cell(fmt(f / 1e9, 1), 9)

@@ -18,10 +18,10 @@ public enum Bench {
     public static func measure(_ s: BenchSize, threads: Int, steps: Int, warmup: Int, peak: Double,
                                precision: Precision = .fp32) -> Row {
         Threads.configure(threads)
-        let cfg = s.gpt
+        let cfg = s.model
         let model = Transformer.make(config: cfg, seed: 1)
         model.precision = precision
-        let acts = Activations(config: cfg, batch: s.batch, tokens: s.seq)
+        let acts = model.activations(batch: s.batch, tokens: s.seq)
         let opt = AdamWOptimizer(params: model.params, grads: model.grads, beta1: 0.9, beta2: 0.95, eps: 1e-8,
                                  weightDecay: 0.1, clip: 1)
         var rng = SplitMix64(seed: 7)
@@ -74,7 +74,7 @@ public enum Bench {
         out.append("")
         out.append("size  params      batch×seq  step ms   tokens/s   MFU     activations")
         var rows: [Row] = []
-        for s in BenchSize.standard where names.contains(s.name) {
+        for s in BenchSize.all where names.contains(s.name) {
             let r = measure(s, threads: threads, steps: steps, warmup: warmup, peak: ceiling.flops, precision: precision)
             rows.append(r)
             out.append(BenchScaffold.cell(s.name, 6) + BenchScaffold.cell("\(fmt(Double(r.parameters) / 1e6, 2))M", 12)
@@ -89,13 +89,15 @@ public enum Bench {
                 out.append("  \(BenchScaffold.cell(op.name, 16))\(fmt(1000 * s, 1).leftPad(9))  \(fmt(100 * s / total, 1).leftPad(5))%")
             }
         }
-        let attn = attention ? BenchSize.standard.filter { names.contains($0.name) }.map { AttentionBench.measure($0, threads: threads) } : []
+        let attn = attention ? BenchSize.all.filter { names.contains($0.name) }.map { AttentionBench.measure($0, threads: threads) } : []
         if attention { out += AttentionBench.report(attn, ceiling: pt.flops) }
-        out.append("\nMFU = (6N + 12·n_layer·d·seq) FLOPs/token × tokens/s ÷ the ceiling of the precision in use; median of \(steps) steps after \(warmup) warm-up; \(threads) kernel thread(s).")
+        out.append("\nMFU = (6N + 12·n_layer·d·seq) FLOPs/token × tokens/s ÷ the ceiling of the precision in use (N: the parameters; "
+                   + "a Llama's untied embedding table, a lookup, not counted); median of \(steps) steps after \(warmup) warm-up; \(threads) kernel thread(s).")
         if json {
             for r in rows {
                 out.append(BenchScaffold.jsonLine([
                     "bench": "bench", "size": r.size.name, "params": r.parameters, "step_s": r.stepSeconds,
+                    "family": r.size.model.family.rawValue, "flops_per_token": r.size.model.flopsPerToken(seqLen: r.size.seq),
                     "tokens_per_s": r.tokensPerSecond, "mfu": r.mfu, "threads": threads, "activation_bytes": r.activationBytes,
                     "sgemm_flops": pt.flops, "sgemm_1t_flops": p1.flops, "sgemm_2t_flops": p2.flops,
                     "precision": precision.rawValue, "bf16_flops": bf.flops, "ceiling_flops": ceiling.flops,

@@ -5,16 +5,33 @@ import Foundation
 import TesseraModel
 import TesseraTraining
 
-/// A benchmark model size: the GPT shape and the batch of one step.
+/// A benchmark model size: the model's shape and the batch of one step.
 public struct BenchSize: Sendable {
     public let name: String, vocab: Int, d: Int, layers: Int, heads: Int, seq: Int, batch: Int
-    public var gpt: TransformerConfig { TransformerConfig(vocabSize: vocab, nLayer: layers, nHead: heads, dModel: d, blockSize: seq) }
+    /// Llama sizes: key/value heads and the MLP width (untied head, RoPE θ 1e4, RMSNorm eps 1e-5).
+    public var llama: (kvHeads: Int, intermediate: Int)? = nil
+
+    public var model: TransformerConfig {
+        guard let llama else { return TransformerConfig(vocabSize: vocab, nLayer: layers, nHead: heads, dModel: d, blockSize: seq) }
+        return .llama(vocabSize: vocab, nLayer: layers, nHead: heads, nKVHead: llama.kvHeads, dModel: d,
+                      intermediate: llama.intermediate, blockSize: seq)
+    }
 
     /// This size with another layer count, sequence length or batch.
     public func with(layers: Int? = nil, seq: Int? = nil, batch: Int? = nil) -> BenchSize {
         BenchSize(name: name, vocab: vocab, d: d, layers: layers ?? self.layers, heads: heads, seq: seq ?? self.seq,
-                  batch: batch ?? self.batch)
+                  batch: batch ?? self.batch, llama: llama)
     }
+
+    /// The Llama twin of a standard size: the same width, depth, heads, sequence and batch, half as many key/value
+    /// heads (a third for G's 12), and the MLP width of Meta's rule (2/3 of 4·d rounded up to 256; the SwiGLU's
+    /// three matrices then hold about the parameters of GPT-2's two).
+    public static let llamaSizes: [BenchSize] = standard.map { s in
+        BenchSize(name: "llama-" + s.name, vocab: s.vocab, d: s.d, layers: s.layers, heads: s.heads, seq: s.seq, batch: s.batch,
+                  llama: (kvHeads: s.heads % 3 == 0 ? s.heads / 3 : s.heads / 2, intermediate: (8 * s.d / 3 + 255) / 256 * 256))
+    }
+    /// Every size `tessera bench` knows.
+    public static var all: [BenchSize] { standard + llamaSizes }
 
     /// The standard sizes of `tessera bench`.
     public static let standard: [BenchSize] = [
@@ -58,6 +75,10 @@ public enum BenchScaffold {
         var c = TesseraConfig()
         c.job.name = bench
         c.model = ModelConfig(vocabSize: s.vocab, nLayer: s.layers, nHead: s.heads, dModel: s.d, blockSize: s.seq)
+        if let l = s.llama {
+            c.model.family = "llama"; c.model.nKVHead = l.kvHeads; c.model.intermediateSize = l.intermediate
+            c.model.tieWordEmbeddings = false
+        }
         c.training.batchSize = s.batch; c.training.seqLen = s.seq; c.training.steps = 1_000_000
         c.training.threads = threads; c.training.evalEvery = 0
         c.data.format = "text"; c.data.train = data; c.data.valFraction = 0.01

@@ -36,7 +36,7 @@ public enum PipelineBench {
         defer { BenchScaffold.removeSyntheticText(path) }
 
         var out: [String] = []
-        let gpt = s.with(layers: o.layers).gpt
+        let gpt = s.with(layers: o.layers).model
         out.append("tessera bench-pp — size \(s.name) with \(o.layers) layers (\(fmt(Double(gpt.parameterCount) / 1e6, 2))M parameters), "
                    + "global batch \(s.batch)×\(s.seq), \(p) stages, \(o.threads) thread(s) per rank, median of \(o.rounds) round(s) × \(o.steps) steps "
                    + "(after \(o.warmup) warm-up)")

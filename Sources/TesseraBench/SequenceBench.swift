@@ -24,7 +24,7 @@ public enum SequenceBench {
     static func size(seq: Int) -> BenchSize {
         try! BenchSize.named("M", among: BenchSize.standard, command: "bench-sp").with(seq: seq, batch: 1)
     }
-    static let model = size(seq: 1024).gpt
+    static let model = size(seq: 1024).model
 
     static func config(seq: Int, o: Options, data: String) -> TesseraConfig {
         var c = BenchScaffold.config("bench-sp", size(seq: seq), threads: o.threads, data: data)
@@ -136,7 +136,7 @@ public enum SequenceBench {
     /// Planned activation bytes per rank for model M, batch 1, a sequence of `seq` tokens on ring × ulysses ranks:
     /// saved tensors and workspace (linear in tokens, measured on two tiny allocations) plus the
     /// sequence-parallel buffers (`SequenceParallelAttention.plannedBytes`).
-    static let gpt = size(seq: 1).gpt
+    static let gpt = size(seq: 1).model
     /// Activation bytes = fixed + perToken × tokens, measured once on two small allocations.
     static let activationBytes: (fixed: Double, perToken: Double) = {
         let a1 = Activations(config: gpt, batch: 1, tokens: 64).totalBytes

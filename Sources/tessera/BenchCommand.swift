@@ -5,9 +5,9 @@ import TesseraKernels
 /// `tessera bench`: sgemm ceiling, tokens/s and MFU of the standard sizes.
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "bench", abstract: "The fp32 and bf16 product ceilings, training tokens/s and MFU of the standard model sizes (S, M, L, G).")
+        commandName: "bench", abstract: "The fp32 and bf16 product ceilings, training tokens/s and MFU of the standard model sizes (GPT-2 S, M, L, G and their Llama twins).")
 
-    @Option(help: ArgumentHelp("Comma-separated model sizes (S, M, L, G).", valueName: "sizes"))
+    @Option(help: ArgumentHelp("Comma-separated model sizes (S, M, L, G; llama-S, llama-M, llama-L, llama-G).", valueName: "sizes"))
     var sizes = "S,M,L,G"
 
     @Option(help: ArgumentHelp("Kernel threads (default: the cores available).", valueName: "n"))
@@ -31,13 +31,17 @@ struct BenchCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Number format of the matrix products: fp32 or bf16.", valueName: "fp32|bf16"))
     var precision = "fp32"
 
-    var names: [String] { sizes.split(separator: ",").map { String($0).uppercased() } }
+    /// The sizes asked for, by their canonical names (case does not matter: "m" and "llama-s" are M and llama-S).
+    var names: [String] {
+        sizes.split(separator: ",").map { n in BenchSize.all.first { $0.name.lowercased() == n.lowercased() }?.name ?? String(n) }
+    }
 
     func validate() throws {
         try requireAtLeast("bench", [("--threads", threads, 1), ("--steps", steps, 1), ("--warmup", warmup, 0)])
         guard Precision(rawValue: precision) != nil else { throw ValidationError("bench: --precision must be fp32 or bf16, not '\(precision)'") }
         if let e = ProductBackend.configurationError { throw ValidationError("bench: \(e)") }
-        for n in names where !BenchSize.standard.map(\.name).contains(n) { throw ValidationError("bench: unknown size '\(n)' (sizes: S, M, L, G)") }
+        let known = BenchSize.all.map(\.name)
+        for n in names where !known.contains(n) { throw ValidationError("bench: unknown size '\(n)' (sizes: \(known.joined(separator: ", ")))") }
     }
 
     func run() throws {

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import TesseraKernels
+import TesseraModel
 @testable import TesseraTraining
 
 final class ConfigTests: XCTestCase {
@@ -238,7 +239,7 @@ final class ConfigTests: XCTestCase {
     func testUnknownKeyWithSuggestion() {
         assertConfigError(try load("[model]\nn_layr = 2\n"),
                           contains: ["\(configPath): unknown key 'model.n_layr'",
-                                     "(known keys in [model]: vocab_size, n_layer, n_head, d_model, block_size, init_from)",
+                                     "(known keys in [model]: family, vocab_size, n_layer, n_head, d_model, block_size, n_kv_head, intermediate_size, rms_norm_eps, rope_theta, tie_word_embeddings, init_from)",
                                      "did you mean 'model.n_layer'?"])
         assertConfigError(try load("[model]\nlr = 0.1\n"), contains: ["unknown key 'model.lr'", "did you mean 'optimizer.lr'?"])
         assertConfigError(try load("[model]\nzzzzzz = 1\n"), contains: ["unknown key 'model.zzzzzz'"])
@@ -442,6 +443,33 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(try load("", overrides: [(key: "training.precision", value: "bf16")]).precision, .bf16)
         assertConfigError(try load("[training]\nprecision = \"fp16\"\n"),
                           contains: ["key 'training.precision' expects one of \"fp32\", \"bf16\", found \"fp16\""])
+    }
+
+    /// `model.family` and the Llama keys: defaults keep GPT-2, a Llama section becomes the TransformerConfig it
+    /// describes (Meta's MLP width when unset), GPT-2 refuses Llama-only values, and the relations are checked.
+    func testModelFamilyKeys() throws {
+        XCTAssertEqual(TesseraConfig().transformer.family, .gpt2)
+        XCTAssertEqual(TesseraConfig().transformer, TransformerConfig(vocabSize: 256, nLayer: 4, nHead: 4, dModel: 128, blockSize: 256))
+        let c = try load("[model]\nfamily = \"llama\"\nn_head = 4\nn_kv_head = 2\nd_model = 128\nrope_theta = 500000.0\ntie_word_embeddings = false\n")
+        let m = c.transformer
+        XCTAssertEqual(m.family, .llama)
+        XCTAssertEqual([m.nHead, m.nKVHead, m.intermediate, m.qkvWidth], [4, 2, 512, 256])  // 8·128/3 = 341 → 512
+        XCTAssertEqual(m.ropeTheta, 500_000); XCTAssertFalse(m.tied)
+        XCTAssertEqual(try load("[model]\nfamily = \"llama\"\n").transformer.nKVHead, 4)  // 0 = n_head
+        let rendered = ConfigLoader.render(c)
+        XCTAssertTrue(rendered.contains("family = \"llama\"  # default: \"gpt2\""), rendered)
+        // A rendered config (a checkpoint's manifest) loads back to the same model, either family.
+        for cfg in [c, try load("")] {
+            XCTAssertEqual(try load(ConfigLoader.render(cfg)).transformer, cfg.transformer)
+        }
+        assertConfigError(try load("[model]\nfamily = \"mistral\"\n"), contains: ["key 'model.family' expects one of \"gpt2\", \"llama\""])
+        assertConfigError(try load("[model]\nn_kv_head = 2\n"), contains: ["model.n_kv_head applies to model.family = \"llama\" only"])
+        assertConfigError(try load("[model]\ntie_word_embeddings = false\n"), contains: ["model.tie_word_embeddings applies to model.family = \"llama\" only"])
+        assertConfigError(try load("[model]\nfamily = \"llama\"\nn_head = 4\nn_kv_head = 3\n"),
+                          contains: ["model.n_head = 4 is not divisible by model.n_kv_head = 3"])
+        assertConfigError(try load("[model]\nfamily = \"llama\"\nrms_norm_eps = 0.0\n"), contains: ["model.rms_norm_eps"])
+        assertConfigError(try load("[model]\nfamily = \"llama\"\nn_head = 4\nn_kv_head = 2\n[parallelism]\nulysses = 4\n[training]\nseq_len = 64\n"),
+                          contains: ["model.n_kv_head = 2 is not divisible by parallelism.ulysses = 4"])
     }
 
     func testNonfiniteGuardKeys() throws {

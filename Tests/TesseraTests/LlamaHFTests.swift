@@ -8,15 +8,7 @@ import XCTest
 /// that computes the oracle's logits; a Tessera Llama written out loads in transformers' LlamaForCausalLM
 /// (untied and tied) with logits within 1e-4; wrong directories are refused with the file and what was expected.
 final class LlamaHFTests: XCTestCase {
-    func logits(_ model: Llama, ids: [Int32]) -> [Float] {
-        let st = model.activations(batch: 1, tokens: ids.count, training: false)
-        for (i, id) in ids.enumerated() { st.tokenIds[i] = id }
-        st.setContiguousPositions()
-        model.forwardBody(st, saving: false)
-        var out = [Float](repeating: 0, count: ids.count * model.config.vocabSize)
-        out.ptr { model.logits(st, into: $0) }
-        return out
-    }
+    func logits(_ model: Llama, ids: [Int32]) -> [Float] { tesseraLogits(model, ids: ids) }
 
     func testTheOraclesDirectoryLoadsAndGivesItsLogits() throws {
         Threads.configure(2)

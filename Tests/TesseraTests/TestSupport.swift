@@ -144,6 +144,17 @@ func huggingFaceLogits(python: String, dir: String, ids: [Int32], tied: Bool, fi
     return json
 }
 
+/// A model's logits [ids.count, vocab] for one sequence at positions 0 ..< ids.count.
+func tesseraLogits(_ model: Transformer, ids: [Int32]) -> [Float] {
+    let acts = model.activations(batch: 1, tokens: ids.count, training: false)
+    for (i, id) in ids.enumerated() { acts.tokenIds[i] = id }
+    acts.setContiguousPositions()
+    model.forwardBody(acts, saving: false)
+    var out = [Float](repeating: 0, count: ids.count * model.config.vocabSize)
+    out.ptr { model.logits(acts, into: $0) }
+    return out
+}
+
 /// Fails unless `expr` throws an error whose description contains every one of `parts`.
 func assertThrows(_ expr: () throws -> Void, mentioning parts: [String],
                   file: StaticString = #filePath, line: UInt = #line) {

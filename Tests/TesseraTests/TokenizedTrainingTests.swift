@@ -4,6 +4,7 @@
 import Foundation
 import XCTest
 import TesseraModel
+@testable import TesseraKernels
 import TesseraTokenizer
 @testable import TesseraTraining
 
@@ -73,14 +74,44 @@ final class TokenizedTrainingTests: XCTestCase {
         XCTAssertFalse(out.contains("<|endoftext|>"), "stops before the end-of-text token: \(out)")
     }
 
+    /// The Llama ready job (Configs/llama-fortunes.toml, the steps of Launch/run-llama.sh) as shipped, on the tiny
+    /// job's tokenizer and shards and shortened: it trains a Llama, samples text, checkpoints, and exports a Llama
+    /// directory with the tokenizer.
+    func testLlamaReadyJobRunsAsShipped() throws {
+        let dir = scratchDirectory("tessera-llama-ready")
+        _ = try Self.tokenizedJob(dir)
+        let data = dir.appendingPathComponent("data").path, ck = dir.appendingPathComponent("ck").path
+        var (status, out) = try runProcess([CommandTests.binary, "train", repoRoot.appendingPathComponent("Configs/llama-fortunes.toml").path,
+                                            "--training.steps", "2", "--training.eval_every", "0", "--sample.tokens", "6",
+                                            "--data.train", data + "/train_000000.bin", "--data.val", data + "/val_000000.bin",
+                                            "--data.tokenizer", dir.appendingPathComponent("tokenizer.json").path,
+                                            "--job.output_dir", dir.appendingPathComponent("out").path,
+                                            "--checkpoint.dir", ck, "--checkpoint.every", "2"])
+        XCTAssertEqual(status, 0, out)
+        XCTAssertTrue(out.contains("Llama 4 layers, d 128, 4 heads (2 key/value), MLP 384"), out)
+        XCTAssertTrue(out.contains("step 2/2") && out.contains("--- sample (6 tokens"), out)
+        (status, out) = try runProcess([CommandTests.binary, "export", "--hf", dir.appendingPathComponent("hf").path, "--checkpoint", ck])
+        XCTAssertEqual(status, 0, out)
+        XCTAssertTrue(out.contains("Llama, vocab_size 2048") && out.contains("tokenizer.json"), out)
+    }
+
     /// The export of a tokenized run carries its tokenizer: transformers' AutoTokenizer loads the directory and
     /// encodes texts to Tessera's ids, bos and eos are the end-of-text id in both the tokenizer and config.json,
     /// and the model loads cleanly beside it.
-    func testExportCarriesTheTokenizerForTransformers() throws {
+    func testExportCarriesTheTokenizerForTransformers() throws { try checkExportCarriesTheTokenizer(family: [], "tessera-tokexport") }
+
+    /// The same for a Llama run (grouped heads 2/1, untied): transformers' LlamaForCausalLM loads the export with the
+    /// logits of Tessera's model from the same checkpoint, within 1e-4.
+    func testLlamaExportCarriesTheTokenizerForTransformers() throws {
+        try checkExportCarriesTheTokenizer(family: ["--model.family", "llama", "--model.n_kv_head", "1", "--model.intermediate_size", "64",
+                                                    "--model.tie_word_embeddings", "false"], "tessera-tokexport-llama")
+    }
+
+    func checkExportCarriesTheTokenizer(family: [String], _ name: String) throws {
         guard let python = try huggingFacePython("TokenizedTrainingTests", skipping: "the Hugging Face tokenizer load") else { return }
-        let dir = scratchDirectory("tessera-tokexport")
+        let dir = scratchDirectory(name)
         let (config, tokenizer) = try Self.tokenizedJob(dir)
-        let (status, out) = try runProcess([CommandTests.binary, "train", config, "--sample.tokens", "0"])
+        let (status, out) = try runProcess([CommandTests.binary, "train", config, "--sample.tokens", "0"] + family)
         XCTAssertEqual(status, 0, out)
         let hf = dir.appendingPathComponent("hf").path
         let summary = try CheckpointCommands.export(arguments: ["--hf", hf, "--checkpoint", dir.appendingPathComponent("ck").path],
@@ -102,7 +133,15 @@ final class TokenizedTrainingTests: XCTestCase {
         XCTAssertEqual(json["bos_token_id"] as? Int, eot); XCTAssertEqual(json["eos_token_id"] as? Int, eot)
         XCTAssertEqual(try XCTUnwrap(json["ids"] as? [[Int]]), texts.map { tokenizer.encode($0) })
         XCTAssertEqual(try XCTUnwrap(json["decoded"] as? [String]), texts)
-        _ = try huggingFaceLogits(python: python, dir: hf, ids: tokenizer.encode("Line 3:").map(Int32.init), tied: true)
+        let ids = tokenizer.encode("Line 3: the quick").map(Int32.init)
+        let theirs = try XCTUnwrap(try huggingFaceLogits(python: python, dir: hf, ids: ids, tied: family.isEmpty)?["logits"] as? [[Double]])
+        XCTAssertEqual(try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: hf + "/config.json"))) as? [String: Any])["model_type"] as? String,
+                       family.isEmpty ? "gpt2" : "llama")
+        // Tessera's logits of the same checkpoint.
+        let mine = tesseraLogits(try CheckpointModel(path: dir.appendingPathComponent("ck").path).model, ids: ids)
+        let e = relErr(mine, theirs.flatMap { $0.map(Float.init) })
+        print("\(name): transformers' logits vs Tessera's: \(e) relative")
+        XCTAssertLessThan(e, 1e-4)
     }
 
     /// With a tokenizer an empty prompt is <|endoftext|> (where every training document starts); exporting into

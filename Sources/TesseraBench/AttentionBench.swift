@@ -41,11 +41,11 @@ public enum AttentionBench {
     /// The table: per size, forward and backward time, GFLOP/s and share of the ceiling.
     public static func report(_ rows: [Row], ceiling: Double) -> [String] {
         var out = ["", "attention kernel alone (causal; products' FLOPs on the visible half; best of 7 calls; % of the ceiling above):",
-                   "size  shape                 forward ms  GFLOP/s  of ceiling   backward ms  GFLOP/s  of ceiling"]
+                   "size     shape                 forward ms  GFLOP/s  of ceiling   backward ms  GFLOP/s  of ceiling"]
         for r in rows {
             let s = BenchSize.all.first { $0.name == r.size }!
             let f = r.forwardFlops / r.forwardSeconds, b = r.backwardFlops / r.backwardSeconds
-            out.append(BenchScaffold.cell(r.size, 6) + BenchScaffold.cell("\(s.batch)×\(s.seq), \(s.heads)×\(s.d / s.heads)", 22)
+            out.append(BenchScaffold.cell(r.size, 9) + BenchScaffold.cell("\(s.batch)×\(s.seq), \(s.heads)×\(s.d / s.heads)", 22)
                        + BenchScaffold.cell(fmt(1000 * r.forwardSeconds, 1), 12) + BenchScaffold.cell(fmt(f / 1e9, 1), 9)
                        + BenchScaffold.cell(fmt(100 * f / ceiling, 0) + "%", 13)
                        + BenchScaffold.cell(fmt(1000 * r.backwardSeconds, 1), 13) + BenchScaffold.cell(fmt(b / 1e9, 1), 9)

@@ -72,12 +72,12 @@ public enum Bench {
         out.append("bf16 product ceiling (\(bf.n)³, \(bf.threads) thread(s)): \(fmt(bf.flops / 1e9, 1)) GFLOP/s — \(Precision.bf16.productsDescription)")
         out.append("precision \(precision.rawValue): MFU below is against the \(precision.rawValue) ceiling on \(threads) thread(s): \(fmt(ceiling.flops / 1e9, 1)) GFLOP/s")
         out.append("")
-        out.append("size  params      batch×seq  step ms   tokens/s   MFU     activations")
+        out.append("size     params      batch×seq  step ms   tokens/s   MFU     activations")
         var rows: [Row] = []
         for s in BenchSize.all where names.contains(s.name) {
             let r = measure(s, threads: threads, steps: steps, warmup: warmup, peak: ceiling.flops, precision: precision)
             rows.append(r)
-            out.append(BenchScaffold.cell(s.name, 6) + BenchScaffold.cell("\(fmt(Double(r.parameters) / 1e6, 2))M", 12)
+            out.append(BenchScaffold.cell(s.name, 9) + BenchScaffold.cell("\(fmt(Double(r.parameters) / 1e6, 2))M", 12)
                        + BenchScaffold.cell("\(s.batch)×\(s.seq)", 11) + BenchScaffold.cell(fmt(1000 * r.stepSeconds, 1), 10)
                        + BenchScaffold.cell(fmt(r.tokensPerSecond, 0), 11) + BenchScaffold.cell(fmt(100 * r.mfu, 1) + "%", 8)
                        + "\(fmt(Double(r.activationBytes) / 1_048_576, 0)) MiB")

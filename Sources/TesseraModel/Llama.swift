@@ -10,7 +10,8 @@ import TesseraKernels
 // Matched against the float64 oracle ../shared/reference/llama-tiny (LlamaReferenceTests).
 //
 // One layer, x [N, C] in, with fused q|k|v rows of width (H + 2·KV)·hd and fused gate|up rows of width 2F
-// (each projection writes its columns of the fused row; the weights stay HF's separate tensors):
+// (the weights stay HF's separate tensors; lying back to back in storage they serve as one [Wq; Wk; Wv] and one
+// [Wg; Wu], so each fused row is one product):
 //   r1 = rms1(x);  q|k|v = r1 · [Wq; Wk; Wv]ᵀ;  q, k turned by RoPE at each token's position
 //   a = attention(q, k, v) (causal, grouped);  h = x + a · Woᵀ
 //   r2 = rms2(h);  g|u = r2 · [Wg; Wu]ᵀ;  s = silu(g) · u;  out = h + s · Wdᵀ
@@ -55,6 +56,10 @@ public final class Llama: Transformer, @unchecked Sendable {
     }
     private var pBlocks: [BlockTensors?] = [], gBlocks: [BlockTensors?] = [], wBlocks: [BlockTensors?] = []
     let rope: RoPE
+    /// q, k, v (and gate, up) lie back to back in storage (each tensor is padded to 16 floats, so they do whenever
+    /// their sizes are multiples of 16): one product [Wq; Wk; Wv] (and [Wg; Wu]) then serves all three (two),
+    /// fewer and larger products; otherwise one product per tensor.
+    var fusedQKV = false, fusedGateUp = false
 
     /// The whole model, or (pipeline parallelism) the stage `stage` of it, initialised from the seed.
     public init(config: TransformerConfig, seed: UInt64, stage: ModelStage? = nil) {
@@ -63,6 +68,13 @@ public final class Llama: Transformer, @unchecked Sendable {
         super.init(config: config, seed: seed, stage: stage, finalNorm: "model.norm.weight",
                    blockFirst: { "model.layers.\($0).input_layernorm.weight" })
         pBlocks = heldLayers(params, BlockTensors.init); gBlocks = heldLayers(grads, BlockTensors.init); wBlocks = pBlocks
+        if let l = self.stage.layers.first {
+            let d = config.dModel, hd = config.headDim, s = "model.layers.\(l)."
+            func follows(_ b: String, _ a: String, _ count: Int) -> Bool { params.offset(of: s + b) == params.offset(of: s + a) + count }
+            fusedQKV = follows("self_attn.k_proj.weight", "self_attn.q_proj.weight", config.nHead * hd * d)
+                && follows("self_attn.v_proj.weight", "self_attn.k_proj.weight", config.nKVHead * hd * d)
+            fusedGateUp = follows("mlp.up_proj.weight", "mlp.gate_proj.weight", config.intermediate * d)
+        }
     }
 
     override func productTensorsChanged() { wBlocks = heldLayers(weights, BlockTensors.init) }
@@ -137,9 +149,13 @@ public final class Llama: Transformer, @unchecked Sendable {
     override func blockForward(_ l: Int, _ a: Activations, _ s: Activations.Layer, output: UnsafeMutablePointer<Float>?) {
         let c = config, d = c.dModel, n = a.n, hd = c.headDim, w = c.qkvWidth, wt = wBlocks[l]!
         norm1(l, a, s)
-        project(s.ln1, wt.q, into: s.qkv, ldy: w, n: n, inDim: d, outDim: c.nHead * hd)
-        project(s.ln1, wt.k, into: s.qkv + c.nHead * hd, ldy: w, n: n, inDim: d, outDim: c.nKVHead * hd)
-        project(s.ln1, wt.v, into: s.qkv + (c.nHead + c.nKVHead) * hd, ldy: w, n: n, inDim: d, outDim: c.nKVHead * hd)
+        if fusedQKV {
+            project(s.ln1, wt.q, into: s.qkv, ldy: w, n: n, inDim: d, outDim: w)
+        } else {
+            project(s.ln1, wt.q, into: s.qkv, ldy: w, n: n, inDim: d, outDim: c.nHead * hd)
+            project(s.ln1, wt.k, into: s.qkv + c.nHead * hd, ldy: w, n: n, inDim: d, outDim: c.nKVHead * hd)
+            project(s.ln1, wt.v, into: s.qkv + (c.nHead + c.nKVHead) * hd, ldy: w, n: n, inDim: d, outDim: c.nKVHead * hd)
+        }
         rotate(s.qkv, a, inverse: false)
         roundOperand(s.qkv, count: n * w)
         progress?()
@@ -160,8 +176,12 @@ public final class Llama: Transformer, @unchecked Sendable {
         }
         roundOperand(s.ln2, count: n * d)
         progress?()
-        project(s.ln2, wt.gate, into: s.fch, ldy: 2 * f, n: n, inDim: d, outDim: f)
-        project(s.ln2, wt.up, into: s.fch + f, ldy: 2 * f, n: n, inDim: d, outDim: f)
+        if fusedGateUp {
+            project(s.ln2, wt.gate, into: s.fch, ldy: 2 * f, n: n, inDim: d, outDim: 2 * f)
+        } else {
+            project(s.ln2, wt.gate, into: s.fch, ldy: 2 * f, n: n, inDim: d, outDim: f)
+            project(s.ln2, wt.up, into: s.fch + f, ldy: 2 * f, n: n, inDim: d, outDim: f)
+        }
         progress?()
         OpProfile.time(.gelu) { SwiGLU.forward(out: s.fchGelu, gate: s.fch, up: s.fch + f, n: n, f: f, ld: 2 * f) }
         roundOperand(s.fchGelu, count: n * f)
@@ -190,8 +210,12 @@ public final class Llama: Transformer, @unchecked Sendable {
         OpProfile.time(.gelu) { SwiGLU.backward(dgate: a.dfch, dup: a.dfch + f, dout: a.dact, gate: s.fch, up: s.fch + f, n: n, f: f, ld: 2 * f) }
         roundOperand(a.dfch, count: n * 2 * f)
         poll()
-        projectBackward(dy: a.dfch, lddy: 2 * f, x: s.ln2, w: wt.gate, dx: a.dln, dw: g.gate, n: n, inDim: d, outDim: f, accumulate: false)
-        projectBackward(dy: a.dfch + f, lddy: 2 * f, x: s.ln2, w: wt.up, dx: a.dln, dw: g.up, n: n, inDim: d, outDim: f, accumulate: true)
+        if fusedGateUp {
+            projectBackward(dy: a.dfch, lddy: 2 * f, x: s.ln2, w: wt.gate, dx: a.dln, dw: g.gate, n: n, inDim: d, outDim: 2 * f, accumulate: false)
+        } else {
+            projectBackward(dy: a.dfch, lddy: 2 * f, x: s.ln2, w: wt.gate, dx: a.dln, dw: g.gate, n: n, inDim: d, outDim: f, accumulate: false)
+            projectBackward(dy: a.dfch + f, lddy: 2 * f, x: s.ln2, w: wt.up, dx: a.dln, dw: g.up, n: n, inDim: d, outDim: f, accumulate: true)
+        }
         poll()
         OpProfile.time(.layerNorm) {
             RMSNorm.backward(dx: a.dres, dweight: g.norm2, dout: a.dln, x: s.resid2, weight: p.norm2, rstd: s.ln2Rstd, n: n, c: d,
@@ -213,9 +237,13 @@ public final class Llama: Transformer, @unchecked Sendable {
         rotate(a.dqkv, a, inverse: true)
         roundOperand(a.dqkv, count: n * w)
         progress?()
-        projectBackward(dy: a.dqkv, lddy: w, x: s.ln1, w: wt.q, dx: a.dln, dw: g.q, n: n, inDim: d, outDim: c.nHead * hd, accumulate: false)
-        projectBackward(dy: a.dqkv + kOff, lddy: w, x: s.ln1, w: wt.k, dx: a.dln, dw: g.k, n: n, inDim: d, outDim: c.nKVHead * hd, accumulate: true)
-        projectBackward(dy: a.dqkv + vOff, lddy: w, x: s.ln1, w: wt.v, dx: a.dln, dw: g.v, n: n, inDim: d, outDim: c.nKVHead * hd, accumulate: true)
+        if fusedQKV {
+            projectBackward(dy: a.dqkv, lddy: w, x: s.ln1, w: wt.q, dx: a.dln, dw: g.q, n: n, inDim: d, outDim: w, accumulate: false)
+        } else {
+            projectBackward(dy: a.dqkv, lddy: w, x: s.ln1, w: wt.q, dx: a.dln, dw: g.q, n: n, inDim: d, outDim: c.nHead * hd, accumulate: false)
+            projectBackward(dy: a.dqkv + kOff, lddy: w, x: s.ln1, w: wt.k, dx: a.dln, dw: g.k, n: n, inDim: d, outDim: c.nKVHead * hd, accumulate: true)
+            projectBackward(dy: a.dqkv + vOff, lddy: w, x: s.ln1, w: wt.v, dx: a.dln, dw: g.v, n: n, inDim: d, outDim: c.nKVHead * hd, accumulate: true)
+        }
         progress?()
         OpProfile.time(.layerNorm) {
             RMSNorm.backward(dx: a.dres, dweight: g.norm1, dout: a.dln, x: a.input(of: l), weight: p.norm1, rstd: s.ln1Rstd, n: n, c: d,

@@ -75,6 +75,31 @@ final class LlamaReferenceTests: XCTestCase {
         }
     }
 
+    /// The fused products ([Wq; Wk; Wv] and [Wg; Wu] as one matrix each, used when the tensors lie back to back)
+    /// compute what one product per tensor computes: loss and every gradient within 1e-6, grouped heads and not.
+    func testFusedProductsEqualOneProductPerTensor() {
+        Threads.configure(2)
+        for kv in [2, 4] {
+            let cfg = TransformerConfig.llama(vocabSize: 40, nLayer: 2, nHead: 4, nKVHead: kv, dModel: 32, intermediate: 48, blockSize: 16)
+            let fused = Llama(config: cfg, seed: 5), separate = Llama(config: cfg, seed: 5)
+            XCTAssertTrue(fused.fusedQKV && fused.fusedGateUp, "32-wide tensors lie back to back")
+            separate.fusedQKV = false; separate.fusedGateUp = false
+            var results: [(Double, [Float])] = []
+            for m in [fused, separate] {
+                let a = m.activations(batch: 2, tokens: 16)
+                for i in 0..<a.n { a.tokenIds[i] = Int32((i * 7 + 1) % 40); a.targets[i] = Int32((i * 3 + 2) % 40) }
+                a.setContiguousPositions()
+                m.grads.zero()
+                results.append((m.forwardBackward(a, gradScale: 1 / Float(a.n)), copyArray(m.grads.storage.ptr, m.grads.count)))
+            }
+            XCTAssertEqual(results[0].0, results[1].0, accuracy: 1e-6 * results[1].0, "kv \(kv): loss")
+            XCTAssertLessThan(relErr(results[0].1, results[1].1), 1e-6, "kv \(kv): gradients")
+        }
+        // A 12-wide model's key/value tensors (6·12 floats) are padded apart: one product per tensor.
+        let odd = Llama(config: .llama(vocabSize: 40, nLayer: 1, nHead: 2, nKVHead: 1, dModel: 12, intermediate: 18, blockSize: 8), seed: 1)
+        XCTAssertFalse(odd.fusedQKV || odd.fusedGateUp)
+    }
+
     /// Initialisation from (seed, name, index) alone: two models of one seed are equal, another seed differs,
     /// norms start at one; a tied model has no lm_head.
     func testInitialisation() {

@@ -3,7 +3,7 @@
 # precision measured one after the other in one invocation (Tessera, then PyTorch), with the ratios.
 #
 #   bench/compare.sh [--threads N] [--steps N] [--warmup N] [--sizes S,M,L,G] [--precision fp32|bf16|both]
-#                    [--max-seconds S]
+#                    [--max-seconds S] [--rounds R]
 #   bench/compare.sh --sizes S,llama-S,M,llama-M --precision fp32      GPT-2 sizes next to their Llama twins
 #
 # fp32: `tessera bench --precision fp32` against PyTorch eager fp32. bf16: `tessera bench --precision bf16`
@@ -16,10 +16,13 @@
 # (N = Tessera's params, without the vocab·d embedding table for Llama). When a GPT-2 size and its Llama twin
 # (S and llama-S, ...) both ran in a precision, a last table sets their Tessera/PyTorch ratios side by side;
 # a size whose parameter counts differ between Tessera and PyTorch gets a warning line.
+# --rounds R (default 1): each size is measured R times, Tessera and then PyTorch right after it, size by size (so
+# both frameworks see the same state of a noisy machine); the tables show each framework's median over the rounds,
+# and every round's ratio.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$here/.."
-threads=2; steps=5; warmup=2; sizes=S,M,L,G; precision=both; max_seconds=600
+threads=2; steps=5; warmup=2; sizes=S,M,L,G; precision=both; max_seconds=600; rounds=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) threads=$2; shift 2 ;;
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
         --sizes) sizes=$2; shift 2 ;;
         --precision) precision=$2; shift 2 ;;
         --max-seconds) max_seconds=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -51,20 +55,25 @@ canon() {
 }
 configs=""
 for c in $(echo "$sizes" | tr ',' ' '); do configs="$configs $(canon "$c")"; done
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --rounds must be a positive integer, not '$rounds'" >&2; exit 2; }
 for p in $precisions; do
-    echo "== $p: tessera bench --precision $p --sizes $sizes" >&2
-    "$root/.build/release/tessera" bench --precision "$p" --sizes "$sizes" --threads "$threads" --steps "$steps" \
-        --warmup "$warmup" --json > "$work/tessera.out"
-    grep -v '^{' "$work/tessera.out" || true
-    grep '^{' "$work/tessera.out" > "$work/tessera-$p.json" || true
-    : > "$work/pytorch-$p.json"
-    for c in $configs; do
-        echo "== $p: PyTorch $c ($([ "$p" = bf16 ] && echo autocast bf16 || echo eager fp32))" >&2
-        if ! bash "$here/pytorch.sh" --config "$c" --precision "$p" --threads "$threads" --steps "$steps" \
-            --warmup "$warmup" --max-seconds "$max_seconds" --json > "$work/pytorch.out"; then
-            echo "compare.sh: PyTorch $c $p failed; its row shows n/a" >&2
-        fi
-        grep '^{' "$work/pytorch.out" >> "$work/pytorch-$p.json" || true
+    : > "$work/tessera-$p.json"; : > "$work/pytorch-$p.json"
+    for round in $(seq 1 "$rounds"); do
+        for c in $configs; do
+            echo "== $p: round $round/$rounds: tessera bench --precision $p --sizes $c" >&2
+            "$root/.build/release/tessera" bench --precision "$p" --sizes "$c" --threads "$threads" --steps "$steps" \
+                --warmup "$warmup" --json > "$work/tessera.out"
+            # The machine lines (ceilings) once per precision; the size's row every time.
+            if [ "$round" = 1 ] && [ "$c" = "$(echo $configs | cut -d' ' -f1)" ]; then grep -v '^{' "$work/tessera.out" || true
+            else grep -E "^$c " "$work/tessera.out" || true; fi
+            grep '^{' "$work/tessera.out" >> "$work/tessera-$p.json" || true
+            echo "== $p: round $round/$rounds: PyTorch $c ($([ "$p" = bf16 ] && echo autocast bf16 || echo eager fp32))" >&2
+            if ! bash "$here/pytorch.sh" --config "$c" --precision "$p" --threads "$threads" --steps "$steps" \
+                --warmup "$warmup" --max-seconds "$max_seconds" --json > "$work/pytorch.out"; then
+                echo "compare.sh: PyTorch $c $p failed; its row shows n/a" >&2
+            fi
+            grep '^{' "$work/pytorch.out" >> "$work/pytorch-$p.json" || true
+        done
     done
 done
 python3 - "$work" "$precisions" "$max_seconds" <<'PY'
@@ -85,7 +94,17 @@ def load(name, key):
         return {}
     rows = (json.loads(l) for l in open(path) if l.strip())
     # Tessera's step rows only ("bench": "bench"; --attention would add "bench": "attention" rows of the same sizes).
-    return {r[key]: r for r in rows if r.get("bench", "bench") == "bench"}
+    # Several rounds of a size: the round with the median tokens/s (the upper middle of an even count), every
+    # round's tokens/s kept in "rounds" (in round order).
+    groups = {}
+    for r in rows:
+        if r.get("bench", "bench") == "bench":
+            groups.setdefault(r[key], []).append(r)
+    out = {}
+    for k, rs in groups.items():
+        med = sorted(rs, key=lambda r: r["tokens_per_s"])[len(rs) // 2]
+        out[k] = dict(med, rounds=[r["tokens_per_s"] for r in rs])
+    return out
 
 t = {p: load(f"tessera-{p}.json", "size") for p in precisions}
 pt = {p: load(f"pytorch-{p}.json", "config") for p in precisions}
@@ -140,6 +159,8 @@ for p in precisions:
         ratio = f"{tt / q['tokens_per_s']:>6.2f}x" if q else f"{'n/a':>7}"
         pmfu = f"{100 * fpt * q['tokens_per_s'] / c:>11.1f}%" if q else f"{'n/a':>12}"
         print(f"{s:<7} {tt:>14.0f} {ptok(q):>23} {ratio} {100 * fpt * tt / c:>11.1f}% {pmfu}")
+        if q and len(r["rounds"]) > 1:
+            print(f"{'':<7} rounds: " + ", ".join(f"{a:.0f}/{b:.0f} = {a / b:.2f}x" for a, b in zip(r["rounds"], q["rounds"])))
     for s, n_t, n_p in mismatched:
         print(f"warning: {s}: Tessera counts {n_t:,} parameters, PyTorch {n_p:,} (difference {n_t - n_p:+,}): "
               "the two models differ, so their tokens/s are not comparable")
@@ -170,16 +191,23 @@ pairs = [(p, g, row(t[p], g), row(t[p], l), row(pt[p], g), row(pt[p], l), l)
 if pairs:
     print("\nLlama vs GPT-2, each as Tessera tokens/s / PyTorch tokens/s in the same precision "
           "(target: Llama ratio >= GPT-2 ratio)")
-    print(f"{'prec':<5} {'sizes':<12} {'GPT-2 ratio':>12} {'Llama ratio':>12} {'Llama / GPT-2':>14} {'target':>7}")
+    print("(several rounds: Llama / GPT-2 is the median over the rounds of each round's own quotient, all four runs of a")
+    print(" round being minutes apart at most; the per-round quotients follow)")
+    print(f"{'prec':<5} {'sizes':<17} {'GPT-2 ratio':>12} {'Llama ratio':>12} {'Llama / GPT-2':>14} {'target':>7}")
     for p, g, tg, tl, qg, ql, l in pairs:
         rg = tg["tokens_per_s"] / qg["tokens_per_s"] if qg else None
         rl = tl["tokens_per_s"] / ql["tokens_per_s"] if ql else None
         cg = f"{rg:>10.2f}x{'*' if qg.get('stopped_early') else ' '}" if qg else f"{'n/a':>12}"
         cl = f"{rl:>10.2f}x{'*' if ql.get('stopped_early') else ' '}" if ql else f"{'n/a':>12}"
         both = rg is not None and rl is not None
-        cr = f"{rl / rg:>14.2f}" if both else f"{'n/a':>14}"
-        met = ("met" if rl >= rg else "missed") if both else "n/a"
-        print(f"{p:<5} {g + ' / ' + l:<12} {cg} {cl} {cr} {met:>7}")
+        per_round = []
+        if both:
+            per_round = [(a / b) / (c / d) for a, b, c, d in zip(tl["rounds"], ql["rounds"], tg["rounds"], qg["rounds"])]
+        quotient = sorted(per_round)[len(per_round) // 2] if len(per_round) > 1 else (rl / rg if both else None)
+        cr = f"{quotient:>14.2f}" if both else f"{'n/a':>14}"
+        met = ("met" if quotient >= 1 else "missed") if both else "n/a"
+        rounds = "  rounds: " + ", ".join(f"{x:.2f}" for x in per_round) if len(per_round) > 1 else ""
+        print(f"{p:<5} {g + ' / ' + l:<17} {cg} {cl} {cr} {met:>7}{rounds}")
 
 print("\nratio = Tessera tokens/s / PyTorch tokens/s; MFU = FLOPs/token·tokens/s / ceiling, FLOPs/token = Tessera's "
       "flops_per_token, else 6N + 12·layers·d·seq (N = Tessera's params; Llama: without its vocab·d embedding table); "

@@ -66,6 +66,10 @@ struct RunFlags: ParsableArguments {
         + "directory of them); any layout can resume any checkpoint.", valueName: "auto|path"))
     var resume: String?
 
+    @Option(name: .customLong("init-from"), help: ArgumentHelp(
+        "Start from the weights of a Hugging Face GPT-2 or Llama directory (the same as --model.init_from DIR).", valueName: "dir"))
+    var initFrom: String?
+
     @Option(name: .customLong("fault-inject"), help: ArgumentHelp(
         "Debugging: at step STEP rank RANK exits (MODE exit), hangs (MODE hang) or writes NaN into a gradient (MODE nan).", valueName: "mode:rank:step"))
     var fault: String?

@@ -31,7 +31,8 @@ struct TrainCommand: ParsableCommand {
         options.fault = try flags.fault.map { try FaultInjection(parsing: $0) }
         if let ms = flags.checkpointCopyDelayMs { options.checkpointCopyDelayMs = ms }
         let resume = flags.resume
-        let (overrides, rest) = try ConfigLoader.splitOverrides(arguments)
+        var (overrides, rest) = try ConfigLoader.splitOverrides(arguments)
+        if let dir = flags.initFrom { overrides.append((key: "model.init_from", value: dir)) }
         let path = rest[0]
         let config = try ConfigLoader.load(path: path, overrides: overrides)
         let runtime = MPIRuntime()

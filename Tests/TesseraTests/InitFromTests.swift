@@ -74,7 +74,9 @@ final class InitFromTests: XCTestCase {
         // evaluation is the exported weights' evaluation, on one rank and split over two pipeline stages.
         let frozen = ["--optimizer.lr", "1e-30", "--training.steps", "5"]
         for (np, name, layout) in [(1, "init-1", [String]()), (2, "init-pp2", ["--parallelism.pp", "2", "--training.microbatches", "2"])] {
-            let r = try CheckpointJobTests.job(np: np, "\(tag)-\(name)", family + frozen + layout + ["--model.init_from", hf])
+            // The config key on one rank, the train command's flag on two.
+            let from = np == 1 ? ["--model.init_from", hf] : ["--init-from", hf]
+            let r = try CheckpointJobTests.job(np: np, "\(tag)-\(name)", family + frozen + layout + from)
             XCTAssertTrue(r.output.contains("weights: from the Hugging Face directory \(hf)"), r.output)
             let got = try XCTUnwrap(r.vals[5], r.output)
             XCTAssertEqual(got, want, accuracy: 1e-6 * want, "\(name): validation loss of the exported weights")

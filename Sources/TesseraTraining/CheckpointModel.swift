@@ -95,6 +95,9 @@ public final class CheckpointModel {
     }
 
     static func describe(_ m: ModelConfig) -> String {
-        "model.vocab_size = \(m.vocabSize), n_layer = \(m.nLayer), n_head = \(m.nHead), d_model = \(m.dModel), block_size = \(m.blockSize)"
+        let llama = m.family == "llama"
+            ? ", n_kv_head = \(m.transformer.nKVHead), intermediate_size = \(m.transformer.intermediate), tie_word_embeddings = \(m.tieWordEmbeddings)" : ""
+        return "model.family = \"\(m.family)\", vocab_size = \(m.vocabSize), n_layer = \(m.nLayer), n_head = \(m.nHead), d_model = \(m.dModel), "
+            + "block_size = \(m.blockSize)\(llama)"
     }
 }

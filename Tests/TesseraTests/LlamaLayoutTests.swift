@@ -125,5 +125,11 @@ final class LlamaLayoutTests: XCTestCase {
                 XCTAssertLessThanOrEqual(abs(a - b) / b, DataParallelTests.tolerance, "\(name): step \(i + 5) loss \(a) vs \(b)")
             }
         }
+        // A GPT-2 config does not resume the Llama checkpoint: the job stops naming the family and the tensors.
+        let (status, out) = try runProcess([CommandTests.binary, "train", try DataParallelTests.config(), "--resume", root + "/step-000004",
+                                            "--checkpoint.dir", root + "-gpt2"])
+        XCTAssertNotEqual(status, 0, out)
+        XCTAssertTrue(out.contains("does not fit this config's model (model.family = \"gpt2\"") && out.contains("no tensor 'transformer.wte.weight'"), out)
+        XCTAssertFalse(out.contains("step 5/"), out)
     }
 }

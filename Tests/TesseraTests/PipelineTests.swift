@@ -49,7 +49,7 @@ final class PipelineTests: XCTestCase {
     /// embedding's gradient times out, and the watchdog names the rank, the operation, the group and the step.
     func testHangingStageEndsTheJob() throws {
         let out = try DataParallelTests.assertHangEndsJob(Self.shape + pipeline("1f1b", pp: 2, microbatches: 4))
-        XCTAssertTrue(out.contains("tied wte gradient (first + last stage) on communicator 'embedding' at step 2"), out)
+        XCTAssertTrue(out.contains("tied transformer.wte.weight gradient (first + last stage) on communicator 'embedding' at step 2"), out)
     }
 
     /// Impossible pipelines stop before any work, naming the keys and what was expected.

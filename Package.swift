@@ -50,12 +50,15 @@ let package = Package(
         // Pipeline parallelism: schedules as data (planner, simulation), stage partition, the engine.
         .target(name: "TesseraPipeline",
                 dependencies: ["TesseraComm", "TesseraModel", "TesseraKernels", "TesseraTimeline"], swiftSettings: fast),
+        // Hosts and links: the job's hosts, the links between them (measured or from the hostfile), and the
+        // placement of the mesh on them.
+        .target(name: "TesseraTopology", dependencies: ["TesseraComm"], swiftSettings: fast),
         // Byte-level BPE tokenizer (GPT-2 style), trained here or read from Hugging Face's tokenizer.json.
         .target(name: "TesseraTokenizer", swiftSettings: fast),
         // Training: config, data, optimizer, schedule, loop, metrics, sampling.
         .target(name: "TesseraTraining",
                 dependencies: ["TesseraModel", "TesseraMemory", "TesseraKernels", "TesseraComm", "TesseraTimeline", "TesseraDataParallel",
-                               "TesseraSequenceParallel", "TesseraPipeline", "TesseraCheckpoint", "TesseraTokenizer", "TOMLKit"],
+                               "TesseraSequenceParallel", "TesseraPipeline", "TesseraCheckpoint", "TesseraTokenizer", "TesseraTopology", "TOMLKit"],
                 swiftSettings: fast),
         // Benchmarks (`tessera bench*`): one shared scaffold (synthetic data, sizes, median, tables, JSON reports).
         .target(name: "TesseraBench",
@@ -72,6 +75,6 @@ let package = Package(
         .testTarget(name: "TesseraTests",
                     dependencies: ["TesseraTraining", "TesseraModel", "TesseraMemory", "TesseraCheckpoint", "TesseraKernels", "TesseraComm", "TesseraTimeline",
                                  "TesseraDataParallel", "TesseraSequenceParallel", "TesseraPipeline", "TesseraBench", "TesseraSelfCheck",
-                                 "TesseraTokenizer", "tessera"]),
+                                 "TesseraTokenizer", "TesseraTopology", "tessera"]),
     ]
 )

@@ -43,23 +43,15 @@ public enum SequenceBench {
                                  precision: precision)
     }
 
-    /// The ring's share: per layer R − 1 key/value blocks forward, R − 1 backward and R − 1 dK|dV accumulators,
-    /// each [batch, S/R, 2·kvWidth/U].
     public static func theoryRingBytes(seq: Int, ring r: Int, ulysses u: Int, layers: Int, kvWidth: Int, batch: Int = 1,
                                        precision: Precision = .fp32) -> Double {
-        guard r > 1 else { return 0 }
-        let block = Double(batch * (seq / r) * 2 * (kvWidth / u))
-        return Double(layers * (r - 1)) * block * (2 * Double(precision.operandBytes) + 4)
+        SequenceTraffic.ringBytes(seq: seq, ring: r, ulysses: u, layers: layers, kvWidth: kvWidth, batch: batch, precision: precision)
     }
 
-    /// Ulysses' share: per layer (U − 1)/U of q, k, v and out forward, of dout, dq, dk, dv backward, over the
-    /// rank's S/(R·U) tokens: 4·(dModel + kvWidth) values a token.
     public static func theoryUlyssesBytes(seq: Int, ring r: Int, ulysses u: Int, layers: Int, dModel c: Int, kvWidth: Int,
                                           batch: Int = 1, precision: Precision = .fp32) -> Double {
-        guard u > 1 else { return 0 }
-        // In integers before the one division, so that a whole number of bytes comes out exactly.
-        let values = layers * (u - 1) * batch * (seq / (r * u)) * 4 * (c + kvWidth)
-        return Double(values * precision.operandBytes) / Double(u)
+        SequenceTraffic.ulyssesBytes(seq: seq, ring: r, ulysses: u, layers: layers, dModel: c, kvWidth: kvWidth, batch: batch,
+                                     precision: precision)
     }
 
     public static func run(runtime: MPIRuntime, options o: Options) throws -> String? {

@@ -2,31 +2,58 @@
 // parallelism degrees with MPI_Comm_split; every rank knows its coordinate and its groups, and nothing
 // else in the runtime computes ranks by hand.
 //
-// World rank = ((pp · D + dp) · R + ring) · U + ulysses: the sequence dimensions are innermost (their
-// traffic is per layer and heaviest, so they share a node first), the pipeline outermost.
+// A mesh index is a position in the mesh: with the default order, index = ((pp · D + dp) · R + ring) · U + ulysses
+// (the sequence dimensions innermost, the pipeline outermost). `MeshShape.order` lists the dimensions innermost
+// first and may be any permutation; consecutive indices share a host first. Which world rank takes which index is
+// the placement's choice (Placement.swift in TesseraTopology); without one, world rank = mesh index.
 
 import CMPI
 
+/// One dimension of the mesh.
+public enum MeshDimension: String, Sendable, CaseIterable, CustomStringConvertible {
+    case ulysses, ring, dp, pp
+    public var description: String { rawValue }
+}
+
 public struct MeshShape: Sendable, Equatable, CustomStringConvertible {
     public var pp: Int, dp: Int, ring: Int, ulysses: Int
-    public init(pp: Int = 1, dp: Int = 1, ring: Int = 1, ulysses: Int = 1) {
-        self.pp = pp; self.dp = dp; self.ring = ring; self.ulysses = ulysses
+    /// The dimensions from innermost (consecutive mesh indices differ in it) to outermost.
+    public var order: [MeshDimension]
+    public static let defaultOrder: [MeshDimension] = [.ulysses, .ring, .dp, .pp]
+
+    public init(pp: Int = 1, dp: Int = 1, ring: Int = 1, ulysses: Int = 1, order: [MeshDimension] = MeshShape.defaultOrder) {
+        precondition(Set(order).count == 4 && order.count == 4, "a mesh order names each of the four dimensions once")
+        self.pp = pp; self.dp = dp; self.ring = ring; self.ulysses = ulysses; self.order = order
     }
     public var size: Int { pp * dp * ring * ulysses }
     public var description: String { "pp \(pp) × dp \(dp) × ring \(ring) × ulysses \(ulysses)" }
 
-    /// The coordinate of a world rank.
-    public func coordinate(of rank: Int) -> MeshCoordinate {
-        precondition(rank >= 0 && rank < size, "rank \(rank) outside a mesh of \(size)")
-        var r = rank
-        let u = r % ulysses; r /= ulysses
-        let g = r % ring; r /= ring
-        let d = r % dp; r /= dp
-        return MeshCoordinate(pp: r, dp: d, ring: g, ulysses: u)
+    public func degree(_ d: MeshDimension) -> Int {
+        switch d { case .pp: pp; case .dp: dp; case .ring: ring; case .ulysses: ulysses }
+    }
+    /// The dimensions of more than one rank, innermost first ("ulysses, ring, dp, pp" when all are split).
+    public var orderDescription: String {
+        let split = order.filter { degree($0) > 1 }
+        return split.isEmpty ? "one rank" : split.map(\.rawValue).joined(separator: " inside ")
     }
 
-    /// The world rank of a coordinate.
-    public func rank(of c: MeshCoordinate) -> Int { ((c.pp * dp + c.dp) * ring + c.ring) * ulysses + c.ulysses }
+    /// The coordinate of a mesh index (the world rank when there is no placement).
+    public func coordinate(of index: Int) -> MeshCoordinate {
+        precondition(index >= 0 && index < size, "mesh index \(index) outside a mesh of \(size)")
+        var r = index, c = MeshCoordinate(pp: 0, dp: 0, ring: 0, ulysses: 0)
+        for d in order {
+            let n = degree(d)
+            c[d] = r % n; r /= n
+        }
+        return c
+    }
+
+    /// The mesh index of a coordinate.
+    public func rank(of c: MeshCoordinate) -> Int {
+        var index = 0
+        for d in order.reversed() { index = index * degree(d) + c[d] }
+        return index
+    }
 }
 
 public struct MeshCoordinate: Sendable, Equatable, CustomStringConvertible {
@@ -37,6 +64,11 @@ public struct MeshCoordinate: Sendable, Equatable, CustomStringConvertible {
     public var isFirstStage: Bool { pp == 0 }
     /// Data, ring and Ulysses coordinate 0: the first rank of its group of replicas (same parameters).
     public var isFirstReplica: Bool { dp == 0 && ring == 0 && ulysses == 0 }
+
+    public subscript(_ d: MeshDimension) -> Int {
+        get { switch d { case .pp: pp; case .dp: dp; case .ring: ring; case .ulysses: ulysses } }
+        set { switch d { case .pp: pp = newValue; case .dp: dp = newValue; case .ring: ring = newValue; case .ulysses: ulysses = newValue } }
+    }
 }
 
 public final class ProcessMesh: @unchecked Sendable {
@@ -60,13 +92,24 @@ public final class ProcessMesh: @unchecked Sendable {
     /// a communicator of their own, so they never interleave with the training thread's.
     public let checkpoint: Communicator
 
-    /// Collective over `world`: every rank must call it with the same shape. Throws a message naming the
-    /// `-np` the shape needs if the world size differs (before any other communication).
-    public init(world: Communicator, shape: MeshShape) throws {
+    /// The mesh index of each world rank (identity without a placement).
+    public let indexOfWorldRank: [Int]
+    /// How the ranks were placed on hosts, for the banner (set by whoever chose the placement).
+    public var placementReport: String?
+
+    /// Collective over `world`: every rank must call it with the same shape and placement. Throws a message naming
+    /// the `-np` the shape needs if the world size differs (before any other communication). `placement[w]` is
+    /// the mesh index of world rank w (a permutation keeping world rank 0 at index 0, which writes the logs);
+    /// nil = world rank order.
+    public init(world: Communicator, shape: MeshShape, placement: [Int]? = nil) throws {
         guard world.size == shape.size else { throw MeshError.wrongSize(shape: shape, worldSize: world.size) }
+        let index = placement ?? Array(0..<shape.size)
+        precondition(index.count == shape.size && Set(index).count == shape.size && index.allSatisfy({ $0 >= 0 && $0 < shape.size })
+                     && index[0] == 0, "a placement is a permutation of the mesh indices with world rank 0 at index 0")
         self.shape = shape
         self.world = world
-        let c = shape.coordinate(of: world.rank)
+        indexOfWorldRank = index
+        let c = shape.coordinate(of: index[world.rank])
         coordinate = c
         let (P, D, R, U) = (shape.pp, shape.dp, shape.ring, shape.ulysses)
         // color: the coordinates that stay fixed; key: the position along the varying ones.
@@ -83,9 +126,17 @@ public final class ProcessMesh: @unchecked Sendable {
         checkpoint.background = true
     }
 
-    /// World ranks of the members of each group of this rank, for reports and tests.
+    /// The world rank at a coordinate.
+    public func worldRank(of c: MeshCoordinate) -> Int { worldRankOfIndex[shape.rank(of: c)] }
+    private var worldRankOfIndex: [Int] {
+        var w = [Int](repeating: 0, count: shape.size)
+        for (rank, index) in indexOfWorldRank.enumerated() { w[index] = rank }
+        return w
+    }
+
+    /// World ranks of the members of each group of this rank, in the group's rank order, for reports and tests.
     public func members(of group: Communicator) -> [Int] {
-        let s = shape, c = coordinate
+        let s = shape, c = coordinate, world = worldRankOfIndex
         var out: [Int] = []
         for p in 0..<s.pp { for d in 0..<s.dp { for g in 0..<s.ring { for u in 0..<s.ulysses {
             let o = MeshCoordinate(pp: p, dp: d, ring: g, ulysses: u)
@@ -102,7 +153,7 @@ public final class ProcessMesh: @unchecked Sendable {
                 same = ends(c.pp) ? ends(o.pp) && o.dp == c.dp && o.ring == c.ring && o.ulysses == c.ulysses : o == c
             default: same = true
             }
-            if same { out.append(s.rank(of: o)) }
+            if same { out.append(world[s.rank(of: o)]) }
         }}}}
         return out
     }
@@ -174,6 +225,9 @@ public enum MessageTag {
 
     /// Gathering every stage's tensors to the first stage (pipeline group; no step's messages are in flight).
     public static let gatherStages = 7000
+
+    /// Measuring the links between hosts before the mesh exists (world communicator, nothing else in flight).
+    public static let linkProbe = 7100
 
     /// `tessera mpi-check`'s point-to-point probes (any group, nothing else in flight): probe `n` is tag n.
     public static func selfCheck(_ probe: Int) -> Int { probe }

@@ -35,17 +35,22 @@ public enum CommSelfCheck {
     /// The check `--inject-fault RANK` corrupts on RANK.
     public static let faultCheck = "allreduce float sum (world)"
 
-    /// Parses `[--pp N] [--dp N] [--ring N] [--ulysses N] [--inject-fault RANK]`. Without mesh flags the
-    /// mesh is pp 1 × dp (world size); a flag that is not given is 1.
+    /// Parses `[--pp N] [--dp N] [--ring N] [--ulysses N] [--order D,D,D,D] [--inject-fault RANK]`. Without mesh
+    /// flags the mesh is pp 1 × dp (world size); a flag that is not given is 1.
     public static func parse(_ arguments: [String], worldSize: Int) throws -> Options {
         let degreeFlags = ["--pp", "--dp", "--ring", "--ulysses"]
         var degrees: [String: Int] = [:]
-        var fault: Int? = nil
+        var fault: Int? = nil, order: String? = nil
         var rest = arguments[...]
         while let flag = rest.popFirst() {
-            guard degreeFlags.contains(flag) || flag == "--inject-fault" else {
+            guard degreeFlags.contains(flag) || flag == "--inject-fault" || flag == "--order" else {
                 throw UsageError(description: "mpi-check: unknown argument '\(flag)' "
-                    + "(expected --pp, --dp, --ring, --ulysses, --inject-fault)")
+                    + "(expected --pp, --dp, --ring, --ulysses, --order, --inject-fault)")
+            }
+            if flag == "--order" {
+                guard let text = rest.popFirst() else { throw UsageError(description: "mpi-check: --order needs the four dimensions") }
+                order = text
+                continue
             }
             guard let text = rest.popFirst(), let value = Int(text) else {
                 throw UsageError(description: "mpi-check: \(flag) needs an integer")
@@ -57,13 +62,13 @@ public enum CommSelfCheck {
                 degrees[flag] = value
             }
         }
-        return try options(degrees: degrees, fault: fault, worldSize: worldSize)
+        return try options(degrees: degrees, fault: fault, worldSize: worldSize, order: order)
     }
 
-    /// The options from mesh degrees keyed by flag (`--pp`, `--dp`, `--ring`, `--ulysses`; each >= 1) and the fault
-    /// rank, checked against the world size. Without degrees the mesh is pp 1 × dp (world size); a flag that is not
-    /// given is 1.
-    public static func options(degrees: [String: Int], fault: Int?, worldSize: Int) throws -> Options {
+    /// The options from mesh degrees keyed by flag (`--pp`, `--dp`, `--ring`, `--ulysses`; each >= 1), the fault
+    /// rank, checked against the world size, and the order of the dimensions (innermost first, e.g. "pp,dp,ring,ulysses";
+    /// nil = the default). Without degrees the mesh is pp 1 × dp (world size); a flag that is not given is 1.
+    public static func options(degrees: [String: Int], fault: Int?, worldSize: Int, order: String? = nil) throws -> Options {
         for (flag, value) in degrees.sorted(by: { $0.key < $1.key }) where value < 1 {
             throw UsageError(description: "mpi-check: \(flag) must be >= 1, got \(value)")
         }
@@ -73,16 +78,24 @@ public enum CommSelfCheck {
         let shape = degrees.isEmpty ? MeshShape(pp: 1, dp: worldSize)
             : MeshShape(pp: degrees["--pp"] ?? 1, dp: degrees["--dp"] ?? 1, ring: degrees["--ring"] ?? 1,
                         ulysses: degrees["--ulysses"] ?? 1)
-        return Options(shape: shape, faultRank: fault)
+        var options = Options(shape: shape, faultRank: fault)
+        if let order {
+            let dims = order.split(separator: ",").compactMap { MeshDimension(rawValue: String($0)) }
+            guard dims.count == 4, Set(dims).count == 4 else {
+                throw UsageError(description: "mpi-check: --order expects the four dimensions innermost first, e.g. pp,dp,ring,ulysses; got '\(order)'")
+            }
+            options.shape.order = dims
+        }
+        return options
     }
 
     /// The whole subcommand: MPI up, watchdog armed, checks run, MPI down. Returns the exit status
     /// (0 all checks passed, 1 a check failed, 2 bad arguments or a mesh that does not fit the job).
-    public static func command(degrees: [String: Int], fault: Int?, timeoutSeconds: Double = 60) -> Int32 {
+    public static func command(degrees: [String: Int], fault: Int?, order: String? = nil, timeoutSeconds: Double = 60) -> Int32 {
         let runtime = MPIRuntime()
         Watchdog.shared = Watchdog(rank: runtime.rank, timeoutSeconds: timeoutSeconds) { MPIRuntime.abort($0) }
         do {
-            let options = try options(degrees: degrees, fault: fault, worldSize: runtime.size)
+            let options = try options(degrees: degrees, fault: fault, worldSize: runtime.size, order: order)
             if runtime.rank == 0 { say("mpi-check: \(runtime.size) rank(s), \(runtime.threadLevelName)") }
             let outcome = try run(world: runtime.worldCommunicator, shape: options.shape,
                                   faultRank: options.faultRank, output: say)
@@ -157,8 +170,9 @@ extension CommSelfCheck {
             cells.append(line)
         }
         let s = mesh.shape
-        return ["mesh \(s): world rank = ((pp·\(s.dp) + dp)·\(s.ring) + ring)·\(s.ulysses) + ulysses; "
-                + "group columns list world ranks"] + columns(cells)
+        var index = "0"
+        for d in s.order.reversed() where s.degree(d) > 1 { index = index == "0" ? d.rawValue : (index.contains(" ") ? "(\(index))" : index) + "·\(s.degree(d)) + \(d.rawValue)" }
+        return ["mesh \(s): world rank = \(index); group columns list world ranks"] + columns(cells)
     }
 
     /// The world ranks of a group's members, in group-rank order, as the group reports them.

@@ -23,6 +23,7 @@ extension Trainer {
         if let v = data.val { s += "; \(v.source.count) validation tokens" }
         if let mesh {
             s += "\n  mesh: \(mesh.shape) = \(mesh.shape.size) rank(s); \(data.localBatch) sequence(s) per data-parallel rank"
+            if let placed = mesh.placementReport { s += "\n" + placed }
             if let layout = pipelineLayout {
                 s += "\n" + layout.describe(microbatches: t.microbatches)
                 if let p = pipeline { s += "\n  pipeline messages: \(p.wire.rawValue) activations and gradients" }

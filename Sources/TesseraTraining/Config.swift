@@ -2,8 +2,7 @@
 // The TOML key of a field is the snake_case of its Swift name (see ConfigKeys.swift for the mapping
 // and docs/config.md for the meaning of every key). Defaults live only in the initialisers below.
 
-import TesseraModel
-
+import TesseraComm
 import TesseraModel
 
 /// The root of a Tessera configuration. `TesseraConfig()` is the all-defaults configuration.
@@ -245,10 +244,22 @@ public struct ParallelismConfig: Sendable, Equatable {
     }
     /// Seconds before a stalled collective is reported.
     public var timeoutS: Double
+    /// Which rank takes which place in the mesh: "auto" (on several hosts, the placement with the least
+    /// estimated communication for the measured links), "rank" (world rank order, the default order), or the
+    /// four dimensions innermost first ("dp,ring,ulysses,pp"; the ranks in world order).
+    public var placement: String
+
+    /// The order `placement` names, nil for "auto" and "rank" (and for a malformed value: validation reports it).
+    public var explicitOrder: [MeshDimension]? {
+        let parts = placement.split(separator: ",").map { MeshDimension(rawValue: $0.trimmingCharacters(in: .whitespaces)) }
+        guard parts.count == 4, parts.allSatisfy({ $0 != nil }), Set(parts.map { $0! }).count == 4 else { return nil }
+        return parts.map { $0! }
+    }
 
     public init(pp: Int = 1, dp: Int = 1, ring: Int = 1, ulysses: Int = 1, zero: Int = 0,
                 pipelineSchedule: String = "1f1b", virtualStages: Int = 1, stageLayers: String = "",
-                bucketMb: Double = 25, timeoutS: Double = 300, pipelinePrecision: String = "auto") {
+                bucketMb: Double = 25, timeoutS: Double = 300, pipelinePrecision: String = "auto", placement: String = "auto") {
+        self.placement = placement
         self.stageLayers = stageLayers
         self.pipelinePrecision = pipelinePrecision
         self.pp = pp

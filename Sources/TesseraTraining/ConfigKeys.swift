@@ -125,6 +125,7 @@ enum ConfigSchema {
         .string("parallelism", "stage_layers", \.parallelism.stageLayers),
         .double("parallelism", "bucket_mb", \.parallelism.bucketMb),
         .double("parallelism", "timeout_s", \.parallelism.timeoutS),
+        .string("parallelism", "placement", \.parallelism.placement),
 
         .string("checkpoint", "dir", \.checkpoint.dir),
         .int("checkpoint", "every", \.checkpoint.every),

@@ -130,6 +130,10 @@ struct ConfigChecks {
         }
         number("parallelism.bucket_mb", p.bucketMb, p.bucketMb > 0, expected: "> 0")
         number("parallelism.timeout_s", p.timeoutS, p.timeoutS > 0, expected: "> 0")
+        if p.placement != "auto" && p.placement != "rank" && p.explicitOrder == nil {
+            fail(["parallelism.placement"], "key 'parallelism.placement' expects \"auto\", \"rank\" or the four dimensions "
+                 + "innermost first, e.g. \"dp,ring,ulysses,pp\", found \(String(reflecting: p.placement))")
+        }
     }
 
     mutating func checkCheckpointAndMemory() {

@@ -115,7 +115,7 @@ enum TrainerBuilder {
         }
         guard runtime.size == shape.size else { throw MeshError.wrongSize(shape: shape, worldSize: runtime.size) }
         Watchdog.shared = Watchdog(rank: runtime.rank, timeoutSeconds: p.timeoutS) { MPIRuntime.abort($0) }
-        return try ProcessMesh(world: runtime.worldCommunicator, shape: shape)
+        return try MeshPlacement.make(config: config, world: runtime.worldCommunicator)
     }
 
     static func makeData(_ config: TesseraConfig, replica: Int) throws -> TrainingData {

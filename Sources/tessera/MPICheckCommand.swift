@@ -12,6 +12,8 @@ struct MPICheckCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Data-parallel replicas.", valueName: "n")) var dp: Int?
     @Option(help: ArgumentHelp("Ring attention degree.", valueName: "n")) var ring: Int?
     @Option(help: ArgumentHelp("Ulysses degree.", valueName: "n")) var ulysses: Int?
+    @Option(help: ArgumentHelp("The mesh dimensions innermost first (default ulysses,ring,dp,pp).", valueName: "d,d,d,d"))
+    var order: String?
     @Option(name: .customLong("inject-fault"), help: ArgumentHelp(
         "Debugging: this rank corrupts its result in one check, to show a failure stops every rank.", valueName: "rank"))
     var injectFault: Int?
@@ -23,7 +25,7 @@ struct MPICheckCommand: ParsableCommand {
             if let value { degrees[flag] = value }
         }
         // MPI starts here, after parsing: `--help` and a bad command line never start it.
-        let status = CommSelfCheck.command(degrees: degrees, fault: injectFault)
+        let status = CommSelfCheck.command(degrees: degrees, fault: injectFault, order: order)
         if status != 0 { throw ExitCode(status) }
     }
 }

@@ -98,6 +98,19 @@ final class CommTests: XCTestCase {
         ])
     }
 
+    /// Another order of the dimensions (pipeline innermost, as a placement may choose): the groups follow the
+    /// coordinates, whatever world ranks hold them.
+    func testMeshInAnotherOrder() throws {
+        let out = try expectAllOK(np: 4, ["--pp", "2", "--dp", "2", "--order", "pp,dp,ring,ulysses"])
+        XCTAssertTrue(out.contains("world rank = dp·2 + pp"), out)
+        expectTable(out, [
+            ["0,0,0,0", "0,1", "0,2", "0", "0", "0", "0,2"],
+            ["1,0,0,0", "0,1", "1,3", "1", "1", "1", "1,3"],
+            ["0,1,0,0", "2,3", "0,2", "2", "2", "2", "0,2"],
+            ["1,1,0,0", "2,3", "1,3", "3", "3", "3", "1,3"],
+        ])
+    }
+
     // MARK: failure paths
 
     func testMeshThatDoesNotFitTheWorldNamesTheRankCount() throws {
@@ -137,14 +150,19 @@ final class CommTests: XCTestCase {
         XCTAssertEqual(o.shape, MeshShape(pp: 2, dp: 3, ring: 1, ulysses: 4))
         XCTAssertEqual(o.faultRank, 5)
         XCTAssertEqual(try CommSelfCheck.parse(["--inject-fault", "0"], worldSize: 4).shape, MeshShape(dp: 4))
-        for bad in [["--dp", "0"], ["--dp", "two"], ["--ulysses"], ["-dp", "2"], ["--inject-fault", "4"], ["--pp", "2", "--pp", "2"]] {
+        XCTAssertEqual(try CommSelfCheck.parse(["--dp", "4", "--order", "dp,pp,ring,ulysses"], worldSize: 4).shape,
+                       MeshShape(dp: 4, order: [.dp, .pp, .ring, .ulysses]))
+        for bad in [["--dp", "0"], ["--dp", "two"], ["--ulysses"], ["-dp", "2"], ["--inject-fault", "4"], ["--pp", "2", "--pp", "2"],
+                    ["--order", "dp,pp,ring"], ["--order", "dp,dp,ring,ulysses"], ["--order", "dp,pp,ring,tp"], ["--order"]] {
             XCTAssertThrowsError(try CommSelfCheck.parse(bad, worldSize: 4), "\(bad)")
         }
     }
 
     func testCoordinateAndRankAreInverse() {
         let shapes = [MeshShape(), MeshShape(dp: 5), MeshShape(pp: 2, dp: 2, ring: 2), MeshShape(dp: 2, ulysses: 2),
-                      MeshShape(ring: 2, ulysses: 2), MeshShape(pp: 3, dp: 2, ring: 2, ulysses: 4)]
+                      MeshShape(ring: 2, ulysses: 2), MeshShape(pp: 3, dp: 2, ring: 2, ulysses: 4),
+                      MeshShape(pp: 3, dp: 2, ring: 2, ulysses: 4, order: [.pp, .ring, .ulysses, .dp]),
+                      MeshShape(pp: 2, dp: 3, order: [.dp, .ulysses, .pp, .ring])]
         for s in shapes {
             var seen = Set<[Int]>()
             for r in 0..<s.size {

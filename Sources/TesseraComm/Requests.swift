@@ -5,6 +5,7 @@
 // Count and displacement arrays of the v-variants are copied into the request, which owns them.
 
 import CMPI
+import Foundation
 import TesseraTimeline
 
 public final class Request: @unchecked Sendable {
@@ -78,6 +79,13 @@ extension Communicator {
         let rc = try call(r)
         try check(rc, "\(label) on communicator '\(name)'", rank: worldRank)
         return r
+    }
+
+    /// A barrier that sleeps between polls instead of spinning: for ranks that only wait while others measure
+    /// (spinning would take the CPU from them when ranks share cores).
+    public func sleepingBarrier(label: String, pollMicroseconds: UInt32 = 200) throws {
+        let r = try ibarrier(label: label)
+        while try !r.test() { usleep(pollMicroseconds) }
     }
 
     public func iallreduce<T: MPIScalar>(_ buf: UnsafeMutablePointer<T>, count: Int, op: ReduceOp = .sum,

@@ -75,7 +75,8 @@ public enum LinkProbe {
                 results[(from * n + to) * 2] = Double(floats * 4) / max(t - 2 * lat[0], 1e-9)
                 results[(from * n + to) * 2 + 1] = lat[0]
             }
-            try world.barrier(label: "link probe")
+            // Sleeping, not spinning: the ranks outside the pair must not take the CPU from it.
+            try world.sleepingBarrier(label: "link probe")
         }
         try results.withUnsafeMutableBufferPointer { try world.allreduce($0.baseAddress!, count: $0.count, label: "link probe results") }
         var m = LinkMatrix(hosts: hosts.names, source: "measured at start (\(bytes >> 10) KiB messages)")

@@ -60,6 +60,11 @@ let package = Package(
                 dependencies: ["TesseraModel", "TesseraMemory", "TesseraKernels", "TesseraComm", "TesseraTimeline", "TesseraDataParallel",
                                "TesseraSequenceParallel", "TesseraPipeline", "TesseraCheckpoint", "TesseraTokenizer", "TesseraTopology", "TOMLKit"],
                 swiftSettings: fast),
+        // The layout planner (`tessera plan --auto`, `training.layout = "auto"`): the valid layouts of a job, a
+        // calibration run, predicted memory and step time, the ranking.
+        .target(name: "TesseraPlanner",
+                dependencies: ["TesseraTraining", "TesseraTopology", "TesseraComm", "TesseraModel", "TesseraPipeline", "TesseraKernels"],
+                swiftSettings: fast),
         // Benchmarks (`tessera bench*`): one shared scaffold (synthetic data, sizes, median, tables, JSON reports).
         .target(name: "TesseraBench",
                 dependencies: ["TesseraTraining", "TesseraModel", "TesseraMemory", "TesseraKernels", "TesseraComm", "TesseraTimeline",
@@ -69,12 +74,12 @@ let package = Package(
         .target(name: "TesseraSelfCheck", dependencies: ["TesseraComm", "CMPI"], swiftSettings: fast),
         // The `tessera` command.
         .executableTarget(name: "tessera",
-                          dependencies: ["TesseraTraining", "TesseraBench", "TesseraSelfCheck", "TesseraTokenizer",
+                          dependencies: ["TesseraTraining", "TesseraBench", "TesseraSelfCheck", "TesseraTokenizer", "TesseraPlanner",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: fast),
         .testTarget(name: "TesseraTests",
                     dependencies: ["TesseraTraining", "TesseraModel", "TesseraMemory", "TesseraCheckpoint", "TesseraKernels", "TesseraComm", "TesseraTimeline",
                                  "TesseraDataParallel", "TesseraSequenceParallel", "TesseraPipeline", "TesseraBench", "TesseraSelfCheck",
-                                 "TesseraTokenizer", "TesseraTopology", "tessera"]),
+                                 "TesseraTokenizer", "TesseraTopology", "TesseraPlanner", "tessera"]),
     ]
 )

@@ -15,6 +15,11 @@ extension TesseraConfig {
     }
 
     /// `origins` maps explicitly set keys to their source; other keys are attributed to `fallbackSource`.
+    /// The checks that need no files (a layout the planner considers, before any data exists).
+    public func validateWithoutFiles(source: String = "layout") throws {
+        try validate(origins: [:], fallbackSource: source, dataFiles: false)
+    }
+
     func validate(origins: [String: String], fallbackSource: String, dataFiles: Bool = true) throws {
         var checks = ConfigChecks(config: self, origins: origins, fallbackSource: fallbackSource)
         checks.checkModel()

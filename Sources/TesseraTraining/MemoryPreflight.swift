@@ -233,7 +233,7 @@ public enum MemoryPreflight {
 
     /// The prediction of the first rank of every pipeline stage (the other ranks of a stage need at most as
     /// much); nil when the config has no pipeline plan (a suggestion the planner rejects).
-    static func stageNeeds(_ config: TesseraConfig) -> [MemoryPrediction]? {
+    public static func stageNeeds(_ config: TesseraConfig) -> [MemoryPrediction]? {
         var layout: PipelineLayout?
         if config.parallelism.pp > 1 {
             guard let made = try? PipelineLayout(config: config) else { return nil }

@@ -1,0 +1,98 @@
+// A layout's predicted step, from the calibration and the links:
+//   compute    the pipeline simulation of the schedule with each stage's measured forward (1/3) and backward (2/3)
+//              per micro-batch (the whole step without stages: micro-batches × one pass), which includes the bubble;
+//              a stage's pass = its layers × (linear work at the rank's tokens + attention scaled to the rank's
+//              share of the causal sequence: ring × Ulysses × the calibration at the rank's tokens) + the head on
+//              the last stage + the embeddings on the first;
+//   recompute  selective: each layer's attention forward again; full: each layer's forward again;
+//   optimizer  AdamW over the rank's parameters (its ZeRO-1 partition);
+//   exposed communication, per group (Placement.estimate's per-kind times on these hosts and links):
+//              Ulysses' all-to-alls block (all exposed); the ring's transfers overlap attention (exposed beyond
+//              it); the gradient reduction overlaps the last micro-batch's backward (exposed beyond it; ZeRO-1 also
+//              all-gathers parameters after the update); pipeline messages are exposed on the fill and drain path
+//              (2 × (stages − 1) messages); the tied embedding's sum is exposed.
+
+import TesseraComm
+import TesseraModel
+import TesseraPipeline
+import TesseraTopology
+import TesseraTraining
+
+public struct StepPrediction: Sendable {
+    public var compute = 0.0, bubble = 0.0, recompute = 0.0, optimizer = 0.0
+    public var communication: [String: Double] = [:]
+    /// The largest stage's predicted memory per rank.
+    public var memory = 0
+    public var memoryParts: MemoryPrediction?
+    public var total: Double { compute + recompute + optimizer + communication.values.reduce(0, +) }
+}
+
+public enum StepTimeModel {
+    /// The calibration shapes a candidate needs: its micro-batch and the tokens each rank holds.
+    public static func shape(_ c: TesseraConfig) -> Calibration.Shape {
+        let p = c.parallelism, t = c.training
+        return Calibration.Shape(batch: max(t.batchSize / (p.dp * t.microbatches), 1), tokens: t.seqLen / (p.ring * p.ulysses))
+    }
+
+    public static func predict(_ c: TesseraConfig, calibration cal: Calibration, hosts: HostMap, links: LinkMatrix) throws -> StepPrediction {
+        let p = c.parallelism, t = c.training, m = c.transformer
+        guard let costs = cal.costs[shape(c)] else { throw TrainingError("no calibration for \(shape(c))") }
+        var out = StepPrediction()
+        let layout = p.pp > 1 ? try PipelineLayout(config: c) : nil
+        let stages = (0..<p.pp).map { layout?.stage(rank: $0) ?? .whole(m) }
+        let attention = costs.attention * Double(p.ring * p.ulysses)
+        // One micro-batch's forward + backward per stage, and what recomputation adds.
+        var pass: [Double] = [], again: [Double] = []
+        for (s, stage) in stages.enumerated() {
+            let layers = Double(stage.layers.count)
+            var x = layers * (costs.layer + attention)
+            if s == p.pp - 1 { x += costs.head }
+            if s == 0 { x += costs.embedding }
+            pass.append(x)
+            switch c.memory.policy {
+            case "selective": again.append(layers * attention / 3)
+            case "full": again.append(layers * (costs.layer + attention) / 3)
+            default: again.append(0)
+            }
+        }
+        let micro = t.microbatches
+        if let layout {
+            // The simulation in 10 µs units; each action is one chunk (1/virtual stages of the rank's layers).
+            let v = Double(p.virtualStages), unit = 1e-5
+            let fwd = pass.map { max(Int(($0 / 3 / v / unit).rounded()), 1) }, bwd = pass.map { max(Int((2 * $0 / 3 / v / unit).rounded()), 1) }
+            let sim = try PipelineSimulation(plan: layout.plan, forwardPerRank: fwd, backwardPerRank: bwd)
+            let busiest = zip(fwd, bwd).map { Double(($0 + $1) * micro) * v * unit }.max() ?? 0
+            out.compute = Double(sim.makespan) * unit
+            out.bubble = max(out.compute - busiest, 0)
+        } else {
+            out.compute = Double(micro) * pass[0]
+        }
+        out.recompute = Double(micro) * (again.max() ?? 0)
+        // The optimizer over the largest stage's parameters (ZeRO-1: a 1/replicas share).
+        let replicas = p.dp * p.ring * p.ulysses
+        let params = stages.map { ModelParameters.specs(m, stage: $0).reduce(0) { $0 + $1.count } }.max() ?? 0
+        out.optimizer = cal.optimizerPerParameter * Double(params) / Double(p.zero == 1 ? replicas : 1)
+        // Communication on these hosts, in world rank order.
+        var shape = MeshShape(pp: p.pp, dp: p.dp, ring: p.ring, ulysses: p.ulysses)
+        if let order = p.explicitOrder { shape.order = order }
+        let traffic = MeshTraffic(config: c)
+        let raw = Placement.estimate(shape: shape, hostOfIndex: hosts.hostOfRank, links: links, traffic: traffic).seconds
+        let lastBackward = 2 * (pass.max() ?? 0) / 3
+        if let u = raw["ulysses"] { out.communication["ulysses"] = u }
+        if let r = raw["ring"] { out.communication["ring"] = max(r - Double(micro) * Double(stages.map { $0.layers.count }.max() ?? 0) * attention, 0) }
+        if let g = raw["gradients"] {
+            var exposed = max(g - lastBackward, 0)
+            if p.zero == 1 { exposed += g / 2 }  // the parameter all-gather after the update: half an all-reduce's bytes
+            out.communication["gradients"] = exposed
+        }
+        if let pl = raw["pipeline"], traffic.pipelineMessages > 0 {
+            out.communication["pipeline"] = pl / (2 * (traffic.pipelineMessages + traffic.pipelineWrapMessages)) * Double(2 * (p.pp - 1))
+        }
+        if let e = raw["embedding"] { out.communication["embedding"] = e }
+        // Memory: the largest stage's prediction (MemoryPreflight's, the sizes the trainer allocates).
+        if let needs = MemoryPreflight.stageNeeds(c), let most = needs.max(by: { $0.total < $1.total }) {
+            out.memory = most.total; out.memoryParts = most
+        }
+        return out
+    }
+}

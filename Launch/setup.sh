@@ -1,6 +1,6 @@
 # Sourced by the other Launch/ scripts: installs what is missing, sets the MPI environment.
-# Needs only the Swift toolchain on a Debian machine; installs Open MPI, OpenBLAS, oneDNN, pkg-config and
-# the fortunes text with apt-get (as root, or through sudo when available).
+# Needs only the Swift toolchain on a Debian machine; installs Open MPI, OpenBLAS, oneDNN, pkg-config,
+# iproute2 and the fortunes text with apt-get (as root, or through sudo when available).
 
 tessera_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -12,6 +12,11 @@ tessera_install_missing() {
     [ -e /usr/include/oneapi/dnnl/dnnl.h ] || need+=(libdnnl-dev)
     command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
     [ -d /usr/share/games/fortunes ] || need+=(fortunes)
+    # ip and tc for Launch/netns-hosts (the multi-host tests); they live in sbin, which a user's PATH may lack.
+    local t
+    for t in ip tc; do
+        if ! command -v "$t" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$t" ] && [ ! -x "/sbin/$t" ]; then need+=(iproute2); break; fi
+    done
     [ ${#need[@]} -eq 0 ] && return 0
     echo "tessera: installing ${need[*]}" >&2
     local sudo=""

@@ -26,15 +26,16 @@ final class CheckpointJobTests: XCTestCase {
 
     /// Runs the test config on `np` ranks with `overrides`; the losses by step from its metrics file.
     /// `metrics`: an existing metrics file to write to (a resumed run keeps its records up to the checkpoint).
+    /// `launch` replaces `mpirun -np NP tessera train` in front of the config (as in DataParallelTests.run).
     static func job(np: Int, _ name: String, _ overrides: [String], expectFailure: Bool = false, metrics: String? = nil,
-                    timeout: TimeInterval = 300) throws -> Job {
+                    timeout: TimeInterval = 300, launch: [String]? = nil) throws -> Job {
         let cfg = try DataParallelTests.config()
         let metrics = metrics ?? dir.appendingPathComponent("\(name).jsonl").path
         if !overrides.contains("--resume") || !FileManager.default.fileExists(atPath: metrics) {
             try? FileManager.default.removeItem(atPath: metrics)
         }
-        let (status, out) = try runProcess(["mpirun", "-np", "\(np)", CommandTests.binary, "train", cfg,
-                                            "--metrics.path", metrics] + overrides, timeout: timeout)
+        let launch = launch ?? ["mpirun", "-np", "\(np)", CommandTests.binary, "train"]
+        let (status, out) = try runProcess(launch + [cfg, "--metrics.path", metrics] + overrides, timeout: timeout)
         var j = Job(output: out, status: status)
         if expectFailure {
             guard status != 0 else { throw TestFailure("\(name): expected a failure, got exit 0\n\(out)") }

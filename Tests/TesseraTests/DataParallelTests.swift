@@ -61,13 +61,14 @@ final class DataParallelTests: XCTestCase {
         return path
     }
 
-    /// Runs the job on `np` ranks with overrides; returns its per-step losses and step-1 gradients.
-    static func run(np: Int, _ name: String, _ overrides: [String]) throws -> Run {
+    /// Runs the job on `np` ranks with overrides; returns its per-step losses and step-1 gradients. `launch` replaces
+    /// `mpirun -np NP tessera train` in front of the config (e.g. Launch/tessera-run on other hosts; np then unused).
+    static func run(np: Int, _ name: String, _ overrides: [String], launch: [String]? = nil) throws -> Run {
         let cfg = try config()
         let metrics = dir.appendingPathComponent("\(name).jsonl").path
         let grads = dir.appendingPathComponent("\(name).safetensors").path
-        let (status, out) = try runProcess(["mpirun", "-np", "\(np)", CommandTests.binary, "train", cfg,
-                                            "--metrics.path", metrics, "--dump-grads", grads] + overrides, timeout: 300)
+        let launch = launch ?? ["mpirun", "-np", "\(np)", CommandTests.binary, "train"]
+        let (status, out) = try runProcess(launch + [cfg, "--metrics.path", metrics, "--dump-grads", grads] + overrides, timeout: 300)
         guard status == 0 else { throw TestFailure("\(name): exit \(status)\n\(out)") }
         var losses: [Double] = [], vals: [Double] = [], stateBytes = 0
         for line in try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n") {

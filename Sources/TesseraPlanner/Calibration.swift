@@ -22,8 +22,9 @@ public struct Calibration: Sendable {
     /// Seconds the calibration took.
     public var seconds: Double
 
-    /// Measures every shape (1 warm-up pass and `passes` timed ones each) with `threads` threads.
-    public static func measure(config: TesseraConfig, shapes: Set<Shape>, threads: Int, passes: Int = 2) -> Calibration {
+    /// Measures every shape (a warm-up pass each, then at least `passes` timed ones and 0.2 s; the median pass) with
+    /// `threads` threads.
+    public static func measure(config: TesseraConfig, shapes: Set<Shape>, threads: Int, passes: Int = 3) -> Calibration {
         let t0 = DispatchTime.now().uptimeNanoseconds
         Threads.configure(threads)
         let m = config.transformer
@@ -33,26 +34,37 @@ public struct Calibration: Sendable {
         OpProfile.enabled = true
         defer { OpProfile.enabled = wasEnabled }
         var costs: [Shape: Costs] = [:]
-        for s in shapes.sorted(by: { ($0.batch, $0.tokens) < ($1.batch, $1.tokens) }) {
+        let ordered = shapes.sorted(by: { ($0.batch, $0.tokens) < ($1.batch, $1.tokens) })
+        var sets: [Shape: Activations] = [:]
+        for s in ordered {
             let acts = model.activations(batch: s.batch, tokens: s.tokens)
             var rng = SplitMix64(seed: 3)
             for i in 0..<acts.n {
                 acts.tokenIds[i] = Int32(rng.next() % UInt64(m.vocabSize)); acts.targets[i] = Int32(rng.next() % UInt64(m.vocabSize))
             }
             acts.setContiguousPositions()
-            var total = 0.0
-            for pass in 0...passes {
-                if pass == 1 { OpProfile.reset() }
+            sets[s] = acts
+        }
+        // Warm-up: one pass at every shape first (page faults, thread start, caches), so no shape pays for it.
+        for s in ordered { model.grads.zero(); _ = model.forwardBackward(sets[s]!, gradScale: 1) }
+        for s in ordered {
+            let acts = sets[s]!
+            // At least `passes` passes and 0.2 s; the pass of median time, split by the op profile.
+            var samples: [(total: Double, ops: [OpProfile.Op: Double])] = []
+            var spent = 0.0
+            while samples.count < passes || (spent < 0.2 && samples.count < 50) {
+                OpProfile.reset()
                 let a = DispatchTime.now().uptimeNanoseconds
                 model.grads.zero()
                 _ = model.forwardBackward(acts, gradScale: 1 / Float(acts.n))
-                if pass >= 1 { total += Double(DispatchTime.now().uptimeNanoseconds - a) / 1e9 }
+                let dt = Double(DispatchTime.now().uptimeNanoseconds - a) / 1e9
+                spent += dt
+                samples.append((dt, Dictionary(uniqueKeysWithValues: OpProfile.totals.map { ($0.0, $0.1) })))
             }
-            let per = Dictionary(uniqueKeysWithValues: OpProfile.totals.map { ($0.0, $0.1 / Double(passes)) })
-            total /= Double(passes)
-            let attention = per[.attention] ?? 0, head = per[.lmHeadLoss] ?? 0, embedding = per[.embedding] ?? 0
+            let median = samples.sorted { $0.total < $1.total }[samples.count / 2]
+            let attention = median.ops[.attention] ?? 0, head = median.ops[.lmHeadLoss] ?? 0, embedding = median.ops[.embedding] ?? 0
             let layers = Double(max(m.nLayer, 1))
-            costs[s] = Costs(layer: max(total - attention - head - embedding, 0) / layers, attention: attention / layers,
+            costs[s] = Costs(layer: max(median.total - attention - head - embedding, 0) / layers, attention: attention / layers,
                              head: head, embedding: embedding)
         }
         // The optimizer: one AdamW step over the whole model.

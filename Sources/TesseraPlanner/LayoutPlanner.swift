@@ -70,11 +70,13 @@ public struct LayoutPlan: Sendable {
                                       "bubble_s": p.bubble, "recompute_s": p.recompute, "optimizer_s": p.optimizer,
                                       "communication_s": p.communication, "memory_bytes": p.memory,
                                       "overrides": e.candidate.overrides.map { ["key": $0.key, "value": $0.value] }]
-            if let m = p.memoryParts {
-                row["memory_parts"] = ["parameters": m.parameters, "product_weights": m.productWeights, "gradients": m.gradients,
-                                       "optimizer": m.optimizer, "activations": m.activations, "workspace": m.workspace,
-                                       "checkpoint_staging": m.checkpointStaging, "whole_model": m.wholeModel]
+            func parts(_ m: MemoryPrediction) -> [String: Int] {
+                ["total": m.total, "parameters": m.parameters, "product_weights": m.productWeights, "gradients": m.gradients,
+                 "optimizer": m.optimizer, "activations": m.activations, "workspace": m.workspace,
+                 "checkpoint_staging": m.checkpointStaging, "whole_model": m.wholeModel]
             }
+            if let m = p.memoryParts { row["memory_parts"] = parts(m) }
+            row["memory_stages"] = p.stageMemory.map(parts)
             rows.append(row)
         }
         let data = (try? JSONSerialization.data(withJSONObject: ["ranks": ranks, "memory_per_rank": memoryPerRank, "layouts": rows],

@@ -24,6 +24,8 @@ public struct StepPrediction: Sendable {
     /// The largest stage's predicted memory per rank.
     public var memory = 0
     public var memoryParts: MemoryPrediction?
+    /// Every stage's prediction (its first rank's), in stage order.
+    public var stageMemory: [MemoryPrediction] = []
     public var total: Double { compute + recompute + optimizer + communication.values.reduce(0, +) }
 }
 
@@ -91,7 +93,7 @@ public enum StepTimeModel {
         if let e = raw["embedding"] { out.communication["embedding"] = e }
         // Memory: the largest stage's prediction (MemoryPreflight's, the sizes the trainer allocates).
         if let needs = MemoryPreflight.stageNeeds(c), let most = needs.max(by: { $0.total < $1.total }) {
-            out.memory = most.total; out.memoryParts = most
+            out.memory = most.total; out.memoryParts = most; out.stageMemory = needs
         }
         return out
     }

@@ -22,8 +22,8 @@ public struct Calibration: Sendable {
     /// Seconds the calibration took.
     public var seconds: Double
 
-    /// Measures every shape (a warm-up pass each, then at least `passes` timed ones and 0.2 s; the median pass) with
-    /// `threads` threads.
+    /// Measures every shape (a warm-up pass each, then timed passes: at least 0.2 s, up to `passes` within 1 s; the
+    /// median pass) with `threads` threads.
     public static func measure(config: TesseraConfig, shapes: Set<Shape>, threads: Int, passes: Int = 3) -> Calibration {
         let t0 = DispatchTime.now().uptimeNanoseconds
         Threads.configure(threads)
@@ -49,10 +49,11 @@ public struct Calibration: Sendable {
         for s in ordered { model.grads.zero(); _ = model.forwardBackward(sets[s]!, gradScale: 1) }
         for s in ordered {
             let acts = sets[s]!
-            // At least `passes` passes and 0.2 s; the pass of median time, split by the op profile.
+            // Passes until 0.2 s have run, and up to `passes` of them within 1 s (a large shape: one or two); the pass
+            // of median time, split by the op profile.
             var samples: [(total: Double, ops: [OpProfile.Op: Double])] = []
             var spent = 0.0
-            while samples.count < passes || (spent < 0.2 && samples.count < 50) {
+            while samples.isEmpty || (samples.count < passes && spent < 1) || (spent < 0.2 && samples.count < 50) {
                 OpProfile.reset()
                 let a = DispatchTime.now().uptimeNanoseconds
                 model.grads.zero()

@@ -6,7 +6,8 @@
 //              the last stage + the embeddings on the first;
 //   recompute  selective: each layer's attention forward again; full: each layer's forward again;
 //   optimizer  AdamW over the rank's parameters (its ZeRO-1 partition);
-//   exposed communication, per group (Placement.estimate's per-kind times on these hosts and links):
+//   exposed communication, per group (the per-kind times of the placement the job would choose on these hosts
+//              and links, Placement.choose):
 //              Ulysses' all-to-alls block (all exposed); the ring's transfers overlap attention (exposed beyond
 //              it); the gradient reduction overlaps the last micro-batch's backward (exposed beyond it; ZeRO-1 also
 //              all-gathers parameters after the update); pipeline messages are exposed on the fill and drain path
@@ -74,11 +75,12 @@ public enum StepTimeModel {
         let replicas = p.dp * p.ring * p.ulysses
         let params = stages.map { ModelParameters.specs(m, stage: $0).reduce(0) { $0 + $1.count } }.max() ?? 0
         out.optimizer = cal.optimizerPerParameter * Double(params) / Double(p.zero == 1 ? replicas : 1)
-        // Communication on these hosts, in world rank order.
+        // Communication on these hosts, placed as the job would place it (docs/placement.md).
         var shape = MeshShape(pp: p.pp, dp: p.dp, ring: p.ring, ulysses: p.ulysses)
         if let order = p.explicitOrder { shape.order = order }
         let traffic = MeshTraffic(config: c)
-        let raw = Placement.estimate(shape: shape, hostOfIndex: hosts.hostOfRank, links: links, traffic: traffic).seconds
+        let raw = (p.placement == "auto" ? Placement.choose(shape: shape, hosts: hosts, links: links, traffic: traffic)
+                   : Placement.worldOrder(shape: shape, hosts: hosts, links: links, traffic: traffic)).estimate.seconds
         let lastBackward = 2 * (pass.max() ?? 0) / 3
         if let u = raw["ulysses"] { out.communication["ulysses"] = u }
         if let r = raw["ring"] { out.communication["ring"] = max(r - Double(micro) * Double(stages.map { $0.layers.count }.max() ?? 0) * attention, 0) }

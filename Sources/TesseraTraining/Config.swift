@@ -109,10 +109,16 @@ public struct TrainingConfig: Sendable, Equatable {
     /// Number format of the matrix products: "fp32", or "bf16" (bf16 operands, fp32 accumulation; master
     /// weights, gradients, optimizer state, softmax and normalisation statistics stay fp32).
     public var precision: String
+    /// Allowed values of `layout`.
+    public static let layoutValues = ["manual", "auto"]
+    /// "manual": the [parallelism] keys as written; "auto": `tessera train` plans the layout for the job's ranks
+    /// at start (`tessera plan --auto`'s first choice) and sets [parallelism], micro-batches and memory policy.
+    public var layout: String
 
     public init(steps: Int = 100, batchSize: Int = 8, seqLen: Int = 256, microbatches: Int = 1, seed: Int = 1337,
                 threads: Int = 0, logEvery: Int = 10, evalEvery: Int = 50, evalBatches: Int = 4,
-                onNonfinite: String = "stop", maxSkipped: Int = 5, precision: String = "fp32") {
+                onNonfinite: String = "stop", maxSkipped: Int = 5, precision: String = "fp32", layout: String = "manual") {
+        self.layout = layout
         self.steps = steps
         self.batchSize = batchSize
         self.seqLen = seqLen

@@ -91,6 +91,7 @@ enum ConfigSchema {
         .int("training", "eval_batches", \.training.evalBatches),
         .string("training", "on_nonfinite", \.training.onNonfinite),
         .string("training", "precision", \.training.precision),
+        .string("training", "layout", \.training.layout),
         .int("training", "max_skipped", \.training.maxSkipped),
 
         .double("optimizer", "lr", \.optimizer.lr),

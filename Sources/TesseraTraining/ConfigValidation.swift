@@ -87,6 +87,7 @@ struct ConfigChecks {
         oneOf("training.on_nonfinite", t.onNonfinite, TrainingConfig.onNonfiniteValues)
         integer("training.max_skipped", t.maxSkipped, atLeast: 1)
         oneOf("training.precision", t.precision, TrainingConfig.precisionValues)
+        oneOf("training.layout", t.layout, TrainingConfig.layoutValues)
     }
 
     mutating func checkOptimizer() {

@@ -67,6 +67,12 @@ struct PlanCommand: ParsableCommand {
         return o
     }
 
+    static func write(_ text: String, to path: String, what: String) throws {
+        do { try text.write(toFile: path, atomically: true, encoding: .utf8) } catch {
+            throw ValidationError("\(what) \(path): cannot write the file (\((error as NSError).localizedDescription))")
+        }
+    }
+
     /// "2GiB" → bytes.
     static func bytes(_ s: String) -> Int? {
         for (unit, f) in [("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40)] where s.hasSuffix(unit) {
@@ -90,10 +96,10 @@ struct PlanCommand: ParsableCommand {
             let plan = try LayoutPlan.plan(base: config, ranks: o.ranks!, hostfile: try o.hostfile.map { try Hostfile(path: $0) },
                                            memoryPerRank: o.memoryPerRank, threads: o.threads)
             print(plan.report())
-            if let path = o.json { try plan.json().write(toFile: path, atomically: true, encoding: .utf8) }
+            if let path = o.json { try Self.write(plan.json(), to: path, what: "--json") }
             if let path = o.write {
                 guard let best = plan.best else { throw ValidationError("no layout fits: nothing written to \(path)") }
-                try ConfigLoader.render(best.candidate.config).write(toFile: path, atomically: true, encoding: .utf8)
+                try Self.write(ConfigLoader.render(best.candidate.config), to: path, what: "--write")
                 print("wrote \(path)")
             }
             return

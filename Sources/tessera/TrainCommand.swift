@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TesseraComm
+import TesseraPlanner
 import TesseraTraining
 
 /// `tessera train CONFIG.toml [--section.key VALUE ...] [run flags]`.
@@ -34,11 +35,21 @@ struct TrainCommand: ParsableCommand {
         var (overrides, rest) = try ConfigLoader.splitOverrides(arguments)
         if let dir = flags.initFrom { overrides.append((key: "model.init_from", value: dir)) }
         let path = rest[0]
-        let config = try ConfigLoader.load(path: path, overrides: overrides)
+        var config = try ConfigLoader.load(path: path, overrides: overrides)
         let runtime = MPIRuntime()
         if runtime.rank == 0, let note = coreTypeNote { print("tessera: note: \(note)") }
         let trainer: Trainer
-        do { trainer = try Trainer(config: config, runtime: runtime, options: options) } catch {
+        do {
+            if config.training.layout == "auto" {
+                // Rank 0 plans the layout for this job's ranks; every rank loads the config with its keys.
+                let (chosen, note) = try AutoLayout.choose(config: config, world: runtime.worldCommunicator) { extra in
+                    try ConfigLoader.load(path: path, overrides: overrides + extra)
+                }
+                config = chosen
+                if runtime.rank == 0 { print("tessera: " + note) }
+            }
+            trainer = try Trainer(config: config, runtime: runtime, options: options)
+        } catch {
             // Config-level errors are the same on every rank: rank 0 explains, then every rank finalizes (a
             // collective, so no rank exits, and makes mpirun stop the job, before the message is out).
             if runtime.rank == 0 { explain("\(path): \(error)") }

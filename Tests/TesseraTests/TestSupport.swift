@@ -49,6 +49,13 @@ func scratchDirectory(_ prefix: String) -> URL {
     return url
 }
 
+/// `scratchDirectory(prefix)`, created.
+func madeScratchDirectory(_ prefix: String) -> URL {
+    let url = scratchDirectory(prefix)
+    try? FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    return url
+}
+
 enum ScratchDirectories {
     private static let lock = NSLock()
     nonisolated(unsafe) private static var urls: Set<URL> = []

@@ -7,8 +7,7 @@ import XCTest
 /// The training loop: bit-identical reruns, gradient accumulation equal to one big batch, a falling loss.
 final class TrainingTests: XCTestCase {
     static let corpus: String = {
-        let dir = scratchDirectory("tessera-training-tests")
-        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = madeScratchDirectory("tessera-training-tests")
         let path = dir.appendingPathComponent("corpus.txt").path
         var text = ""
         for i in 0..<400 { text += "The quick brown fox \(i % 7) jumps over the lazy dog number \(i % 13).\n" }

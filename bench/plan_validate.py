@@ -4,8 +4,8 @@ few steps under mpirun and compares predicted with measured step time (Spearman 
 against the fastest measured) and memory per rank (the predicted total against the same total with the activation
 peak and the optimizer state the run measured).
 
-usage: python3 bench/plan_validate.py CONFIG --ranks N [--steps S] [--warmup W] [--limit K] [--out DIR]
-                                      [--hostfile FILE] [--mpirun-args "..."] [-- --section.key VALUE ...]
+usage: python3 bench/plan_validate.py CONFIG --ranks N [--steps S] [--warmup W] [--rounds R] [--limit K] [--out DIR]
+                                      [--policies P,P] [--hostfile FILE] [--mpirun-args "..."] [-- --section.key VALUE ...]
 Prints a markdown table and the summary; writes DIR/plan.json, DIR/runs.json. Run from the repository root after
 `swift build -c release --product tessera`.
 """
@@ -42,6 +42,8 @@ def main():
     ap.add_argument("--out", default=""); ap.add_argument("--hostfile", default="")
     ap.add_argument("--mpirun-args", default="", help="extra mpirun options (e.g. the multi-host harness's)")
     ap.add_argument("--binary", default=".build/release/tessera")
+    ap.add_argument("--rounds", type=int, default=1, help="run every layout R times, round-robin; the median of the runs")
+    ap.add_argument("--policies", default="", help="plan only these memory policies (plan --auto --policies)")
     a = ap.parse_args(argv)
     out = a.out or tempfile.mkdtemp(prefix="tessera-plan-validate-")
     os.makedirs(out, exist_ok=True)
@@ -49,6 +51,8 @@ def main():
     cmd = [a.binary, "plan", "--auto", a.config, "--ranks", str(a.ranks), "--json", plan_json] + extra
     if a.hostfile:
         cmd += ["--hostfile", a.hostfile]
+    if a.policies:
+        cmd += ["--policies", a.policies]
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -60,9 +64,8 @@ def main():
     if a.limit:
         layouts = layouts[:a.limit]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    runs = []
-    for i, l in enumerate(layouts):
-        metrics = os.path.join(out, f"run{i}.jsonl")
+    def run_one(i, l, r):
+        metrics = os.path.join(out, f"run{i}-{r}.jsonl")
         over = []
         for o in l["overrides"]:
             over += ["--" + o["key"], o["value"]]
@@ -73,10 +76,10 @@ def main():
             "--training.steps", str(a.warmup + a.steps), "--training.log_every", "1", "--training.eval_every", "0",
             "--sample.tokens", "0", "--checkpoint.every", "0", "--metrics.path", metrics,
             "--job.output_dir", os.path.join(out, f"out{i}")]
-        r = subprocess.run(mpirun + train, capture_output=True, text=True, env=env)
-        if r.returncode != 0:
-            print(f"layout {l['layout']}: exit {r.returncode}\n{r.stdout[-2000:]}{r.stderr[-2000:]}", file=sys.stderr)
-            continue
+        p = subprocess.run(mpirun + train, capture_output=True, text=True, env=env)
+        if p.returncode != 0:
+            print(f"layout {l['layout']}: exit {p.returncode}\n{p.stdout[-2000:]}{p.stderr[-2000:]}", file=sys.stderr)
+            return None
         steps, act, opt, rss, act_ranks = [], 0, 0, 0, []
         for line in open(metrics):
             o = json.loads(line)
@@ -87,12 +90,29 @@ def main():
             act_ranks = o.get("activations", {}).get("peak_bytes", act_ranks)
             opt = max(opt, o.get("optimizer_state_bytes", 0))
             rss = max(rss, o.get("peak_rss_bytes", 0))
-        measured = statistics.median(steps[a.warmup:]) if len(steps) > a.warmup else float("nan")
+        return dict(step=statistics.median(steps[a.warmup:]) if len(steps) > a.warmup else float("nan"),
+                    act=act, act_ranks=act_ranks, opt=opt, rss=rss)
+
+    results = {i: [] for i in range(len(layouts))}
+    for r in range(a.rounds):
+        for i, l in enumerate(layouts):
+            x = run_one(i, l, r)
+            if x:
+                results[i].append(x)
+                print(f"  round {r + 1} {i + 1:3d} {l['layout']:<34s} predicted {l['step_s'] * 1e3:8.1f} ms  measured {x['step'] * 1e3:8.1f} ms", flush=True)
+    runs = []
+    for i, l in enumerate(layouts):
+        if not results[i]:
+            continue
+        last = results[i][-1]
+        measured = statistics.median(x["step"] for x in results[i])
+        act, act_ranks, opt, rss = last["act"], last["act_ranks"], last["opt"], max(x["rss"] for x in results[i])
         parts = l.get("memory_parts", {})
         # Each stage's predicted total with the activation peak its ranks measured (the metrics list every rank's, in
         # world rank order: stage = rank // (ranks / pp) in the default order) and the optimizer state the run measured
-        # in place of their predictions (the optimizer state for stage 0, whose rank 0 reports it); the largest over the stages. (The metrics' optimizer state is AdamW's two
-        # moments; under ZeRO-1 the reduced gradient shard is as large as one.)
+        # in place of their predictions (the optimizer state for stage 0, whose rank 0 reports it); the largest over
+        # the stages. (The metrics' optimizer state is AdamW's two moments; under ZeRO-1 the reduced gradient shard is
+        # as large as one.)
         value = {o["key"]: o["value"] for o in l["overrides"]}
         pp = int(value.get("parallelism.pp", "1"))
         opt = opt * 3 // 2 if value.get("parallelism.zero") == "1" else opt
@@ -100,12 +120,12 @@ def main():
         mem_measured = 0
         for s, st in enumerate(l.get("memory_stages", [])):
             stage_act = max(act_ranks[s * per_stage:(s + 1) * per_stage] or [act])
-            stage_opt = opt if s == 0 else st["optimizer"]  # the metrics report rank 0's (stage 0's) optimizer state
+            stage_opt = opt if s == 0 else st["optimizer"]
             mem_measured = max(mem_measured, st["total"] - st["activations"] + stage_act - st["optimizer"] + stage_opt)
-        runs.append(dict(layout=l["layout"], predicted_s=l["step_s"], measured_s=measured, predicted_bytes=l["memory_bytes"],
+        runs.append(dict(layout=l["layout"], predicted_s=l["step_s"], measured_s=measured,
+                         measured_rounds=[x["step"] for x in results[i]], predicted_bytes=l["memory_bytes"],
                          measured_bytes=mem_measured, activation_peak=act, predicted_activations=parts.get("activations", 0),
                          optimizer_state=opt, predicted_optimizer=parts.get("optimizer", 0), peak_rss=rss))
-        print(f"  {i + 1:3d} {l['layout']:<34s} predicted {l['step_s'] * 1e3:8.1f} ms  measured {measured * 1e3:8.1f} ms", flush=True)
     json.dump(runs, open(os.path.join(out, "runs.json"), "w"), indent=1)
     if len(runs) < 2:
         sys.exit("fewer than two layouts ran")

@@ -2,7 +2,7 @@
 // per-rank shape a layout needs (sequences per micro-batch × tokens per rank), a few forward + backward passes of
 // the whole model with the op profile on, split into the blocks' linear work (products, norms, activations,
 // residuals: proportional to tokens), attention (quadratic in the sequence), the LM head with the loss, and the
-// embeddings; and one AdamW step, per parameter. The step-time model (StepTimeModel.swift) scales these to each
+// embeddings; and AdamW steps (the median of 3), per parameter. The step-time model (StepTimeModel.swift) scales these to each
 // layout's stages, sequence split and schedule.
 
 import Dispatch
@@ -22,9 +22,9 @@ public struct Calibration: Sendable {
     /// Seconds the calibration took.
     public var seconds: Double
 
-    /// Measures every shape (a warm-up pass each, then timed passes: at least 0.2 s, up to `passes` within 1 s; the
-    /// median pass) with `threads` threads.
-    public static func measure(config: TesseraConfig, shapes: Set<Shape>, threads: Int, passes: Int = 3) -> Calibration {
+    /// Measures every shape (a warm-up pass each, then `rounds` rounds over all shapes; the median pass) with
+    /// `threads` threads.
+    public static func measure(config: TesseraConfig, shapes: Set<Shape>, threads: Int, rounds: Int = 4) -> Calibration {
         let t0 = DispatchTime.now().uptimeNanoseconds
         Threads.configure(threads)
         let m = config.transformer
@@ -47,33 +47,45 @@ public struct Calibration: Sendable {
         }
         // Warm-up: one pass at every shape first (page faults, thread start, caches), so no shape pays for it.
         for s in ordered { model.grads.zero(); _ = model.forwardBackward(sets[s]!, gradScale: 1) }
-        for s in ordered {
-            let acts = sets[s]!
-            // Passes until 0.2 s have run, and up to `passes` of them within 1 s (a large shape: one or two); the pass
-            // of median time, split by the op profile.
-            var samples: [(total: Double, ops: [OpProfile.Op: Double])] = []
-            var spent = 0.0
-            while samples.isEmpty || (samples.count < passes && spent < 1) || (spent < 0.2 && samples.count < 50) {
-                OpProfile.reset()
-                let a = DispatchTime.now().uptimeNanoseconds
-                model.grads.zero()
-                _ = model.forwardBackward(acts, gradScale: 1 / Float(acts.n))
-                let dt = Double(DispatchTime.now().uptimeNanoseconds - a) / 1e9
-                spent += dt
-                samples.append((dt, Dictionary(uniqueKeysWithValues: OpProfile.totals.map { ($0.0, $0.1) })))
+        // Rounds over all shapes (so that a slower minute of the machine touches every shape alike, not one): in each,
+        // passes of a shape until 0.07 s have run (at least one); `rounds` rounds, or fewer when a round takes over
+        // 3 s. The pass of median time over all rounds, split by the op profile.
+        var samples: [Shape: [(total: Double, ops: [OpProfile.Op: Double])]] = [:]
+        for round in 0..<rounds {
+            let roundStart = DispatchTime.now().uptimeNanoseconds
+            for s in ordered {
+                let acts = sets[s]!
+                var spent = 0.0
+                while spent == 0 || (spent < 0.07 && samples[s, default: []].count < 100) {
+                    OpProfile.reset()
+                    let a = DispatchTime.now().uptimeNanoseconds
+                    model.grads.zero()
+                    _ = model.forwardBackward(acts, gradScale: 1 / Float(acts.n))
+                    let dt = Double(DispatchTime.now().uptimeNanoseconds - a) / 1e9
+                    spent += dt
+                    samples[s, default: []].append((dt, Dictionary(uniqueKeysWithValues: OpProfile.totals.map { ($0.0, $0.1) })))
+                }
             }
-            let median = samples.sorted { $0.total < $1.total }[samples.count / 2]
+            if round >= 1 && Double(DispatchTime.now().uptimeNanoseconds - roundStart) / 1e9 > 3 { break }
+        }
+        for s in ordered {
+            let all = samples[s]!
+            let median = all.sorted { $0.total < $1.total }[all.count / 2]
             let attention = median.ops[.attention] ?? 0, head = median.ops[.lmHeadLoss] ?? 0, embedding = median.ops[.embedding] ?? 0
             let layers = Double(max(m.nLayer, 1))
             costs[s] = Costs(layer: max(median.total - attention - head - embedding, 0) / layers, attention: attention / layers,
                              head: head, embedding: embedding)
         }
-        // The optimizer: one AdamW step over the whole model.
+        // The optimizer: AdamW steps over the whole model after one warm-up step; the median of 3.
         let opt = AdamWOptimizer(params: model.params, grads: model.grads, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, clip: 1)
         _ = opt.step(lr: 1e-4)
-        let a = DispatchTime.now().uptimeNanoseconds
-        _ = opt.step(lr: 1e-4)
-        let optimizer = Double(DispatchTime.now().uptimeNanoseconds - a) / 1e9 / Double(max(m.parameterCount, 1))
+        var steps: [Double] = []
+        for _ in 0..<3 {
+            let a = DispatchTime.now().uptimeNanoseconds
+            _ = opt.step(lr: 1e-4)
+            steps.append(Double(DispatchTime.now().uptimeNanoseconds - a) / 1e9)
+        }
+        let optimizer = steps.sorted()[1] / Double(max(m.parameterCount, 1))
         return Calibration(costs: costs, optimizerPerParameter: optimizer, threads: threads,
                            seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
     }

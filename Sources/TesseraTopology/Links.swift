@@ -57,14 +57,29 @@ public struct LinkMatrix: Sendable, Equatable {
         set { links[i * hosts.count + j] = newValue }
     }
 
-    /// One line per host pair (both directions when they differ), and the shared memory inside hosts.
+    /// One line per host pair (both directions when they differ), and the shared memory inside hosts; with more than
+    /// four hosts, one line per distinct link with the pairs that have it.
     public func describe(indent: String = "  ") -> String {
         var lines: [String] = []
         let n = hosts.count
+        var pairs: [(String, String)] = []   // (pair, link)
         for i in 0..<n { for j in (i + 1)..<max(n, i + 1) {
             let there = self[i, j], back = self[j, i]
-            lines.append("\(indent)\(hosts[i]) ↔ \(hosts[j]): " + (there == back ? "\(there)" : "→ \(there); ← \(back)"))
+            pairs.append(("\(hosts[i]) ↔ \(hosts[j])", there == back ? "\(there)" : "→ \(there); ← \(back)"))
         }}
+        if n <= 4 {
+            lines = pairs.map { "\(indent)\($0.0): \($0.1)" }
+        } else {
+            var order: [String] = [], members: [String: [String]] = [:]
+            for (pair, link) in pairs {
+                if members[link] == nil { order.append(link) }
+                members[link, default: []].append(pair)
+            }
+            for link in order {
+                let m = members[link]!
+                lines.append("\(indent)\(link): \(m.count) pair(s): " + m.prefix(6).joined(separator: ", ") + (m.count > 6 ? ", …" : ""))
+            }
+        }
         let inside = Set((0..<n).map { self[$0, $0].description })
         if inside.count == 1 { lines.append("\(indent)inside each host: \(inside.first!)") }
         else { for i in 0..<n { lines.append("\(indent)inside \(hosts[i]): \(self[i, i])") } }

@@ -19,7 +19,7 @@ struct PlanCommand: ParsableCommand {
             --auto: every valid layout of the config on --ranks N ranks (degrees, ZeRO-1, schedule, micro-batches, memory \
             policy), each one's predicted memory per rank and step time (from a calibration run on this machine), those \
             over --memory-per-rank (bytes, or with KiB/MiB/GiB; default: this machine's available memory over the ranks \
-            per host) dropped, the rest ranked; --write FILE writes the first choice as a config. --threads N: threads per \
+            per host) dropped, the rest ranked (--policies keep,full: only those memory policies); --write FILE writes the first choice as a config. --threads N: threads per \
             rank for the calibration (default: cores over ranks per host). --json FILE: every prediction as JSON. docs/planner.md explains the model.
             """)
 
@@ -29,6 +29,7 @@ struct PlanCommand: ParsableCommand {
     /// The plan's own options, taken out of the arguments (the rest are the config and its overrides).
     struct Options {
         var hostfile: String?, auto = false, ranks: Int?, memoryPerRank: Int?, write: String?, threads: Int?, json: String?
+        var policies = LayoutSpace.policies
         var rest: [String] = []
     }
 
@@ -51,6 +52,13 @@ struct PlanCommand: ParsableCommand {
             case "--threads": o.threads = try count("--threads", try value("--threads"))
             case "--write": o.write = try value("--write")
             case "--json": o.json = try value("--json")
+            case "--policies":
+                let text = try value("--policies")
+                o.policies = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                let allowed = ["keep", "selective", "full", "offload"]
+                guard !o.policies.isEmpty, o.policies.allSatisfy(allowed.contains) else {
+                    throw ValidationError("--policies expects memory policies from \(allowed.joined(separator: ", ")), comma-separated; got '\(text)'")
+                }
             case "--memory-per-rank":
                 let text = try value("--memory-per-rank")
                 guard let b = Self.bytes(text) else {
@@ -61,8 +69,9 @@ struct PlanCommand: ParsableCommand {
             }
         }
         if o.auto && o.ranks == nil { throw ValidationError("plan --auto needs --ranks N") }
-        if !o.auto && (o.ranks != nil || o.memoryPerRank != nil || o.write != nil || o.threads != nil || o.json != nil) {
-            throw ValidationError("--ranks, --memory-per-rank, --threads, --write and --json belong to plan --auto")
+        if !o.auto && (o.ranks != nil || o.memoryPerRank != nil || o.write != nil || o.threads != nil || o.json != nil
+                       || o.policies != LayoutSpace.policies) {
+            throw ValidationError("--ranks, --memory-per-rank, --threads, --policies, --write and --json belong to plan --auto")
         }
         return o
     }
@@ -94,7 +103,7 @@ struct PlanCommand: ParsableCommand {
         let config = try ConfigLoader.load(path: rest[0], overrides: overrides, dataFiles: false)  // plans need no data
         if o.auto {
             let plan = try LayoutPlan.plan(base: config, ranks: o.ranks!, hostfile: try o.hostfile.map { try Hostfile(path: $0) },
-                                           memoryPerRank: o.memoryPerRank, threads: o.threads)
+                                           memoryPerRank: o.memoryPerRank, threads: o.threads, policies: o.policies)
             print(plan.report())
             if let path = o.json { try Self.write(plan.json(), to: path, what: "--json") }
             if let path = o.write {

@@ -118,25 +118,36 @@ final class MultiHostTests: XCTestCase {
     }
 
     /// dp 2 × pp 2 × ring 2 through Launch/tessera-run on `count` hosts against the single-rank run.
-    func assertThreeDLayout(hosts count: Int, file: StaticString = #filePath, line: UInt = #line) throws {
+    /// `linksInHostfile`: the hostfile describes the links (`# link` comments, which the ranks read through
+    /// TESSERA_HOSTFILE); otherwise the job measures them. Either way the placement is chosen on these hosts.
+    func assertThreeDLayout(hosts count: Int, linksInHostfile: Bool, file: StaticString = #filePath, line: UInt = #line) throws {
         let hosts = try Hosts("3d-\(count)", hosts: count, slots: 8 / count)
         defer { hosts.down() }
+        if linksInHostfile {
+            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: hosts.hostfile))
+            h.seekToEndOfFile(); h.write(Data("# link * * 1gbit 1ms\n".utf8)); h.closeFile()
+        }
         let base = try DataParallelTests.baseline(shape: [], name: "single")
         let r = try DataParallelTests.run(np: 8, "hosts\(count)-dp2-pp2-ring2", Self.threeD, launch: hosts.tesseraRun)
         DataParallelTests.assertSame(r, base, name: "\(count) hosts", file: file, line: line)
         XCTAssertTrue(r.output.contains("tessera-run: 8 rank(s) (pp 2 × dp 2 × ring 2 × ulysses 1) on \(count) host(s) of \(hosts.hostfile), "
                                         + "\(8 / count) per node"), r.output, file: file, line: line)
         XCTAssertTrue(r.output.contains("MPI: 8 rank(s)"), r.output, file: file, line: line)
+        XCTAssertTrue(r.output.contains("placement (parallelism.placement = \"auto\"): "), r.output, file: file, line: line)
+        XCTAssertTrue(r.output.contains("8 rank(s) on \(count) host(s)"), r.output, file: file, line: line)
+        XCTAssertTrue(r.output.contains(linksInHostfile ? "links (hostfile \(hosts.hostfile)):" : "links (measured at start"), r.output,
+                      file: file, line: line)
+        if linksInHostfile { XCTAssertTrue(r.output.contains("1.00 Gbit/s, 1.00 ms"), r.output, file: file, line: line) }
     }
 
     func testThreeDLayoutOnTwoHosts() throws {
         guard requireHarness() else { return }
-        try assertThreeDLayout(hosts: 2)
+        try assertThreeDLayout(hosts: 2, linksInHostfile: false)
     }
 
     func testThreeDLayoutOnFourHosts() throws {
         guard requireHarness() else { return }
-        try assertThreeDLayout(hosts: 4)
+        try assertThreeDLayout(hosts: 4, linksInHostfile: true)
     }
 
     /// SIGKILL to a rank on host 1 (mpirun runs on host 0): the job ends within seconds, not at the watchdog's

@@ -114,7 +114,7 @@ final class PlannerTests: XCTestCase {
 
     func testPlanArgumentsAreChecked() throws {
         let cfg = try DataParallelTests.config()
-        for (args, words) in [(["--auto"], "needs --ranks"), (["--ranks", "2"], "belong to plan --auto"),
+        for (args, words) in [(["--auto"], "needs --ranks"), (["--ranks", "2"], "belong to plan --auto"), (["--auto", "--ranks", "2", "--policies", "keep,lazy"], "--policies expects"),
                               (["--auto", "--ranks", "0"], "positive integer"), (["--auto", "--ranks", "2", "--memory-per-rank", "lots"], "KiB, MiB or GiB")] {
             let (status, out) = try runProcess([CommandTests.binary, "plan", cfg] + args, timeout: 60)
             XCTAssertNotEqual(status, 0, out)

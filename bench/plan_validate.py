@@ -53,6 +53,10 @@ def main():
         cmd += ["--hostfile", a.hostfile]
     if a.policies:
         cmd += ["--policies", a.policies]
+    if a.hostfile:
+        # World rank order, so that the ranks of a stage are the ones this script reads its memory from.
+        extra = extra + ["--parallelism.placement", "rank"]
+        cmd += ["--parallelism.placement", "rank"]
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:

@@ -8,11 +8,20 @@
 // the placement's choice (Placement.swift in TesseraTopology); without one, world rank = mesh index.
 
 import CMPI
+import Foundation
 
 /// One dimension of the mesh.
 public enum MeshDimension: String, Sendable, CaseIterable, CustomStringConvertible {
     case ulysses, ring, dp, pp
     public var description: String { rawValue }
+
+    /// "pp, dp, ring, ulysses" → the four dimensions in that order; nil unless each is named exactly once.
+    public static func order(_ text: String) -> [MeshDimension]? {
+        let dims = text.split(separator: ",", omittingEmptySubsequences: false)
+            .map { MeshDimension(rawValue: $0.trimmingCharacters(in: .whitespaces)) }
+        guard dims.count == 4, dims.allSatisfy({ $0 != nil }), Set(dims.map { $0! }).count == 4 else { return nil }
+        return dims.map { $0! }
+    }
 }
 
 public struct MeshShape: Sendable, Equatable, CustomStringConvertible {

@@ -49,6 +49,15 @@ public final class Request: @unchecked Sendable {
         finished()
     }
 
+    /// Waits by polling with sleeps in between (so the CPU stays free for others, e.g. a rank that calibrates while this
+    /// one waits); armed on the watchdog like `wait` unless `watched` is false (a wait whose length is the work of
+    /// another rank, not the network's).
+    public func sleepWait(pollMicroseconds: UInt32 = 200, watched: Bool = true) throws {
+        let dog = watched && !comm.background ? Watchdog.shared : nil, token = dog?.arm("MPI_Test (sleeping) for", label, comm)
+        defer { if let token { dog!.disarm(token) } }
+        while try !test() { usleep(pollMicroseconds) }
+    }
+
     /// True when complete; never blocks.
     @discardableResult
     public func test() throws -> Bool {
@@ -82,10 +91,9 @@ extension Communicator {
     }
 
     /// A barrier that sleeps between polls instead of spinning: for ranks that only wait while others measure
-    /// (spinning would take the CPU from them when ranks share cores).
+    /// (spinning would take the CPU from them when ranks share cores). Watched like a blocking call.
     public func sleepingBarrier(label: String, pollMicroseconds: UInt32 = 200) throws {
-        let r = try ibarrier(label: label)
-        while try !r.test() { usleep(pollMicroseconds) }
+        try ibarrier(label: label).sleepWait(pollMicroseconds: pollMicroseconds)
     }
 
     public func iallreduce<T: MPIScalar>(_ buf: UnsafeMutablePointer<T>, count: Int, op: ReduceOp = .sum,

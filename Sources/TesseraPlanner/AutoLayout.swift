@@ -1,7 +1,8 @@
 // `training.layout = "auto"`: at start of `tessera train`, world rank 0 plans the config on the job's ranks (as
-// `tessera plan --auto --ranks N` would, calibrating on this machine) and sends the first choice's keys to every
-// rank, which all load the config again with them. The other ranks wait without spinning, so that the
-// calibration has the CPUs. A plan that finds nothing is an error on every rank.
+// `tessera plan --auto --ranks N` would, calibrating on this machine, on the job's own hosts and links: gathered and,
+// on several hosts, read from the hostfile's comments or measured) and sends the first choice's keys to every rank,
+// which all load the config again with them. The other ranks wait without spinning, so that the calibration has
+// the CPUs. A plan that finds nothing is an error on every rank.
 
 import Foundation
 import TesseraComm
@@ -13,11 +14,13 @@ public enum AutoLayout {
     /// overrides (the caller's file and command line, then these).
     public static func choose(config: TesseraConfig, world: Communicator,
                               load: ([(key: String, value: String)]) throws -> TesseraConfig) throws -> (TesseraConfig, String) {
+        // The job's hosts and, on several, its links (the hostfile's comments or measured): collectives, every rank.
+        let hosts = try LinkProbe.hosts(world)
+        let links = hosts.names.count > 1 ? try MeshPlacement.linkMatrix(world: world, hosts: hosts) : nil
         var message = ""
         if world.rank == 0 {
             do {
-                let hostfile = ProcessInfo.processInfo.environment["TESSERA_HOSTFILE"].flatMap { try? Hostfile(path: $0) }
-                let plan = try LayoutPlan.plan(base: config, ranks: world.size, hostfile: hostfile,
+                let plan = try LayoutPlan.plan(base: config, ranks: world.size, hosts: hosts, links: links,
                                                threads: config.training.threads > 0 ? config.training.threads : nil)
                 if let best = plan.best {
                     message = "ok\n" + best.candidate.overrides.map { "\($0.key)=\($0.value)" }.joined(separator: "\n")
@@ -31,8 +34,9 @@ public enum AutoLayout {
         // Rank 0's message to everyone: its length, then the bytes (the others poll with sleeps).
         var length = [Int64(message.utf8.count)]
         try length.withUnsafeMutableBufferPointer { b in
-            let r = try world.ibroadcast(b.baseAddress!, count: 1, root: 0, label: "training.layout = auto: plan length")
-            while try !r.test() { usleep(500) }
+            // Unwatched: its length is rank 0's calibration, not the network's.
+            try world.ibroadcast(b.baseAddress!, count: 1, root: 0, label: "training.layout = auto: plan length")
+                .sleepWait(pollMicroseconds: 500, watched: false)
         }
         var bytes = [UInt8](message.utf8) + [UInt8](repeating: 0, count: max(Int(length[0]) - message.utf8.count, 0))
         if bytes.isEmpty { bytes = [0] }
@@ -45,8 +49,8 @@ public enum AutoLayout {
         var overrides: [(key: String, value: String)] = [], note = ""
         for line in lines.dropFirst() {
             if line.hasPrefix("#") { note = String(line.dropFirst()); continue }
-            let kv = line.split(separator: "=", maxSplits: 1).map(String.init)
-            overrides.append((kv[0], kv[1]))
+            let kv = line.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+            overrides.append((kv[0], kv.count > 1 ? kv[1] : ""))
         }
         let chosen = try load(overrides)
         return (chosen, "training.layout = \"auto\": " + overrides.map { "\($0.key) = \($0.value)" }.joined(separator: ", ") + " (\(note))")

@@ -28,7 +28,9 @@ public struct LayoutPlan: Sendable {
     /// Plans `base` on `ranks` ranks. `hostfile`: where the ranks go and the links (default: one host);
     /// `memoryPerRank`: bytes each rank may use (default: the machine's available memory over the ranks per host);
     /// `threads`: per rank for the calibration (default: the machine's cores over the ranks per host).
-    public static func plan(base: TesseraConfig, ranks: Int, hostfile: Hostfile? = nil, memoryPerRank: Int? = nil,
+    /// `hosts` and `links` (a running job's, gathered and measured) replace what the hostfile says.
+    public static func plan(base: TesseraConfig, ranks: Int, hostfile: Hostfile? = nil, hosts known: HostMap? = nil,
+                            links measured: LinkMatrix? = nil, memoryPerRank: Int? = nil,
                             threads: Int? = nil, policies: [String] = LayoutSpace.policies) throws -> LayoutPlan {
         guard ranks >= 1 else { throw TrainingError("plan --auto: --ranks must be at least 1") }
         let candidates = LayoutSpace.enumerate(base: base, ranks: ranks, policies: policies)
@@ -36,8 +38,8 @@ public struct LayoutPlan: Sendable {
             throw TrainingError("plan --auto: no layout of this config runs on \(ranks) rank(s) (the global batch, sequence, heads "
                                 + "and layers must divide by the degrees)")
         }
-        let hosts = hostfile?.map(ranks: ranks) ?? HostMap(names: ["this machine"], hostOfRank: Array(repeating: 0, count: ranks))
-        let links = hostfile?.linkMatrix(hosts: hosts.names)
+        let hosts = known ?? hostfile?.map(ranks: ranks) ?? HostMap(names: ["this machine"], hostOfRank: Array(repeating: 0, count: ranks))
+        let links = measured ?? hostfile?.linkMatrix(hosts: hosts.names)
             ?? LinkMatrix(hosts: hosts.names, source: hostfile == nil ? "one host: shared memory (default)"
                           : "defaults: no '# link' comment describes every pair of hosts")
         let perHost = hosts.names.indices.map { hosts.ranks(on: $0).count }.max() ?? ranks
@@ -105,7 +107,7 @@ public struct LayoutPlan: Sendable {
         lines += rows.map { r in r.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ") }
         if entries.count > limit { lines.append("(\(entries.count - limit) more)") }
         if let b = best {
-            lines.append("choice: \(b.candidate.name): " + b.candidate.overrides.map { "--\($0.key) \($0.value)" }.joined(separator: " "))
+            lines.append("choice: \(b.candidate.name): " + b.candidate.overrides.map { "--\($0.key) " + ($0.value.isEmpty ? "\"\"" : $0.value) }.joined(separator: " "))
         } else {
             lines.append("no layout fits \(mib(memoryPerRank)) MiB per rank")
         }

@@ -47,7 +47,7 @@ public enum LayoutSpace {
                 c.parallelism.pp = pp; c.parallelism.dp = dp; c.parallelism.ring = ring; c.parallelism.ulysses = ulysses
                 c.parallelism.zero = zero; c.parallelism.pipelineSchedule = schedule; c.parallelism.virtualStages = virtual
                 c.parallelism.stageLayers = ""
-                c.training.microbatches = m
+                c.training.microbatches = m; c.training.layout = "manual"
                 c.memory.policy = policy; c.memory.layerPolicy = ""
                 guard (try? c.validateWithoutFiles()) != nil else { continue }
                 if pp > 1 { guard (try? PipelineLayout(config: c)) != nil else { continue } }
@@ -55,7 +55,8 @@ public enum LayoutSpace {
                     ("parallelism.pp", "\(pp)"), ("parallelism.dp", "\(dp)"), ("parallelism.ring", "\(ring)"),
                     ("parallelism.ulysses", "\(ulysses)"), ("parallelism.zero", "\(zero)"),
                     ("parallelism.pipeline_schedule", schedule), ("parallelism.virtual_stages", "\(virtual)"),
-                    ("training.microbatches", "\(m)"), ("memory.policy", policy)]
+                    ("parallelism.stage_layers", ""), ("training.microbatches", "\(m)"), ("memory.policy", policy),
+                    ("memory.layer_policy", ""), ("training.layout", "manual")]
                 out.append(LayoutCandidate(config: c, overrides: overrides))
             }}}}
         }}}

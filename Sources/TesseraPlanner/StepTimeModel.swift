@@ -75,12 +75,10 @@ public enum StepTimeModel {
         let replicas = p.dp * p.ring * p.ulysses
         let params = stages.map { ModelParameters.specs(m, stage: $0).reduce(0) { $0 + $1.count } }.max() ?? 0
         out.optimizer = cal.optimizerPerParameter * Double(params) / Double(p.zero == 1 ? replicas : 1)
-        // Communication on these hosts, placed as the job would place it (docs/placement.md).
-        var shape = MeshShape(pp: p.pp, dp: p.dp, ring: p.ring, ulysses: p.ulysses)
-        if let order = p.explicitOrder { shape.order = order }
+        // Communication on these hosts, placed as the job would place it (docs/placement.md; the host orders tried are
+        // the world order and a chain along the fastest links, not every permutation: this runs for every candidate).
         let traffic = MeshTraffic(config: c)
-        let raw = (p.placement == "auto" ? Placement.choose(shape: shape, hosts: hosts, links: links, traffic: traffic)
-                   : Placement.worldOrder(shape: shape, hosts: hosts, links: links, traffic: traffic)).estimate.seconds
+        let raw = Placement.of(config: c, hosts: hosts, links: links, searchHostOrders: false).estimate.seconds
         let lastBackward = 2 * (pass.max() ?? 0) / 3
         if let u = raw["ulysses"] { out.communication["ulysses"] = u }
         if let r = raw["ring"] { out.communication["ring"] = max(r - Double(micro) * Double(stages.map { $0.layers.count }.max() ?? 0) * attention, 0) }

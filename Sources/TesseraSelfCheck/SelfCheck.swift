@@ -80,8 +80,7 @@ public enum CommSelfCheck {
                         ulysses: degrees["--ulysses"] ?? 1)
         var options = Options(shape: shape, faultRank: fault)
         if let order {
-            let dims = order.split(separator: ",").compactMap { MeshDimension(rawValue: String($0)) }
-            guard dims.count == 4, Set(dims).count == 4 else {
+            guard let dims = MeshDimension.order(order) else {
                 throw UsageError(description: "mpi-check: --order expects the four dimensions innermost first, e.g. pp,dp,ring,ulysses; got '\(order)'")
             }
             options.shape.order = dims

@@ -101,19 +101,20 @@ public struct Hostfile: Sendable {
         return HostMap(names: used.map { hosts[$0].name }, hostOfRank: hostOfRank.map { used.firstIndex(of: $0)! })
     }
 
-    /// The links among `hosts` that the comments describe (the last matching comment wins), nil unless a comment
-    /// names every pair of distinct hosts (then the job measures them instead). Inside a host: what a comment
-    /// naming the host twice says, else the shared-memory default.
+    /// The links among `hosts` that the comments describe, nil unless a comment covers every pair of distinct hosts
+    /// (then the job measures them instead). A comment naming both hosts wins over one with a wildcard; among equals
+    /// the last wins. Inside a host: what a comment naming the host twice says, else the shared-memory default.
     public func linkMatrix(hosts names: [String]) -> LinkMatrix? {
         var m = LinkMatrix(hosts: names, source: "hostfile \(path)")
         for (i, a) in names.enumerated() { for (j, b) in names.enumerated() {
-            var found = false
+            var found: (link: Link, named: Bool)?
             for l in links {
                 let wildcard = l.a == "*" || l.b == "*"
                 let matches = ((l.a == a || l.a == "*") && (l.b == b || l.b == "*")) || ((l.a == b || l.a == "*") && (l.b == a || l.b == "*"))
-                if matches && (i != j || !wildcard) { m[i, j] = l.link; found = true }
+                guard matches && (i != j || !wildcard) else { continue }
+                if !wildcard || found?.named != true { found = (l.link, !wildcard) }
             }
-            if i != j && !found { return nil }
+            if let found { m[i, j] = found.link } else if i != j { return nil }
         }}
         return m
     }

@@ -71,9 +71,12 @@ public enum LinkProbe {
                     if isA { try world.send(l.baseAddress!, count: 1, to: peer, tag: MessageTag.linkProbe, label: "link probe latency") }
                     else { try world.recv(l.baseAddress!, count: 1, from: peer, tag: MessageTag.linkProbe, label: "link probe latency") }
                 }
-                let (from, to, t) = isA ? (p.i, p.j, best[0]) : (p.j, p.i, best[1])
-                results[(from * n + to) * 2] = Double(floats * 4) / max(t - 2 * lat[0], 1e-9)
-                results[(from * n + to) * 2 + 1] = lat[0]
+                // Inside a host both directions are the same slot: rank a writes it alone.
+                if isA || p.i != p.j {
+                    let (from, to, t) = isA ? (p.i, p.j, best[0]) : (p.j, p.i, best[1])
+                    results[(from * n + to) * 2] = Double(floats * 4) / max(t - 2 * lat[0], 1e-9)
+                    results[(from * n + to) * 2 + 1] = lat[0]
+                }
             }
             // Sleeping, not spinning: the ranks outside the pair must not take the CPU from it.
             try world.sleepingBarrier(label: "link probe")

@@ -145,8 +145,10 @@ public struct Placement: Sendable {
 
     /// The cheapest placement of `shape`'s mesh on `hosts` (the default when nothing is cheaper, e.g. one host):
     /// every distinct order of the split dimensions × every order of the hosts that keeps world rank 0's host first
-    /// (all of them up to 7 hosts; beyond, the hosts in world order and a chain along the fastest links).
-    public static func choose(shape: MeshShape, hosts: HostMap, links: LinkMatrix, traffic: MeshTraffic) -> Placement {
+    /// (all of them up to 7 hosts, when `searchHostOrders`; beyond, or without it, the hosts in world order and a chain
+    /// along the fastest links).
+    public static func choose(shape: MeshShape, hosts: HostMap, links: LinkMatrix, traffic: MeshTraffic,
+                              searchHostOrders: Bool = true) -> Placement {
         let n = hosts.names.count
         func hostOfIndex(_ order: [Int]) -> [Int] {
             var h = [Int](repeating: 0, count: hosts.ranks)
@@ -154,8 +156,8 @@ public struct Placement: Sendable {
             return h
         }
         var hostOrders: [[Int]] = [Array(0..<n)]
-        if n > 2 && n <= 7 { hostOrders = permutations(Array(1..<n)).map { [0] + $0 } }
-        else if n > 7 { hostOrders.append(chain(links)) }
+        if n > 2 && n <= 7 && searchHostOrders { hostOrders = permutations(Array(1..<n)).map { [0] + $0 } }
+        else if n > 2 { hostOrders.append(chain(links)) }
         var orders: [[MeshDimension]] = [shape.order], seen: Set<[MeshDimension]> = [shape.order.filter { shape.degree($0) > 1 }]
         for o in permutations(MeshDimension.allCases) {
             let key = o.filter { shape.degree($0) > 1 }

@@ -256,11 +256,7 @@ public struct ParallelismConfig: Sendable, Equatable {
     public var placement: String
 
     /// The order `placement` names, nil for "auto" and "rank" (and for a malformed value: validation reports it).
-    public var explicitOrder: [MeshDimension]? {
-        let parts = placement.split(separator: ",").map { MeshDimension(rawValue: $0.trimmingCharacters(in: .whitespaces)) }
-        guard parts.count == 4, parts.allSatisfy({ $0 != nil }), Set(parts.map { $0! }).count == 4 else { return nil }
-        return parts.map { $0! }
-    }
+    public var explicitOrder: [MeshDimension]? { MeshDimension.order(placement) }
 
     public init(pp: Int = 1, dp: Int = 1, ring: Int = 1, ulysses: Int = 1, zero: Int = 0,
                 pipelineSchedule: String = "1f1b", virtualStages: Int = 1, stageLayers: String = "",

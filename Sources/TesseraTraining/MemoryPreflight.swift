@@ -155,9 +155,8 @@ public enum MemoryPreflight {
             return Verdict(fits: true, coordinate: coordinate, need: need, share: share,
                            message: "memory preflight: predicted \(size(need.total)) on the rank that needs the most, of \(memory)")
         }
-        let rank = MeshShape(pp: config.parallelism.pp, dp: config.parallelism.dp, ring: config.parallelism.ring,
-                             ulysses: config.parallelism.ulysses).rank(of: coordinate)
-        var message = "memory preflight: the job does not fit in memory: rank \(rank) \(coordinate) needs \(need.description), "
+        // Named by its coordinate: which world rank holds it is the placement's choice, made after this check.
+        var message = "memory preflight: the job does not fit in memory: the rank at \(coordinate) needs \(need.description), "
             + "but can have \(memory)."
         let fixes = suggestions(config, share: share)
         message += fixes.isEmpty

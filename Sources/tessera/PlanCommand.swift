@@ -85,7 +85,7 @@ struct PlanCommand: ParsableCommand {
     /// "2GiB" → bytes.
     static func bytes(_ s: String) -> Int? {
         for (unit, f) in [("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40)] where s.hasSuffix(unit) {
-            guard let v = Double(s.dropLast(unit.count)), v > 0 else { return nil }
+            guard let v = Double(s.dropLast(unit.count)), v > 0, v * Double(f) < 9e18 else { return nil }
             return Int(v * Double(f))
         }
         return Int(s).flatMap { $0 > 0 ? $0 : nil }
@@ -125,19 +125,15 @@ struct PlanCommand: ParsableCommand {
     func placement(_ config: TesseraConfig, hostfile path: String) throws -> String {
         let p = config.parallelism
         let file = try Hostfile(path: path)
-        var shape = MeshShape(pp: p.pp, dp: p.dp, ring: p.ring, ulysses: p.ulysses)
-        if let order = p.explicitOrder { shape.order = order }
-        let hosts = file.map(ranks: shape.size)
+        let hosts = file.map(ranks: p.pp * p.dp * p.ring * p.ulysses)
         let links = file.linkMatrix(hosts: hosts.names)
             ?? LinkMatrix(hosts: hosts.names, source: "defaults: no '# link' comment describes every pair of hosts in \(path); "
                           + "the job measures them at start")
-        let traffic = MeshTraffic(config: config)
-        let placed = p.placement == "auto" ? Placement.choose(shape: shape, hosts: hosts, links: links, traffic: traffic)
-            : Placement.worldOrder(shape: shape, hosts: hosts, links: links, traffic: traffic)
-        var s = "placement of \(shape) on \(path):\n" + placed.describe(links: links, chosen: "parallelism.placement = \"\(p.placement)\"")
-        s += "\n  traffic per step: " + traffic.describe
+        let placed = Placement.of(config: config, hosts: hosts, links: links)
         let mesh = placed.shape
-        s += "\n  ranks: " + (0..<shape.size).map { w in
+        var s = "placement of \(mesh) on \(path):\n" + placed.describe(links: links, chosen: "parallelism.placement = \"\(p.placement)\"")
+        s += "\n  traffic per step: " + MeshTraffic(config: config).describe
+        s += "\n  ranks: " + (0..<mesh.size).map { w in
             "\(w) \(hosts.names[hosts.hostOfRank[w]]) \(mesh.coordinate(of: placed.indexOfWorldRank[w]))"
         }.joined(separator: "\n         ")
         return s

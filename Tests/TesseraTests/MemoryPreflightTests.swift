@@ -88,7 +88,7 @@ final class MemoryPreflightTests: XCTestCase {
         let v = MemoryPreflight.verdict(config: c, coordinate: whole, availableBytes: 24_000_000_000, ranksPerHost: 1)
         XCTAssertFalse(v.fits)
         XCTAssertEqual(v.need.parameters, 154_648_772_608, "the allocation that used to fail")
-        for part in ["does not fit in memory", "rank 0", "parameters 154.6 GB (154648772608 bytes)", "gradients 154.6 GB",
+        for part in ["does not fit in memory", "the rank at (pp 0, dp 0, ring 0, ulysses 0)", "parameters 154.6 GB (154648772608 bytes)", "gradients 154.6 GB",
                      "optimizer state 309.3 GB", "can have 24.0 GB (24000000000 bytes)", "divided among 1 rank of the job",
                      "What would fit:", "parallelism.pp = ", "memory.preflight = false"] {
             XCTAssertTrue(v.message.contains(part), "missing \"\(part)\" in:\n\(v.message)")

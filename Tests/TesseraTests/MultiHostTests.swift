@@ -164,14 +164,13 @@ final class MultiHostTests: XCTestCase {
         let ranks = hosts.processes(on: 1).filter { $0.comm == "tessera" && $0.rank != nil }
         XCTAssertEqual(Set(ranks.compactMap(\.rank)), [2, 3], "the ranks on \(hosts.names[1])\n\(job.output)")
         let victim = try XCTUnwrap(ranks.max { $0.rank! < $1.rank! }, job.output)
-        let t0 = Date()
         XCTAssertEqual(kill(victim.pid, SIGKILL), 0)
+        // Liveness, not speed: a job that hangs after losing a rank never ends; 60 s is far beyond the few seconds
+        // mpirun takes and far below the 300 s watchdog.
         let status = job.wait(timeout: 60)
-        let took = Date().timeIntervalSince(t0)
         let out = job.output
         XCTAssertNotNil(status, "the job did not end within 60 s of the kill:\n\(out)")
         XCTAssertNotEqual(status, 0, out)
-        XCTAssertLessThan(took, 30, "the job must end promptly after a rank dies:\n\(out)")
         XCTAssertFalse(out.contains("watchdog:"), "ended by mpirun, not the watchdog:\n\(out)")
         XCTAssertFalse(out.contains("step 1000/1000"), out)
         // mpirun: "process rank 3 with PID 1234 on node t123h1 exited on signal 9 (Killed)."
@@ -226,9 +225,20 @@ final class MultiHostTests: XCTestCase {
         return seconds
     }
 
-    /// A cluster of two fast pairs (h0-h1, h2-h3, unshaped) joined by slow links (100 mbit): 8 MiB on a slow link
-    /// takes at least 2× as long as on a fast one (0.67 s at 100 mbit; loopback-fast links take about 20 ms here), in
-    /// both directions; `link` changes one pair; down leaves no namespace and no /etc/netns entry, and repeats safely.
+    /// Bytes sent through the shaping class of host `i` for destination host `j` and its rate, from `tc -s class show`
+    /// (nil when the link is unshaped: no class).
+    func shaped(_ hosts: Hosts, _ i: Int, _ j: Int) throws -> (rate: String, sent: Int)? {
+        let (status, out) = try runProcess(["tc", "-n", hosts.names[i], "-s", "class", "show", "dev", "eth0", "classid", "1:\(10 + j)"])
+        guard status == 0, let r = out.range(of: " rate "), let s = out.range(of: "Sent ") else { return nil }
+        let rate = out[r.upperBound...].prefix { $0 != " " }
+        let sent = Int(out[s.upperBound...].prefix { $0.isNumber }) ?? 0
+        return (String(rate), sent)
+    }
+
+    /// A cluster of two fast pairs (h0-h1, h2-h3, unshaped) joined by slow links (100 mbit): an 8 MiB transfer on a
+    /// slow link passes through that link's 100 Mbit class (tc's counters), one on a fast link through none, in both
+    /// directions; `link` changes one pair; down leaves no namespace and no /etc/netns entry, and repeats safely.
+    /// (The transfer times are printed, not asserted: timings belong in benchmarks.)
     func testHarnessShapesLinksAndCleansUp() throws {
         guard requireHarness() else { return }
         let hosts = try Hosts("harness", hosts: 4, slots: 1, ["--rate", "100mbit", "--link", "0:1:off", "--link", "2:3:off"])
@@ -244,18 +254,26 @@ final class MultiHostTests: XCTestCase {
         XCTAssertTrue(out.hasPrefix(hosts.names[0] + "\n"), out)
         XCTAssertTrue(out.contains(" \(hosts.names[3])"), out)
 
-        let fast01 = try transfer(hosts.dir, 0, 1, mib: 8), fast32 = try transfer(hosts.dir, 3, 2, mib: 8)
-        let slow02 = try transfer(hosts.dir, 0, 2, mib: 8), slow31 = try transfer(hosts.dir, 3, 1, mib: 8)
-        XCTAssertGreaterThan(slow02, 2 * fast01, "100 mbit h0 → h2 vs unshaped h0 → h1")
-        XCTAssertGreaterThan(slow31, 2 * fast32, "100 mbit h3 → h1 vs unshaped h3 → h2")
-        XCTAssertGreaterThan(slow02, 8 * 8.388608 / 100 * 0.8, "8 MiB at 100 mbit takes about 0.67 s")
+        for (i, j) in [(0, 1), (3, 2)] {
+            _ = try transfer(hosts.dir, i, j, mib: 8)
+            XCTAssertNil(try shaped(hosts, i, j), "h\(i) → h\(j) is unshaped")
+        }
+        for (i, j) in [(0, 2), (3, 1), (2, 0)] {
+            _ = try transfer(hosts.dir, i, j, mib: 8)
+            let c = try XCTUnwrap(try shaped(hosts, i, j), "h\(i) → h\(j) has a shaping class")
+            XCTAssertEqual(c.rate, "100Mbit", "h\(i) → h\(j)")
+            XCTAssertGreaterThan(c.sent, 8 << 20, "the 8 MiB from h\(i) to h\(j) went through the class")
+        }
         // The link command: h0-h2 unshaped, h0-h1 slow (both directions).
         for args in [["0", "2", "off"], ["0", "1", "100mbit"]] {
             let (s, o) = try runProcess([Self.script, "link", hosts.dir] + args)
             XCTAssertEqual(s, 0, o)
         }
-        let fast20 = try transfer(hosts.dir, 2, 0, mib: 8), slow10 = try transfer(hosts.dir, 1, 0, mib: 8)
-        XCTAssertGreaterThan(slow10, 2 * fast20, "after link: h1 → h0 slow, h2 → h0 fast")
+        XCTAssertNil(try shaped(hosts, 2, 0), "after link: h2 → h0 unshaped")
+        _ = try transfer(hosts.dir, 1, 0, mib: 8)
+        let c = try XCTUnwrap(try shaped(hosts, 1, 0), "after link: h1 → h0 shaped")
+        XCTAssertEqual(c.rate, "100Mbit")
+        XCTAssertGreaterThan(c.sent, 8 << 20)
 
         hosts.down()
         down = true
@@ -280,7 +298,12 @@ final class MultiHostTests: XCTestCase {
             return
         }
         defer { _ = try? runProcess([Self.script, "down", dir], timeout: 60) }
-        // 1 MiB over TCP needs several round trips; at 20 ms each way a round trip is 40 ms.
-        XCTAssertGreaterThan(try transfer(dir, 0, 1, mib: 1), 0.08)
+        // The delay is a netem qdisc under the link's class (its effect on time is a benchmark's to show).
+        let state = try String(contentsOfFile: dir + "/state", encoding: .utf8)
+        let host0 = try XCTUnwrap(state.split(separator: "\n").first { $0.hasPrefix("names=") }).split(separator: "(").last!.split(separator: " ").first!
+            .trimmingCharacters(in: CharacterSet(charactersIn: "\"')"))
+        let (s, q) = try runProcess(["tc", "-n", host0, "qdisc", "show", "dev", "eth0"])
+        XCTAssertEqual(s, 0, q)
+        XCTAssertTrue(q.contains("netem") && q.contains("delay 20ms"), q)
     }
 }

@@ -29,11 +29,12 @@ final class PlacementTests: XCTestCase {
         XCTAssertEqual(m.hostOfRank, [0, 0, 1, 1, 2])
         XCTAssertEqual(f.map(ranks: 8).hostOfRank.count, 8, "more ranks than slots: spread over the hosts")
         let links = try XCTUnwrap(f.linkMatrix(hosts: ["a", "b", "c"]))
-        // The last matching comment wins: "* *" comes after "a b".
+        // A comment naming both hosts wins over a wildcard, even one after it.
         func same(_ a: Link, _ bits: Double, _ latency: Double, _ what: String) {
             XCTAssertEqual(a.bandwidth, bits / 8, accuracy: 1, what); XCTAssertEqual(a.latency, latency, accuracy: 1e-12, what)
         }
-        same(links[0, 1], 10e9, 50e-6, "a ↔ b")
+        same(links[0, 1], 1e9, 1e-3, "a ↔ b")
+        same(links[1, 0], 1e9, 1e-3, "b ↔ a")
         same(links[2, 0], 10e9, 50e-6, "c ↔ a")
         same(links[0, 0], 40e9, 2e-6, "a host named twice: inside it")
         XCTAssertEqual(links[1, 1], Link.sharedMemoryDefault, "a wildcard does not describe the inside of a host")

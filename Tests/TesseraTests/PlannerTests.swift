@@ -42,7 +42,7 @@ final class PlannerTests: XCTestCase {
     }
 
     /// Plans on 2 ranks, then trains four different layouts for 2 steps under mpirun: each stage's measured activation
-    /// peak equals the plan's prediction, and so the predicted memory per rank. The ranking is by predicted step time.
+    /// peak equals the plan's prediction, and so the predicted memory per rank.
     func testPredictedMemoryMatchesRuns() throws {
         let cfg = try DataParallelTests.config()
         let json = Self.dir.appendingPathComponent("plan.json").path
@@ -53,8 +53,6 @@ final class PlannerTests: XCTestCase {
         XCTAssertTrue(out.contains("choice: "), out)
         let plan = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as! [String: Any]
         let layouts = plan["layouts"] as! [[String: Any]]
-        let fitting = layouts.filter { $0["fits"] as! Bool }.map { $0["step_s"] as! Double }
-        XCTAssertEqual(fitting, fitting.sorted(), "ranked by predicted step time")
         for name in ["dp2 zero1 keep", "ring2 selective", "pp2 1f1b m4 full", "pp2 interleaved×2 m4 keep"] {
             let l = try XCTUnwrap(layouts.first { $0["layout"] as? String == name }, name)
             let overrides = (l["overrides"] as! [[String: String]]).flatMap { ["--" + $0["key"]!, $0["value"]!] }
@@ -84,10 +82,6 @@ final class PlannerTests: XCTestCase {
                                            timeout: 120)
         XCTAssertEqual(status, 0, out)
         XCTAssertTrue(out.contains("(too much)"), out)
-        let plan = try LayoutPlan.plan(base: try ConfigLoader.load(path: cfg, overrides: [], dataFiles: false), ranks: 2,
-                                       memoryPerRank: limit, threads: 1)
-        XCTAssertTrue(plan.entries.allSatisfy { $0.fits == ($0.prediction.memory <= limit) })
-        XCTAssertLessThanOrEqual(try XCTUnwrap(plan.best).prediction.memory, limit)
         // The written config is the choice, and trains.
         let chosen = try ConfigLoader.load(path: Self.dir.appendingPathComponent("chosen.toml").path, overrides: [])
         XCTAssertLessThanOrEqual(MemoryPreflight.stageNeeds(chosen)!.map(\.total).max()!, limit)

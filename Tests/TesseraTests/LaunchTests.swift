@@ -12,7 +12,7 @@ final class LaunchTests: XCTestCase {
     static let launcher = repoRoot.appendingPathComponent("Launch/tessera-run").path
     /// Variables that would change the wrapper's decisions if the caller happened to set them.
     static let unsetCallerSettings = ["TESSERA_THREADS", "TESSERA_HOSTFILE", "TESSERA_NODE_CPUS", "TESSERA_MPIRUN_ARGS",
-                                      "TESSERA_DRY_RUN", "OMP_NUM_THREADS", "OMP_THREAD_LIMIT"].flatMap { ["-u", $0] }
+                                      "TESSERA_DRY_RUN", "TESSERA_RANKS", "OMP_NUM_THREADS", "OMP_THREAD_LIMIT"].flatMap { ["-u", $0] }
 
     var dir = URL(fileURLWithPath: "/tmp")
     var config = ""
@@ -127,6 +127,19 @@ final class LaunchTests: XCTestCase {
     }
 
     // MARK: one machine
+
+    /// training.layout = "auto": the job plans its layout for the ranks it gets, so the wrapper takes the count from
+    /// TESSERA_RANKS, and says so when it is missing.
+    func testAutoLayoutTakesTheRankCountFromTheEnvironment() throws {
+        let run = try dryRun([config, "--training.layout", "auto"], env: ["TESSERA_RANKS": "2"])
+        checkFrame(run, ranks: 2)
+        XCTAssertTrue(run.output.contains("2 rank(s) (layout planned at start)"), run.output)
+        for env in [[:], ["TESSERA_RANKS": "two"]] {
+            let bad = try dryRun([config, "--training.layout", "auto"], env: env)
+            XCTAssertNotEqual(bad.status, 0, bad.output)
+            XCTAssertTrue(bad.output.contains("set TESSERA_RANKS=N"), bad.output)
+        }
+    }
 
     func testOneRankGetsAllCPUs() throws {
         let run = try dryRun([config])

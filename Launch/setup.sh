@@ -1,6 +1,6 @@
 # Sourced by the other Launch/ scripts: installs what is missing, sets the MPI environment.
 # Needs only the Swift toolchain on a Debian machine; installs Open MPI, OpenBLAS, oneDNN, pkg-config,
-# iproute2 and the fortunes text with apt-get (as root, or through sudo when available).
+# iproute2, iptables and the fortunes text with apt-get (as root, or through sudo when available).
 
 tessera_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -17,6 +17,9 @@ tessera_install_missing() {
     for t in ip tc; do
         if ! command -v "$t" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$t" ] && [ ! -x "/sbin/$t" ]; then need+=(iproute2); break; fi
     done
+    # iptables (NFQUEUE) and python3 for Launch/delay-line: link delays on kernels without sch_netem.
+    command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
+    command -v python3 >/dev/null 2>&1 || need+=(python3)
     [ ${#need[@]} -eq 0 ] && return 0
     echo "tessera: installing ${need[*]}" >&2
     local sudo=""

@@ -5,7 +5,7 @@
 # messages outweigh its gradients, 2 ranks per host, run with parallelism.placement = "rank" (world rank order:
 # the pipeline across the link) and "auto" (the job measures the link and puts the pipeline inside the hosts),
 # alternately R times; prints each run's median step time and the ratio per round. Defaults: 3 rounds, 8 steps
-# (the first 3 not counted), 1gbit, no delay (the project's VM kernel has no sch_netem). 4 ranks share the
+# (the first 3 not counted), 1gbit, no delay (delays use netem, or Launch/delay-line where the kernel has none). 4 ranks share the
 # machine's cores, so the figures show the network's effect, not a cluster's speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,4 +52,11 @@ for r in $(seq 1 "$rounds"); do
     done
     line+="; rank/auto $(python3 -c "print(f'{${all[rank-$r]}/${all[auto-$r]}:.2f}')")"
     echo "$line"
+done
+python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(f'median rank/auto over {len(v)} round(s): {statistics.median(v):.2f}')" \
+    $(for r in $(seq 1 "$rounds"); do python3 -c "print(${all[rank-$r]}/${all[auto-$r]})"; done)
+# Where the delay came from the delay line (no netem), how late it released packets: the link's delay jitter.
+for f in "$dir"/hosts/delay-*.stats; do
+    [ -e "$f" ] || continue
+    echo "delay line $(basename "$f" .stats): $(tr '\n' ' ' < "$f")"
 done

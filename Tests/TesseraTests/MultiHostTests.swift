@@ -10,9 +10,10 @@ import XCTest
 /// - a rank killed on another host than mpirun's ends the job promptly, naming that host and the rank;
 /// - checkpoints written on 2 hosts (pp 2 × dp 2 + ZeRO-1) resume on 4 hosts (ring 2 × dp 2) and continue the
 ///   uninterrupted single-rank run within 1e-5;
-/// - the harness itself: shaped links are slower than unshaped ones by the rate they were given, a delay is
-///   refused clearly where the kernel has no netem (and up then leaves nothing), down leaves nothing.
-/// Needs root and iproute2 (Launch/setup.sh installs it); without them every test fails saying what is missing.
+/// - the harness itself: shaped links carry their traffic through their rate's class, delays go through netem or the
+///   delay line (on every kernel, forced), a failed up leaves nothing, down leaves nothing.
+/// Needs root, iproute2, iptables and python3 (Launch/setup.sh installs them); without them every test fails saying
+/// what is missing.
 final class MultiHostTests: XCTestCase {
     static let script = repoRoot.appendingPathComponent("Launch/netns-hosts").path
     static let tesseraRun = repoRoot.appendingPathComponent("Launch/tessera-run").path
@@ -83,7 +84,8 @@ final class MultiHostTests: XCTestCase {
         var missing: [String] = []
         if getuid() != 0 { missing.append("root (network namespaces need it; run the tests as root)") }
         let path: [String] = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
-        for (tool, package) in [("ip", "iproute2"), ("tc", "iproute2"), ("unshare", "util-linux")]
+        for (tool, package) in [("ip", "iproute2"), ("tc", "iproute2"), ("unshare", "util-linux"), ("iptables", "iptables"),
+                                ("python3", "python3")]
         where !path.contains(where: { FileManager.default.isExecutableFile(atPath: "\($0)/\(tool)") }) {
             missing.append("the command '\(tool)' (apt-get install \(package); Launch/setup.sh's tessera_install_missing does)")
         }
@@ -282,28 +284,81 @@ final class MultiHostTests: XCTestCase {
         hosts.down()  // again: nothing to do, exit 0
     }
 
-    /// A delay needs the kernel's netem qdisc. Where the kernel has none, up says so and removes what it made;
-    /// where it has one, the delay shows in a transfer's time.
-    func testDelayNeedsNetemAndAFailedUpLeavesNothing() throws {
+    /// Link delays: a netem qdisc where the kernel has one, else the delay line (Launch/delay-line behind an iptables
+    /// NFQUEUE rule). Forced to the delay line (NETNS_HOSTS_DELAY=line, so that every kernel runs this path): packets
+    /// in both directions go through it (its counters, not times: the delay's effect is a benchmark's to show),
+    /// `link` without a delay stops it and removes its rule, down leaves nothing. A delay line that cannot start
+    /// fails up, which then removes everything it made. With the default choice the delay is in place either way.
+    func testLinkDelaysAndAFailedUpLeavesNothing() throws {
         guard requireHarness() else { return }
-        let dir = scratchDirectory("tessera-hosts").appendingPathComponent("delay").path
+        let scratch = scratchDirectory("tessera-hosts")
+        // A python3 that cannot run the delay line: up fails naming it and leaves nothing.
+        let bin = scratch.appendingPathComponent("bin")
+        try FileManager.default.createDirectory(at: bin, withIntermediateDirectories: true)
+        try "#!/bin/sh\necho 'no python here' >&2\nexit 3\n".write(to: bin.appendingPathComponent("python3"), atomically: true, encoding: .utf8)
+        chmod(bin.appendingPathComponent("python3").path, 0o755)
+        let path = bin.path + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+        let failed = scratch.appendingPathComponent("failed").path
         let before = leftovers("t")
-        let (status, out) = try runProcess([Self.script, "up", dir, "--hosts", "2", "--delay", "20ms"], timeout: 60)
-        if status != 0 {
-            XCTAssertTrue(out.contains("sch_netem"), "a failed up must name the missing netem qdisc:\n\(out)")
-            XCTAssertTrue(out.contains("up failed; removing what it made"), out)
-            XCTAssertEqual(Set(leftovers("t")), Set(before), "up left these behind:\n\(out)")
-            XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/state"), out)
-            print("MultiHostTests: this kernel has no netem; delays are refused as they should be:\n\(out)")
-            return
+        let (status, out) = try runProcess(["env", "NETNS_HOSTS_DELAY=line", "PATH=\(path)", Self.script, "up", failed,
+                                            "--hosts", "2", "--delay", "2ms"], timeout: 60)
+        XCTAssertNotEqual(status, 0, out)
+        XCTAssertTrue(out.contains("delay line") && out.contains("did not start") && out.contains("no python here"), out)
+        XCTAssertTrue(out.contains("up failed; removing what it made"), out)
+        XCTAssertEqual(Set(leftovers("t")), Set(before), "up left these behind:\n\(out)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: failed + "/state"), out)
+
+        // The delay line, forced.
+        setenv("NETNS_HOSTS_DELAY", "line", 1)
+        let hosts: Hosts
+        do { defer { unsetenv("NETNS_HOSTS_DELAY") }; hosts = try Hosts("delay", hosts: 2, slots: 1, ["--rate", "1gbit", "--delay", "2ms"]) }
+        var down = false
+        defer { if !down { hosts.down() } }
+        for (i, j) in [(0, 1), (1, 0)] {
+            _ = try transfer(hosts.dir, i, j, mib: 4)
+            XCTAssertEqual(try shaped(hosts, i, j)?.rate, "1Gbit", "h\(i) → h\(j) keeps its rate")
+            let base = hosts.dir + "/delay-\(i)-\(j)"
+            let pid = try XCTUnwrap(pid_t(try String(contentsOfFile: base + ".pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+            XCTAssertTrue(hosts.processes(on: i).contains { $0.pid == pid }, "the delay line of h\(i) → h\(j) runs in h\(i)")
+            let (rs, rules) = try runProcess(["ip", "netns", "exec", hosts.names[i], "iptables", "-S", "OUTPUT"])
+            XCTAssertEqual(rs, 0, rules)
+            XCTAssertTrue(rules.contains("NFQUEUE --queue-num \(10 + j)"), rules)
+            // Its counters are rewritten every second: wait (liveness only) until they show the transfer.
+            var held = 0
+            for _ in 0..<100 where held < 10 {
+                let stats = (try? String(contentsOfFile: base + ".stats", encoding: .utf8)) ?? ""
+                held = stats.split(separator: "\n").first { $0.hasPrefix("packets ") }.flatMap { Int($0.dropFirst(8)) } ?? 0
+                if held < 10 { usleep(100_000) }
+            }
+            XCTAssertGreaterThanOrEqual(held, 10, "the 4 MiB from h\(i) to h\(j) went through the delay line")
         }
-        defer { _ = try? runProcess([Self.script, "down", dir], timeout: 60) }
-        // The delay is a netem qdisc under the link's class (its effect on time is a benchmark's to show).
-        let state = try String(contentsOfFile: dir + "/state", encoding: .utf8)
-        let host0 = try XCTUnwrap(state.split(separator: "\n").first { $0.hasPrefix("names=") }).split(separator: "(").last!.split(separator: " ").first!
-            .trimmingCharacters(in: CharacterSet(charactersIn: "\"')"))
-        let (s, q) = try runProcess(["tc", "-n", host0, "qdisc", "show", "dev", "eth0"])
-        XCTAssertEqual(s, 0, q)
-        XCTAssertTrue(q.contains("netem") && q.contains("delay 20ms"), q)
+        // link without a delay: the delay lines stop and their rules go; the rate stays.
+        let (ls, lo) = try runProcess([Self.script, "link", hosts.dir, "0", "1", "100mbit"])
+        XCTAssertEqual(ls, 0, lo)
+        for i in 0..<2 {
+            XCTAssertFalse(FileManager.default.fileExists(atPath: hosts.dir + "/delay-\(i)-\(1 - i).pid"))
+            XCTAssertFalse(hosts.processes(on: i).contains { $0.comm.hasPrefix("python") }, "h\(i) still runs a delay line")
+            let (_, rules) = try runProcess(["ip", "netns", "exec", hosts.names[i], "iptables", "-S", "OUTPUT"])
+            XCTAssertFalse(rules.contains("NFQUEUE"), rules)
+        }
+        // And back: link with a delay starts them again; down then leaves nothing.
+        let (ls2, lo2) = try runProcess([Self.script, "link", hosts.dir, "0", "1", "1gbit", "1ms"])
+        XCTAssertEqual(ls2, 0, lo2)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: hosts.dir + "/delay-0-1.pid"))
+        let prefix = String(hosts.names[0].dropLast(2))
+        hosts.down()
+        down = true
+        XCTAssertEqual(leftovers(prefix), [], "netns-hosts down left these")
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: hosts.dir)) ?? []
+        XCTAssertEqual(files.filter { $0.hasPrefix("delay-") }, [], "down left the delay lines' files")
+
+        // The default choice: netem where the kernel has it, else the delay line; either way the delay is there.
+        let auto = try Hosts("delay-auto", hosts: 2, slots: 1, ["--delay", "1ms"])
+        defer { auto.down() }
+        let (qs, q) = try runProcess(["tc", "-n", auto.names[0], "qdisc", "show", "dev", "eth0"])
+        XCTAssertEqual(qs, 0, q)
+        let lines = FileManager.default.fileExists(atPath: auto.dir + "/delay-0-1.pid")
+        XCTAssertTrue(q.contains("netem") ? !lines : lines, "a delay by netem or by the delay line, not both nor neither:\n\(q)")
+        print("MultiHostTests: on this kernel the default delay is " + (lines ? "the delay line (no netem)" : "netem"))
     }
 }

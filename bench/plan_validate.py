@@ -5,7 +5,9 @@ against the fastest measured) and memory per rank (the predicted total against t
 peak and the optimizer state the run measured).
 
 usage: python3 bench/plan_validate.py CONFIG --ranks N [--steps S] [--warmup W] [--rounds R] [--limit K] [--out DIR]
-                                      [--policies P,P] [--hostfile FILE] [--mpirun-args "..."] [-- --section.key VALUE ...]
+                                      [--policies P,P] [--threads T] [--memory-per-rank B] [--hostfile FILE]
+                                      [--mpirun-args "..."]
+                                      [-- --section.key VALUE ...]
 Prints a markdown table and the summary; writes DIR/plan.json, DIR/runs.json. Run from the repository root after
 `swift build -c release --product tessera`.
 """
@@ -44,6 +46,10 @@ def main():
     ap.add_argument("--binary", default=".build/release/tessera")
     ap.add_argument("--rounds", type=int, default=1, help="run every layout R times, round-robin; the median of the runs")
     ap.add_argument("--policies", default="", help="plan only these memory policies (plan --auto --policies)")
+    ap.add_argument("--memory-per-rank", default="", help="plan under this memory per rank (plan --auto --memory-per-rank): "
+                    "runs only the layouts that fit it, among them per-layer policy mixes")
+    ap.add_argument("--threads", default="", help="threads per rank the planner calibrates with (plan --auto --threads; "
+                    "its default divides a host's cores among the hostfile's slots, which oversubscribed namespace hosts overstate)")
     a = ap.parse_args(argv)
     out = a.out or tempfile.mkdtemp(prefix="tessera-plan-validate-")
     os.makedirs(out, exist_ok=True)
@@ -53,6 +59,10 @@ def main():
         cmd += ["--hostfile", a.hostfile]
     if a.policies:
         cmd += ["--policies", a.policies]
+    if a.threads:
+        cmd += ["--threads", a.threads]
+    if a.memory_per_rank:
+        cmd += ["--memory-per-rank", a.memory_per_rank]
     if a.hostfile:
         # World rank order, so that the ranks of a stage are the ones this script reads its memory from.
         extra = extra + ["--parallelism.placement", "rank"]

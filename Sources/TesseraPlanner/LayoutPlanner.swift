@@ -1,4 +1,5 @@
-// `tessera plan --auto`: every valid layout of the config on N ranks (LayoutSpace), each one's predicted memory
+// `tessera plan --auto`: every valid layout of the config on N ranks (LayoutSpace, and PolicyMix's per-layer
+// memory policies where keeping every activation does not fit), each one's predicted memory
 // per rank and step time (StepTimeModel, from a calibration run on this machine and the links of the hosts),
 // those that do not fit the memory per rank dropped, the rest ranked by predicted step time.
 
@@ -56,6 +57,14 @@ public struct LayoutPlan: Sendable {
         for c in candidates {
             let p = try StepTimeModel.predict(c.config, calibration: calibration, hosts: hosts, links: links)
             entries.append(Entry(candidate: c, prediction: p, fits: p.memory <= memory))
+        }
+        // Where keep does not fit: per stage the fewest layers under selective or full recomputation that fit.
+        for e in entries where !e.fits {
+            for policy in ["selective", "full"] where policies.contains(policy) {
+                guard let mix = PolicyMix.candidate(e.candidate, policy: policy, memory: memory) else { continue }
+                let p = try StepTimeModel.predict(mix.config, calibration: calibration, hosts: hosts, links: links)
+                entries.append(Entry(candidate: mix, prediction: p, fits: p.memory <= memory))
+            }
         }
         entries.sort { ($0.fits ? 0 : 1, $0.prediction.total) < ($1.fits ? 0 : 1, $1.prediction.total) }
         return LayoutPlan(entries: entries, ranks: ranks, memoryPerRank: memory, memorySource: source, calibration: calibration,

@@ -1,7 +1,8 @@
 // Every layout of a job on N ranks that `tessera train` would accept: pipeline × data × ring × Ulysses degrees
 // whose product is N, ZeRO-1 on or off where there are replicas, the pipeline schedule (GPipe, 1F1B, interleaved
 // with 2 virtual stages) and micro-batch count (1, 2 and 4 per stage) where there are stages, and one memory
-// policy for every layer (keep, selective, full). The global batch, sequence and model stay the config's. A
+// policy for every layer (keep, selective, full); the planner adds per-layer mixes where keep does not fit
+// (PolicyMix). The global batch, sequence and model stay the config's. A
 // candidate is the config with those keys set, and it is valid when the config validation passes (the same
 // rules the trainer applies: heads divisible by Ulysses, sequence by 2 × ring × Ulysses, batch by dp × micro-batches,
 // layers by stages).
@@ -26,7 +27,7 @@ public struct LayoutCandidate: Sendable {
         if p.ulysses > 1 { parts.append("ulysses\(p.ulysses)") }
         if parts.isEmpty { parts.append("1 rank") }
         if p.zero == 1 { parts.append("zero1") }
-        parts.append(config.memory.policy)
+        parts.append(config.memory.layerPolicy.isEmpty ? config.memory.policy : "layers " + config.memory.layerPolicy)
         return parts.joined(separator: " ")
     }
 }

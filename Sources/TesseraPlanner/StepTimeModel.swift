@@ -4,7 +4,9 @@
 //              a stage's pass = its layers × (linear work at the rank's tokens + attention scaled to the rank's
 //              share of the causal sequence: ring × Ulysses × the calibration at the rank's tokens) + the head on
 //              the last stage + the embeddings on the first;
-//   recompute  selective: each layer's attention forward again; full: each layer's forward again;
+//   recompute  per layer (memory.layer_policy, else memory.policy): selective: the layer's attention forward again;
+//              full: the layer's forward again; under pipelining simulated as part of each stage's backward (the
+//              step's lengthening: a stage's recomputation may fill its bubble);
 //   optimizer  AdamW over the rank's parameters (its ZeRO-1 partition);
 //   exposed communication, per group (the per-kind times of the placement the job would choose on these hosts
 //              and links, Placement.choose):
@@ -14,6 +16,7 @@
 //              (2 × (stages − 1) messages); the tied embedding's sum is exposed.
 
 import TesseraComm
+import TesseraMemory
 import TesseraModel
 import TesseraPipeline
 import TesseraTopology
@@ -46,31 +49,43 @@ public enum StepTimeModel {
         let attention = costs.attention * Double(p.ring * p.ulysses)
         // One micro-batch's forward + backward per stage, and what recomputation adds.
         var pass: [Double] = [], again: [Double] = []
+        let uniform = LayerPolicy(rawValue: c.memory.policy) ?? .keep
+        let perLayer = c.memory.layerPolicy.isEmpty ? Array(repeating: uniform, count: m.nLayer)
+            : try LayerPolicy.parseList(c.memory.layerPolicy, layers: m.nLayer, key: "memory.layer_policy")
         for (s, stage) in stages.enumerated() {
             let layers = Double(stage.layers.count)
             var x = layers * (costs.layer + attention)
             if s == p.pp - 1 { x += costs.head }
             if s == 0 { x += costs.embedding }
             pass.append(x)
-            switch c.memory.policy {
-            case "selective": again.append(layers * attention / 3)
-            case "full": again.append(layers * (costs.layer + attention) / 3)
-            default: again.append(0)
-            }
+            again.append(stage.layers.reduce(0.0) { sum, l in
+                switch perLayer[l] {
+                case .selective: return sum + attention / 3
+                case .full: return sum + (costs.layer + attention) / 3
+                default: return sum
+                }
+            })
         }
         let micro = t.microbatches
         if let layout {
             // The simulation in 10 µs units; each action is one chunk (1/virtual stages of the rank's layers).
+            // Recomputation runs before each chunk's backward, on its stage: simulated with it, so that a stage's
+            // recomputation can fill its bubble; the part that lengthens the step is the recompute term.
             let v = Double(p.virtualStages), unit = 1e-5
             let fwd = pass.map { max(Int(($0 / 3 / v / unit).rounded()), 1) }, bwd = pass.map { max(Int((2 * $0 / 3 / v / unit).rounded()), 1) }
             let sim = try PipelineSimulation(plan: layout.plan, forwardPerRank: fwd, backwardPerRank: bwd)
             let busiest = zip(fwd, bwd).map { Double(($0 + $1) * micro) * v * unit }.max() ?? 0
             out.compute = Double(sim.makespan) * unit
             out.bubble = max(out.compute - busiest, 0)
+            if again.contains(where: { $0 > 0 }) {
+                let bwdAgain = zip(bwd, again).map { $0 + Int(($1 / v / unit).rounded()) }
+                let withRecompute = try PipelineSimulation(plan: layout.plan, forwardPerRank: fwd, backwardPerRank: bwdAgain)
+                out.recompute = max(Double(withRecompute.makespan - sim.makespan) * unit, 0)
+            }
         } else {
             out.compute = Double(micro) * pass[0]
+            out.recompute = Double(micro) * again[0]
         }
-        out.recompute = Double(micro) * (again.max() ?? 0)
         // The optimizer over the largest stage's parameters (ZeRO-1: a 1/replicas share).
         let replicas = p.dp * p.ring * p.ulysses
         let params = stages.map { ModelParameters.specs(m, stage: $0).reduce(0) { $0 + $1.count } }.max() ?? 0

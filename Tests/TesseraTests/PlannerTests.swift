@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import TesseraMemory
 @testable import TesseraPlanner
 @testable import TesseraTraining
 
@@ -78,10 +79,14 @@ final class PlannerTests: XCTestCase {
         let sizes = all.entries.map(\.prediction.memory).sorted()
         let limit = sizes[sizes.count / 2]
         let (status, out) = try runProcess([CommandTests.binary, "plan", "--auto", cfg, "--ranks", "2", "--threads", "1",
-                                            "--memory-per-rank", "\(limit)", "--write", Self.dir.appendingPathComponent("chosen.toml").path],
+                                            "--memory-per-rank", "\(limit)", "--write", Self.dir.appendingPathComponent("chosen.toml").path,
+                                            "--json", Self.dir.appendingPathComponent("limited.json").path],
                                            timeout: 120)
         XCTAssertEqual(status, 0, out)
-        XCTAssertTrue(out.contains("(too much)"), out)
+        let limited = try JSONSerialization.jsonObject(with: Data(contentsOf: Self.dir.appendingPathComponent("limited.json"))) as! [String: Any]
+        let fits = (limited["layouts"] as! [[String: Any]]).map { $0["fits"] as! Bool }
+        XCTAssertTrue(fits.contains(false) && fits.contains(true), out)
+        XCTAssertEqual(fits, fits.sorted { $0 && !$1 }, "the layouts that fit come first")
         // The written config is the choice, and trains.
         let chosen = try ConfigLoader.load(path: Self.dir.appendingPathComponent("chosen.toml").path, overrides: [])
         XCTAssertLessThanOrEqual(MemoryPreflight.stageNeeds(chosen)!.map(\.total).max()!, limit)
@@ -97,6 +102,52 @@ final class PlannerTests: XCTestCase {
         XCTAssertNotEqual(bad, 0, msg)
         XCTAssertTrue(msg.contains("no layout fits"), msg)
         XCTAssertFalse(FileManager.default.fileExists(atPath: Self.dir.appendingPathComponent("none.toml").path))
+    }
+
+    /// Where keep does not fit: per stage the fewest layers under full recomputation that fit (PolicyMix), minimal
+    /// (one layer fewer on any stage would not fit), listed by the planner and chosen over uniform full, and a run of
+    /// it under mpirun measures the activation peaks per rank the plan predicted.
+    func testPerLayerPolicyMixWhereKeepDoesNotFit() throws {
+        let cfg = try DataParallelTests.config()
+        let shape = [("model.n_layer", "6"), ("model.n_head", "4"), ("training.seq_len", "32"), ("training.batch_size", "8")]
+        let base = try ConfigLoader.load(path: cfg, overrides: shape, dataFiles: false)
+        let keep = try XCTUnwrap(LayoutSpace.enumerate(base: base, ranks: 2).first { $0.name == "pp2 1f1b m4 keep" })
+        var full = keep.config
+        full.memory.policy = "full"
+        let keepNeed = MemoryPreflight.stageNeeds(keep.config)!.map(\.total), fullNeed = MemoryPreflight.stageNeeds(full)!.map(\.total)
+        let limit = (keepNeed.max()! + fullNeed.max()!) / 2
+        XCTAssertGreaterThan(keepNeed.max()!, limit)
+        let mix = try XCTUnwrap(PolicyMix.candidate(keep, policy: "full", memory: limit), "a mix between keep \(keepNeed) and full \(fullNeed)")
+        let list = try LayerPolicy.parseList(mix.config.memory.layerPolicy, layers: 6, key: "mix")
+        let needs = MemoryPreflight.stageNeeds(mix.config)!
+        XCTAssertTrue(needs.allSatisfy { $0.total <= limit }, "\(needs.map(\.total)) over \(limit)")
+        XCTAssertTrue(list.contains(.keep) && list.contains(.full), mix.config.memory.layerPolicy)
+        // Minimal: giving back any stage's last recomputed layer to keep breaks the limit on that stage.
+        let stages = PolicyMix.stageLayers(mix.config)
+        for (s, layers) in stages.enumerated() {
+            guard let last = layers.last(where: { list[$0] == .full }) else { continue }
+            var fewer = list
+            fewer[last] = .keep
+            var c = mix.config
+            c.memory.layerPolicy = PolicyMix.text(fewer)
+            XCTAssertGreaterThan(MemoryPreflight.stageNeeds(c)![s].total, limit, "stage \(s) with one recomputed layer fewer (\(c.memory.layerPolicy))")
+        }
+        XCTAssertEqual(mix.overrides.first { $0.key == "memory.layer_policy" }?.value, mix.config.memory.layerPolicy)
+        // The planner lists it, fitting, and predicts less recomputation than uniform full on the same layout.
+        let plan = try LayoutPlan.plan(base: base, ranks: 2, memoryPerRank: limit, threads: 1)
+        let listed = try XCTUnwrap(plan.entries.first { $0.candidate.name == mix.name }, plan.report(limit: 200))
+        XCTAssertTrue(listed.fits)
+        let uniform = try XCTUnwrap(plan.entries.first { $0.candidate.name == "pp2 1f1b m4 full" })
+        XCTAssertLessThan(listed.prediction.recompute, uniform.prediction.recompute)
+        // Its run: the activation peak of each rank (one stage each) is the plan's prediction.
+        let metrics = Self.dir.appendingPathComponent("mix.jsonl").path
+        let overrides = mix.overrides.flatMap { ["--" + $0.key, $0.value] } + shape.flatMap { ["--" + $0.0, $0.1] }
+        let (status, out) = try runProcess(["mpirun", "-np", "2", CommandTests.binary, "train", cfg, "--metrics.path", metrics,
+                                            "--training.steps", "2", "--training.eval_every", "0"] + overrides, timeout: 120)
+        XCTAssertEqual(status, 0, out)
+        let last = try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n").last { $0.contains("step_s") }!
+        let record = try JSONSerialization.jsonObject(with: Data(last.utf8)) as! [String: Any]
+        XCTAssertEqual((record["activations"] as! [String: Any])["peak_bytes"] as? [Int], needs.map(\.activations), mix.name)
     }
 
     /// `training.layout = "auto"` on 2 ranks: rank 0 plans, every rank trains the choice, and the run reproduces the

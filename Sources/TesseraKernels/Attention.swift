@@ -19,6 +19,13 @@ import Foundation
 // Positions are explicit: query row i sits at global position qOffset + i, key row j at kOffset + j;
 // with `causal`, key j is visible to query i iff kOffset + j <= qOffset + i. A query row that sees no key
 // gets O = 0 and lse = -inf (so that a log-sum-exp merge ignores it).
+//
+// Documents (block-causal attention over packed rows, as FlashAttention's variable-length interface): with
+// `documents`, key j is visible to query i only if it also lies at or after the start of i's document, so
+// each query sees the keys [start(i), i]. Starts never decrease along a row, so a query block's visible keys
+// begin at its first row's start: the forward begins its key loop there and the backward stops its query loop
+// at the first query block whose documents all start after the key block. Blocks that no query can see are
+// never computed; a row of many short documents costs about what those documents cost alone.
 
 /// Shapes, positions and strides of one attention call. Tensors are row-major [batch, tokens, ...] with
 /// head h at columns h*headDim ..< (h+1)*headDim of each token row, so q, k and v can live inside one
@@ -35,6 +42,10 @@ public struct AttentionLayout: Sendable {
     public var qRow: Int, kRow: Int, vRow: Int, oRow: Int
     public var qBatch: Int, kBatch: Int, vBatch: Int, oBatch: Int
     public var blockQ: Int = 64, blockK: Int = 64
+    /// Where each position's document starts (block-causal attention; nil: a row is one sequence). Causal only.
+    public var documents: DocumentStarts? = nil {
+        didSet { precondition(documents == nil || causal, "attention: documents need causal attention") }
+    }
 
     public var scale: Float { 1 / Float(headDim).squareRoot() }
 
@@ -63,6 +74,12 @@ public struct AttentionLayout: Sendable {
     /// Number of keys (from 0) that query row i may see.
     @inlinable func visibleKeys(_ i: Int) -> Int {
         causal ? max(0, min(tk, qOffset + i - kOffset + 1)) : tk
+    }
+
+    /// The first key (index in this call's keys) that query row i of batch row b may see: the start of its document.
+    @inlinable func firstVisibleKey(_ b: Int, _ i: Int) -> Int {
+        guard let d = documents else { return 0 }
+        return Swift.max(0, d.start(b, qOffset + i) - kOffset)
     }
 
 }
@@ -99,20 +116,22 @@ public enum Attention {
             for i in 0..<nq { m[i] = -.infinity; l[i] = 0 }
             acc.update(repeating: 0, count: nq * hd)
             let kLimit = g.visibleKeys(q0 + nq - 1)
-            var k0 = 0
+            var k0 = g.firstVisibleKey(b, q0)
             while k0 < kLimit {
                 let nk = min(bk, kLimit - k0)
                 BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: scale, a: qp, lda: g.qRow,
                            b: kp + k0 * g.kRow, ldb: g.kRow, beta: 0, c: s, ldc: bk)
                 for i in 0..<nq {
                     let row = s + i * bk
-                    let valid = min(nk, g.visibleKeys(q0 + i) - k0)
-                    if valid <= 0 { row.update(repeating: 0, count: nk); continue }
-                    let mx = vmax(row, valid)
+                    // Keys lo ..< hi of this block are visible to row i.
+                    let lo = Swift.max(g.firstVisibleKey(b, q0 + i) - k0, 0), hi = min(nk, g.visibleKeys(q0 + i) - k0)
+                    if hi <= lo { row.update(repeating: 0, count: nk); continue }
+                    let mx = vmax(row + lo, hi - lo)
                     let mOld = m[i], mNew = Swift.max(mOld, mx)
                     let corr: Float = mOld == -.infinity ? 0 : Foundation.exp(mOld - mNew)
-                    let sum = vexpShifted(row, valid, shift: mNew)
-                    if valid < nk { (row + valid).update(repeating: 0, count: nk - valid) }
+                    let sum = vexpShifted(row + lo, hi - lo, shift: mNew)
+                    if lo > 0 { row.update(repeating: 0, count: lo) }
+                    if hi < nk { (row + hi).update(repeating: 0, count: nk - hi) }
                     l[i] = l[i] * corr + sum
                     if corr != 1 { vscale(acc + i * hd, corr, hd) }
                     m[i] = mNew
@@ -169,16 +188,19 @@ public enum Attention {
                     qStart = (qStart / bq) * bq
                     var q0 = qStart
                     while q0 < g.tq {
+                        // Documents: from here on every query's document starts after this key block.
+                        if g.documents != nil && g.firstVisibleKey(b, q0) >= k0 + nk { break }
                         let nq = min(bq, g.tq - q0)
                         BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: scale, a: qp + q0 * g.qRow,
                                    lda: g.qRow, b: kp + k0 * g.kRow, ldb: g.kRow, beta: 0, c: p, ldc: bk)
                         for i in 0..<nq {
                             let row = p + i * bk
-                            let valid = min(nk, g.visibleKeys(q0 + i) - k0)
+                            let lo = Swift.max(g.firstVisibleKey(b, q0 + i) - k0, 0), hi = min(nk, g.visibleKeys(q0 + i) - k0)
                             let li = lp[q0 + i]
-                            if valid <= 0 || li == -.infinity { row.update(repeating: 0, count: nk); continue }
-                            _ = vexpShifted(row, valid, shift: li)
-                            if valid < nk { (row + valid).update(repeating: 0, count: nk - valid) }
+                            if hi <= lo || li == -.infinity { row.update(repeating: 0, count: nk); continue }
+                            _ = vexpShifted(row + lo, hi - lo, shift: li)
+                            if lo > 0 { row.update(repeating: 0, count: lo) }
+                            if hi < nk { (row + hi).update(repeating: 0, count: nk - hi) }
                         }
                         // dV[k] += Pᵀ dO
                         BLAS.sgemm(transA: true, transB: false, m: nk, n: hd, k: nq, alpha: 1, a: p, lda: bk,

@@ -2,8 +2,9 @@ import Foundation
 
 // Runs a plan on paper: every rank executes its actions in order; an action starts when the rank is free
 // and its inputs exist (forward of virtual stage s after the same micro-batch's forward at s−1; backward
-// at s after the forward at s and the backward at s+1). Communication is free, which matches an engine
-// that posts every receive before it is needed. A plan that can stall forever is reported as a deadlock;
+// at s after the forward at s and the backward at s+1). Communication is free by default, which matches an
+// engine that posts every receive before it is needed on fast links; `transfer` time units per message
+// (activation forward, gradient backward, between consecutive virtual stages) model slow ones. A plan that can stall forever is reported as a deadlock;
 // otherwise the simulation yields the time grid, each rank's idle fraction and its peak number of
 // micro-batches whose activations are alive (forward done, backward not yet).
 
@@ -23,7 +24,7 @@ public struct PipelineSimulation: Sendable {
     }
 
     /// Each rank's own forward and backward cost (per action): what a measured, unequal pipeline predicts.
-    public init(plan: PipelinePlan, forwardPerRank: [Int], backwardPerRank: [Int]) throws {
+    public init(plan: PipelinePlan, forwardPerRank: [Int], backwardPerRank: [Int], transfer: Int = 0) throws {
         let p = plan.stages, last = plan.virtualStageCount - 1
         var next = [Int](repeating: 0, count: p)          // index of each rank's next action
         var free = [Int](repeating: 0, count: p)          // when each rank is free
@@ -40,11 +41,11 @@ public struct PipelineSimulation: Sendable {
                 var ready: Int? = free[r]
                 switch a.kind {
                 case .forward:
-                    if vs > 0 { ready = doneF[key(a.microbatch, vs - 1)].map { max(free[r], $0) } }
+                    if vs > 0 { ready = doneF[key(a.microbatch, vs - 1)].map { max(free[r], $0 + transfer) } }
                 case .backward:
                     guard let f = doneF[key(a.microbatch, vs)] else { ready = nil; break }
                     if vs < last {
-                        ready = doneB[key(a.microbatch, vs + 1)].map { max(free[r], $0, f) }
+                        ready = doneB[key(a.microbatch, vs + 1)].map { max(free[r], $0 + transfer, f) }
                     } else { ready = max(free[r], f) }
                 }
                 if let t = ready, best == nil || t < best!.start { best = (r, t) }

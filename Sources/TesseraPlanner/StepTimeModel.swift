@@ -10,10 +10,11 @@
 //   optimizer  AdamW over the rank's parameters (its ZeRO-1 partition);
 //   exposed communication, per group (the per-kind times of the placement the job would choose on these hosts
 //              and links, Placement.choose):
-//              Ulysses' all-to-alls block (all exposed); the ring's transfers overlap attention (exposed beyond
-//              it); the gradient reduction overlaps the last micro-batch's backward (exposed beyond it; ZeRO-1 also
-//              all-gathers parameters after the update); pipeline messages are exposed on the fill and drain path
-//              (2 × (stages − 1) messages); the tied embedding's sum is exposed.
+//              Ulysses' all-to-alls block (all exposed); inside a host the ring's transfers overlap attention and
+//              the gradient reduction the last micro-batch's backward (exposed beyond them), across hosts neither
+//              overlaps (MPI's TCP transport progresses only inside MPI calls); ZeRO-1 also all-gathers parameters
+//              after the update; each pipeline message delays the stage that waits for it in a third simulation
+//              (the exposed part is what that lengthens the step by); the tied embedding's sum is exposed.
 
 import TesseraComm
 import TesseraMemory
@@ -67,6 +68,12 @@ public enum StepTimeModel {
             })
         }
         let micro = t.microbatches
+        // Communication on these hosts, placed as the job would place it (docs/placement.md; the host orders tried are
+        // the world order and a chain along the fastest links, not every permutation: this runs for every candidate).
+        let traffic = MeshTraffic(config: c)
+        let estimate = Placement.of(config: c, hosts: hosts, links: links, searchHostOrders: false).estimate
+        let raw = estimate.seconds
+        func acrossHosts(_ kind: String) -> Bool { (estimate.hostsSpanned[kind] ?? 1) > 1 }
         if let layout {
             // The simulation in 10 µs units; each action is one chunk (1/virtual stages of the rank's layers).
             // Recomputation runs before each chunk's backward, on its stage: simulated with it, so that a stage's
@@ -77,10 +84,22 @@ public enum StepTimeModel {
             let busiest = zip(fwd, bwd).map { Double(($0 + $1) * micro) * v * unit }.max() ?? 0
             out.compute = Double(sim.makespan) * unit
             out.bubble = max(out.compute - busiest, 0)
-            if again.contains(where: { $0 > 0 }) {
-                let bwdAgain = zip(bwd, again).map { $0 + Int(($1 / v / unit).rounded()) }
-                let withRecompute = try PipelineSimulation(plan: layout.plan, forwardPerRank: fwd, backwardPerRank: bwdAgain)
-                out.recompute = max(Double(withRecompute.makespan - sim.makespan) * unit, 0)
+            let bwdAgain = zip(bwd, again).map { $0 + Int(($1 / v / unit).rounded()) }
+            let withRecompute = try PipelineSimulation(plan: layout.plan, forwardPerRank: fwd, backwardPerRank: bwdAgain)
+            out.recompute = max(Double(withRecompute.makespan - sim.makespan) * unit, 0)
+            // Each activation and its gradient between stages take one message's time (the estimate's pipeline time
+            // over its messages); what the step lengthens by is the exposed pipeline communication.
+            if let pl = raw["pipeline"], traffic.pipelineMessages > 0 {
+                var perMessage = pl / Double(2 * (traffic.pipelineMessages + traffic.pipelineWrapMessages))
+                // Across hosts a message above the TCP transport's eager limit (64 KiB) moves only once the receiver's
+                // answer reaches the sender inside one of its MPI calls: after the sender's next action, half a
+                // forward and half a backward on average.
+                if acrossHosts("pipeline") && traffic.pipelineBytes > 65536 {
+                    perMessage += Double(fwd.reduce(0, +)) * unit / Double(fwd.count)
+                }
+                let sent = try PipelineSimulation(plan: layout.plan, forwardPerRank: fwd, backwardPerRank: bwdAgain,
+                                                  transfer: Int((perMessage / unit).rounded()))
+                out.communication["pipeline"] = max(Double(sent.makespan - withRecompute.makespan) * unit, 0)
             }
         } else {
             out.compute = Double(micro) * pass[0]
@@ -90,20 +109,19 @@ public enum StepTimeModel {
         let replicas = p.dp * p.ring * p.ulysses
         let params = stages.map { ModelParameters.specs(m, stage: $0).reduce(0) { $0 + $1.count } }.max() ?? 0
         out.optimizer = cal.optimizerPerParameter * Double(params) / Double(p.zero == 1 ? replicas : 1)
-        // Communication on these hosts, placed as the job would place it (docs/placement.md; the host orders tried are
-        // the world order and a chain along the fastest links, not every permutation: this runs for every candidate).
-        let traffic = MeshTraffic(config: c)
-        let raw = Placement.of(config: c, hosts: hosts, links: links, searchHostOrders: false).estimate.seconds
+        // What overlaps compute: inside a host (shared memory) the ring's transfers hide behind attention and the
+        // gradient buckets behind the last micro-batch's backward. Across hosts (TCP) they do not: Open MPI's TCP
+        // transport moves a message only inside MPI calls, and a rank computing a product makes none.
         let lastBackward = 2 * (pass.max() ?? 0) / 3
         if let u = raw["ulysses"] { out.communication["ulysses"] = u }
-        if let r = raw["ring"] { out.communication["ring"] = max(r - Double(micro) * Double(stages.map { $0.layers.count }.max() ?? 0) * attention, 0) }
+        if let r = raw["ring"] {
+            let hidden = acrossHosts("ring") ? 0 : Double(micro) * Double(stages.map { $0.layers.count }.max() ?? 0) * attention
+            out.communication["ring"] = max(r - hidden, 0)
+        }
         if let g = raw["gradients"] {
-            var exposed = max(g - lastBackward, 0)
+            var exposed = max(g - (acrossHosts("gradients") ? 0 : lastBackward), 0)
             if p.zero == 1 { exposed += g / 2 }  // the parameter all-gather after the update: half an all-reduce's bytes
             out.communication["gradients"] = exposed
-        }
-        if let pl = raw["pipeline"], traffic.pipelineMessages > 0 {
-            out.communication["pipeline"] = pl / (2 * (traffic.pipelineMessages + traffic.pipelineWrapMessages)) * Double(2 * (p.pp - 1))
         }
         if let e = raw["embedding"] { out.communication["embedding"] = e }
         // Memory: the largest stage's prediction (MemoryPreflight's, the sizes the trainer allocates).

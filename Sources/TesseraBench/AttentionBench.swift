@@ -13,11 +13,16 @@ public enum AttentionBench {
         public let forwardFlops: Double, backwardFlops: Double
     }
 
-    public static func measure(_ s: BenchSize, threads: Int, reps: Int = 7) -> Row {
+    /// `documentLength`: rows packed with documents of that many tokens (the last one shorter), block-causal.
+    public static func measure(_ s: BenchSize, threads: Int, reps: Int = 7, documentLength: Int? = nil) -> Row {
         Threads.configure(threads)
         let m = s.model, hd = m.headDim, c = s.d, w = m.qkvWidth, n = s.batch * s.seq
         let kOff = c, vOff = c + m.nKVHead * hd
-        let g = AttentionLayout.fused(batch: s.batch, t: s.seq, heads: s.heads, headDim: hd, kvHeads: m.nKVHead)
+        var g = AttentionLayout.fused(batch: s.batch, t: s.seq, heads: s.heads, headDim: hd, kvHeads: m.nKVHead)
+        if let d = documentLength {
+            let row = Array(repeating: d, count: s.seq / d) + (s.seq % d > 0 ? [s.seq % d] : [])
+            g.documents = DocumentStarts(lengths: Array(repeating: row, count: s.batch), length: s.seq)
+        }
         var rng = SplitMix64(seed: 7)
         let qkv = FloatBuffer(n * w), dout = FloatBuffer(n * c)
         for i in 0..<(n * w) { qkv.ptr[i] = Float(rng.nextDouble()) - 0.5 }
@@ -36,6 +41,23 @@ public enum AttentionBench {
         }
         let product = 2 * Double(s.batch * s.heads) * Double(s.seq * s.seq) / 2 * Double(hd)
         return Row(size: s.name, forwardSeconds: fwd, backwardSeconds: bwd, forwardFlops: 2 * product, backwardFlops: 5 * product)
+    }
+
+    /// Packed rows against whole causal rows at each size's shape: time per forward + backward, and the ratio against
+    /// the work ratio (Σ over documents of d² against T², the visible score entries).
+    public static func documentsReport(sizes: [BenchSize], length: Int, threads: Int) -> [String] {
+        var out = ["", "attention kernel on rows packed with documents of \(length) tokens against whole causal rows (best of 7 calls):",
+                   "size     shape                 causal ms   packed ms   packed/causal   visible work ratio"]
+        for s in sizes {
+            let whole = measure(s, threads: threads), packed = measure(s, threads: threads, documentLength: length)
+            let a = whole.forwardSeconds + whole.backwardSeconds, b = packed.forwardSeconds + packed.backwardSeconds
+            let docs = Array(repeating: length, count: s.seq / length) + (s.seq % length > 0 ? [s.seq % length] : [])
+            let visible = docs.reduce(0.0) { $0 + Double($1) * Double($1 + 1) / 2 } / (Double(s.seq) * Double(s.seq + 1) / 2)
+            out.append(BenchScaffold.cell(s.name, 9) + BenchScaffold.cell("\(s.batch)×\(s.seq), \(s.heads)×\(s.d / s.heads)", 22)
+                       + BenchScaffold.cell(fmt(1000 * a, 1), 12) + BenchScaffold.cell(fmt(1000 * b, 1), 12)
+                       + BenchScaffold.cell(fmt(b / a, 3), 16) + fmt(visible, 3))
+        }
+        return out
     }
 
     /// The table: per size, forward and backward time, GFLOP/s and share of the ceiling.

@@ -151,6 +151,9 @@ public final class Activations: @unchecked Sendable {
     public let dlnf: UnsafeMutablePointer<Float>
     public let tokenIds: UnsafeMutablePointer<Int32>, positions: UnsafeMutablePointer<Int32>,
                 targets: UnsafeMutablePointer<Int32>
+    /// Where each position's document starts, for the whole rows of this micro-batch (packed documents: attention
+    /// is block-causal, positions restart per document); nil: every row is one sequence.
+    public var documents: DocumentStarts?
     public let workspace: Workspace
     // Backward workspace (one of each, reused by every layer).
     public var dres: UnsafeMutablePointer<Float> { workspace.dres }

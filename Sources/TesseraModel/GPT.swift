@@ -71,6 +71,7 @@ public final class GPT: Transformer, @unchecked Sendable {
         OpProfile.time(.matmul) { Linear.forward(out: s.qkv, inp: s.ln1, weight: w.attnW, bias: p.attnB, n: n, inDim: c, outDim: 3 * c, precision: precision) }
         roundOperand(s.qkv, count: n * 3 * c)
         progress?()
+        attention.documents = a.documents
         OpProfile.time(.attention) { attention.forward(qkv: s.qkv, out: s.atty, lse: s.lse, saved: s.attnSaved, batch: a.batch, tokens: a.tokens, layer: l,
                           scratch: a.scratch) }
         roundOperand(s.atty, count: n * c)
@@ -139,6 +140,7 @@ public final class GPT: Transformer, @unchecked Sendable {
         if l > a.layerRange.lowerBound, let below = a.residentAttentionInputs(l - 1) {
             attention.prepareBackward(qkv: below.qkv, saved: below.attnSaved, batch: a.batch, tokens: a.tokens, layer: l - 1)
         }
+        attention.documents = a.documents
         OpProfile.time(.attention) { attention.backward(dqkv: a.dqkv, dout: a.datty, out: s.atty, lse: s.lse, qkv: s.qkv, saved: s.attnSaved, batch: a.batch,
                            tokens: a.tokens, layer: l, scratch: a.scratch) }
         roundOperand(a.dqkv, count: n * 3 * c)

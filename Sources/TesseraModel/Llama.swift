@@ -159,6 +159,7 @@ public final class Llama: Transformer, @unchecked Sendable {
         rotate(s.qkv, a, inverse: false)
         roundOperand(s.qkv, count: n * w)
         progress?()
+        attention.documents = a.documents
         OpProfile.time(.attention) { attention.forward(qkv: s.qkv, out: s.atty, lse: s.lse, saved: s.attnSaved, batch: a.batch,
                                                       tokens: a.tokens, layer: l, scratch: a.scratch) }
         roundOperand(s.atty, count: n * d)
@@ -232,6 +233,7 @@ public final class Llama: Transformer, @unchecked Sendable {
         if l > a.layerRange.lowerBound, let below = a.residentAttentionInputs(l - 1) {
             attention.prepareBackward(qkv: below.qkv, saved: below.attnSaved, batch: a.batch, tokens: a.tokens, layer: l - 1)
         }
+        attention.documents = a.documents
         OpProfile.time(.attention) { attention.backward(dqkv: a.dqkv, dout: a.datty, out: s.atty, lse: s.lse, qkv: s.qkv, saved: s.attnSaved,
                                                        batch: a.batch, tokens: a.tokens, layer: l, scratch: a.scratch) }
         rotate(a.dqkv, a, inverse: true)

@@ -6,6 +6,7 @@ import TesseraKernels
 public final class LocalAttention: AttentionOp {
     public let heads: Int, kvHeads: Int, headDim: Int
     public var blockQ = 64, blockK = 64
+    public var documents: DocumentStarts?
     public init(heads: Int, kvHeads: Int? = nil, headDim: Int) {
         self.heads = heads; self.kvHeads = kvHeads ?? heads; self.headDim = headDim
     }
@@ -13,6 +14,7 @@ public final class LocalAttention: AttentionOp {
     func layout(_ batch: Int, _ tokens: Int) -> AttentionLayout {
         var g = AttentionLayout.fused(batch: batch, t: tokens, heads: heads, headDim: headDim, kvHeads: kvHeads)
         g.blockQ = blockQ; g.blockK = blockK
+        g.documents = documents
         return g
     }
 

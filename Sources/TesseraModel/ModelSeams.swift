@@ -53,6 +53,9 @@ public protocol ParallelModel: AnyObject {
 /// Whatever else an implementation keeps for the backward (Ulysses: the head-sharded q, k, v and output)
 /// lives in the micro-batch's activations: `savedFloats` per layer, passed back as `saved`.
 public protocol AttentionOp: AnyObject {
+    /// The documents of the micro-batch the next forward or backward runs on (block-causal attention over packed
+    /// rows; nil: causal over whole rows). The model sets it from the activations before each call.
+    var documents: DocumentStarts? { get set }
     /// Floats per layer the op saves for its backward, for a micro-batch of this shape.
     func savedFloats(batch: Int, tokens: Int) -> Int
     func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,

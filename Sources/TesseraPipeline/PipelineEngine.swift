@@ -36,8 +36,10 @@ public final class PipelineEngine {
     let workspace: Workspace
     let rank: Int, stages: Int
     /// Fills a micro-batch's token ids, positions and targets (called for chunks that embed, that have the head,
-    /// and every chunk of a model whose blocks read positions).
+    /// and every chunk of a model whose blocks read positions or of packed documents).
     public var load: (_ microbatch: Int, _ activations: Activations) -> Void = { _, _ in }
+    /// Packed documents: every chunk's attention needs the micro-batch's document starts, so every chunk loads.
+    public var everyChunkLoads = false
     /// Called just before the rank's last backward of the step (data parallelism starts reducing then).
     public var beforeLastBackward: () -> Void = {}
 
@@ -245,7 +247,7 @@ public final class PipelineEngine {
         }
         let t0 = nowNs()
         // Ids for the embeddings, targets for the loss, positions for blocks that rotate by them (RoPE).
-        if set.embeds || set.head || model.blocksReadPositions { load(a.microbatch, set) }
+        if set.embeds || set.head || model.blocksReadPositions || everyChunkLoads { load(a.microbatch, set) }
         var loss = 0.0
         Timeline.shared.work((mode == .evaluate ? "eval F" : "F") + "\(a.microbatch)" + (plan.virtualStages > 1 ? ".\(a.chunk)" : "")) {
             if set.head {

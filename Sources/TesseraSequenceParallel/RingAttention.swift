@@ -24,6 +24,8 @@ import TesseraKernels
 /// Attention of a fused qkv [batch, tokens, (heads + 2·kvHeads)·hd] → out [batch, tokens, heads·hd],
 /// lse [batch, heads, tokens].
 public protocol AttentionCore: AnyObject {
+    /// Documents of the rows (global positions), for block-causal attention; nil: causal over whole rows.
+    var documents: DocumentStarts? { get set }
     /// Called before the layer's MLP backward: start any communication the attention backward will need.
     func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, kvHeads: Int, layer: Int) throws
     func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
@@ -37,12 +39,14 @@ public protocol AttentionCore: AnyObject {
 /// The whole sequence is here: one causal kernel call.
 public final class LocalCore: AttentionCore {
     let headDim: Int
+    public var documents: DocumentStarts?
     public init(headDim: Int) { self.headDim = headDim }
     public func prepareBackward(qkv: UnsafePointer<Float>, batch: Int, tokens: Int, heads: Int, kvHeads: Int, layer: Int) {}
 
     func fused(batch: Int, tokens: Int, heads: Int, kvHeads: Int) -> (AttentionLayout, HeadWidths) {
-        (AttentionLayout.fused(batch: batch, t: tokens, heads: heads, headDim: headDim, kvHeads: kvHeads),
-         HeadWidths(heads: heads, kvHeads: kvHeads, headDim: headDim))
+        var g = AttentionLayout.fused(batch: batch, t: tokens, heads: heads, headDim: headDim, kvHeads: kvHeads)
+        g.documents = documents
+        return (g, HeadWidths(heads: heads, kvHeads: kvHeads, headDim: headDim))
     }
 
     public func forward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
@@ -73,6 +77,7 @@ final class RequestPoller: KernelProgress, @unchecked Sendable {
 
 public final class RingCore: AttentionCore {
     public let comm: Communicator
+    public var documents: DocumentStarts?
     public let layout: SequenceLayout
     let headDim: Int
     let kv: [FloatBuffer], dkv: [FloatBuffer]
@@ -152,11 +157,13 @@ public final class RingCore: AttentionCore {
     /// The kernel layout of query chunk q (local row qLocal, global position qGlobal) against key chunk k.
     func pairLayout(batch: Int, w: HeadWidths, tokens: Int, q: (local: Int, global: Int, count: Int),
                     k: (local: Int, global: Int, count: Int), oRow: Int, oBatch: Int) -> AttentionLayout {
-        AttentionLayout(batch: batch, heads: w.heads, headDim: headDim, tq: q.count, tk: k.count,
-                        qOffset: q.global, kOffset: k.global, causal: true,
-                        qRow: w.row, kRow: w.packed, vRow: w.packed, oRow: oRow,
-                        qBatch: tokens * w.row, kBatch: tokens * w.packed, vBatch: tokens * w.packed, oBatch: oBatch,
-                        kvHeads: w.kvHeads)
+        var g = AttentionLayout(batch: batch, heads: w.heads, headDim: headDim, tq: q.count, tk: k.count,
+                                qOffset: q.global, kOffset: k.global, causal: true,
+                                qRow: w.row, kRow: w.packed, vRow: w.packed, oRow: oRow,
+                                qBatch: tokens * w.row, kBatch: tokens * w.packed, vBatch: tokens * w.packed, oBatch: oBatch,
+                                kvHeads: w.kvHeads)
+        g.documents = documents
+        return g
     }
 
     static func masked(_ q: (local: Int, global: Int, count: Int), _ k: (local: Int, global: Int, count: Int)) -> Bool {

@@ -100,6 +100,13 @@ public final class SequenceParallelAttention: AttentionOp {
     /// Ulysses' backward reads its head-sharded copy of q, k, v (in `saved`), not the local fused qkv.
     public var backwardReadsLocalQKV: Bool { Self.readsLocalQKV(ulysses: u) }
 
+    /// Indexed by global position, so the core uses them as they are: the ring's chunks know their global
+    /// positions, and Ulysses' gathered sequence is the row in order.
+    public var documents: DocumentStarts? {
+        get { core.documents }
+        set { core.documents = newValue }
+    }
+
     /// Bytes of the communication buffers and the ring's buffers (the saved tensors are in the activations).
     public var extraBytes: Int {
         [sendBuf, recvBuf, doutH, dqkvH].reduce(0) { $0 + $1.bytes } + 2 * (send16.count + recv16.count)

@@ -21,6 +21,12 @@ extension Trainer {
         if !config.model.initFrom.isEmpty { s += "  weights: from the Hugging Face directory \(config.model.initFrom) (model.init_from)\n" }
         s += "  data: \(data.train.source.count) training tokens from \(data.train.source.description)"
         if let v = data.val { s += "; \(v.source.count) validation tokens" }
+        if let packer = data.train.packer {
+            s += "\n  packing: documents (block-causal attention, positions restart per document): \(packer.documents) documents "
+                + "(before token \(config.data.documentToken >= 0 ? "\(config.data.documentToken)" : "<|endoftext|>")) in \(packer.rows.count) rows "
+                + "of \(packer.rowLength) tokens, \(packer.splitDocuments) split (longer than a row), "
+                + "\(fmt(100 * packer.paddingFraction, 1))% padding"
+        }
         if let mesh {
             s += "\n  mesh: \(mesh.shape) = \(mesh.shape.size) rank(s); \(data.localBatch) sequence(s) per data-parallel rank"
             if let placed = mesh.placementReport { s += "\n" + placed }

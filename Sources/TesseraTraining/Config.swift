@@ -184,14 +184,23 @@ public struct DataConfig: Sendable, Equatable {
     /// Path of the tokenizer.json the data was prepared with; empty = none (byte-level text or unknown ids).
     /// Samples and `tessera generate` encode prompts and decode output with it.
     public var tokenizer: String
+    /// Allowed values of `packing`.
+    public static let packingValues = ["window", "documents"]
+    /// "window": each row a window cut anywhere in the corpus; "documents": rows packed from whole documents with
+    /// block-causal attention (DocumentPacker).
+    public var packing: String
+    /// The token before every document (what cuts the corpus into documents); -1: the tokenizer's <|endoftext|>.
+    public var documentToken: Int
 
     public init(format: String = "auto", train: String = "", val: String = "", valFraction: Double = 0.1,
-                tokenizer: String = "") {
+                tokenizer: String = "", packing: String = "window", documentToken: Int = -1) {
         self.format = format
         self.train = train
         self.val = val
         self.valFraction = valFraction
         self.tokenizer = tokenizer
+        self.packing = packing
+        self.documentToken = documentToken
     }
 }
 

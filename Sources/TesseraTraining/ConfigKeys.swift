@@ -109,6 +109,8 @@ enum ConfigSchema {
         .string("data", "val", \.data.val),
         .double("data", "val_fraction", \.data.valFraction),
         .string("data", "tokenizer", \.data.tokenizer),
+        .string("data", "packing", \.data.packing),
+        .int("data", "document_token", \.data.documentToken),
 
         .int("sample", "tokens", \.sample.tokens),
         .string("sample", "prompt", \.sample.prompt),

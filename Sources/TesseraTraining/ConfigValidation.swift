@@ -111,6 +111,12 @@ struct ConfigChecks {
         }
         let fraction = d.valFraction
         number("data.val_fraction", fraction, fraction > 0 && fraction < 1, expected: "in (0, 1)")
+        oneOf("data.packing", d.packing, DataConfig.packingValues)
+        integer("data.document_token", d.documentToken, atLeast: -1)
+        if d.packing == "documents" && d.documentToken < 0 && d.tokenizer.isEmpty {
+            fail(["data.packing", "data.document_token"], "data.packing = \"documents\" needs the token that starts each document: "
+                 + "set data.document_token, or data.tokenizer (its <|endoftext|>, which `tessera prepare --tokenizer` writes before every document)")
+        }
     }
 
     mutating func checkSample() {

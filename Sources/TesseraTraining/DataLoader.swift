@@ -44,7 +44,11 @@ public final class DataLoader: Sendable {
     public let seqLen: Int
     public let seed: UInt64
 
-    public init(source: any TokenSource, seqLen: Int, seed: UInt64) throws {
+    /// `data.packing = "documents"`: rows packed from whole documents (DocumentPacker) instead of windows.
+    public let packer: DocumentPacker?
+
+    /// `documentSeparator`: pack documents cut before this token instead of cutting windows.
+    public init(source: any TokenSource, seqLen: Int, seed: UInt64, documentSeparator: Int32? = nil) throws {
         guard seqLen > 0 else { throw DataError("\(source.description): sequence length \(seqLen) must be positive") }
         guard source.count >= seqLen + 1 else {
             throw DataError("\(source.description): \(source.count) tokens, but a sequence of \(seqLen) needs at least \(seqLen + 1)")
@@ -52,6 +56,26 @@ public final class DataLoader: Sendable {
         self.source = source
         self.seqLen = seqLen
         self.seed = seed
+        packer = try documentSeparator.map { try DocumentPacker(source: source, seqLen: seqLen, separator: $0, seed: seed) }
+    }
+
+    /// Targets that count in step `step`'s global batch (every one with windows; packed rows leave out document ends
+    /// and padding): the loss and the gradients are normalised by it, once.
+    public func targetCount(step: Int, globalBatch: Int) -> Int {
+        guard let packer else { return globalBatch * seqLen }
+        return (0..<globalBatch).reduce(0) { $0 + packer.targetCount(row: packer.row(step: step, sequence: $1)) }
+    }
+
+    /// Targets that count in evaluation batch `batch`.
+    public func evalTargetCount(batch: Int, batches: Int, batchSize: Int) -> Int {
+        guard let packer else { return batchSize * seqLen }
+        return (0..<batchSize).reduce(0) { $0 + packer.targetCount(row: evalRow(batch * batchSize + $1, total: batches * batchSize)) }
+    }
+
+    /// Packed evaluation row of window `window` of `total`: evenly spaced over the rows.
+    func evalRow(_ window: Int, total: Int) -> Int {
+        guard let packer, total > 1 else { return 0 }
+        return window * (packer.rows.count - 1) / (total - 1)
     }
 
     /// Number of distinct window starts, count - seqLen.
@@ -70,14 +94,23 @@ public final class DataLoader: Sendable {
     /// `sequences` of step `step`'s global batch, and within each sequence the token positions `tokens`
     /// (default 0 ..< seqLen): inputs[r][t] = x[s + t0 + t], targets[r][t] = x[s + t0 + t + 1], where s is the
     /// sequence's start. A rank passes its slice of the global batch; all ranks agree on the whole of it.
+    /// Packed rows also write `positions` (each token's position in its document, laid out as inputs) and `starts`
+    /// (seqLen values per sequence: where each position's document starts, DocumentStarts); windows leave them alone.
     public func fill(step: Int, globalBatch: Int, sequences: Range<Int>, tokens: Range<Int>? = nil,
-                     inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>) {
+                     inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>,
+                     positions: UnsafeMutablePointer<Int32>? = nil, starts: UnsafeMutablePointer<Int32>? = nil) {
         precondition(sequences.lowerBound >= 0 && sequences.upperBound <= globalBatch,
                      "DataLoader.fill: sequences \(sequences) outside 0..<\(globalBatch)")
         let t = tokens ?? 0..<seqLen
         for (r, j) in sequences.enumerated() {
-            copyWindow(start: start(step: step, sequence: j, globalBatch: globalBatch), tokens: t, row: r,
-                       inputs: inputs, targets: targets)
+            if let packer {
+                packer.write(row: packer.row(step: step, sequence: j), tokens: t, source: source, inputs: inputs + r * t.count,
+                             targets: targets + r * t.count, positions: positions.map { $0 + r * t.count },
+                             starts: starts.map { $0 + r * seqLen })
+            } else {
+                copyWindow(start: start(step: step, sequence: j, globalBatch: globalBatch), tokens: t, row: r,
+                           inputs: inputs, targets: targets)
+            }
         }
     }
 
@@ -97,15 +130,22 @@ public final class DataLoader: Sendable {
     /// positions `tokens` of each, laid out as in `fill`. The `batches * batchSize` windows are spread evenly over
     /// the source (see `evalStart`) and are the same on every call, rank and run.
     public func fillEval(batch: Int, batches: Int, batchSize: Int, sequences: Range<Int>, tokens: Range<Int>? = nil,
-                         inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>) {
+                         inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>,
+                         positions: UnsafeMutablePointer<Int32>? = nil, starts: UnsafeMutablePointer<Int32>? = nil) {
         precondition(batch >= 0 && batch < batches, "DataLoader.fillEval: batch \(batch) outside 0..<\(batches)")
         precondition(sequences.lowerBound >= 0 && sequences.upperBound <= batchSize,
                      "DataLoader.fillEval: sequences \(sequences) outside 0..<\(batchSize)")
         let t = tokens ?? 0..<seqLen
         let total = batches * batchSize
         for (r, j) in sequences.enumerated() {
-            copyWindow(start: evalStart(window: batch * batchSize + j, total: total), tokens: t, row: r,
-                       inputs: inputs, targets: targets)
+            if let packer {
+                packer.write(row: evalRow(batch * batchSize + j, total: total), tokens: t, source: source,
+                             inputs: inputs + r * t.count, targets: targets + r * t.count,
+                             positions: positions.map { $0 + r * t.count }, starts: starts.map { $0 + r * seqLen })
+            } else {
+                copyWindow(start: evalStart(window: batch * batchSize + j, total: total), tokens: t, row: r,
+                           inputs: inputs, targets: targets)
+            }
         }
     }
 

@@ -105,14 +105,17 @@ public final class Trainer {
         defer { lastActivation = measuredActivation(sequenceBytesSince: seqBytes0) }
         model.grads.zero()
         options.fault?.poison(step: step, rank: runtime?.rank ?? 0, grads: model.grads, stage: model.stage, family: model.config.family)
-        let gradScale = 1 / Float(tokensPerStep)
+        // The loss is a mean over the step's counted targets (all of them with windows; packed documents leave out
+        // document ends and padding), normalised once for the global batch whatever the layout.
+        let counted = data.train.targetCount(step: step, globalBatch: t.batchSize)
+        let gradScale = 1 / Float(counted)
         var lossSum = 0.0
         if let pipeline, let layout = pipelineLayout, let mesh {
             // The plan runs every micro-batch; this replica's sequences of micro-batch mb.
             pipeline.load = { [unowned self] mb, a in
-                tokens.load(into: a) { ids, targets in
+                tokens.load(into: a) { r in
                     data.train.fill(step: step, globalBatch: t.batchSize, sequences: data.sequences(microbatch: mb),
-                                    inputs: ids, targets: targets)
+                                    inputs: r.ids, targets: r.targets, positions: r.positions, starts: r.starts)
                 }
             }
             pipeline.beforeLastBackward = { [unowned self] in dataParallel?.beginReduction(step: step) }
@@ -121,9 +124,9 @@ public final class Trainer {
         } else if let acts {
             for mb in 0..<t.microbatches {
                 timeline.work("data mb \(mb)") {
-                    tokens.load(into: acts) { ids, targets in
+                    tokens.load(into: acts) { r in
                         data.train.fill(step: step, globalBatch: t.batchSize, sequences: data.sequences(microbatch: mb),
-                                        inputs: ids, targets: targets)
+                                        inputs: r.ids, targets: r.targets, positions: r.positions, starts: r.starts)
                     }
                 }
                 lossSum += timeline.work("forward mb \(mb)") { model.forwardLoss(acts, gradScale: gradScale) }
@@ -139,7 +142,7 @@ public final class Trainer {
             let m = model.config
             orAbort(step) { try mesh.embedding.reduceTiedEmbedding(model.grads, name: m.tokenEmbeddingName, count: m.vocabSize * m.dModel) }
         }
-        let loss = globalSum(lossSum, label: "loss", step: step) / Double(tokensPerStep)
+        let loss = globalSum(lossSum, label: "loss", step: step) / Double(counted)
         if step == 0, let path = options.dumpGradientsPath { dumpGradients(path) }
         let norm = timeline.work("gradient norm") { optimizer.globalNorm { reduceSquaredNorm($0, step: step) } }
         if let problem = nonFinite(loss: loss, norm: norm, step: step) {
@@ -199,28 +202,33 @@ public final class Trainer {
             let actions = PipelineEngine.evaluationActions(microbatches: t.microbatches, chunks: layout.chunks)
             for b in 0..<batches {
                 pipeline.load = { [unowned self] mb, a in
-                    tokens.load(into: a) { ids, targets in
+                    tokens.load(into: a) { r in
                         val.fillEval(batch: b, batches: batches, batchSize: t.batchSize, sequences: data.sequences(microbatch: mb),
-                                     inputs: ids, targets: targets)
+                                     inputs: r.ids, targets: r.targets, positions: r.positions, starts: r.starts)
                     }
                 }
                 sum += orAbort(0) { try pipeline.run(actions: actions, mode: .evaluate, gradScale: 0) }
             }
-            return globalSum(sum, label: "validation loss", step: 0) / Double(batches * tokensPerStep)
+            return globalSum(sum, label: "validation loss", step: 0) / Double(evalCount(val, batches: batches))
         }
         guard let acts else { return nil }
         let mine = data.replicaSequences
         for b in 0..<batches {
             for first in stride(from: mine.lowerBound, to: mine.upperBound, by: microBatch) {
-                tokens.load(into: acts) { ids, targets in
+                tokens.load(into: acts) { r in
                     val.fillEval(batch: b, batches: batches, batchSize: t.batchSize, sequences: first..<(first + microBatch),
-                                 inputs: ids, targets: targets)
+                                 inputs: r.ids, targets: r.targets, positions: r.positions, starts: r.starts)
                 }
                 sum += model.lossSum(acts)
             }
         }
         if let dpl = dataParallel { sum = dpl.sum(sum, label: "validation loss") }
-        return sum / Double(batches * tokensPerStep)
+        return sum / Double(evalCount(val, batches: batches))
+    }
+
+    /// Targets that count over the evaluation batches.
+    func evalCount(_ val: DataLoader, batches: Int) -> Int {
+        (0..<batches).reduce(0) { $0 + val.evalTargetCount(batch: $1, batches: batches, batchSize: config.training.batchSize) }
     }
 }
 

@@ -90,6 +90,7 @@ enum TrainerBuilder {
         if let mesh, let layout = pipelineLayout {
             pipeline = try PipelineEngine(plan: layout.plan, model: model, comm: mesh.pipeline, batch: data.microBatch,
                                           tokens: tokens.count, wire: config.pipelineWire)
+            pipeline?.everyChunkLoads = tokens.documents
         } else {
             acts = model.activations(batch: data.microBatch, tokens: tokens.count)
         }
@@ -126,11 +127,16 @@ enum TrainerBuilder {
         if config.sample.tokens > 0 {
             _ = try SampleText(config: config, vocabSize: m.vocabSize).encode(config.sample.prompt, what: "sample.prompt")
         }
-        let train = try DataLoader(source: data.train, seqLen: t.seqLen, seed: config.seed)
+        var separator: Int32? = nil
+        if config.data.packing == "documents" {
+            separator = config.data.documentToken >= 0 ? Int32(config.data.documentToken)
+                : try SampleText(config: config, vocabSize: m.vocabSize).endOfText()
+        }
+        let train = try DataLoader(source: data.train, seqLen: t.seqLen, seed: config.seed, documentSeparator: separator)
         var val: DataLoader? = nil
         if t.evalEvery > 0 {
             try data.val.checkTokens(vocabSize: m.vocabSize)
-            val = try DataLoader(source: data.val, seqLen: t.seqLen, seed: config.seed)
+            val = try DataLoader(source: data.val, seqLen: t.seqLen, seed: config.seed, documentSeparator: separator)
         }
         return TrainingData(train: train, val: val, microBatch: t.batchSize / (p.dp * t.microbatches),
                             localBatch: t.batchSize / p.dp, replica: replica)
@@ -140,14 +146,15 @@ enum TrainerBuilder {
     /// sequence-parallel one (ring, Ulysses or both) over those tokens.
     static func makeSequenceParallel(_ config: TesseraConfig, _ mesh: ProcessMesh?, model: Transformer, batch: Int) -> SequenceTokens {
         let t = config.training, p = config.parallelism
-        guard let mesh, mesh.sequence.size > 1 else { return SequenceTokens(seqLen: t.seqLen, batch: batch, layout: nil) }
+        let documents = config.data.packing == "documents"
+        guard let mesh, mesh.sequence.size > 1 else { return SequenceTokens(seqLen: t.seqLen, batch: batch, layout: nil, documents: documents) }
         let layout = SequenceLayout(seqLen: t.seqLen, ring: p.ring, ulysses: p.ulysses, ringRank: mesh.coordinate.ring,
                                     ulyssesRank: mesh.coordinate.ulysses)
         let sp = SequenceParallelAttention(heads: model.config.nHead, kvHeads: model.config.nKVHead, headDim: model.config.headDim, layout: layout,
                                            ring: mesh.ring, ulysses: mesh.ulysses, maxBatch: batch, precision: model.precision)
         sp.onError = { MPIRuntime.abort("\($0) at step \(Watchdog.shared?.step ?? 0); aborting the job") }
         model.attention = sp
-        return SequenceTokens(seqLen: t.seqLen, batch: batch, layout: layout)
+        return SequenceTokens(seqLen: t.seqLen, batch: batch, layout: layout, documents: documents)
     }
 
     static func makeMemory(_ config: TesseraConfig, _ runtime: MPIRuntime?, _ mesh: ProcessMesh?, model: Transformer,

@@ -28,6 +28,9 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Also time the attention kernel alone at each size's shape (forward, backward, share of the ceiling).")
     var attention = false
 
+    @Option(help: ArgumentHelp("Also time the attention kernel on rows packed with documents of this many tokens against whole causal rows (data.packing = documents).", valueName: "tokens"))
+    var documents: Int?
+
     @Option(help: ArgumentHelp("Number format of the matrix products: fp32 or bf16.", valueName: "fp32|bf16"))
     var precision = "fp32"
 
@@ -37,7 +40,7 @@ struct BenchCommand: ParsableCommand {
     }
 
     func validate() throws {
-        try requireAtLeast("bench", [("--threads", threads, 1), ("--steps", steps, 1), ("--warmup", warmup, 0)])
+        try requireAtLeast("bench", [("--threads", threads, 1), ("--steps", steps, 1), ("--warmup", warmup, 0), ("--documents", documents, 1)])
         guard Precision(rawValue: precision) != nil else { throw ValidationError("bench: --precision must be fp32 or bf16, not '\(precision)'") }
         if let e = ProductBackend.configurationError { throw ValidationError("bench: \(e)") }
         let known = BenchSize.all.map(\.name)
@@ -49,5 +52,10 @@ struct BenchCommand: ParsableCommand {
         if let note { print("note: \(note)") }
         print(Bench.run(names: names, threads: threads ?? Threads.availableCores(), steps: steps, warmup: warmup, json: json,
                         profile: profile, precision: Precision(rawValue: precision)!, attention: attention))
+        if let documents {
+            let chosen = names.compactMap { n in BenchSize.all.first { $0.name == n } }
+            print(AttentionBench.documentsReport(sizes: chosen, length: documents, threads: threads ?? Threads.availableCores())
+                    .joined(separator: "\n"))
+        }
     }
 }

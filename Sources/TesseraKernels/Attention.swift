@@ -76,6 +76,14 @@ public struct AttentionLayout: Sendable {
         causal ? max(0, min(tk, qOffset + i - kOffset + 1)) : tk
     }
 
+    /// The documents cover this call's rows and positions.
+    func checkDocuments() {
+        guard let d = documents else { return }
+        precondition(d.rows >= batch && d.length >= qOffset + tq && d.length >= kOffset + tk,
+                     "attention: documents of \(d.rows) row(s) × \(d.length) positions do not cover \(batch) row(s), queries "
+                     + "\(qOffset)..<\(qOffset + tq), keys \(kOffset)..<\(kOffset + tk)")
+    }
+
     /// The first key (index in this call's keys) that query row i of batch row b may see: the start of its document.
     @inlinable func firstVisibleKey(_ b: Int, _ i: Int) -> Int {
         guard let d = documents else { return 0 }
@@ -96,6 +104,7 @@ public enum Attention {
                                q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                layout g: AttentionLayout, scratch: Scratch, progress: KernelProgress? = nil) {
         let bq = g.blockQ, bk = g.blockK, hd = g.headDim
+        g.checkDocuments()
         let nqb = (g.tq + bq - 1) / bq
         let tasks = g.batch * g.heads * nqb
         let workers = min(Threads.count, max(tasks, 1))
@@ -163,6 +172,7 @@ public enum Attention {
                                 q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                 layout g: AttentionLayout, scratch: Scratch, progress: KernelProgress? = nil) {
         let bq = g.blockQ, bk = g.blockK, hd = g.headDim
+        g.checkDocuments()
         let tasks = g.batch * g.kvHeads
         let workers = min(Threads.count, max(tasks, 1))
         let per = 2 * bq * bk + g.tq

@@ -92,8 +92,10 @@ public enum StepTimeModel {
             if let pl = raw["pipeline"], traffic.pipelineMessages > 0 {
                 var perMessage = pl / Double(2 * (traffic.pipelineMessages + traffic.pipelineWrapMessages))
                 // Across hosts a message above the TCP transport's eager limit (64 KiB) moves only once the receiver's
-                // answer reaches the sender inside one of its MPI calls: after the sender's next action, half a
-                // forward and half a backward on average.
+                // answer reaches the sender inside one of its MPI calls: after the sender's next action, counted as
+                // one forward (the shorter action; the runs of docs/planner.md fit it better than 1.5). The message
+                // time is the estimate's pipeline time per message, the same at every stage boundary (the slowest
+                // boundary's, where stages cross hosts: boundaries inside a host are charged as much).
                 if acrossHosts("pipeline") && traffic.pipelineBytes > 65536 {
                     perMessage += Double(fwd.reduce(0, +)) * unit / Double(fwd.count)
                 }

@@ -113,6 +113,10 @@ struct ConfigChecks {
         number("data.val_fraction", fraction, fraction > 0 && fraction < 1, expected: "in (0, 1)")
         oneOf("data.packing", d.packing, DataConfig.packingValues)
         integer("data.document_token", d.documentToken, atLeast: -1)
+        if d.documentToken >= config.model.vocabSize {
+            fail(["data.document_token", "model.vocab_size"], "data.document_token = \(d.documentToken) is not a token of the model: "
+                 + "expected -1 or below model.vocab_size = \(config.model.vocabSize)")
+        }
         if d.packing == "documents" && d.documentToken < 0 && d.tokenizer.isEmpty {
             fail(["data.packing", "data.document_token"], "data.packing = \"documents\" needs the token that starts each document: "
                  + "set data.document_token, or data.tokenizer (its <|endoftext|>, which `tessera prepare --tokenizer` writes before every document)")

@@ -7,7 +7,8 @@
 //   - each goes into the first of a few open rows (8) with room for it (first fit); when none has room a new row
 //     opens, and when more than 8 are open the fullest is closed; what a closed row does not fill is padding;
 //   - only a document longer than a row is split: into row-sized pieces, whole rows of their own, and a last piece
-//     placed like a document (the split is recorded: each piece's offset in its document);
+//     placed like a document (the split is recorded: each piece's offset in its document; a last piece of a single
+//     token, which has no target, is dropped), so every row has targets;
 // so no document shorter than a row is ever cut, and attention never crosses a document (DocumentStarts).
 // Targets: the next token of the same document; at a document's end and in padding, -1 (ignored by the loss).
 // Positions restart at each document and at each piece of a split one (attention cannot see the piece before).
@@ -74,7 +75,8 @@ public final class DocumentPacker: Sendable {
                 while offset < d.count {
                     let n = min(length, d.count - offset)
                     if n == length { rows.append([Piece(start: d.start + offset, count: n, offset: offset)]) }
-                    else { Self.place(Piece(start: d.start + offset, count: n, offset: offset), &open, &rows, length) }
+                    else if n >= 2 { Self.place(Piece(start: d.start + offset, count: n, offset: offset), &open, &rows, length) }
+                    // (a last piece of one token has no target: dropped)
                     offset += n
                 }
             } else {

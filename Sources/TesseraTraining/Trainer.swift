@@ -108,6 +108,7 @@ public final class Trainer {
         // The loss is a mean over the step's counted targets (all of them with windows; packed documents leave out
         // document ends and padding), normalised once for the global batch whatever the layout.
         let counted = data.train.targetCount(step: step, globalBatch: t.batchSize)
+        precondition(counted > 0, "step \(step + 1): the global batch has no target to train on")  // every row has one
         let gradScale = 1 / Float(counted)
         var lossSum = 0.0
         if let pipeline, let layout = pipelineLayout, let mesh {

@@ -129,8 +129,14 @@ enum TrainerBuilder {
         }
         var separator: Int32? = nil
         if config.data.packing == "documents" {
-            separator = config.data.documentToken >= 0 ? Int32(config.data.documentToken)
-                : try SampleText(config: config, vocabSize: m.vocabSize).endOfText()
+            if config.data.documentToken >= 0 {
+                separator = Int32(config.data.documentToken)
+            } else {
+                do { separator = try SampleText(config: config, vocabSize: m.vocabSize).endOfText() } catch {
+                    throw TrainingError("data.packing = \"documents\" with data.document_token = -1 takes the <|endoftext|> of "
+                                        + "data.tokenizer = '\(config.data.tokenizer)', which has none: set data.document_token")
+                }
+            }
         }
         let train = try DataLoader(source: data.train, seqLen: t.seqLen, seed: config.seed, documentSeparator: separator)
         var val: DataLoader? = nil

@@ -125,6 +125,43 @@ final class AttentionDocumentTests: XCTestCase {
         }
     }
 
+    /// The backward in two key chunks (global positions 0..<20 and 20..<37, as ring attention calls it, with the whole
+    /// call's output and log-sum-exp): dq summed over the chunks, dk and dv per chunk, equal the whole backward.
+    func testBackwardInKeyChunks() {
+        Threads.configure(2)
+        let q = randomFloats(b * t * c, seed: 51), k = randomFloats(b * t * c, seed: 52), v = randomFloats(b * t * c, seed: 53)
+        let dout = randomFloats(b * t * c, seed: 54)
+        let docs = DocumentStarts(lengths: lengths, length: t)
+        let scratch = Scratch()
+        var whole = layout(tq: t, tk: t, rows: b, bq: 4, bk: 5)
+        whole.documents = docs
+        var out = [Float](repeating: 0, count: b * t * c), lse = [Float](repeating: 0, count: b * h * t)
+        var dq = [Float](repeating: 0, count: q.count), dk = dq, dv = dq
+        out.ptr { o in lse.ptr { l in
+            Attention.forward(out: o, lse: l, q: q, k: k, v: v, layout: whole, scratch: scratch)
+            dq.ptr { a in dk.ptr { bb in dv.ptr { d in
+                Attention.backward(dq: a, dk: bb, dv: d, dout: dout, out: o, lse: l, q: q, k: k, v: v, layout: whole, scratch: scratch)
+            } } }
+        } }
+        var cq = [Float](repeating: 0, count: q.count), ck = cq, cv = cq
+        for (k0, n) in [(0, 20), (20, 17)] {
+            var g = layout(tq: t, tk: n, kOffset: k0, rows: b, bq: 4, bk: 5)
+            g.documents = docs
+            q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in
+                out.withUnsafeBufferPointer { op in lse.withUnsafeBufferPointer { lp in
+                    cq.ptr { a in ck.ptr { bb in cv.ptr { d in
+                        Attention.backward(dq: a, dk: bb + k0 * c, dv: d + k0 * c, dout: dout, out: op.baseAddress!, lse: lp.baseAddress!,
+                                           q: qp.baseAddress!, k: kp.baseAddress! + k0 * c, v: vp.baseAddress! + k0 * c,
+                                           layout: g, scratch: scratch)
+                    } } }
+                } }
+            } } }
+        }
+        XCTAssertLessThan(relErr(cq, dq), 1e-5, "dq over two key chunks")
+        XCTAssertLessThan(relErr(ck, dk), 1e-5, "dk per key chunk")
+        XCTAssertLessThan(relErr(cv, dv), 1e-5, "dv per key chunk")
+    }
+
     func testStartsFromLengths() {
         let d = DocumentStarts(lengths: [[3, 2, 4]], length: 9)
         XCTAssertEqual(d.starts, [0, 0, 0, 3, 3, 5, 5, 5, 5])

@@ -336,11 +336,22 @@ final class ConfigTests: XCTestCase {
                           contains: ["\(configPath): key 'optimizer.decay' expects one of \"cosine\", \"linear\", \"constant\"",
                                      "found \"cosin\"", "did you mean \"cosine\"?"])
         let cases = [("data.format", "json"), ("parallelism.pipeline_schedule", "zb"), ("checkpoint.mode", "eager"),
-                     ("memory.policy", "never")]
+                     ("memory.policy", "never"), ("data.packing", "docs")]
         for (key, value) in cases {
             assertConfigError(try load("", overrides: [(key: key, value: value)]),
                               contains: ["command line: key '\(key)' expects one of", "found \"\(value)\""])
         }
+    }
+
+    /// data.packing = "documents" needs a token that starts documents (given, or the tokenizer's), inside the vocabulary.
+    func testPackingSettings() throws {
+        let train = "train = \"\(trainPath)\"\n"
+        XCTAssertEqual(try load("[data]\n" + train + "packing = \"documents\"\ndocument_token = 10\n").data.documentToken, 10)
+        assertConfigError(try load("[data]\n" + train + "packing = \"documents\"\n"),
+                          contains: ["data.packing = \"documents\" needs the token that starts each document", "data.document_token"])
+        assertConfigError(try load("[model]\nvocab_size = 256\n[data]\n" + train + "packing = \"documents\"\ndocument_token = 300\n"),
+                          contains: ["data.document_token = 300 is not a token of the model", "model.vocab_size = 256"])
+        assertConfigError(try load("[data]\n" + train + "document_token = -2\n"), contains: ["data.document_token", ">= -1"])
     }
 
     func testMemorySettings() throws {

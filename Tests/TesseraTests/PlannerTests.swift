@@ -138,7 +138,7 @@ final class PlannerTests: XCTestCase {
         let listed = try XCTUnwrap(plan.entries.first { $0.candidate.name == mix.name }, plan.report(limit: 200))
         XCTAssertTrue(listed.fits)
         let uniform = try XCTUnwrap(plan.entries.first { $0.candidate.name == "pp2 1f1b m4 full" })
-        XCTAssertLessThan(listed.prediction.recompute, uniform.prediction.recompute)
+        XCTAssertLessThanOrEqual(listed.prediction.recompute, uniform.prediction.recompute)
         // Its run: the activation peak of each rank (one stage each) is the plan's prediction.
         let metrics = Self.dir.appendingPathComponent("mix.jsonl").path
         let overrides = mix.overrides.flatMap { ["--" + $0.key, $0.value] } + shape.flatMap { ["--" + $0.0, $0.1] }

@@ -78,7 +78,10 @@ final class RequestPoller: KernelProgress, @unchecked Sendable {
 public final class RingCore: AttentionCore {
     public let comm: Communicator
     public var documents: DocumentStarts?
-    public let layout: SequenceLayout
+    /// The sequence split of the next call (`use` changes it between micro-batches of different lengths).
+    public private(set) var layout: SequenceLayout
+    /// Ring-local tokens the buffers hold (the layout given at init).
+    public let capacity: Int
     let headDim: Int
     let kv: [FloatBuffer], dkv: [FloatBuffer]
     let partOut: FloatBuffer, partLse: FloatBuffer, chunkLse: [FloatBuffer]
@@ -105,6 +108,7 @@ public final class RingCore: AttentionCore {
     public init(comm: Communicator, layout: SequenceLayout, heads: Int, kvHeads: Int? = nil, headDim: Int, maxBatch: Int,
                 precision: Precision = .fp32) {
         self.comm = comm; self.layout = layout; self.headDim = headDim; self.precision = precision
+        capacity = layout.ringLocal
         let kvCount = maxBatch * layout.ringLocal * HeadWidths(heads: heads, kvHeads: kvHeads, headDim: headDim).packed
         twinCount = precision == .bf16 ? kvCount : 0
         let tc = twinCount
@@ -116,6 +120,14 @@ public final class RingCore: AttentionCore {
         partOut = FloatBuffer(maxBatch * layout.chunk * heads * headDim)
         partLse = FloatBuffer(maxBatch * heads * layout.chunk)
         chunkLse = [FloatBuffer(maxBatch * heads * layout.chunk), FloatBuffer(maxBatch * heads * layout.chunk)]
+    }
+
+    /// Runs the following calls on another split of a sequence over the same ring (variable-length sequences:
+    /// each of another length), at most `capacity` ring-local tokens.
+    public func use(_ l: SequenceLayout) {
+        precondition(l.ring == comm.size && l.ringLocal <= capacity,
+                     "ring attention: a split of \(l.ringLocal) tokens over \(l.ring) ranks does not fit \(capacity) tokens over \(comm.size)")
+        layout = l
     }
 
     deinit {

@@ -22,7 +22,7 @@ public final class SequenceParallelAttention: AttentionOp {
     let widths: HeadWidths, share: HeadWidths
     /// Widths of the parts of a qkv row and of an output row, as the all-to-alls cut them.
     let qkvParts: [Int], outParts: [Int]
-    public let layout: SequenceLayout
+    public private(set) var layout: SequenceLayout
     public let ulysses: Communicator?
     public let core: AttentionCore
     let u: Int
@@ -62,6 +62,14 @@ public final class SequenceParallelAttention: AttentionOp {
     }
 
     deinit { send16.deallocate(); recv16.deallocate() }
+
+    /// A ring without Ulysses: run the following calls on another split of a sequence (variable-length
+    /// sequences), within the buffers made for the layout given at init.
+    public func use(layout l: SequenceLayout) {
+        precondition(u == 1 && l.ulysses == 1, "only a ring without Ulysses changes its sequence split")
+        (core as? RingCore)?.use(l)
+        layout = l
+    }
 
     /// Why Ulysses cannot split these heads, or nil: each of its ranks attends with whole key/value heads, so
     /// their count must be a multiple of U (the query heads then are too, being a multiple of it).

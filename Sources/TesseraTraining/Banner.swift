@@ -14,13 +14,21 @@ extension Trainer {
         if m.family == .llama { s += " (\(m.nKVHead) key/value), MLP \(m.intermediate)" + (m.tied ? ", tied head" : "") }
         s += ", vocab \(m.vocabSize), "
         s += "\(fmt(Double(m.parameterCount) / 1e6, 2))M parameters\n"
-        s += "  batch \(t.batchSize) × seq \(t.seqLen) = \(tokensPerStep) tokens/step in \(t.microbatches) micro-batch(es) of \(microBatch); "
+        s += data.documents != nil ? "  up to \(tokensPerStep) tokens/step (batch \(t.batchSize) × seq \(t.seqLen)) in sequences of up to \(t.seqLen); "
+            : "  batch \(t.batchSize) × seq \(t.seqLen) = \(tokensPerStep) tokens/step in \(t.microbatches) micro-batch(es) of \(microBatch); "
         s += "\(t.steps) steps; \(Threads.count) thread(s); "
         s += "sgemm peak \(fmt(sgemmPeak / 1e9, 0)) GFLOP/s per rank (OpenBLAS \(BLAS.coreName); MFU is against \(worldSize) × that)\n"
         s += "  precision: \(model.precision.rawValue): \(model.precision.productsDescription)\n"
         if !config.model.initFrom.isEmpty { s += "  weights: from the Hugging Face directory \(config.model.initFrom) (model.init_from)\n" }
         s += "  data: \(data.train.source.count) training tokens from \(data.train.source.description)"
         if let v = data.val { s += "; \(v.source.count) validation tokens" }
+        if let d = data.documents {
+            s += "\n  packing: variable-length documents (data.max_tokens_per_rank = \(config.data.maxTokensPerRank)): each step whole "
+                + "documents up to \(tokensPerStep) tokens, \(d.documents) documents (before token "
+                + "\(config.data.documentToken >= 0 ? "\(config.data.documentToken)" : "<|endoftext|>")), \(d.splitDocuments) longer than "
+                + "seq_len \(t.seqLen) split, \(d.pieces.count) sequences; schedule: \(config.data.schedule)"
+                + (config.data.schedule == "aware" ? " (short sequences whole on one rank, long ones as rings over aligned groups of ranks)" : "")
+        }
         if let packer = data.train.packer {
             s += "\n  packing: documents (block-causal attention, positions restart per document): \(packer.documents) documents "
                 + "(before token \(config.data.documentToken >= 0 ? "\(config.data.documentToken)" : "<|endoftext|>")) in \(packer.rows.count) rows "
@@ -28,7 +36,8 @@ extension Trainer {
                 + "\(fmt(100 * packer.paddingFraction, 1))% padding"
         }
         if let mesh {
-            s += "\n  mesh: \(mesh.shape) = \(mesh.shape.size) rank(s); \(data.localBatch) sequence(s) per data-parallel rank"
+            s += "\n  mesh: \(mesh.shape) = \(mesh.shape.size) rank(s); "
+                + (data.documents != nil ? "each step's plan gives every rank its sequences" : "\(data.localBatch) sequence(s) per data-parallel rank")
             if let placed = mesh.placementReport { s += "\n" + placed }
             if let layout = pipelineLayout {
                 s += "\n" + layout.describe(microbatches: t.microbatches)

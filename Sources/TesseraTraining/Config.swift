@@ -191,9 +191,22 @@ public struct DataConfig: Sendable, Equatable {
     public var packing: String
     /// The token before every document (what cuts the corpus into documents); -1: the tokenizer's <|endoftext|>.
     public var documentToken: Int
+    /// Variable-length sequences (with packing = "documents"): most tokens one rank holds in one forward; a step's
+    /// global batch is training.batch_size × training.seq_len tokens of whole documents of up to training.seq_len
+    /// tokens, and longer ones than this run as rings over several ranks. 0: fixed rows (off).
+    public var maxTokensPerRank: Int
+    /// Allowed values of `schedule`.
+    public static let scheduleValues = ["aware", "ring", "dp", "dp_padded"]
+    /// Who runs which sequence under max_tokens_per_rank: "aware" (the data-aware scheduler), or the static layouts
+    /// it is measured against: "ring" (every sequence over the ring of all ranks), "dp" (sequences truncated to
+    /// max_tokens_per_rank, packed), "dp_padded" (truncated, one per row, padded).
+    public var schedule: String
 
     public init(format: String = "auto", train: String = "", val: String = "", valFraction: Double = 0.1,
-                tokenizer: String = "", packing: String = "window", documentToken: Int = -1) {
+                tokenizer: String = "", packing: String = "window", documentToken: Int = -1, maxTokensPerRank: Int = 0,
+                schedule: String = "aware") {
+        self.maxTokensPerRank = maxTokensPerRank
+        self.schedule = schedule
         self.format = format
         self.train = train
         self.val = val

@@ -111,6 +111,8 @@ enum ConfigSchema {
         .string("data", "tokenizer", \.data.tokenizer),
         .string("data", "packing", \.data.packing),
         .int("data", "document_token", \.data.documentToken),
+        .int("data", "max_tokens_per_rank", \.data.maxTokensPerRank),
+        .string("data", "schedule", \.data.schedule),
 
         .int("sample", "tokens", \.sample.tokens),
         .string("sample", "prompt", \.sample.prompt),

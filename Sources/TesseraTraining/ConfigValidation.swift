@@ -113,6 +113,8 @@ struct ConfigChecks {
         number("data.val_fraction", fraction, fraction > 0 && fraction < 1, expected: "in (0, 1)")
         oneOf("data.packing", d.packing, DataConfig.packingValues)
         integer("data.document_token", d.documentToken, atLeast: -1)
+        integer("data.max_tokens_per_rank", d.maxTokensPerRank, atLeast: 0)
+        oneOf("data.schedule", d.schedule, DataConfig.scheduleValues)
         if d.documentToken >= config.model.vocabSize {
             fail(["data.document_token", "model.vocab_size"], "data.document_token = \(d.documentToken) is not a token of the model: "
                  + "expected -1 or below model.vocab_size = \(config.model.vocabSize)")
@@ -120,6 +122,37 @@ struct ConfigChecks {
         if d.packing == "documents" && d.documentToken < 0 && d.tokenizer.isEmpty {
             fail(["data.packing", "data.document_token"], "data.packing = \"documents\" needs the token that starts each document: "
                  + "set data.document_token, or data.tokenizer (its <|endoftext|>, which `tessera prepare --tokenizer` writes before every document)")
+        }
+    }
+
+    /// data.max_tokens_per_rank > 0: documents of variable length, the replicas a power of two forming the sequence
+    /// groups themselves, and the longest sequence fitting all of them.
+    mutating func checkVariableLength() {
+        let d = config.data, t = config.training, p = config.parallelism, c = d.maxTokensPerRank
+        let key = "data.max_tokens_per_rank"
+        if d.packing != "documents" {
+            fail([key, "data.packing"], "\(key) = \(c) trains on whole documents: expected data.packing = \"documents\", "
+                 + "found \(String(reflecting: d.packing))")
+        }
+        if p.pp != 1 || p.ring != 1 || p.ulysses != 1 {
+            fail([key, "parallelism.pp", "parallelism.ring", "parallelism.ulysses"],
+                 "\(key) = \(c) forms its sequence groups per step out of the data-parallel ranks: expected parallelism.pp, "
+                 + "ring and ulysses = 1, found \(p.pp), \(p.ring), \(p.ulysses)")
+        }
+        if p.dp >= 1, p.dp & (p.dp - 1) != 0 {
+            fail([key, "parallelism.dp"], "\(key) = \(c) groups ranks in powers of two: expected parallelism.dp a power of two, found \(p.dp)")
+        }
+        if t.microbatches != 1 {
+            fail([key, "training.microbatches"], "\(key) = \(c): the scheduler decides each rank's micro-batches; expected "
+                 + "training.microbatches = 1, found \(t.microbatches)")
+        }
+        if c == 1 { fail([key], "key '\(key)' expects 0 (off) or at least 2 tokens, found \(c)") }
+        if p.dp >= 1, p.dp & (p.dp - 1) == 0, t.seqLen >= 1, c >= 2,
+           DocumentScheduler.smallestGroup(t.seqLen, ranks: p.dp, capacity: c) == nil {
+            let need = DocumentScheduler.ringLength(t.seqLen, size: p.dp) / p.dp
+            fail([key, "training.seq_len", "parallelism.dp"],
+                 "the longest sequence (training.seq_len = \(t.seqLen) tokens) over all parallelism.dp = \(p.dp) ranks needs \(need) "
+                 + "tokens per rank; expected \(key) >= \(need), found \(c)")
         }
     }
 
@@ -180,14 +213,15 @@ struct ConfigChecks {
 
     /// Relations between keys; each is checked only when the keys involved are individually valid.
     mutating func checkShapes() {
-        let m = config.model, t = config.training, p = config.parallelism
+        let m = config.model, t = config.training, p = config.parallelism, d = config.data
         if m.nHead >= 1, m.dModel >= 1 { divisible("model.d_model", m.dModel, by: [("model.n_head", m.nHead)]) }
         if t.seqLen > m.blockSize, m.blockSize >= 1 {
             fail(["training.seq_len", "model.block_size"],
                  "training.seq_len = \(t.seqLen) exceeds model.block_size = \(m.blockSize)"
                  + "; expected seq_len <= block_size (block_size is the number of learned positions)")
         }
-        if t.batchSize >= 1, t.microbatches >= 1, p.dp >= 1 {
+        if d.maxTokensPerRank > 0 { checkVariableLength() }
+        if t.batchSize >= 1, t.microbatches >= 1, p.dp >= 1, d.maxTokensPerRank == 0 {
             let divisors = p.dp > 1 ? [("parallelism.dp", p.dp), ("training.microbatches", t.microbatches)]
                                     : [("training.microbatches", t.microbatches)]
             divisible("training.batch_size", t.batchSize, by: divisors)

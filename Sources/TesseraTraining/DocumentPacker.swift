@@ -43,23 +43,7 @@ public final class DocumentPacker: Sendable {
     public init(source: any TokenSource, seqLen: Int, separator: Int32, seed: UInt64) throws {
         self.seqLen = seqLen; self.seed = seed
         let length = seqLen + 1
-        // Document starts: position 0 and every separator after it.
-        var starts: [Int] = [0]
-        let chunk = 1 << 16
-        withUnsafeTemporaryAllocation(of: Int32.self, capacity: chunk) { buf in
-            var i = 0
-            while i < source.count {
-                let n = min(chunk, source.count - i)
-                source.copy(from: i, count: n, into: buf.baseAddress!)
-                for k in 0..<n where buf[k] == separator && i + k > 0 { starts.append(i + k) }
-                i += n
-            }
-        }
-        var docs = (0..<starts.count).map { (start: starts[$0], count: ($0 + 1 < starts.count ? starts[$0 + 1] : source.count) - starts[$0]) }
-        docs.removeAll { $0.count < 2 }  // a lone separator has no target
-        guard !docs.isEmpty else {
-            throw DataError("\(source.description): no document of 2 or more tokens to pack (documents start at token \(separator))")
-        }
+        var docs = try Self.documentSpans(source: source, separator: separator)
         // Shuffled order.
         var state = splitmix64(seed ^ 0x5041_434B)
         for i in stride(from: docs.count - 1, to: 0, by: -1) {
@@ -88,6 +72,28 @@ public final class DocumentPacker: Sendable {
         self.rows = rows
         documents = docs.count; splitDocuments = split
         paddingFraction = 1 - Double(used) / Double(rows.count * length)
+    }
+
+    /// The documents of `source`: cut before every `separator` token, each at least 2 tokens (a lone separator has
+    /// no target), in corpus order. Throws when there is none.
+    public static func documentSpans(source: any TokenSource, separator: Int32) throws -> [(start: Int, count: Int)] {
+        var starts: [Int] = [0]
+        let chunk = 1 << 16
+        withUnsafeTemporaryAllocation(of: Int32.self, capacity: chunk) { buf in
+            var i = 0
+            while i < source.count {
+                let n = min(chunk, source.count - i)
+                source.copy(from: i, count: n, into: buf.baseAddress!)
+                for k in 0..<n where buf[k] == separator && i + k > 0 { starts.append(i + k) }
+                i += n
+            }
+        }
+        var docs = (0..<starts.count).map { (start: starts[$0], count: ($0 + 1 < starts.count ? starts[$0 + 1] : source.count) - starts[$0]) }
+        docs.removeAll { $0.count < 2 }
+        guard !docs.isEmpty else {
+            throw DataError("\(source.description): no document of 2 or more tokens to pack (documents start at token \(separator))")
+        }
+        return docs
     }
 
     /// First fit among the open rows; a new row when none has room; the fullest closed beyond `openRows`.

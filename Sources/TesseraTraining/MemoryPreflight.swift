@@ -269,8 +269,10 @@ public enum MemoryPreflight {
             out.wholeModel = (config.precision == .bf16 ? 2 : 1) * 4 * ModelParameters.specs(gpt).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
         }
         // Activations: the planner's prediction for this rank's layers, as MemorySetup makes it.
-        let batch = max(t.batchSize / max(p.dp * t.microbatches, 1), 1)
-        let tokens = p.ring * p.ulysses > 1
+        // Variable-length documents: one sequence of at most max_tokens_per_rank tokens at a time.
+        let variable = config.data.maxTokensPerRank > 0
+        let batch = variable ? 1 : max(t.batchSize / max(p.dp * t.microbatches, 1), 1)
+        let tokens = variable ? config.data.maxTokensPerRank : p.ring * p.ulysses > 1
             ? SequenceLayout(seqLen: t.seqLen, ring: p.ring, ulysses: p.ulysses, ringRank: c.ring, ulyssesRank: c.ulysses).positions.count
             : t.seqLen
         var sets = [1]

@@ -18,6 +18,8 @@ public struct StepRecord: Sendable {
     public var activations: ActivationSummary? = nil
     /// Steps so far whose update was dropped as non-finite (`training.on_nonfinite = "skip"`).
     public var skippedSteps = 0
+    /// Variable-length documents: what the step's plan did (nil with fixed rows).
+    public var documents: DocumentStepStats? = nil
 }
 
 /// Activation memory of one step on this rank.
@@ -124,6 +126,12 @@ public final class MetricsSink {
             "optimizer_state_bytes": r.optimizerStateBytes, "skipped_steps": r.skippedSteps,
         ]
         if let v = r.valLoss { obj["val_loss"] = v }
+        if let d = r.documents {
+            obj["documents"] = ["sequences": d.sequences, "tokens": d.tokens, "items": d.items, "ring_items": d.ringItems, "ring_sizes": d.ringSizes,
+                                "longest": d.longest, "attention_max_mean": d.attentionImbalance,
+                                "tokens_max_mean": d.tokenImbalance, "work_max_mean": d.workImbalance,
+                                "padding": d.paddingFraction, "flops": d.flops] as [String: Any]
+        }
         if let a = r.activations {
             obj["activations"] = ["peak_bytes": a.peakBytes, "predicted_bytes": a.predictedBytes,
                                   "peak_bytes_max": a.peakBytes.max() ?? 0, "recompute_s_max": a.recomputeSecondsMax,

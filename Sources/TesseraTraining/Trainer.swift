@@ -38,6 +38,8 @@ public final class Trainer {
     /// Saving (sync or lazy) and restoring checkpoints.
     public let checkpointer: Checkpointer
     public let sgemmPeak: Double
+    /// Variable-length documents: planned steps over whole documents (nil: fixed rows).
+    let documentSteps: DocumentSteps?
 
     /// World rank 0 under pipeline parallelism: the whole trained model, gathered for sampling.
     var wholeModel: Transformer?
@@ -70,6 +72,7 @@ public final class Trainer {
         model = parts.model; tokens = parts.tokens; pipelineLayout = parts.pipelineLayout; pipeline = parts.pipeline
         acts = parts.acts; memory = parts.memory; dataParallel = parts.dataParallel; optimizer = parts.optimizer
         schedule = parts.schedule; checkpointer = parts.checkpointer; sgemmPeak = parts.sgemmPeak
+        documentSteps = parts.documentSteps
         self.options = options
         // A lazy checkpoint in flight must have copied each piece before the optimizer changes it.
         optimizer.beforeSegment = { [unowned self] k in
@@ -107,11 +110,15 @@ public final class Trainer {
         options.fault?.poison(step: step, rank: runtime?.rank ?? 0, grads: model.grads, stage: model.stage, family: model.config.family)
         // The loss is a mean over the step's counted targets (all of them with windows; packed documents leave out
         // document ends and padding), normalised once for the global batch whatever the layout.
-        let counted = data.train.targetCount(step: step, globalBatch: t.batchSize)
+        let planned = documentSteps?.step(step)
+        let counted = planned.map { DocumentBatches.targets($0.plan) } ?? data.train.targetCount(step: step, globalBatch: t.batchSize)
         precondition(counted > 0, "step \(step + 1): the global batch has no target to train on")  // every row has one
         let gradScale = 1 / Float(counted)
         var lossSum = 0.0
-        if let pipeline, let layout = pipelineLayout, let mesh {
+        if let documents = documentSteps, let planned {
+            lossSum = documents.run(step: step, plan: planned.plan, sequences: planned.sequences, gradScale: gradScale,
+                                    timeline: timeline) { [unowned self] in dataParallel?.beginReduction(step: step) }
+        } else if let pipeline, let layout = pipelineLayout, let mesh {
             // The plan runs every micro-batch; this replica's sequences of micro-batch mb.
             pipeline.load = { [unowned self] mb, a in
                 tokens.load(into: a) { r in
@@ -179,6 +186,7 @@ public final class Trainer {
     /// Bytes this rank sent over its sequence-parallel groups (ring and Ulysses) so far.
     var sequenceBytesSent: Int {
         guard let mesh else { return 0 }
+        if let documentSteps { return documentSteps.bytesSent }
         return (mesh.shape.ring > 1 ? mesh.ring.bytesSent : 0) + (mesh.shape.ulysses > 1 ? mesh.ulysses.bytesSent : 0)
     }
 
@@ -199,6 +207,14 @@ public final class Trainer {
         guard let val = data.val else { return nil }
         let t = config.training, batches = t.evalBatches
         var sum = 0.0
+        if let documents = documentSteps {
+            var targets = 0
+            for b in 0..<batches {
+                let r = documents.evaluate(batch: b)
+                sum += r.loss; targets += r.targets
+            }
+            return globalSum(sum, label: "validation loss", step: 0) / Double(max(targets, 1))
+        }
         if let pipeline, let layout = pipelineLayout {
             let actions = PipelineEngine.evaluationActions(microbatches: t.microbatches, chunks: layout.chunks)
             for b in 0..<batches {

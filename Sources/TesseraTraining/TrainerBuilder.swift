@@ -37,12 +37,16 @@ public struct TrainingParts {
     public let checkpointer: Checkpointer
     /// FLOP/s of this rank's threads, measured at start (0 when not measured).
     public let sgemmPeak: Double
+    /// Variable-length documents (data.max_tokens_per_rank): the planned steps that replace fixed micro-batches.
+    let documentSteps: DocumentSteps?
 }
 
 /// The data of a run and how a replica slices each global batch into micro-batches.
 public struct TrainingData {
     public let train: DataLoader
     public let val: DataLoader?
+    /// Variable-length documents (data.max_tokens_per_rank > 0): the sequences steps and evaluation draw from.
+    public var documents: DocumentBatches? = nil, valDocuments: DocumentBatches? = nil
     /// Sequences per micro-batch, and of the global batch per data-parallel replica.
     public let microBatch: Int, localBatch: Int
     /// This replica's index among the data-parallel replicas.
@@ -76,10 +80,14 @@ enum TrainerBuilder {
             try HFImport.load(dir: config.model.initFrom, into: model.params)  // this stage's tensors
             model.parametersChanged()
         }
-        let tokens = makeSequenceParallel(config, mesh, model: model, batch: data.microBatch)
+        // Variable-length documents: one sequence of at most max_tokens_per_rank tokens at a time (DocumentSteps).
+        let variable = config.data.maxTokensPerRank > 0
+        let tokens = variable ? SequenceTokens(seqLen: config.data.maxTokensPerRank, batch: 1, layout: nil, documents: true)
+                              : makeSequenceParallel(config, mesh, model: model, batch: data.microBatch)
+        let batch = variable ? 1 : data.microBatch
         // Activation memory: the policies (or the plan for the budget) before any activations exist.
         let sgemmPeak = options.measurePeak ? SgemmProbe.measure(threads: threads).flops : 0
-        let memory = try makeMemory(config, runtime, mesh, model: model, pipelineLayout: pipelineLayout, batch: data.microBatch,
+        let memory = try makeMemory(config, runtime, mesh, model: model, pipelineLayout: pipelineLayout, batch: batch,
                                     tokens: tokens.count, flopRate: sgemmPeak > 0 ? sgemmPeak : SgemmProbe.measure(threads: threads).flops)
         model.memory = memory.memoryPlan
         if timeline.trace != nil {
@@ -92,7 +100,10 @@ enum TrainerBuilder {
                                           tokens: tokens.count, wire: config.pipelineWire)
             pipeline?.everyChunkLoads = tokens.documents
         } else {
-            acts = model.activations(batch: data.microBatch, tokens: tokens.count)
+            acts = model.activations(batch: batch, tokens: tokens.count)
+        }
+        let documentSteps = try data.documents.map {
+            try DocumentSteps(config: config, mesh: mesh, model: model, acts: acts!, train: $0, val: data.valDocuments)
         }
         let (dataParallel, optimizer) = makeOptimizer(config, mesh, model: model, pipelined: pipelineLayout != nil)
         let schedule = LRSchedule(peak: config.optimizer.lr, minRatio: config.optimizer.minLrRatio,
@@ -102,7 +113,7 @@ enum TrainerBuilder {
         return TrainingParts(config: config, runtime: runtime, mesh: mesh, timeline: timeline, data: data, model: model,
                              tokens: tokens, pipelineLayout: pipelineLayout, pipeline: pipeline, acts: acts, memory: memory,
                              dataParallel: dataParallel, optimizer: optimizer, schedule: schedule, checkpointer: checkpointer,
-                             sgemmPeak: sgemmPeak)
+                             sgemmPeak: sgemmPeak, documentSteps: documentSteps)
     }
 
     /// The process mesh of the config's degrees (nil without MPI); the job's size must match before any
@@ -138,14 +149,24 @@ enum TrainerBuilder {
                 }
             }
         }
-        let train = try DataLoader(source: data.train, seqLen: t.seqLen, seed: config.seed, documentSeparator: separator)
+        // Variable-length documents draw whole documents (DocumentBatches); the loaders then cut no rows.
+        let variable = config.data.maxTokensPerRank > 0
+        let rows = variable ? nil : separator
+        let train = try DataLoader(source: data.train, seqLen: t.seqLen, seed: config.seed, documentSeparator: rows)
         var val: DataLoader? = nil
         if t.evalEvery > 0 {
             try data.val.checkTokens(vocabSize: m.vocabSize)
-            val = try DataLoader(source: data.val, seqLen: t.seqLen, seed: config.seed, documentSeparator: separator)
+            val = try DataLoader(source: data.val, seqLen: t.seqLen, seed: config.seed, documentSeparator: rows)
         }
-        return TrainingData(train: train, val: val, microBatch: t.batchSize / (p.dp * t.microbatches),
-                            localBatch: t.batchSize / p.dp, replica: replica)
+        var out = TrainingData(train: train, val: val, microBatch: max(t.batchSize / (p.dp * t.microbatches), 1),
+                               localBatch: max(t.batchSize / p.dp, 1), replica: replica)
+        if variable, let separator {
+            out.documents = try DocumentBatches(source: data.train, separator: separator, maxLength: t.seqLen, seed: config.seed)
+            if t.evalEvery > 0 {
+                out.valDocuments = try DocumentBatches(source: data.val, separator: separator, maxLength: t.seqLen, seed: config.seed)
+            }
+        }
+        return out
     }
 
     /// This rank's tokens; with a sequence group of more than one rank, the model's attention becomes the

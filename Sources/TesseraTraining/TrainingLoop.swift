@@ -39,12 +39,16 @@ extension Trainer {
             let val = doEval ? evaluate() : nil
             let recent = stepTimes.suffix(10)
             let meanStep = recent.reduce(0, +) / Double(recent.count)
+            // Variable-length documents: the step's own tokens and FLOPs (each sequence's causal attention at its length).
+            let documents = documentSteps?.last
+            let stepTokens = documents?.tokens ?? tokensPerStep, stepFlops = documents?.flops ?? flopsPerStep
             var record = StepRecord(step: step + 1, steps: t.steps, loss: outcome.loss, lr: schedule.lr(step),
-                                    gradNorm: outcome.gradNorm, tokensPerSecond: Double(tokensPerStep) / dt,
-                                    mfu: sgemmPeak > 0 ? flopsPerStep / dt / (sgemmPeak * Double(worldSize)) : 0, stepSeconds: dt,
+                                    gradNorm: outcome.gradNorm, tokensPerSecond: Double(stepTokens) / dt,
+                                    mfu: sgemmPeak > 0 ? stepFlops / dt / (sgemmPeak * Double(worldSize)) : 0, stepSeconds: dt,
                                     peakRSSBytes: peakRSSBytes(), etaSeconds: meanStep * Double(t.steps - step - 1), valLoss: val)
             record.optimizerStateBytes = optimizer.stateBytes
             record.skippedSteps = skippedSteps
+            record.documents = documents
             // Log steps are the same on every rank, so the phase summary (a collective) is too.
             if (step + 1) % t.logEvery == 0 || step == 0 || last || val != nil || outcome.nonFinite != nil {
                 record.phases = phaseSummary(interval, steps: intervalSteps, pipelineWaitNs: intervalPipelineWaitNs)

@@ -354,6 +354,26 @@ final class ConfigTests: XCTestCase {
         assertConfigError(try load("[data]\n" + train + "document_token = -2\n"), contains: ["data.document_token", ">= -1"])
     }
 
+    func testVariableLengthSettings() throws {
+        let docs = "[data]\ntrain = \"\(trainPath)\"\npacking = \"documents\"\ndocument_token = 10\n"
+        let ok = try load("[training]\nseq_len = 64\n[parallelism]\ndp = 2\n" + docs + "max_tokens_per_rank = 32\nschedule = \"ring\"\n")
+        XCTAssertEqual(ok.data.maxTokensPerRank, 32)
+        XCTAssertEqual(ok.data.schedule, "ring")
+        assertConfigError(try load("[training]\nseq_len = 64\n[parallelism]\ndp = 2\n" + docs + "max_tokens_per_rank = 30\n"),
+                          contains: ["the longest sequence (training.seq_len = 64 tokens)", "needs 32 tokens per rank",
+                                     "data.max_tokens_per_rank >= 32, found 30"])
+        assertConfigError(try load("[training]\nseq_len = 64\n[data]\ntrain = \"\(trainPath)\"\nmax_tokens_per_rank = 64\n"),
+                          contains: ["data.max_tokens_per_rank = 64 trains on whole documents", "data.packing = \"documents\""])
+        assertConfigError(try load("[training]\nseq_len = 64\n[parallelism]\ndp = 3\n" + docs + "max_tokens_per_rank = 64\n"),
+                          contains: ["parallelism.dp a power of two, found 3"])
+        assertConfigError(try load("[training]\nseq_len = 64\n[parallelism]\nring = 2\n" + docs + "max_tokens_per_rank = 64\n"),
+                          contains: ["forms its sequence groups per step", "found 1, 2, 1"])
+        assertConfigError(try load("[training]\nseq_len = 64\nmicrobatches = 2\n" + docs + "max_tokens_per_rank = 64\n"),
+                          contains: ["training.microbatches = 1, found 2"])
+        assertConfigError(try load(docs + "schedule = \"zigzag\"\n"), contains: ["data.schedule", "zigzag"])
+        assertConfigError(try load(docs + "max_tokens_per_rank = -1\n"), contains: ["data.max_tokens_per_rank", ">= 0"])
+    }
+
     func testMemorySettings() throws {
         XCTAssertEqual(try load("[model]\nn_layer = 3\n[memory]\nlayer_policy = \"full*2,keep\"\n").memory.layerPolicy, "full*2,keep")
         assertConfigError(try load("[memory]\npolicy = \"auto\"\n"),

@@ -1,0 +1,166 @@
+// Steps over variable-length documents (`data.max_tokens_per_rank`): each step every rank draws the same global
+// batch (DocumentBatches), plans it the same way (DocumentScheduler, the rule in `data.schedule`), and runs the
+// items it belongs to in plan order, forward and backward, with one activation set of max_tokens_per_rank tokens
+// (batch 1, resized to each item). A row on one rank runs the model's own attention; a sequence over a group
+// of g ranks runs ring attention over that block's communicator (DocumentGroups), its zigzag split of the
+// padded row changed per item. Gradients accumulate over the items and are reduced once over all replicas;
+// every token's loss is weighted by 1 / (targets of the whole step's plan), once.
+
+import TesseraComm
+import TesseraDataParallel
+import TesseraKernels
+import TesseraModel
+import TesseraSequenceParallel
+import TesseraTimeline
+
+/// What a step's plan did, for the metrics (the same on every rank: every rank computes the plan).
+public struct DocumentStepStats: Sendable, Equatable {
+    public var sequences = 0, tokens = 0, items = 0, ringItems = 0, longest = 0
+    /// Group sizes of the step's rings (sorted, each once).
+    public var ringSizes: [Int] = []
+    /// max / mean over ranks of attention pairs and of tokens (padding included), and of the cost the plan balances.
+    public var attentionImbalance = 1.0, tokenImbalance = 1.0, workImbalance = 1.0
+    public var paddingFraction = 0.0
+    /// Model FLOPs of the step's trained tokens (each sequence's causal attention at its own length).
+    public var flops = 0.0
+    public init() {}
+}
+
+final class DocumentSteps {
+    let train: DocumentBatches, val: DocumentBatches?
+    let schedule: String, budget: Int, capacity: Int
+    let cost: DocumentCost
+    let model: Transformer, acts: Activations
+    /// The model's own attention (rows on one rank) and a ring per group size > 1.
+    let local: AttentionOp
+    let rings: [Int: SequenceParallelAttention]
+    let groups: DocumentGroups?
+    var ranks: Int { groups?.ranks ?? 1 }
+    var rank: Int { groups?.rank ?? 0 }
+    /// One whole row (up to ranks × capacity positions): ids, targets, positions, starts.
+    private var row: [Int32]
+    private(set) var last = DocumentStepStats()
+
+    init(config: TesseraConfig, mesh: ProcessMesh?, model: Transformer, acts: Activations, train: DocumentBatches,
+         val: DocumentBatches?) throws {
+        self.train = train; self.val = val; self.model = model; self.acts = acts
+        schedule = config.data.schedule; capacity = config.data.maxTokensPerRank
+        budget = config.training.batchSize * config.training.seqLen
+        cost = Self.cost(model.config)
+        local = model.attention
+        groups = try mesh?.documentGroups()
+        var rings: [Int: SequenceParallelAttention] = [:]
+        if let groups {
+            let m = model.config
+            for g in DocumentScheduler.groupSizes(ranks: groups.ranks) where g > 1 {
+                let room = SequenceLayout(seqLen: g * (capacity + capacity % 2), ring: g, ulysses: 1,
+                                          ringRank: groups.rankInBlock(size: g), ulyssesRank: 0)
+                let sp = SequenceParallelAttention(heads: m.nHead, kvHeads: m.nKVHead, headDim: m.headDim, layout: room,
+                                                   ring: groups.communicator(size: g), ulysses: nil, maxBatch: 1,
+                                                   precision: model.precision)
+                sp.onError = { MPIRuntime.abort("\($0) at step \(Watchdog.shared?.step ?? 0); aborting the job") }
+                rings[g] = sp
+            }
+        }
+        self.rings = rings
+        row = [Int32](repeating: 0, count: 4 * (groups?.ranks ?? 1) * (capacity + 1))
+    }
+
+    /// Relative work of a sequence: per token the products (6 FLOPs per weight, forward and backward), per causal
+    /// attention pair 12 FLOPs per layer and model width, weighted 2.5 because the blockwise kernel runs at about
+    /// 40% of the product rate (docs/benchmarks.md).
+    static func cost(_ m: TransformerConfig) -> DocumentCost {
+        let lookup = m.family == .llama && !m.tied ? m.vocabSize * m.dModel : 0
+        return DocumentCost(pair: 2.5 * 12 * Double(m.nLayer * m.dModel), token: 6 * Double(m.parameterCount - lookup))
+    }
+
+    func plan(_ lengths: [Int]) -> DocumentPlan {
+        switch schedule {
+        case "ring": DocumentScheduler.ring(lengths: lengths, ranks: ranks, capacity: capacity)
+        case "dp": DocumentScheduler.dataParallel(lengths: lengths, ranks: ranks, capacity: capacity, packed: true)
+        case "dp_padded": DocumentScheduler.dataParallel(lengths: lengths, ranks: ranks, capacity: capacity, packed: false)
+        default: DocumentScheduler.dataAware(lengths: lengths, ranks: ranks, capacity: capacity, cost: cost)
+        }
+    }
+
+    /// Step `step`'s sequences and plan.
+    func step(_ step: Int) -> (sequences: [Int], plan: DocumentPlan) {
+        let seqs = train.sequences(step: step, budget: budget)
+        return (seqs, plan(train.lengths(seqs)))
+    }
+
+    /// Forward and backward of this rank's items of step `step`'s plan; gradients accumulate into the model's,
+    /// and `reduction` starts the replicas' reduction before the last backward. Returns this rank's loss sum.
+    func run(step: Int, plan: DocumentPlan, sequences: [Int], gradScale: Float, timeline: Timeline,
+             reduction: () -> Void) -> Double {
+        last = stats(plan, sequences: sequences, source: train)
+        let mine = plan.items(for: rank)
+        if mine.isEmpty { reduction() }
+        var loss = 0.0
+        for (k, item) in mine.enumerated() {
+            timeline.work("data item \(k)") { load(item, sequences: sequences, from: train) }
+            loss += timeline.work("forward item \(k)") { model.forwardLoss(acts, gradScale: gradScale) }
+            if k == mine.count - 1 { reduction() }
+            timeline.work("backward item \(k)") { model.backward(acts) }
+        }
+        model.attention = local
+        return loss
+    }
+
+    /// Evaluation batch `batch`: this rank's loss sum, and the targets of the whole batch.
+    func evaluate(batch: Int) -> (loss: Double, targets: Int) {
+        guard let val else { return (0, 0) }
+        let seqs = val.evalSequences(batch: batch, budget: budget)
+        let plan = plan(val.lengths(seqs))
+        var loss = 0.0
+        for item in plan.items(for: rank) {
+            load(item, sequences: seqs, from: val)
+            loss += model.lossSum(acts)
+        }
+        model.attention = local
+        return (loss, DocumentBatches.targets(plan))
+    }
+
+    /// The item's tokens of this rank into the activations, and the attention that runs it.
+    func load(_ item: DocumentPlan.Item, sequences: [Int], from batches: DocumentBatches) {
+        let L = item.length, g = item.size
+        precondition(L <= row.count / 4 && item.localTokens <= capacity, "document item of \(L) tokens over \(g) exceeds the buffers")
+        row.withUnsafeMutableBufferPointer { b in
+            let ids = b.baseAddress!, tg = ids + L, pos = tg + L, st = pos + L
+            batches.write(item, sequences: sequences, ids: ids, targets: tg, positions: pos, starts: st)
+            acts.resize(tokens: item.localTokens)
+            if g == 1 {
+                model.attention = local
+                acts.tokenIds.update(from: ids, count: L); acts.targets.update(from: tg, count: L)
+                acts.positions.update(from: pos, count: L)
+            } else {
+                let layout = SequenceLayout(seqLen: L, ring: g, ulysses: 1, ringRank: groups!.rankInBlock(size: g), ulyssesRank: 0)
+                let ring = rings[g]!
+                ring.use(layout: layout)
+                model.attention = ring
+                for j in 0..<layout.local {
+                    let p = layout.ringLocalPosition(j, ringRank: layout.ringRank)
+                    acts.tokenIds[j] = ids[p]; acts.targets[j] = tg[p]; acts.positions[j] = pos[p]
+                }
+            }
+            acts.documents = DocumentStarts(starts: Array(UnsafeBufferPointer(start: st, count: L)), length: L)
+        }
+    }
+
+    func stats(_ plan: DocumentPlan, sequences: [Int], source: DocumentBatches) -> DocumentStepStats {
+        var s = DocumentStepStats()
+        s.sequences = sequences.count; s.tokens = plan.tokens; s.items = plan.items.count
+        s.ringItems = plan.items.filter { $0.size > 1 }.count
+        s.ringSizes = Set(plan.items.map(\.size).filter { $0 > 1 }).sorted()
+        s.longest = plan.items.flatMap(\.counts).max() ?? 0
+        s.attentionImbalance = DocumentPlan.imbalance(plan.pairsPerRank)
+        s.tokenImbalance = DocumentPlan.imbalance(plan.tokensPerRank.map(Double.init))
+        s.workImbalance = plan.workImbalance(cost)
+        s.paddingFraction = plan.paddingFraction
+        s.flops = plan.items.flatMap(\.counts).reduce(0.0) { $0 + model.config.flopsPerToken(seqLen: ($1 + 1) / 2) * Double($1) }
+        return s
+    }
+
+    /// Bytes this rank sent over its document groups so far.
+    var bytesSent: Int { groups?.communicators.reduce(0) { $0 + $1.bytesSent } ?? 0 }
+}

@@ -1,0 +1,45 @@
+import Foundation
+import XCTest
+
+/// Variable-length documents (`data.max_tokens_per_rank`) under real mpirun jobs against the single rank that holds
+/// every sequence whole (DataParallelTests.checkLayout: every step's loss over 10 steps and the validation losses
+/// within 1e-5 relative, step 1's gradients within 1e-5 relative norm). The documents: the test text cut before
+/// every '1' (data.document_token = 49), 2 to 364 tokens, split at seq_len = 64: each step draws 4 or 5 whole
+/// sequences of up to 256 tokens (1024 in the 4-rank case). With 40 tokens per rank on 2 ranks, sequences longer
+/// than 40 run as rings of 2 and the rest whole on one rank; with 20 on 4 ranks, rings of 4 and of 2 (on both
+/// halves at once). The cases are data.
+final class VariableLengthTests: XCTestCase {
+    static let documents = ["--data.packing", "documents", "--data.document_token", "49", "--model.block_size", "64",
+                            "--training.seq_len", "64", "--training.batch_size", "4", "--data.max_tokens_per_rank", "64"]
+    static let llama = documents + ["--model.family", "llama", "--model.n_kv_head", "1", "--model.intermediate_size", "88",
+                                    "--model.tie_word_embeddings", "false"]
+
+    static let cases: [(Int, String, [String], [String], (rings: Int, sizes: Set<Int>))] = [
+        (2, "aware", documents, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40"], (1, [2])),
+        (2, "aware-zero1", documents, ["--parallelism.dp", "2", "--parallelism.zero", "1", "--data.max_tokens_per_rank", "40"], (1, [2])),
+        (2, "ring", documents, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40", "--data.schedule", "ring"], (1, [2])),
+        (4, "aware4", documents + ["--training.batch_size", "16"], ["--parallelism.dp", "4", "--data.max_tokens_per_rank", "20"], (1, [2, 4])),
+        (2, "llama-aware", llama, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40"], (1, [2])),
+    ]
+
+    func testPlannedStepsReproduceTheSingleRank() throws {
+        for (np, name, shape, overrides, expect) in Self.cases {
+            let r = try DataParallelTests.checkLayout(np: np, "varlen-" + name, shape: shape, overrides)
+            XCTAssertTrue(r.output.contains("variable-length documents"), "\(name): the banner\n\(r.output)")
+            // The plans did split sequences over rings (the metrics' per-step plan summary).
+            let metrics = DataParallelTests.dir.appendingPathComponent("varlen-\(name).jsonl").path
+            var rings = 0, steps = 0, sizes = Set<Int>()
+            for line in try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n") {
+                let obj = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+                guard let d = obj["documents"] as? [String: Any] else { continue }
+                steps += 1
+                rings += d["ring_items"] as! Int
+                sizes.formUnion(d["ring_sizes"] as! [Int])
+                XCTAssertLessThanOrEqual(d["longest"] as! Int, 64)
+            }
+            XCTAssertEqual(steps, 10, name)
+            XCTAssertGreaterThanOrEqual(rings, expect.rings * 10, "\(name): sequences longer than a rank's tokens ran as rings")
+            XCTAssertEqual(sizes, expect.sizes, "\(name): ring sizes")
+        }
+    }
+}

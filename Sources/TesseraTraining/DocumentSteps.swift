@@ -16,6 +16,8 @@ import TesseraTimeline
 /// What a step's plan did, for the metrics (the same on every rank: every rank computes the plan).
 public struct DocumentStepStats: Sendable, Equatable {
     public var sequences = 0, tokens = 0, items = 0, ringItems = 0, longest = 0
+    /// Tokens of the step's sequences whole (more than `tokens` when a static plan truncates them).
+    public var sequenceTokens = 0
     /// Group sizes of the step's rings (sorted, each once).
     public var ringSizes: [Int] = []
     /// max / mean over ranks of attention pairs and of tokens (padding included), and of the cost the plan balances.
@@ -150,6 +152,7 @@ final class DocumentSteps {
     func stats(_ plan: DocumentPlan, sequences: [Int], source: DocumentBatches) -> DocumentStepStats {
         var s = DocumentStepStats()
         s.sequences = sequences.count; s.tokens = plan.tokens; s.items = plan.items.count
+        s.sequenceTokens = source.lengths(sequences).reduce(0, +)
         s.ringItems = plan.items.filter { $0.size > 1 }.count
         s.ringSizes = Set(plan.items.map(\.size).filter { $0 > 1 }).sorted()
         s.longest = plan.items.flatMap(\.counts).max() ?? 0

@@ -42,4 +42,32 @@ final class VariableLengthTests: XCTestCase {
             XCTAssertEqual(sizes, expect.sizes, "\(name): ring sizes")
         }
     }
+
+    /// A data-aware run on 2 ranks saves at step 5; the single rank resumes from it and trains steps 6–10 on the same
+    /// documents (a step's batch is a function of the step alone) with the same losses (1e-5), and says so.
+    func testResumeOnAnotherLayoutContinuesTheSameDocuments() throws {
+        let dir = DataParallelTests.dir, cfg = try DataParallelTests.config()
+        func train(np: Int, _ name: String, _ extra: [String]) throws -> (losses: [Int: Double], output: String) {
+            let metrics = dir.appendingPathComponent("varlen-\(name).jsonl").path
+            let (status, out) = try runProcess(["mpirun", "-np", "\(np)", CommandTests.binary, "train", cfg, "--metrics.path", metrics]
+                                               + Self.documents + extra, timeout: 300)
+            guard status == 0 else { throw TestFailure("\(name): exit \(status)\n\(out)") }
+            var losses: [Int: Double] = [:]
+            for line in try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n") {
+                let obj = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+                if let loss = obj["loss"] as? Double { losses[obj["step"] as! Int] = loss }
+            }
+            return (losses, out)
+        }
+        let root = dir.appendingPathComponent("varlen-ckpt").path
+        let whole = try train(np: 2, "saving", ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40",
+                                                 "--checkpoint.every", "5", "--checkpoint.dir", root])
+        let resumed = try train(np: 1, "resumed", ["--resume", root + "/step-000005", "--checkpoint.dir", root + "-r"])
+        XCTAssertTrue(resumed.output.contains("continuing from"), resumed.output)
+        XCTAssertEqual(Set(resumed.losses.keys), Set(6...10), "the resumed run trains steps 6 to 10")
+        for step in 6...10 {
+            let a = try XCTUnwrap(resumed.losses[step]), b = try XCTUnwrap(whole.losses[step])
+            XCTAssertLessThanOrEqual(abs(a - b) / abs(b), 1e-5, "step \(step): \(a) resumed vs \(b)")
+        }
+    }
 }

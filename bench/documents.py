@@ -12,8 +12,9 @@ step draws whole documents up to batch × S tokens. The schedules (data.schedule
   dp         static: plain data parallel, sequences truncated to C, rows packed (trains fewer tokens)
   dp_padded  static: plain data parallel, one sequence per row, truncated or padded to C
 Reported per schedule (medians over rounds; steps after the first): tokens/s of trained tokens, step time, the
-plan's max/mean over ranks of attention pairs and of tokens, padding, tokens dropped by truncation, bytes this
-rank sent over its sequence groups per step, and MFU against the sgemm ceiling the job measures at start.
+plan's max/mean over ranks of attention pairs and of tokens, padding, tokens dropped by truncation, bytes a rank
+sent over its sequence groups per step (the larger rank's), the measured max/mean over ranks of compute time and the
+mean time waiting in communication, and MFU against the sgemm ceiling the job measures at start.
 Corpora: "lognormal" (document lengths lognormal, median 160 bytes, sigma 1.4, up to 16384; seeded) and "fortunes"
 (Debian's fortunes package, one document per fortune; apt-get install fortunes). Bytes are tokens (vocab 256).
 """
@@ -86,6 +87,8 @@ def run(args, corpus, S, schedule, metrics, log, overrides):
         "dropped": 1 - sum(x["tokens"] for x in d) / sum(x["sequence_tokens"] for x in d),
         "mib": statistics.mean(r["activations"]["sequence_bytes_max"] for r in recs) / 2**20,
         "mfu": statistics.median(r["mfu"] for r in recs),
+        "busy": statistics.mean(r["phases"]["compute_s_max"] / r["phases"]["compute_s_mean"] for r in recs),
+        "wait_ms": 1e3 * statistics.mean(r["phases"]["comm_s_mean"] for r in recs),
         "rings": statistics.mean(x["ring_items"] for x in d),
         "items": statistics.mean(x["items"] for x in d),
     }
@@ -123,12 +126,12 @@ def main():
                 print(f"  max length {S}, {S // 2} tokens per rank, budget {args.batch * S} tokens/step, "
                       f"{args.rounds} round(s) of {args.steps - 1} steps (medians):")
                 print(f"    {'schedule':<10} {'tok/s':>8} {'step ms':>8} {'attn max/mean':>13} {'tok max/mean':>12} "
-                      f"{'padding':>8} {'dropped':>8} {'MiB sent':>9} {'MFU':>6} {'rings':>6} {'items':>6}")
+                      f"{'padding':>8} {'dropped':>8} {'MiB sent':>9} {'busy max/mean':>13} {'wait ms':>8} {'MFU':>6} {'rings':>6} {'items':>6}")
                 med = {s: {k: statistics.median(x[k] for x in res[s]) for k in res[s][0]} for s in SCHEDULES}
                 for s in SCHEDULES:
                     m = med[s]
                     print(f"    {s:<10} {m['tok_s']:8.0f} {m['step_ms']:8.1f} {m['attn']:13.3f} {m['tokens']:12.3f} "
-                          f"{100 * m['padding']:7.1f}% {100 * m['dropped']:7.1f}% {m['mib']:9.2f} {100 * m['mfu']:5.1f}% "
+                          f"{100 * m['padding']:7.1f}% {100 * m['dropped']:7.1f}% {m['mib']:9.2f} {m['busy']:13.3f} {m['wait_ms']:8.1f} {100 * m['mfu']:5.1f}% "
                           f"{m['rings']:6.1f} {m['items']:6.1f}")
                 ratios = {s: med["aware"]["tok_s"] / med[s]["tok_s"] for s in SCHEDULES if s != "aware"}
                 # Per round, aware against each static layout of the same round.

@@ -62,14 +62,26 @@ public final class DataLoader: Sendable {
     /// Targets that count in step `step`'s global batch (every one with windows; packed rows leave out document ends
     /// and padding): the loss and the gradients are normalised by it, once.
     public func targetCount(step: Int, globalBatch: Int) -> Int {
-        guard let packer else { return globalBatch * seqLen }
-        return (0..<globalBatch).reduce(0) { $0 + packer.targetCount(row: packer.row(step: step, sequence: $1)) }
+        packedTargets(count: globalBatch) { packer!.row(step: step, sequence: $0) }
     }
 
     /// Targets that count in evaluation batch `batch`.
     public func evalTargetCount(batch: Int, batches: Int, batchSize: Int) -> Int {
-        guard let packer else { return batchSize * seqLen }
-        return (0..<batchSize).reduce(0) { $0 + packer.targetCount(row: evalRow(batch * batchSize + $1, total: batches * batchSize)) }
+        packedTargets(count: batchSize) { evalRow(batch * batchSize + $0, total: batches * batchSize) }
+    }
+
+    /// Targets of `count` sequences, the j-th packed row being `row(j)` (every one of seqLen with windows).
+    private func packedTargets(count: Int, row: (Int) -> Int) -> Int {
+        guard let packer else { return count * seqLen }
+        return (0..<count).reduce(0) { $0 + packer.targetCount(row: row($1)) }
+    }
+
+    /// Writes packed row `row` as sequence r of the outputs (laid out as `fill` says).
+    private func writePacked(row: Int, r: Int, tokens t: Range<Int>, inputs: UnsafeMutablePointer<Int32>,
+                             targets: UnsafeMutablePointer<Int32>, positions: UnsafeMutablePointer<Int32>?,
+                             starts: UnsafeMutablePointer<Int32>?) {
+        packer!.write(row: row, tokens: t, source: source, inputs: inputs + r * t.count, targets: targets + r * t.count,
+                      positions: positions.map { $0 + r * t.count }, starts: starts.map { $0 + r * seqLen })
     }
 
     /// Packed evaluation row of window `window` of `total`: evenly spaced over the rows.
@@ -104,9 +116,8 @@ public final class DataLoader: Sendable {
         let t = tokens ?? 0..<seqLen
         for (r, j) in sequences.enumerated() {
             if let packer {
-                packer.write(row: packer.row(step: step, sequence: j), tokens: t, source: source, inputs: inputs + r * t.count,
-                             targets: targets + r * t.count, positions: positions.map { $0 + r * t.count },
-                             starts: starts.map { $0 + r * seqLen })
+                writePacked(row: packer.row(step: step, sequence: j), r: r, tokens: t, inputs: inputs, targets: targets,
+                            positions: positions, starts: starts)
             } else {
                 copyWindow(start: start(step: step, sequence: j, globalBatch: globalBatch), tokens: t, row: r,
                            inputs: inputs, targets: targets)
@@ -138,10 +149,9 @@ public final class DataLoader: Sendable {
         let t = tokens ?? 0..<seqLen
         let total = batches * batchSize
         for (r, j) in sequences.enumerated() {
-            if let packer {
-                packer.write(row: evalRow(batch * batchSize + j, total: total), tokens: t, source: source,
-                             inputs: inputs + r * t.count, targets: targets + r * t.count,
-                             positions: positions.map { $0 + r * t.count }, starts: starts.map { $0 + r * seqLen })
+            if packer != nil {
+                writePacked(row: evalRow(batch * batchSize + j, total: total), r: r, tokens: t, inputs: inputs, targets: targets,
+                            positions: positions, starts: starts)
             } else {
                 copyWindow(start: evalStart(window: batch * batchSize + j, total: total), tokens: t, row: r,
                            inputs: inputs, targets: targets)

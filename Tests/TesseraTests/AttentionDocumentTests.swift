@@ -21,11 +21,9 @@ final class AttentionDocumentTests: XCTestCase {
         for (bq, bk) in [(4, 5), (64, 64), (8, 3)] { check(bq: bq, bk: bk) }
     }
 
-    func check(bq: Int, bk: Int, file: StaticString = #filePath, line: UInt = #line) {
-        Threads.configure(2)
-        let q = randomFloats(b * t * c, seed: 31), k = randomFloats(b * t * c, seed: 32), v = randomFloats(b * t * c, seed: 33)
-        let dout = randomFloats(b * t * c, seed: 34)
-        let scratch = Scratch()
+    /// The packed rows' forward and backward in one call each: (out, lse, dq, dk, dv).
+    func wholeCall(_ q: [Float], _ k: [Float], _ v: [Float], _ dout: [Float], bq: Int, bk: Int,
+                   scratch: Scratch) -> ([Float], [Float], [Float], [Float], [Float]) {
         var g = layout(tq: t, tk: t, rows: b, bq: bq, bk: bk)
         g.documents = DocumentStarts(lengths: lengths, length: t)
         var out = [Float](repeating: 0, count: b * t * c), lse = [Float](repeating: 0, count: b * h * t)
@@ -36,6 +34,15 @@ final class AttentionDocumentTests: XCTestCase {
                 Attention.backward(dq: a, dk: bb, dv: d, dout: dout, out: o, lse: l, q: q, k: k, v: v, layout: g, scratch: scratch)
             } } }
         } }
+        return (out, lse, dq, dk, dv)
+    }
+
+    func check(bq: Int, bk: Int, file: StaticString = #filePath, line: UInt = #line) {
+        Threads.configure(2)
+        let q = randomFloats(b * t * c, seed: 31), k = randomFloats(b * t * c, seed: 32), v = randomFloats(b * t * c, seed: 33)
+        let dout = randomFloats(b * t * c, seed: 34)
+        let scratch = Scratch()
+        let (out, lse, dq, dk, dv) = wholeCall(q, k, v, dout, bq: bq, bk: bk, scratch: scratch)
         // Each document alone: a causal call over its own rows, positions from 0.
         var aOut = out, aLse = lse, aDq = dq, aDk = dk, aDv = dv
         for r in 0..<b {
@@ -133,16 +140,7 @@ final class AttentionDocumentTests: XCTestCase {
         let dout = randomFloats(b * t * c, seed: 54)
         let docs = DocumentStarts(lengths: lengths, length: t)
         let scratch = Scratch()
-        var whole = layout(tq: t, tk: t, rows: b, bq: 4, bk: 5)
-        whole.documents = docs
-        var out = [Float](repeating: 0, count: b * t * c), lse = [Float](repeating: 0, count: b * h * t)
-        var dq = [Float](repeating: 0, count: q.count), dk = dq, dv = dq
-        out.ptr { o in lse.ptr { l in
-            Attention.forward(out: o, lse: l, q: q, k: k, v: v, layout: whole, scratch: scratch)
-            dq.ptr { a in dk.ptr { bb in dv.ptr { d in
-                Attention.backward(dq: a, dk: bb, dv: d, dout: dout, out: o, lse: l, q: q, k: k, v: v, layout: whole, scratch: scratch)
-            } } }
-        } }
+        let (out, lse, dq, dk, dv) = wholeCall(q, k, v, dout, bq: 4, bk: 5, scratch: scratch)
         var cq = [Float](repeating: 0, count: q.count), ck = cq, cv = cq
         for (k0, n) in [(0, 20), (20, 17)] {
             var g = layout(tq: t, tk: n, kOffset: k0, rows: b, bq: 4, bk: 5)

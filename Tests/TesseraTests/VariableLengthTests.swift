@@ -36,6 +36,9 @@ final class VariableLengthTests: XCTestCase {
                 rings += d["ring_items"] as! Int
                 sizes.formUnion(d["ring_sizes"] as! [Int])
                 XCTAssertLessThanOrEqual(d["longest"] as! Int, 64)
+                // One activation set of max_tokens_per_rank tokens whatever the item: the meter's peak = the prediction.
+                let a = try XCTUnwrap(obj["activations"] as? [String: Any])
+                XCTAssertEqual(a["peak_bytes"] as? [Int], a["predicted_bytes"] as? [Int], "\(name): activation memory")
             }
             XCTAssertEqual(steps, 10, name)
             XCTAssertGreaterThanOrEqual(rings, expect.rings * 10, "\(name): sequences longer than a rank's tokens ran as rings")

@@ -65,6 +65,15 @@ public final class DataLoader: Sendable {
         packedTargets(count: globalBatch) { packer!.row(step: step, sequence: $0) }
     }
 
+    /// Model FLOPs of step `step`'s global batch, `perToken(n)` being a token's FLOPs in a sequence of n: windows are
+    /// sequences of seqLen; packed rows count each document piece at its own length (attention never crosses pieces).
+    public func flops(step: Int, globalBatch: Int, perToken: (Int) -> Double) -> Double {
+        guard let packer else { return perToken(seqLen) * Double(globalBatch * seqLen) }
+        return (0..<globalBatch).reduce(0.0) { sum, j in
+            packer.rows[packer.row(step: step, sequence: j)].reduce(sum) { $0 + perToken($1.count) * Double($1.count) }
+        }
+    }
+
     /// Targets that count in evaluation batch `batch`.
     public func evalTargetCount(batch: Int, batches: Int, batchSize: Int) -> Int {
         packedTargets(count: batchSize) { evalRow(batch * batchSize + $0, total: batches * batchSize) }

@@ -23,7 +23,8 @@ public struct DocumentStepStats: Sendable, Equatable {
     /// max / mean over ranks of attention pairs and of tokens (padding included), and of the cost the plan balances.
     public var attentionImbalance = 1.0, tokenImbalance = 1.0, workImbalance = 1.0
     public var paddingFraction = 0.0
-    /// Model FLOPs of the step's trained tokens (each sequence's causal attention at its own length).
+    /// Model FLOPs of the step's trained tokens: the convention of fixed windows (every token's attention counted
+    /// over its whole sequence, as PaLM and nanoGPT count it), at each sequence's own length.
     public var flops = 0.0
     public init() {}
 }
@@ -160,7 +161,7 @@ final class DocumentSteps {
         s.tokenImbalance = DocumentPlan.imbalance(plan.tokensPerRank.map(Double.init))
         s.workImbalance = plan.workImbalance(cost)
         s.paddingFraction = plan.paddingFraction
-        s.flops = plan.items.flatMap(\.counts).reduce(0.0) { $0 + model.config.flopsPerToken(seqLen: ($1 + 1) / 2) * Double($1) }
+        s.flops = plan.items.flatMap(\.counts).reduce(0.0) { $0 + model.config.flopsPerToken(seqLen: $1) * Double($1) }
         return s
     }
 

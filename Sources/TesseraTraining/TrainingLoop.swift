@@ -39,9 +39,12 @@ extension Trainer {
             let val = doEval ? evaluate() : nil
             let recent = stepTimes.suffix(10)
             let meanStep = recent.reduce(0, +) / Double(recent.count)
-            // Variable-length documents: the step's own tokens and FLOPs (each sequence's causal attention at its length).
+            // Packed rows and variable-length documents: each document's attention at its own length (not the row's);
+            // variable-length documents: the step's own tokens.
             let documents = documentSteps?.last
-            let stepTokens = documents?.tokens ?? tokensPerStep, stepFlops = documents?.flops ?? flopsPerStep
+            let stepTokens = documents?.tokens ?? tokensPerStep
+            let stepFlops = documents?.flops ?? (data.train.packer == nil ? flopsPerStep
+                : data.train.flops(step: step, globalBatch: t.batchSize) { model.config.flopsPerToken(seqLen: $0) })
             var record = StepRecord(step: step + 1, steps: t.steps, loss: outcome.loss, lr: schedule.lr(step),
                                     gradNorm: outcome.gradNorm, tokensPerSecond: Double(stepTokens) / dt,
                                     mfu: sgemmPeak > 0 ? stepFlops / dt / (sgemmPeak * Double(worldSize)) : 0, stepSeconds: dt,

@@ -22,6 +22,18 @@ final class DocumentPackingTests: XCTestCase {
         return (ByteTokens(bytes: bytes, description: "corpus"), docs)
     }
 
+    /// MFU's FLOPs: windows count every token at seq_len; packed rows each document piece at its own length.
+    func testStepFlopsCountEachDocumentAtItsLength() throws {
+        let (source, _) = Self.corpus([5, 9, 2, 16, 3, 40, 7, 11, 17, 4, 6, 13, 2, 8, 35, 10])
+        let packed = try DataLoader(source: source, seqLen: 16, seed: 3, documentSeparator: 0)
+        let p = try XCTUnwrap(packed.packer)
+        let expected = (0..<4).reduce(0.0) { s, j in p.rows[p.row(step: 2, sequence: j)].reduce(s) { $0 + Double($1.count * $1.count) } }
+        XCTAssertEqual(packed.flops(step: 2, globalBatch: 4) { Double($0) }, expected)
+        XCTAssertLessThan(expected, Double(4 * 16 * 16), "short documents cost less than whole rows")
+        let windows = try DataLoader(source: source, seqLen: 16, seed: 3)
+        XCTAssertEqual(windows.flops(step: 2, globalBatch: 4) { Double($0) }, Double(4 * 16 * 16))
+    }
+
     func testPackerKeepsShortDocumentsWholeAndSplitsOnlyLongOnes() throws {
         let lengths = [5, 9, 2, 16, 3, 40, 7, 11, 17, 4, 6, 13, 2, 8, 35, 10]  // 40 and 35 (= 2 rows + 1) are split
         let (source, docs) = Self.corpus(lengths)

@@ -5,7 +5,8 @@ import XCTest
 /// every sequence whole (DataParallelTests.checkLayout: every step's loss over 10 steps and the validation losses
 /// within 1e-5 relative, step 1's gradients within 1e-5 relative norm). The documents: the test text cut before
 /// every '1' (data.document_token = 49), 2 to 364 tokens, split at seq_len = 64: each step draws 4 or 5 whole
-/// sequences of up to 256 tokens (1024 in the 4-rank case). With 40 tokens per rank on 2 ranks, sequences longer
+/// sequences of up to 256 tokens (1024 in the 4-rank case). With 40 tokens per rank on 2 ranks (also with ZeRO-1 and
+/// with selective recomputation, whose recompute buffer serves items of every length), sequences longer
 /// than 40 run as rings of 2 and the rest whole on one rank; with 20 on 4 ranks, rings of 4 and of 2 (on both
 /// halves at once). The cases are data.
 final class VariableLengthTests: XCTestCase {
@@ -17,6 +18,7 @@ final class VariableLengthTests: XCTestCase {
     static let cases: [(Int, String, [String], [String], (rings: Int, sizes: Set<Int>))] = [
         (2, "aware", documents, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40"], (1, [2])),
         (2, "aware-zero1", documents, ["--parallelism.dp", "2", "--parallelism.zero", "1", "--data.max_tokens_per_rank", "40"], (1, [2])),
+        (2, "aware-selective", documents, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40", "--memory.policy", "selective"], (1, [2])),
         (2, "ring", documents, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40", "--data.schedule", "ring"], (1, [2])),
         (4, "aware4", documents + ["--training.batch_size", "16"], ["--parallelism.dp", "4", "--data.max_tokens_per_rank", "20"], (1, [2, 4])),
         (2, "llama-aware", llama, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40"], (1, [2])),

@@ -25,8 +25,7 @@ public final class DocumentGroups: @unchecked Sendable {
         guard let c = blocks[g] else { preconditionFailure("no document group of \(g) ranks among \(ranks)") }
         return c
     }
-    /// The block of size g holding this rank, and this rank's place in it.
-    public func block(size g: Int) -> Int { rank / g }
+    /// This rank's place in its block of size g.
     public func rankInBlock(size g: Int) -> Int { rank % g }
     /// Every block communicator (for the bytes-sent report).
     public var communicators: [Communicator] { blocks.keys.sorted().map { blocks[$0]! } }

@@ -23,11 +23,21 @@
 // each over the ring of all ranks; `dataParallel` truncates sequences to `capacity` tokens and deals rows of
 // one rank's capacity round-robin (packed by first fit, or one sequence per row padded to capacity).
 
+import TesseraModel
+
 /// Work of a sequence of n tokens: `pair` per causal attention pair, `token` per token (relative units).
 public struct DocumentCost: Sendable, Equatable {
     public var pair: Double, token: Double
     public init(pair: Double, token: Double) { self.pair = pair; self.token = token }
     public func of(_ n: Int) -> Double { pair * Double(n) * Double(n + 1) / 2 + token * Double(n) }
+
+    /// A model's: per token the products (6 FLOPs per weight, forward and backward), per causal attention pair 12
+    /// FLOPs per layer and model width, weighted 2.5 because the blockwise kernel runs at about 40% of the product
+    /// rate (docs/benchmarks.md).
+    public init(model m: TransformerConfig) {
+        let lookup = m.family == .llama && !m.tied ? m.vocabSize * m.dModel : 0
+        self.init(pair: 2.5 * 12 * Double(m.nLayer * m.dModel), token: 6 * Double(m.parameterCount - lookup))
+    }
 }
 
 public struct DocumentPlan: Sendable, Equatable {
@@ -89,9 +99,17 @@ public struct DocumentPlan: Sendable, Equatable {
 }
 
 public enum DocumentScheduler {
+    /// Whether n is a power of two (group sizes and the ranks they divide must be).
+    public static func isPowerOfTwo(_ n: Int) -> Bool { n > 0 && n & (n - 1) == 0 }
+
+    /// Sequence indices, longest first (ties by index: every rank orders them alike).
+    static func longestFirst(_ lengths: [Int]) -> [Int] {
+        lengths.indices.sorted { lengths[$0] != lengths[$1] ? lengths[$0] > lengths[$1] : $0 < $1 }
+    }
+
     /// Every group size the schedules may use for `ranks` (a power of two): 1, 2, 4, …, ranks.
     public static func groupSizes(ranks: Int) -> [Int] {
-        precondition(ranks > 0 && ranks & (ranks - 1) == 0, "document groups need a power-of-two number of ranks, not \(ranks)")
+        precondition(isPowerOfTwo(ranks), "document groups need a power-of-two number of ranks, not \(ranks)")
         return (0...ranks.trailingZeroBitCount).map { 1 << $0 }
     }
 
@@ -105,7 +123,7 @@ public enum DocumentScheduler {
 
     /// The data-aware plan (rule above). Every length must fit the ranks: smallestGroup ≠ nil.
     public static func dataAware(lengths: [Int], ranks: Int, capacity: Int, cost: DocumentCost) -> DocumentPlan {
-        let order = lengths.indices.sorted { lengths[$0] != lengths[$1] ? lengths[$0] > lengths[$1] : $0 < $1 }
+        let order = longestFirst(lengths)
         var free = [Double](repeating: 0, count: ranks)
         let ideal = lengths.reduce(0.0) { $0 + cost.of($1) } / Double(ranks)
         var items: [DocumentPlan.Item] = []
@@ -148,9 +166,9 @@ public enum DocumentScheduler {
     /// Static: every sequence over the ring of all ranks, packed into rows of ranks × capacity tokens
     /// (first fit, longest first).
     public static func ring(lengths: [Int], ranks: Int, capacity: Int) -> DocumentPlan {
-        let rowTokens = ranks * capacity - (ranks * capacity) % (2 * ranks)
+        let rowTokens = ranks == 1 ? capacity : ranks * capacity - (ranks * capacity) % (2 * ranks)
         var rows: [DocumentPlan.Item] = []
-        for i in lengths.indices.sorted(by: { lengths[$0] != lengths[$1] ? lengths[$0] > lengths[$1] : $0 < $1 }) {
+        for i in longestFirst(lengths) {
             let n = lengths[i]
             precondition(n <= rowTokens, "a sequence of \(n) tokens does not fit a ring row of \(rowTokens)")
             if let k = rows.firstIndex(where: { $0.tokens + n <= rowTokens }) {
@@ -167,7 +185,7 @@ public enum DocumentScheduler {
     /// `packed`: rows packed by first fit (longest first); otherwise one sequence per row, padded to capacity.
     public static func dataParallel(lengths: [Int], ranks: Int, capacity: Int, packed: Bool) -> DocumentPlan {
         var rows: [DocumentPlan.Item] = []
-        for i in lengths.indices.sorted(by: { lengths[$0] != lengths[$1] ? lengths[$0] > lengths[$1] : $0 < $1 }) {
+        for i in longestFirst(lengths) {
             let n = min(lengths[i], capacity)
             if packed, let k = rows.firstIndex(where: { $0.length + n <= capacity }) {
                 rows[k].sequences.append(i); rows[k].counts.append(n); rows[k].length += n

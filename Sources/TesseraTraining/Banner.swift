@@ -22,6 +22,7 @@ extension Trainer {
         if !config.model.initFrom.isEmpty { s += "  weights: from the Hugging Face directory \(config.model.initFrom) (model.init_from)\n" }
         s += "  data: \(data.train.source.count) training tokens from \(data.train.source.description)"
         if let v = data.val { s += "; \(v.source.count) validation tokens" }
+        else if let v = data.valDocuments { s += "; \(v.source.count) validation tokens" }
         if let d = data.documents {
             s += "\n  packing: variable-length documents (data.max_tokens_per_rank = \(config.data.maxTokensPerRank)): each step whole "
                 + "documents up to \(tokensPerStep) tokens, \(d.documents) documents (before token "

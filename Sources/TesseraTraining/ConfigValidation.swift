@@ -115,6 +115,10 @@ struct ConfigChecks {
         integer("data.document_token", d.documentToken, atLeast: -1)
         integer("data.max_tokens_per_rank", d.maxTokensPerRank, atLeast: 0)
         oneOf("data.schedule", d.schedule, DataConfig.scheduleValues)
+        if d.maxTokensPerRank == 0, d.schedule != "aware" {
+            fail(["data.schedule", "data.max_tokens_per_rank"], "data.schedule = \(String(reflecting: d.schedule)) plans variable-length "
+                 + "documents and has no effect without data.max_tokens_per_rank > 0")
+        }
         if d.documentToken >= config.model.vocabSize {
             fail(["data.document_token", "model.vocab_size"], "data.document_token = \(d.documentToken) is not a token of the model: "
                  + "expected -1 or below model.vocab_size = \(config.model.vocabSize)")
@@ -139,7 +143,7 @@ struct ConfigChecks {
                  "\(key) = \(c) forms its sequence groups per step out of the data-parallel ranks: expected parallelism.pp, "
                  + "ring and ulysses = 1, found \(p.pp), \(p.ring), \(p.ulysses)")
         }
-        if p.dp >= 1, p.dp & (p.dp - 1) != 0 {
+        if p.dp >= 1, !DocumentScheduler.isPowerOfTwo(p.dp) {
             fail([key, "parallelism.dp"], "\(key) = \(c) groups ranks in powers of two: expected parallelism.dp a power of two, found \(p.dp)")
         }
         if t.microbatches != 1 {
@@ -147,7 +151,12 @@ struct ConfigChecks {
                  + "training.microbatches = 1, found \(t.microbatches)")
         }
         if c == 1 { fail([key], "key '\(key)' expects 0 (off) or at least 2 tokens, found \(c)") }
-        if p.dp >= 1, p.dp & (p.dp - 1) == 0, t.seqLen >= 1, c >= 2,
+        if config.training.layout == "auto" {
+            fail([key, "training.layout"], "\(key) = \(c) plans its sequence groups per step; the layout planner (training.layout = "
+                 + "\"auto\") plans fixed rows: expected training.layout = \"manual\" with parallelism.dp = the ranks")
+        }
+        // (The data-parallel schedules truncate sequences to what one rank holds instead.)
+        if DocumentScheduler.isPowerOfTwo(p.dp), t.seqLen >= 1, c >= 2, !d.schedule.hasPrefix("dp"),
            DocumentScheduler.smallestGroup(t.seqLen, ranks: p.dp, capacity: c) == nil {
             let need = DocumentScheduler.ringLength(t.seqLen, size: p.dp) / p.dp
             fail([key, "training.seq_len", "parallelism.dp"],

@@ -66,12 +66,20 @@ public final class DataLoader: Sendable {
     }
 
     /// Model FLOPs of step `step`'s global batch, `perToken(n)` being a token's FLOPs in a sequence of n: windows are
-    /// sequences of seqLen; packed rows count each document piece at its own length (attention never crosses pieces).
+    /// sequences of seqLen; packed rows count each document piece's input positions at their own number (attention
+    /// never crosses pieces; a row's last token is only a target).
     public func flops(step: Int, globalBatch: Int, perToken: (Int) -> Double) -> Double {
         guard let packer else { return perToken(seqLen) * Double(globalBatch * seqLen) }
-        return (0..<globalBatch).reduce(0.0) { sum, j in
-            packer.rows[packer.row(step: step, sequence: j)].reduce(sum) { $0 + perToken($1.count) * Double($1.count) }
+        var sum = 0.0
+        for j in 0..<globalBatch {
+            var at = 0
+            for p in packer.rows[packer.row(step: step, sequence: j)] {
+                let n = min(p.count, seqLen - at)
+                sum += perToken(n) * Double(n)
+                at += p.count
+            }
         }
+        return sum
     }
 
     /// Targets that count in evaluation batch `batch`.

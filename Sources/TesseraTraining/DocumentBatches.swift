@@ -23,18 +23,8 @@ public final class DocumentBatches: Sendable {
     public init(source: any TokenSource, separator: Int32, maxLength: Int, seed: UInt64) throws {
         self.source = source; self.maxLength = maxLength; self.seed = seed
         let docs = try DocumentPacker.documentSpans(source: source, separator: separator)
-        var pieces: [DocumentPacker.Piece] = [], split = 0
-        for d in docs {
-            if d.count > maxLength { split += 1 }
-            var offset = 0
-            while offset < d.count {
-                let n = min(maxLength, d.count - offset)
-                if n >= 2 { pieces.append(.init(start: d.start + offset, count: n, offset: offset)) }
-                offset += n
-            }
-        }
-        self.pieces = pieces
-        documents = docs.count; splitDocuments = split
+        pieces = docs.flatMap { DocumentPacker.pieces(of: $0, length: maxLength) }
+        documents = docs.count; splitDocuments = docs.filter { $0.count > maxLength }.count
     }
 
     /// The sequences of training step `step` (indices into `pieces`).
@@ -61,7 +51,7 @@ public final class DocumentBatches: Sendable {
 
     /// Writes item `item`'s whole row (item.length positions; `sequences` are the step's, which the item indexes):
     /// token ids, targets (-1 after each sequence's last token and in padding), positions within each sequence,
-    /// and where each position's sequence starts (padding at the end counts as one sequence).
+    /// and where each position's sequence starts (padding at the end counts as one sequence, at position 0).
     public func write(_ item: DocumentPlan.Item, sequences: [Int], ids: UnsafeMutablePointer<Int32>,
                       targets: UnsafeMutablePointer<Int32>, positions: UnsafeMutablePointer<Int32>,
                       starts: UnsafeMutablePointer<Int32>) {
@@ -75,6 +65,8 @@ public final class DocumentBatches: Sendable {
             }
             at += count
         }
-        for i in at..<item.length { ids[i] = 0; targets[i] = -1; positions[i] = Int32(i - at); starts[i] = Int32(at) }
+        // Padding: token 0 at position 0 (a padded row may be longer than any sequence, so no later position is
+        // sure to exist), no target, one document.
+        for i in at..<item.length { ids[i] = 0; targets[i] = -1; positions[i] = 0; starts[i] = Int32(at) }
     }
 }

@@ -55,13 +55,8 @@ public final class DocumentPacker: Sendable {
         for d in docs {
             if d.count > length {
                 split += 1
-                var offset = 0
-                while offset < d.count {
-                    let n = min(length, d.count - offset)
-                    if n == length { rows.append([Piece(start: d.start + offset, count: n, offset: offset)]) }
-                    else if n >= 2 { Self.place(Piece(start: d.start + offset, count: n, offset: offset), &open, &rows, length) }
-                    // (a last piece of one token has no target: dropped)
-                    offset += n
+                for p in Self.pieces(of: d, length: length) {
+                    if p.count == length { rows.append([p]) } else { Self.place(p, &open, &rows, length) }
                 }
             } else {
                 Self.place(Piece(start: d.start, count: d.count, offset: 0), &open, &rows, length)
@@ -94,6 +89,15 @@ public final class DocumentPacker: Sendable {
             throw DataError("\(source.description): no document of 2 or more tokens to pack (documents start at token \(separator))")
         }
         return docs
+    }
+
+    /// Document `d` cut into pieces of `length` tokens and a shorter last one, each with its offset; a last piece of
+    /// one token (no target) is dropped.
+    static func pieces(of d: (start: Int, count: Int), length: Int) -> [Piece] {
+        stride(from: 0, to: d.count, by: length).compactMap { offset in
+            let n = min(length, d.count - offset)
+            return n >= 2 ? Piece(start: d.start + offset, count: n, offset: offset) : nil
+        }
     }
 
     /// First fit among the open rows; a new row when none has room; the fullest closed beyond `openRows`.

@@ -18,8 +18,9 @@ public struct DocumentStepStats: Sendable, Equatable {
     public var sequences = 0, tokens = 0, items = 0, ringItems = 0, longest = 0
     /// Tokens of the step's sequences whole (more than `tokens` when a static plan truncates them).
     public var sequenceTokens = 0
-    /// Group sizes of the step's rings (sorted, each once).
+    /// Group sizes of the step's rings (sorted, each once), and ranks the plan gives nothing.
     public var ringSizes: [Int] = []
+    public var idleRanks = 0
     /// max / mean over ranks of attention pairs and of tokens (padding included), and of the cost the plan balances.
     public var attentionImbalance = 1.0, tokenImbalance = 1.0, workImbalance = 1.0
     public var paddingFraction = 0.0
@@ -38,6 +39,8 @@ final class DocumentSteps {
     let local: AttentionOp
     let rings: [Int: SequenceParallelAttention]
     let groups: DocumentGroups?
+    /// The replicas (every rank here), for the plan check.
+    let replicas: Communicator?
     var ranks: Int { groups?.ranks ?? 1 }
     var rank: Int { groups?.rank ?? 0 }
     /// One whole row (up to ranks × capacity positions): ids, targets, positions, starts.
@@ -49,9 +52,10 @@ final class DocumentSteps {
         self.train = train; self.val = val; self.model = model; self.acts = acts
         schedule = config.data.schedule; capacity = config.data.maxTokensPerRank
         budget = config.training.batchSize * config.training.seqLen
-        cost = Self.cost(model.config)
+        cost = DocumentCost(model: model.config)
         local = model.attention
         groups = try mesh?.documentGroups()
+        replicas = mesh?.replicas
         var rings: [Int: SequenceParallelAttention] = [:]
         if let groups {
             let m = model.config
@@ -67,14 +71,6 @@ final class DocumentSteps {
         }
         self.rings = rings
         row = [Int32](repeating: 0, count: 4 * (groups?.ranks ?? 1) * (capacity + 1))
-    }
-
-    /// Relative work of a sequence: per token the products (6 FLOPs per weight, forward and backward), per causal
-    /// attention pair 12 FLOPs per layer and model width, weighted 2.5 because the blockwise kernel runs at about
-    /// 40% of the product rate (docs/benchmarks.md).
-    static func cost(_ m: TransformerConfig) -> DocumentCost {
-        let lookup = m.family == .llama && !m.tied ? m.vocabSize * m.dModel : 0
-        return DocumentCost(pair: 2.5 * 12 * Double(m.nLayer * m.dModel), token: 6 * Double(m.parameterCount - lookup))
     }
 
     func plan(_ lengths: [Int]) -> DocumentPlan {
@@ -156,6 +152,7 @@ final class DocumentSteps {
         s.sequenceTokens = source.lengths(sequences).reduce(0, +)
         s.ringItems = plan.items.filter { $0.size > 1 }.count
         s.ringSizes = Set(plan.items.map(\.size).filter { $0 > 1 }).sorted()
+        s.idleRanks = (0..<plan.ranks).filter { plan.items(for: $0).isEmpty }.count
         s.longest = plan.items.flatMap(\.counts).max() ?? 0
         s.attentionImbalance = DocumentPlan.imbalance(plan.pairsPerRank)
         s.tokenImbalance = DocumentPlan.imbalance(plan.tokensPerRank.map(Double.init))
@@ -163,6 +160,23 @@ final class DocumentSteps {
         s.paddingFraction = plan.paddingFraction
         s.flops = plan.items.flatMap(\.counts).reduce(0.0) { $0 + model.config.flopsPerToken(seqLen: $1) * Double($1) }
         return s
+    }
+
+    /// Every rank must have computed the same plan (each runs its part of it; a rank that planned otherwise would
+    /// wait for rings no other rank joins). Checked on a run's first step: a digest of the plan, its minimum and
+    /// maximum over the replicas.
+    func checkAgreement(_ plan: DocumentPlan, step: Int) throws {
+        guard let groups, groups.ranks > 1, let comm = replicas else { return }
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325
+        for it in plan.items {
+            for x in [it.size, it.block, it.length] + it.sequences + it.counts { h = splitmix64(h ^ UInt64(truncatingIfNeeded: x)) }
+        }
+        let digest = Int64(bitPattern: h >> 1)
+        let lo = try comm.allreduce(digest, op: .min, label: "document plan"), hi = try comm.allreduce(digest, op: .max, label: "document plan")
+        guard lo == hi else {
+            throw TrainingError("step \(step + 1): the ranks computed different document plans (rank \(groups.rank): digest \(digest), "
+                                + "others from \(lo) to \(hi)); every rank must run the same tessera build and data")
+        }
     }
 
     /// Bytes this rank sent over its document groups so far.

@@ -127,7 +127,7 @@ public final class MetricsSink {
         ]
         if let v = r.valLoss { obj["val_loss"] = v }
         if let d = r.documents {
-            obj["documents"] = ["sequences": d.sequences, "tokens": d.tokens, "sequence_tokens": d.sequenceTokens, "items": d.items, "ring_items": d.ringItems, "ring_sizes": d.ringSizes,
+            obj["documents"] = ["sequences": d.sequences, "tokens": d.tokens, "sequence_tokens": d.sequenceTokens, "items": d.items, "ring_items": d.ringItems, "ring_sizes": d.ringSizes, "idle_ranks": d.idleRanks,
                                 "longest": d.longest, "attention_max_mean": d.attentionImbalance,
                                 "tokens_max_mean": d.tokenImbalance, "work_max_mean": d.workImbalance,
                                 "padding": d.paddingFraction, "flops": d.flops] as [String: Any]

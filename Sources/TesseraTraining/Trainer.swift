@@ -87,6 +87,11 @@ public final class Trainer {
     /// Ranks in the job; MFU is measured against all of their sgemm ceilings.
     var worldSize: Int { mesh?.world.size ?? 1 }
     public var tokensPerStep: Int { config.training.batchSize * config.training.seqLen }
+    /// Tokens trained by steps 0 ..< step (variable-length documents: each step's plan; else the fixed budget).
+    func tokensSeen(before step: Int) -> Int {
+        guard let documentSteps else { return step * tokensPerStep }
+        return (0..<step).reduce(0) { $0 + documentSteps.step($1).plan.tokens }
+    }
     /// Full (unsharded) optimizer state bytes, for the ZeRO report.
     public var unshardedOptimizerBytes: Int { 2 * model.params.count * 4 }
     /// Every checkpoint this run saved.
@@ -116,6 +121,7 @@ public final class Trainer {
         let gradScale = 1 / Float(counted)
         var lossSum = 0.0
         if let documents = documentSteps, let planned {
+            if step == startStep { orAbort(step) { try documents.checkAgreement(planned.plan, step: step) } }
             lossSum = documents.run(step: step, plan: planned.plan, sequences: planned.sequences, gradScale: gradScale,
                                     timeline: timeline) { [unowned self] in dataParallel?.beginReduction(step: step) }
         } else if let pipeline, let layout = pipelineLayout, let mesh {
@@ -204,10 +210,10 @@ public final class Trainer {
 
     /// Mean loss over the evaluation windows of the held-out split.
     public func evaluate() -> Double? {
-        guard let val = data.val else { return nil }
         let t = config.training, batches = t.evalBatches
         var sum = 0.0
         if let documents = documentSteps {
+            guard documents.val != nil else { return nil }
             var targets = 0
             for b in 0..<batches {
                 let r = documents.evaluate(batch: b)
@@ -215,6 +221,7 @@ public final class Trainer {
             }
             return globalSum(sum, label: "validation loss", step: 0) / Double(max(targets, 1))
         }
+        guard let val = data.val else { return nil }
         if let pipeline, let layout = pipelineLayout {
             let actions = PipelineEngine.evaluationActions(microbatches: t.microbatches, chunks: layout.chunks)
             for b in 0..<batches {

@@ -154,8 +154,8 @@ enum TrainerBuilder {
         let rows = variable ? nil : separator
         let train = try DataLoader(source: data.train, seqLen: t.seqLen, seed: config.seed, documentSeparator: rows)
         var val: DataLoader? = nil
-        if t.evalEvery > 0 {
-            try data.val.checkTokens(vocabSize: m.vocabSize)
+        if t.evalEvery > 0 { try data.val.checkTokens(vocabSize: m.vocabSize) }
+        if t.evalEvery > 0, !variable {
             val = try DataLoader(source: data.val, seqLen: t.seqLen, seed: config.seed, documentSeparator: rows)
         }
         var out = TrainingData(train: train, val: val, microBatch: max(t.batchSize / (p.dp * t.microbatches), 1),

@@ -114,7 +114,7 @@ extension Trainer {
     func checkpointState(step: Int) -> [String: String] {
         let t = config.training
         return ["step": "\(step)", "optimizer_step": "\(optimizer.step)", "seed": "\(t.seed)",
-                "data_next_step": "\(step)", "tokens_seen": "\(step * tokensPerStep)",
+                "data_next_step": "\(step)", "tokens_seen": "\(tokensSeen(before: step))",
                 "next_lr": "\(schedule.lr(step))", "data": "batches are a function of (seed, step); next is step \(step)"]
     }
 

@@ -371,6 +371,9 @@ final class ConfigTests: XCTestCase {
         assertConfigError(try load("[training]\nseq_len = 64\nmicrobatches = 2\n" + docs + "max_tokens_per_rank = 64\n"),
                           contains: ["training.microbatches = 1, found 2"])
         assertConfigError(try load(docs + "schedule = \"zigzag\"\n"), contains: ["data.schedule", "zigzag"])
+        assertConfigError(try load(docs + "schedule = \"ring\"\n"), contains: ["has no effect without data.max_tokens_per_rank > 0"])
+        assertConfigError(try load("[training]\nseq_len = 64\nlayout = \"auto\"\n" + docs + "max_tokens_per_rank = 64\n"),
+                          contains: ["training.layout = \"manual\"", "data.max_tokens_per_rank = 64 plans its sequence groups"])
         assertConfigError(try load(docs + "max_tokens_per_rank = -1\n"), contains: ["data.max_tokens_per_rank", ">= 0"])
     }
 

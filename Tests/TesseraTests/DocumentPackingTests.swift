@@ -22,16 +22,17 @@ final class DocumentPackingTests: XCTestCase {
         return (ByteTokens(bytes: bytes, description: "corpus"), docs)
     }
 
-    /// MFU's FLOPs: windows count every token at seq_len; packed rows each document piece at its own length.
+    /// MFU's FLOPs (perToken(n) = n here, so a sequence of n positions counts n²): windows count every token at
+    /// seq_len; packed rows each document piece at its own number of input positions (a row's last token is a target).
     func testStepFlopsCountEachDocumentAtItsLength() throws {
-        let (source, _) = Self.corpus([5, 9, 2, 16, 3, 40, 7, 11, 17, 4, 6, 13, 2, 8, 35, 10])
-        let packed = try DataLoader(source: source, seqLen: 16, seed: 3, documentSeparator: 0)
-        let p = try XCTUnwrap(packed.packer)
-        let expected = (0..<4).reduce(0.0) { s, j in p.rows[p.row(step: 2, sequence: j)].reduce(s) { $0 + Double($1.count * $1.count) } }
-        XCTAssertEqual(packed.flops(step: 2, globalBatch: 4) { Double($0) }, expected)
-        XCTAssertLessThan(expected, Double(4 * 16 * 16), "short documents cost less than whole rows")
-        let windows = try DataLoader(source: source, seqLen: 16, seed: 3)
-        XCTAssertEqual(windows.flops(step: 2, globalBatch: 4) { Double($0) }, Double(4 * 16 * 16))
+        // One document of 17 tokens fills a row of seq_len + 1 = 17: 16 input positions, 16².
+        let one = try DataLoader(source: Self.corpus([17]).0, seqLen: 16, seed: 3, documentSeparator: 0)
+        XCTAssertEqual(one.flops(step: 0, globalBatch: 1) { Double($0) }, 256)
+        // Two documents of 6 in a row of 12 (seq_len 11): 6 and 5 input positions, 36 + 25, in either order.
+        let two = try DataLoader(source: Self.corpus([6, 6]).0, seqLen: 11, seed: 3, documentSeparator: 0)
+        XCTAssertEqual(two.flops(step: 0, globalBatch: 2) { Double($0) }, 2 * 61)
+        let windows = try DataLoader(source: Self.corpus([6, 6]).0, seqLen: 11, seed: 3)
+        XCTAssertEqual(windows.flops(step: 0, globalBatch: 2) { Double($0) }, 2 * 121)
     }
 
     func testPackerKeepsShortDocumentsWholeAndSplitsOnlyLongOnes() throws {

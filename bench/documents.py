@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Variable-length documents on 2 ranks: the data-aware schedule against the static layouts, measured in one run.
 
-bench/documents.sh [--corpora lognormal,fortunes] [--max-lengths 512,1024,2048] [--rounds 3] [--steps 6]
-                   [--batch 4] [-- tessera overrides...]
+bench/documents.sh [--link RATE,DELAY] [--corpora lognormal,fortunes] [--max-lengths 512,1024,2048] [--rounds 3]
+                   [--steps 6] [--batch 4] [--ulysses] [-- tessera overrides...]
 
 For each corpus and maximum sequence length S (training.seq_len; longer documents are split into pieces of S),
 each rank holds at most C = S / 2 tokens (data.max_tokens_per_rank): the longest sequences need both ranks. Every
@@ -11,6 +11,7 @@ step draws whole documents up to batch × S tokens. The schedules (data.schedule
   ring       static: every sequence over the ring of both ranks (rows of 2C packed with whole documents)
   dp         static: plain data parallel, sequences truncated to C, rows packed (trains fewer tokens)
   dp_padded  static: plain data parallel, one sequence per row, truncated or padded to C
+  aware_u    (--ulysses) the data-aware scheduler with Ulysses instead of rings for long sequences
 Reported per schedule (medians over rounds; steps after the first): tokens/s of trained tokens, step time, the
 plan's max/mean over ranks of attention pairs and of tokens, padding, tokens dropped by truncation, bytes a rank
 sent over its sequence groups per step (the larger rank's), the measured max/mean over ranks of compute time and the
@@ -60,6 +61,8 @@ def lengths(path):
 
 def run(args, corpus, S, schedule, metrics, log, overrides):
     C = S // 2
+    if schedule == "aware_u":
+        schedule, overrides = "aware", overrides + ["--data.group_attention", "ulysses"]
     launch = ["mpirun", "-np", "2"] + (["--bind-to", "none", "--hostfile", args.hostfile] if args.hostfile else [])
     cmd = launch + shlex.split(args.mpirun_args) + [args.bin, "train", "Configs/default.toml",
            "--data.train", corpus, "--data.val_fraction", "0.01", "--data.packing", "documents",
@@ -101,6 +104,7 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--batch", type=int, default=4, help="token budget per step = batch × max length")
+    p.add_argument("--ulysses", action="store_true", help="also the data-aware schedule with Ulysses groups (aware_u)")
     p.add_argument("--bin", default=".build/release/tessera")
     p.add_argument("--hostfile", default="", help="run the ranks on these hosts (bench/documents.sh --link sets it)")
     p.add_argument("--mpirun-args", default="", help="extra mpirun options (the multi-host harness's)")
@@ -108,6 +112,7 @@ def main():
     args = p.parse_args()
     if not os.access(args.bin, os.X_OK):
         sys.exit("bench/documents.py: build first: swift build -c release --product tessera")
+    schedules = SCHEDULES + (["aware_u"] if args.ulysses else [])
     summary = []
     with tempfile.TemporaryDirectory(prefix="tessera-documents-") as tmp:
         for name in args.corpora.split(","):
@@ -118,22 +123,22 @@ def main():
             print(f"\ncorpus {name}: {len(L)} documents, {sum(L)} tokens; length p10 {q(.1)}, median {q(.5)}, "
                   f"p90 {q(.9)}, p99 {q(.99)}, max {L[-1]}")
             for S in [int(x) for x in args.max_lengths.split(",")]:
-                res = {s: [] for s in SCHEDULES}
+                res = {s: [] for s in schedules}
                 for r in range(args.rounds):
-                    for s in SCHEDULES:
+                    for s in schedules:
                         res[s].append(run(args, corpus, S, s, f"{tmp}/{name}-{S}-{s}-{r}.jsonl", f"{tmp}/{name}-{S}-{s}-{r}.log",
                                           args.overrides))
                 print(f"  max length {S}, {S // 2} tokens per rank, budget {args.batch * S} tokens/step, "
                       f"{args.rounds} round(s) of {args.steps - 1} steps (medians):")
                 print(f"    {'schedule':<10} {'tok/s':>8} {'step ms':>8} {'attn max/mean':>13} {'tok max/mean':>12} "
                       f"{'padding':>8} {'dropped':>8} {'MiB sent':>9} {'busy max/mean':>13} {'wait ms':>8} {'MFU':>6} {'rings':>6} {'items':>6}")
-                med = {s: {k: statistics.median(x[k] for x in res[s]) for k in res[s][0]} for s in SCHEDULES}
-                for s in SCHEDULES:
+                med = {s: {k: statistics.median(x[k] for x in res[s]) for k in res[s][0]} for s in schedules}
+                for s in schedules:
                     m = med[s]
                     print(f"    {s:<10} {m['tok_s']:8.0f} {m['step_ms']:8.1f} {m['attn']:13.3f} {m['tokens']:12.3f} "
                           f"{100 * m['padding']:7.1f}% {100 * m['dropped']:7.1f}% {m['mib']:9.2f} {m['busy']:13.3f} {m['wait_ms']:8.1f} {100 * m['mfu']:5.1f}% "
                           f"{m['rings']:6.1f} {m['items']:6.1f}")
-                ratios = {s: med["aware"]["tok_s"] / med[s]["tok_s"] for s in SCHEDULES if s != "aware"}
+                ratios = {s: med["aware"]["tok_s"] / med[s]["tok_s"] for s in schedules if s != "aware"}
                 # Per round, aware against each static layout of the same round.
                 per_round = {s: [res["aware"][r]["tok_s"] / res[s][r]["tok_s"] for r in range(args.rounds)] for s in ratios}
                 print("    aware / static tokens/s: " + ", ".join(

@@ -63,10 +63,13 @@ public final class SequenceParallelAttention: AttentionOp {
 
     deinit { send16.deallocate(); recv16.deallocate() }
 
-    /// A ring without Ulysses: run the following calls on another split of a sequence (variable-length
-    /// sequences), within the buffers made for the layout given at init.
+    /// A ring alone or Ulysses alone: run the following calls on another split of a sequence (variable-length
+    /// sequences) over the same ranks, within the buffers made for the layout given at init.
     public func use(layout l: SequenceLayout) {
-        precondition(u == 1 && l.ulysses == 1, "only a ring without Ulysses changes its sequence split")
+        precondition(l.ulysses == u && (u == 1 || (l.ring == 1 && layout.ring == 1)),
+                     "a sequence split changes its length only: ring alone or Ulysses alone, over the same ranks")
+        precondition(l.local <= sendBuf.count / max(widths.row, 1) || u == 1,
+                     "Ulysses: \(l.local) tokens per rank exceed the buffers")
         (core as? RingCore)?.use(l)
         layout = l
     }

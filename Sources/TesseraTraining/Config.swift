@@ -201,10 +201,16 @@ public struct DataConfig: Sendable, Equatable {
     /// it is measured against: "ring" (every sequence over the ring of all ranks), "dp" (sequences truncated to
     /// max_tokens_per_rank, packed), "dp_padded" (truncated, one per row, padded).
     public var schedule: String
+    /// Allowed values of `groupAttention`.
+    public static let groupAttentionValues = ["ring", "ulysses"]
+    /// How a group of ranks runs one long sequence under max_tokens_per_rank: "ring" (zigzag ring attention) or
+    /// "ulysses" (all-to-alls to whole sequences of fewer heads; the heads must divide over the largest group).
+    public var groupAttention: String
 
     public init(format: String = "auto", train: String = "", val: String = "", valFraction: Double = 0.1,
                 tokenizer: String = "", packing: String = "window", documentToken: Int = -1, maxTokensPerRank: Int = 0,
-                schedule: String = "aware") {
+                schedule: String = "aware", groupAttention: String = "ring") {
+        self.groupAttention = groupAttention
         self.maxTokensPerRank = maxTokensPerRank
         self.schedule = schedule
         self.format = format

@@ -113,6 +113,7 @@ enum ConfigSchema {
         .int("data", "document_token", \.data.documentToken),
         .int("data", "max_tokens_per_rank", \.data.maxTokensPerRank),
         .string("data", "schedule", \.data.schedule),
+        .string("data", "group_attention", \.data.groupAttention),
 
         .int("sample", "tokens", \.sample.tokens),
         .string("sample", "prompt", \.sample.prompt),

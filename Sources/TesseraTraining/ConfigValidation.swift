@@ -115,6 +115,11 @@ struct ConfigChecks {
         integer("data.document_token", d.documentToken, atLeast: -1)
         integer("data.max_tokens_per_rank", d.maxTokensPerRank, atLeast: 0)
         oneOf("data.schedule", d.schedule, DataConfig.scheduleValues)
+        oneOf("data.group_attention", d.groupAttention, DataConfig.groupAttentionValues)
+        if d.maxTokensPerRank == 0, d.groupAttention != "ring" {
+            fail(["data.group_attention", "data.max_tokens_per_rank"], "data.group_attention = \(String(reflecting: d.groupAttention)) "
+                 + "runs the long sequences of variable-length documents and has no effect without data.max_tokens_per_rank > 0")
+        }
         if d.maxTokensPerRank == 0, d.schedule != "aware" {
             fail(["data.schedule", "data.max_tokens_per_rank"], "data.schedule = \(String(reflecting: d.schedule)) plans variable-length "
                  + "documents and has no effect without data.max_tokens_per_rank > 0")
@@ -151,6 +156,12 @@ struct ConfigChecks {
                  + "training.microbatches = 1, found \(t.microbatches)")
         }
         if c == 1 { fail([key], "key '\(key)' expects 0 (off) or at least 2 tokens, found \(c)") }
+        let m = config.model, kv = m.nKVHead > 0 ? m.nKVHead : m.nHead
+        if d.groupAttention == "ulysses", p.dp > 1, m.nHead >= 1, m.nHead % p.dp != 0 || kv % p.dp != 0 {
+            fail(["data.group_attention", "model.n_head", "model.n_kv_head", "parallelism.dp"],
+                 "data.group_attention = \"ulysses\" splits the heads of a long sequence over up to parallelism.dp = \(p.dp) ranks: "
+                 + "expected model.n_head (\(m.nHead)) and the key/value heads (\(kv)) divisible by \(p.dp)")
+        }
         if config.training.layout == "auto" {
             fail([key, "training.layout"], "\(key) = \(c) plans its sequence groups per step; the layout planner (training.layout = "
                  + "\"auto\") plans fixed rows: expected training.layout = \"manual\" with parallelism.dp = the ranks")

@@ -1,10 +1,11 @@
 // Steps over variable-length documents (`data.max_tokens_per_rank`): each step every rank draws the same global
 // batch (DocumentBatches), plans it the same way (DocumentScheduler, the rule in `data.schedule`), and runs the
 // items it belongs to in plan order, forward and backward, with one activation set of max_tokens_per_rank tokens
-// (batch 1, resized to each item). A row on one rank runs the model's own attention; a sequence over a group
-// of g ranks runs ring attention over that block's communicator (DocumentGroups), its zigzag split of the
-// padded row changed per item. Gradients accumulate over the items and are reduced once over all replicas;
-// every token's loss is weighted by 1 / (targets of the whole step's plan), once.
+// (batch 1, resized to each item). The model's attention is a DocumentAttention: a row on one rank runs the
+// model's own attention, a sequence over a group of g ranks ring attention (or Ulysses) over that block's
+// communicator (DocumentGroups), its split of the padded row changed per item. Gradients accumulate over the
+// items and are reduced once over all replicas; every token's loss is weighted by 1 / (targets of the whole
+// step's plan), once.
 
 import TesseraComm
 import TesseraDataParallel
@@ -35,9 +36,8 @@ final class DocumentSteps {
     let schedule: String, budget: Int, capacity: Int
     let cost: DocumentCost
     let model: Transformer, acts: Activations
-    /// The model's own attention (rows on one rank) and a ring per group size > 1.
-    let local: AttentionOp
-    let rings: [Int: SequenceParallelAttention]
+    /// The model's attention for the whole run (DocumentAttention.make), switched per item.
+    let attention: DocumentAttention
     let groups: DocumentGroups?
     /// The replicas (every rank here), for the plan check.
     let replicas: Communicator?
@@ -47,30 +47,27 @@ final class DocumentSteps {
     private var row: [Int32]
     private(set) var last = DocumentStepStats()
 
-    init(config: TesseraConfig, mesh: ProcessMesh?, model: Transformer, acts: Activations, train: DocumentBatches,
-         val: DocumentBatches?) throws {
-        self.train = train; self.val = val; self.model = model; self.acts = acts
+    /// `attention`: the model's attention already (made by `attention(config:mesh:model:)` before the activations,
+    /// so that they hold what any of its ops saves).
+    init(config: TesseraConfig, mesh: ProcessMesh?, model: Transformer, attention: DocumentAttention, acts: Activations,
+         train: DocumentBatches, val: DocumentBatches?) {
+        self.train = train; self.val = val; self.model = model; self.acts = acts; self.attention = attention
         schedule = config.data.schedule; capacity = config.data.maxTokensPerRank
         budget = config.training.batchSize * config.training.seqLen
         cost = DocumentCost(model: model.config)
-        local = model.attention
-        groups = try mesh?.documentGroups()
+        groups = attention.blocks
         replicas = mesh?.replicas
-        var rings: [Int: SequenceParallelAttention] = [:]
-        if let groups {
-            let m = model.config
-            for g in DocumentScheduler.groupSizes(ranks: groups.ranks) where g > 1 {
-                let room = SequenceLayout(seqLen: g * (capacity + capacity % 2), ring: g, ulysses: 1,
-                                          ringRank: groups.rankInBlock(size: g), ulyssesRank: 0)
-                let sp = SequenceParallelAttention(heads: m.nHead, kvHeads: m.nKVHead, headDim: m.headDim, layout: room,
-                                                   ring: groups.communicator(size: g), ulysses: nil, maxBatch: 1,
-                                                   precision: model.precision)
-                sp.onError = { MPIRuntime.abort("\($0) at step \(Watchdog.shared?.step ?? 0); aborting the job") }
-                rings[g] = sp
-            }
-        }
-        self.rings = rings
         row = [Int32](repeating: 0, count: 4 * (groups?.ranks ?? 1) * (capacity + 1))
+    }
+
+    /// The model's attention under variable-length documents: its own for rows, a ring (or Ulysses, by
+    /// data.group_attention) per group size over block communicators made here (collective over the replicas).
+    static func attention(config: TesseraConfig, mesh: ProcessMesh?, model: Transformer) throws -> DocumentAttention {
+        let m = model.config
+        return DocumentAttention(local: model.attention, blocks: try mesh?.documentGroups(), heads: m.nHead, kvHeads: m.nKVHead,
+                                 headDim: m.headDim, capacity: config.data.maxTokensPerRank,
+                                 ulysses: config.data.groupAttention == "ulysses", precision: model.precision,
+                                 onError: { MPIRuntime.abort("\($0) at step \(Watchdog.shared?.step ?? 0); aborting the job") })
     }
 
     func plan(_ lengths: [Int]) -> DocumentPlan {
@@ -102,7 +99,6 @@ final class DocumentSteps {
             if k == mine.count - 1 { reduction() }
             timeline.work("backward item \(k)") { model.backward(acts) }
         }
-        model.attention = local
         return loss
     }
 
@@ -116,7 +112,6 @@ final class DocumentSteps {
             load(item, sequences: seqs, from: val)
             loss += model.lossSum(acts)
         }
-        model.attention = local
         return (loss, DocumentBatches.targets(plan))
     }
 
@@ -128,19 +123,13 @@ final class DocumentSteps {
             let ids = b.baseAddress!, tg = ids + L, pos = tg + L, st = pos + L
             batches.write(item, sequences: sequences, ids: ids, targets: tg, positions: pos, starts: st)
             acts.resize(tokens: item.localTokens)
-            if g == 1 {
-                model.attention = local
-                acts.tokenIds.update(from: ids, count: L); acts.targets.update(from: tg, count: L)
-                acts.positions.update(from: pos, count: L)
-            } else {
-                let layout = SequenceLayout(seqLen: L, ring: g, ulysses: 1, ringRank: groups!.rankInBlock(size: g), ulyssesRank: 0)
-                let ring = rings[g]!
-                ring.use(layout: layout)
-                model.attention = ring
-                for j in 0..<layout.local {
-                    let p = layout.ringLocalPosition(j, ringRank: layout.ringRank)
+            if let layout = attention.use(size: g, length: L) {
+                for (j, p) in layout.positions.enumerated() {
                     acts.tokenIds[j] = ids[p]; acts.targets[j] = tg[p]; acts.positions[j] = pos[p]
                 }
+            } else {
+                acts.tokenIds.update(from: ids, count: L); acts.targets.update(from: tg, count: L)
+                acts.positions.update(from: pos, count: L)
             }
             acts.documents = DocumentStarts(starts: Array(UnsafeBufferPointer(start: st, count: L)), length: L)
         }
@@ -180,5 +169,5 @@ final class DocumentSteps {
     }
 
     /// Bytes this rank sent over its document groups so far.
-    var bytesSent: Int { groups?.communicators.reduce(0) { $0 + $1.bytesSent } ?? 0 }
+    var bytesSent: Int { attention.bytesSent }
 }

@@ -271,6 +271,8 @@ public enum MemoryPreflight {
         // Activations: the planner's prediction for this rank's layers, as MemorySetup makes it.
         // Variable-length documents: one sequence of at most max_tokens_per_rank tokens at a time.
         let variable = config.data.maxTokensPerRank > 0
+        // (Variable-length documents with Ulysses groups: any group's op saves what Ulysses of 2 or more saves.)
+        let documentUlysses = variable && config.data.groupAttention == "ulysses" && p.dp > 1
         let batch = variable ? 1 : max(t.batchSize / max(p.dp * t.microbatches, 1), 1)
         let tokens = variable ? config.data.maxTokensPerRank : p.ring * p.ulysses > 1
             ? SequenceLayout(seqLen: t.seqLen, ring: p.ring, ulysses: p.ulysses, ringRank: c.ring, ulyssesRank: c.ulysses).positions.count
@@ -287,8 +289,8 @@ public enum MemoryPreflight {
                                     ownLossGradient: layout != nil,
                                     attentionSaved: SequenceParallelAttention.savedFloats(batch: batch, tokens: tokens, heads: gpt.nHead,
                                                                                           kvHeads: gpt.nKVHead, headDim: gpt.headDim,
-                                                                                          ulysses: p.ulysses),
-                                    attentionReadsQKV: SequenceParallelAttention.readsLocalQKV(ulysses: p.ulysses),
+                                                                                          ulysses: documentUlysses ? 2 : p.ulysses),
+                                    attentionReadsQKV: variable || SequenceParallelAttention.readsLocalQKV(ulysses: p.ulysses),
                                     microbatches: t.microbatches)
         let planner = costs.planner(flopRate: 1e11, tier: nil)
         let mine = stage.layers

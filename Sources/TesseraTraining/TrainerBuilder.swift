@@ -85,6 +85,8 @@ enum TrainerBuilder {
         let tokens = variable ? SequenceTokens(seqLen: config.data.maxTokensPerRank, batch: 1, layout: nil, documents: true)
                               : makeSequenceParallel(config, mesh, model: model, batch: data.microBatch)
         let batch = variable ? 1 : data.microBatch
+        let documentAttention = variable ? try DocumentSteps.attention(config: config, mesh: mesh, model: model) : nil
+        if let documentAttention { model.attention = documentAttention }
         // Activation memory: the policies (or the plan for the budget) before any activations exist.
         let sgemmPeak = options.measurePeak ? SgemmProbe.measure(threads: threads).flops : 0
         let memory = try makeMemory(config, runtime, mesh, model: model, pipelineLayout: pipelineLayout, batch: batch,
@@ -102,8 +104,9 @@ enum TrainerBuilder {
         } else {
             acts = model.activations(batch: batch, tokens: tokens.count)
         }
-        let documentSteps = try data.documents.map {
-            try DocumentSteps(config: config, mesh: mesh, model: model, acts: acts!, train: $0, val: data.valDocuments)
+        let documentSteps = data.documents.map {
+            DocumentSteps(config: config, mesh: mesh, model: model, attention: documentAttention!, acts: acts!, train: $0,
+                          val: data.valDocuments)
         }
         let (dataParallel, optimizer) = makeOptimizer(config, mesh, model: model, pipelined: pipelineLayout != nil)
         let schedule = LRSchedule(peak: config.optimizer.lr, minRatio: config.optimizer.minLrRatio,

@@ -372,6 +372,10 @@ final class ConfigTests: XCTestCase {
                           contains: ["training.microbatches = 1, found 2"])
         assertConfigError(try load(docs + "schedule = \"zigzag\"\n"), contains: ["data.schedule", "zigzag"])
         assertConfigError(try load(docs + "schedule = \"ring\"\n"), contains: ["has no effect without data.max_tokens_per_rank > 0"])
+        assertConfigError(try load(docs + "group_attention = \"ulysses\"\n"), contains: ["has no effect without data.max_tokens_per_rank > 0"])
+        assertConfigError(try load("[model]\nn_head = 2\n[training]\nseq_len = 64\n[parallelism]\ndp = 4\n" + docs
+                                   + "max_tokens_per_rank = 64\ngroup_attention = \"ulysses\"\n"),
+                          contains: ["model.n_head (2) and the key/value heads (2) divisible by 4"])
         assertConfigError(try load("[training]\nseq_len = 64\nlayout = \"auto\"\n" + docs + "max_tokens_per_rank = 64\n"),
                           contains: ["training.layout = \"manual\"", "data.max_tokens_per_rank = 64 plans its sequence groups"])
         assertConfigError(try load(docs + "max_tokens_per_rank = -1\n"), contains: ["data.max_tokens_per_rank", ">= 0"])

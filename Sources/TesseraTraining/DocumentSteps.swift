@@ -99,6 +99,7 @@ final class DocumentSteps {
             if k == mine.count - 1 { reduction() }
             timeline.work("backward item \(k)") { model.backward(acts) }
         }
+        attention.use(size: 1, length: 0)  // anything else the model runs (a sample) is this rank's alone
         return loss
     }
 
@@ -112,6 +113,7 @@ final class DocumentSteps {
             load(item, sequences: seqs, from: val)
             loss += model.lossSum(acts)
         }
+        attention.use(size: 1, length: 0)
         return (loss, DocumentBatches.targets(plan))
     }
 

@@ -54,8 +54,9 @@ final class VariableLengthTests: XCTestCase {
         }
     }
 
-    /// A data-aware run on 2 ranks saves at step 5; the single rank resumes from it and trains steps 6–10 on the same
-    /// documents (a step's batch is a function of the step alone) with the same losses (1e-5), and says so.
+    /// A data-aware run on 2 ranks saves at step 5 (and samples text at the end, on rank 0 alone); the single rank
+    /// resumes from it and trains steps 6–10 on the same documents (a step's batch is a function of the step alone)
+    /// with the same losses (1e-5), and says so.
     func testResumeOnAnotherLayoutContinuesTheSameDocuments() throws {
         let dir = DataParallelTests.dir, cfg = try DataParallelTests.config()
         func train(np: Int, _ name: String, _ extra: [String]) throws -> (losses: [Int: Double], output: String) {
@@ -72,7 +73,9 @@ final class VariableLengthTests: XCTestCase {
         }
         let root = dir.appendingPathComponent("varlen-ckpt").path
         let whole = try train(np: 2, "saving", ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40",
-                                                 "--checkpoint.every", "5", "--checkpoint.dir", root])
+                                                 "--checkpoint.every", "5", "--checkpoint.dir", root, "--sample.tokens", "16"])
+        // Rank 0 samples alone after the last step (whose items may end in a ring): it must run its own attention.
+        XCTAssertFalse(whole.output.contains("no sample"), whole.output)
         let resumed = try train(np: 1, "resumed", ["--resume", root + "/step-000005", "--checkpoint.dir", root + "-r"])
         XCTAssertTrue(resumed.output.contains("continuing from"), resumed.output)
         XCTAssertEqual(Set(resumed.losses.keys), Set(6...10), "the resumed run trains steps 6 to 10")

@@ -26,8 +26,7 @@ public enum ScalingBench {
 
     /// Sleeps (without spinning a core) until every rank reaches this point.
     static func idleBarrier(_ world: Communicator) throws {
-        let r = try world.ibarrier(label: "idle barrier")
-        while try !r.test() { usleep(500) }
+        try world.ibarrier(label: "idle barrier").sleepWait(pollMicroseconds: 500, watched: false)
     }
 
     /// The reduction alone: the same buckets, blocking, with nothing to overlap. Seconds (max over ranks).

@@ -34,26 +34,12 @@ public enum BLAS {
                                     b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
             return
         }
-        let flops = 2 * m * n * k
-        if Threads.count == 1 || flops < 2_000_000 {
-            sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
-                  beta: beta, c: c, ldc: ldc)
-            return
-        }
         let A = SendConstPtr(a), B = SendConstPtr(b), C = SendPtr(c)
-        if m >= n {
-            Threads.parallelRanges(m, grain: 16) { _, lo, hi in
-                // rows lo..<hi of op(A): row-offset when A is not transposed, column offset when it is.
-                let ap = transA ? A.p + lo : A.p + lo * lda
-                sgemm(transA: transA, transB: transB, m: hi - lo, n: n, k: k, alpha: alpha, a: ap, lda: lda,
-                      b: B.p, ldb: ldb, beta: beta, c: C.p + lo * ldc, ldc: ldc)
-            }
-        } else {
-            Threads.parallelRanges(n, grain: 16) { _, lo, hi in
-                let bp = transB ? B.p + lo * ldb : B.p + lo
-                sgemm(transA: transA, transB: transB, m: m, n: hi - lo, k: k, alpha: alpha, a: A.p, lda: lda,
-                      b: bp, ldb: ldb, beta: beta, c: C.p + lo, ldc: ldc)
-            }
+        Threads.splitProduct(m: m, n: n, k: k) { _, rows, cols in
+            // Rows of op(A): a row offset when A is not transposed, a column offset when it is; columns of op(B) likewise.
+            let ap = A.p + (transA ? rows.lowerBound : rows.lowerBound * lda), bp = B.p + (transB ? cols.lowerBound * ldb : cols.lowerBound)
+            sgemm(transA: transA, transB: transB, m: rows.count, n: cols.count, k: k, alpha: alpha, a: ap, lda: lda,
+                  b: bp, ldb: ldb, beta: beta, c: C.p + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc)
         }
     }
 }

@@ -5,7 +5,7 @@ import Synchronization
 // Row-major matrix products on oneDNN's matmul primitive, the native bf16 product of mixed precision on CPUs
 // with AVX512_BF16 (Debian's OpenBLAS has no bf16 product; see docs/precision.md for the measurements).
 //
-// The product is split over the kernel threads exactly as `BLAS.gemm` splits sgemm (the larger of M and N
+// The product is split over the kernel threads as `BLAS.gemm` splits sgemm (`Threads.splitProduct`: the larger of M and N
 // cut into blocks, one single-threaded product per block), so one threading model runs every kernel: oneDNN
 // is told to use one OpenMP thread on the calling thread. A primitive is made once per (block shape,
 // strides, alpha, beta, data type, block index) and kept; its scratchpad is its own (user mode), so blocks
@@ -47,12 +47,8 @@ public enum OneDNN {
                 failure.withLock { $0 = $0 ?? f }
             } catch { failure.withLock { $0 = $0 ?? Failure(description: "\(error)") } }
         }
-        if Threads.count == 1 || 2 * m * n * k < 2_000_000 {
-            block(0, rows: 0, m, cols: 0, n)
-        } else if m >= n {
-            Threads.parallelRanges(m, grain: 16) { slot, lo, hi in block(slot, rows: lo, hi, cols: 0, n) }
-        } else {
-            Threads.parallelRanges(n, grain: 16) { slot, lo, hi in block(slot, rows: 0, m, cols: lo, hi) }
+        Threads.splitProduct(m: m, n: n, k: k) { slot, rows, cols in
+            block(slot, rows: rows.lowerBound, rows.upperBound, cols: cols.lowerBound, cols.upperBound)
         }
         if let f = failure.withLock({ $0 }) { throw f }
     }

@@ -41,6 +41,19 @@ public enum Threads {
     /// Runs `body(chunk, lo, hi)` over `[0, n)` cut into at most `count` contiguous chunks whose sizes are
     /// multiples of `grain` (except the last). Chunk 0 runs on the calling thread.
     @inlinable
+    /// How a matrix product C[m, n] (inner dimension k) is split over the kernel threads, for every matrix library:
+    /// the larger of m and n cut into contiguous ranges (multiples of 16), one block per thread; one block when there
+    /// is one thread or the product is under 2 MFLOP. `body(slot, rows, columns)` computes one block.
+    public static func splitProduct(m: Int, n: Int, k: Int, _ body: (Int, Range<Int>, Range<Int>) -> Void) {
+        if count == 1 || 2 * m * n * k < 2_000_000 {
+            body(0, 0..<m, 0..<n)
+        } else if m >= n {
+            parallelRanges(m, grain: 16) { slot, lo, hi in body(slot, lo..<hi, 0..<n) }
+        } else {
+            parallelRanges(n, grain: 16) { slot, lo, hi in body(slot, 0..<m, lo..<hi) }
+        }
+    }
+
     public static func parallelRanges(_ n: Int, grain: Int = 1, _ body: (Int, Int, Int) -> Void) {
         if n <= 0 { return }
         let g = max(1, grain)

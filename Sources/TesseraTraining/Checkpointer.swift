@@ -210,8 +210,7 @@ public final class Checkpointer {
         if let comm, comm.size > 1 {
             // A blocking collective spins while it waits for a slower rank's write, taking a core from training:
             // wait for every rank's arrival with a polled non-blocking barrier first, sleeping between polls.
-            let arrived = try comm.ibarrier(label: "checkpoint records")
-            while try !arrived.test() { usleep(500) }
+            try comm.ibarrier(label: "checkpoint records").sleepWait(pollMicroseconds: 500, watched: false)
             let mine = [UInt8](try JSONEncoder().encode(me))
             var counts = [Int64](repeating: 0, count: comm.size)
             var n = Int64(mine.count)

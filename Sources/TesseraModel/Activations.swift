@@ -44,17 +44,21 @@ public final class Workspace: @unchecked Sendable {
     /// Room for `n` tokens of `config`'s widths; `training: false` leaves out the backward's buffers.
     public init(n: Int, config m: TransformerConfig, training: Bool) {
         self.n = n
-        let w = training ? 1 : 0, s = store, c = m.dModel
-        dres = s.workspace(w * n * c); dln = s.workspace(w * n * c); dqkv = s.workspace(w * n * m.qkvWidth)
-        datty = s.workspace(w * n * c); dfch = s.workspace(w * n * m.mlpInWidth)
-        dact = s.workspace(m.family == .llama ? w * n * m.mlpHiddenWidth : 0)
-        tmp = s.workspace(n * c)
+        let f = Self.bufferFloats(n: n, config: m, training: training), s = store
+        dres = s.workspace(f[0]); dln = s.workspace(f[1]); dqkv = s.workspace(f[2]); datty = s.workspace(f[3])
+        dfch = s.workspace(f[4]); dact = s.workspace(f[5]); tmp = s.workspace(f[6])
+    }
+
+    /// Floats of dres, dln, dqkv, datty, dfch, dact, tmp, in that order (none of the gradients without training).
+    static func bufferFloats(n: Int, config m: TransformerConfig, training: Bool) -> [Int] {
+        let w = training ? 1 : 0, c = m.dModel
+        return [w * n * c, w * n * c, w * n * m.qkvWidth, w * n * c, w * n * m.mlpInWidth,
+                m.family == .llama ? w * n * m.mlpHiddenWidth : 0, n * c]
     }
 
     /// Floats of the buffers above (the memory preflight's prediction).
     public static func floats(n: Int, config m: TransformerConfig, training: Bool = true) -> Int {
-        let w = training ? 1 : 0
-        return w * n * (3 * m.dModel + m.qkvWidth + m.mlpInWidth + (m.family == .llama ? m.mlpHiddenWidth : 0)) + n * m.dModel
+        bufferFloats(n: n, config: m, training: training).reduce(0, +)
     }
 
     /// Offload writes still running read the staging slots: they finish before the slots are freed.

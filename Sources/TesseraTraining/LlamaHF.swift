@@ -94,7 +94,8 @@ public enum LlamaHF {
                            tied: j["tie_word_embeddings"] as? Bool ?? false)
     }
 
-    /// A Llama with the directory's weights (model.safetensors): every tensor present with its shape, no other.
+    /// A Llama with the directory's weights (model.safetensors): every tensor present with its shape, no other (the
+    /// copying is HFImport's).
     public static func load(dir: String) throws -> Llama {
         let model = Llama(config: try config(dir: dir), seed: 0)
         let path = dir + "/model.safetensors"
@@ -108,15 +109,7 @@ public enum LlamaHF {
         if let extra = file.entries.keys.sorted().first(where: { !names.contains($0) && !ignorable($0) }) {
             throw TrainingError("\(path): tensor '\(extra)' is not a parameter of this Llama (config \(dir)/config.json)")
         }
-        for (i, s) in model.params.specs.enumerated() {
-            guard let e = file.entries[s.name] else { throw TrainingError("\(path): no tensor '\(s.name)'") }
-            guard e.shape == s.shape else {
-                throw TrainingError("\(path): tensor '\(s.name)' has shape \(e.shape), the config needs \(s.shape)")
-            }
-            let w: [Float]
-            do { w = try file.floats(s.name) } catch { throw TrainingError("\(error)") }
-            model.params.pointer(i).update(from: w, count: s.count)
-        }
+        try HFImport.load(dir: dir, into: model.params)  // every parameter present, with its shape, finite
         return model
     }
 }

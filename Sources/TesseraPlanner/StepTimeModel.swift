@@ -71,7 +71,7 @@ public enum StepTimeModel {
         // Communication on these hosts, placed as the job would place it (docs/placement.md; the host orders tried are
         // the world order and a chain along the fastest links, not every permutation: this runs for every candidate).
         let traffic = MeshTraffic(config: c)
-        let estimate = Placement.of(config: c, hosts: hosts, links: links, searchHostOrders: false).estimate
+        let estimate = Placement.of(config: c, hosts: hosts, links: links, searchHostOrders: false, traffic: traffic).estimate
         let raw = estimate.seconds
         func acrossHosts(_ kind: String) -> Bool { (estimate.hostsSpanned[kind] ?? 1) > 1 }
         if let layout {

@@ -10,12 +10,14 @@ import TesseraTopology
 
 extension Placement {
     /// The placement a job of `config` takes on these hosts and links: chosen when `parallelism.placement = "auto"`,
-    /// else in world rank order (in the explicit order of the dimensions, if the key gives one).
-    public static func of(config: TesseraConfig, hosts: HostMap, links: LinkMatrix, searchHostOrders: Bool = true) -> Placement {
+    /// else in world rank order (in the explicit order of the dimensions, if the key gives one). `traffic`: the
+    /// config's, when the caller has it already.
+    public static func of(config: TesseraConfig, hosts: HostMap, links: LinkMatrix, searchHostOrders: Bool = true,
+                          traffic known: MeshTraffic? = nil) -> Placement {
         let p = config.parallelism
         var shape = MeshShape(pp: p.pp, dp: p.dp, ring: p.ring, ulysses: p.ulysses)
         if let order = p.explicitOrder { shape.order = order }
-        let traffic = MeshTraffic(config: config)
+        let traffic = known ?? MeshTraffic(config: config)
         return p.placement == "auto"
             ? choose(shape: shape, hosts: hosts, links: links, traffic: traffic, searchHostOrders: searchHostOrders)
             : worldOrder(shape: shape, hosts: hosts, links: links, traffic: traffic)

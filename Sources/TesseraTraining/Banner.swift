@@ -58,7 +58,8 @@ extension Trainer {
         if let dpl = dataParallel {
             s += "\n  gradient reduction: \(dpl.buckets.count) bucket(s) of ≥ \(fmt(config.parallelism.bucketMb, 1)) MiB, "
             s += dpl.zero ? "reduce-scatter + parameter allgather" : "allreduce"
-            s += ", overlapped with the last micro-batch's backward pass"
+            s += data.documents != nil ? ", overlapped with each rank's last item's backward pass"
+                : ", overlapped with the last micro-batch's backward pass"
         }
         if let r = runtime {
             s += "\n  MPI: \(r.size) rank(s), thread level \(r.threadLevelName) granted (MPI_THREAD_MULTIPLE asked)"

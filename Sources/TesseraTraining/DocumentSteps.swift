@@ -36,7 +36,7 @@ final class DocumentSteps {
     let schedule: String, budget: Int, capacity: Int
     let cost: DocumentCost
     let model: Transformer, acts: Activations
-    /// The model's attention for the whole run (DocumentAttention.make), switched per item.
+    /// The model's attention for the whole run (made by `attention(config:mesh:model:)`), switched per item.
     let attention: DocumentAttention
     let groups: DocumentGroups?
     /// The replicas (every rank here), for the plan check.

@@ -4,8 +4,9 @@
 // A plan is a list of items in one global order. An item is a row of tokens run by a group of `size` ranks
 // (a power of two), the aligned block `block·size ..< (block+1)·size` of the replicas:
 //   size 1   a row of whole short sequences packed together (block-causal attention), on one rank;
-//   size g   one long sequence as a zigzag ring over g ranks, padded to a multiple of 2g (each rank holds
-//            length / g ≤ capacity tokens).
+//   size g   one long sequence over g ranks, padded to a multiple of 2g (each rank holds length / g ≤ capacity
+//            tokens): a zigzag ring, or Ulysses (data.group_attention; the plan is the same, DocumentAttention
+//            runs it).
 // Every rank runs the items it belongs to in plan order. Group items are collectives of their ranks; since
 // every rank meets them in the same global order, the earliest unfinished group item always has all its
 // ranks on the way (single-rank items never wait), so no order of arrival deadlocks.
@@ -15,8 +16,8 @@
 //      size (from the smallest that fits) with an aligned block that finishes it by the ideal makespan (the
 //      step's whole cost over the ranks; of those blocks the earliest), else to the size and block that finish
 //      it earliest. A group starts when its slowest member is free and takes cost(n) / g (cost = pair·n(n+1)/2
-//      + token·n: attention work is quadratic, the rest linear). Smaller rings send fewer bytes and run larger blocks, so a ring grows
-//      only when the sequence would otherwise end the step late;
+//      + token·n: attention work is quadratic, the rest linear). Smaller groups send fewer bytes and run larger
+//      blocks, so a group grows only when the sequence would otherwise end the step late;
 //   2. the other sequences, longest first, go to the rank that is free earliest (LPT), into the fullest of
 //      its rows with room (best fit; rows hold at most `capacity` tokens), else a new row.
 // Static layouts: `ring` packs every sequence into rows of ranks × capacity tokens (first fit decreasing),
@@ -92,9 +93,7 @@ public struct DocumentPlan: Sendable, Equatable {
     }
     /// max / mean of a cost per rank (what the data-aware rule balances).
     public func workImbalance(_ cost: DocumentCost) -> Double {
-        var w = [Double](repeating: 0, count: ranks)
-        for it in items { for r in it.ranks { w[r] += cost.pair * it.pairsPerRank + cost.token * Double(it.localTokens) } }
-        return Self.imbalance(w)
+        Self.imbalance(zip(pairsPerRank, tokensPerRank).map { cost.pair * $0 + cost.token * Double($1) })
     }
 }
 

@@ -126,7 +126,8 @@ final class DocumentSteps {
             batches.write(item, sequences: sequences, ids: ids, targets: tg, positions: pos, starts: st)
             acts.resize(tokens: item.localTokens)
             if let layout = attention.use(size: g, length: L) {
-                for (j, p) in layout.positions.enumerated() {
+                for j in 0..<layout.local {  // the rank's positions (SequenceLayout.positions, without an array)
+                    let p = layout.ringLocalPosition(layout.ulyssesRank * layout.local + j, ringRank: layout.ringRank)
                     acts.tokenIds[j] = ids[p]; acts.targets[j] = tg[p]; acts.positions[j] = pos[p]
                 }
             } else {

@@ -90,8 +90,14 @@ public final class Trainer {
     /// Tokens trained by steps 0 ..< step (variable-length documents: each step's plan; else the fixed budget).
     func tokensSeen(before step: Int) -> Int {
         guard let documentSteps else { return step * tokensPerStep }
-        return (0..<step).reduce(0) { $0 + documentSteps.step($1).plan.tokens }
+        // Plans are a function of the step: sum on from the last answer (each step planned once as training goes on).
+        if step < seen.step { seen = (0, 0) }
+        for s in seen.step..<step { seen.tokens += documentSteps.step(s).plan.tokens }
+        seen.step = step
+        return seen.tokens
     }
+    /// The last answer of tokensSeen: tokens of steps 0 ..< step.
+    private var seen = (step: 0, tokens: 0)
     /// Full (unsharded) optimizer state bytes, for the ZeRO report.
     public var unshardedOptimizerBytes: Int { 2 * model.params.count * 4 }
     /// Every checkpoint this run saved.

@@ -1,4 +1,5 @@
 import Foundation
+import TesseraCheckpoint
 import XCTest
 
 /// Variable-length documents (`data.max_tokens_per_rank`) under real mpirun jobs against the single rank that holds
@@ -59,24 +60,34 @@ final class VariableLengthTests: XCTestCase {
     /// with the same losses (1e-5), and says so.
     func testResumeOnAnotherLayoutContinuesTheSameDocuments() throws {
         let dir = DataParallelTests.dir, cfg = try DataParallelTests.config()
-        func train(np: Int, _ name: String, _ extra: [String]) throws -> (losses: [Int: Double], output: String) {
+        func train(np: Int, _ name: String, _ extra: [String]) throws -> (losses: [Int: Double], tokens: [Int: Int], output: String) {
             let metrics = dir.appendingPathComponent("varlen-\(name).jsonl").path
             let (status, out) = try runProcess(["mpirun", "-np", "\(np)", CommandTests.binary, "train", cfg, "--metrics.path", metrics]
                                                + Self.documents + extra, timeout: 300)
             guard status == 0 else { throw TestFailure("\(name): exit \(status)\n\(out)") }
-            var losses: [Int: Double] = [:]
+            var losses: [Int: Double] = [:], tokens: [Int: Int] = [:]
             for line in try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n") {
                 let obj = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
                 if let loss = obj["loss"] as? Double { losses[obj["step"] as! Int] = loss }
+                if let d = obj["documents"] as? [String: Any] { tokens[obj["step"] as! Int] = d["tokens"] as? Int }
             }
-            return (losses, out)
+            return (losses, tokens, out)
         }
         let root = dir.appendingPathComponent("varlen-ckpt").path
         let whole = try train(np: 2, "saving", ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40",
                                                  "--checkpoint.every", "5", "--checkpoint.dir", root, "--sample.tokens", "16"])
         // Rank 0 samples alone after the last step (whose items may end in a ring): it must run its own attention.
         XCTAssertFalse(whole.output.contains("no sample"), whole.output)
-        let resumed = try train(np: 1, "resumed", ["--resume", root + "/step-000005", "--checkpoint.dir", root + "-r"])
+        // The manifests count the tokens the plans trained so far (each step's own).
+        for (path, upTo) in [(root + "/step-000005", 5), (root + "/step-000010", 10)] {
+            let seen = try CheckpointReader(path: path).manifest.state["tokens_seen"]
+            XCTAssertEqual(seen, "\((1...upTo).reduce(0) { $0 + (whole.tokens[$1] ?? -1_000_000) })", path)
+        }
+        let resumed = try train(np: 1, "resumed", ["--resume", root + "/step-000005", "--checkpoint.dir", root + "-r",
+                                                   "--checkpoint.every", "5"])
+        let resumedSeen = try CheckpointReader(path: root + "-r/step-000010").manifest.state["tokens_seen"]
+        XCTAssertEqual(resumedSeen, try CheckpointReader(path: root + "/step-000010").manifest.state["tokens_seen"],
+                       "the resumed run counts the steps before it too")
         XCTAssertTrue(resumed.output.contains("continuing from"), resumed.output)
         XCTAssertEqual(Set(resumed.losses.keys), Set(6...10), "the resumed run trains steps 6 to 10")
         for step in 6...10 {

@@ -1,21 +1,23 @@
 #!/usr/bin/env python3
-"""Variable-length documents on 2 ranks: the data-aware schedule against the static layouts, measured in one run.
+"""Variable-length documents on N ranks: the data-aware schedule against the static layouts, measured in one run.
 
-bench/documents.sh [--link RATE,DELAY] [--corpora lognormal,fortunes] [--max-lengths 512,1024,2048] [--rounds 3]
-                   [--steps 6] [--batch 4] [--ulysses] [-- tessera overrides...]
+bench/documents.sh [--link RATE,DELAY [--hosts H]] [--ranks N] [--corpora lognormal,fortunes]
+                   [--max-lengths 512,1024,2048] [--rounds 3] [--steps 6] [--batch 4] [--ulysses] [-- tessera overrides...]
 
 For each corpus and maximum sequence length S (training.seq_len; longer documents are split into pieces of S),
-each rank holds at most C = S / 2 tokens (data.max_tokens_per_rank): the longest sequences need both ranks. Every
-step draws whole documents up to batch × S tokens. The schedules (data.schedule), run alternately per round:
+each rank holds at most C = S / 2 tokens (data.max_tokens_per_rank): the longest sequences need two ranks. Every
+step draws whole documents up to batch × S × N / 2 tokens (the same per rank for any N; N = 2 by default, a power
+of two). The schedules (data.schedule), run alternately per round:
   aware      the data-aware scheduler (short sequences whole on one rank, long ones as rings of the size they need)
-  ring       static: every sequence over the ring of both ranks (rows of 2C packed with whole documents)
+  ring       static: every sequence over the ring of all N ranks (rows of N·C packed with whole documents)
   dp         static: plain data parallel, sequences truncated to C, rows packed (trains fewer tokens)
   dp_padded  static: plain data parallel, one sequence per row, truncated or padded to C
   aware_u    (--ulysses) the data-aware scheduler with Ulysses instead of rings for long sequences
 Reported per schedule (medians over rounds; steps after the first): tokens/s of trained tokens, step time, the
 plan's max/mean over ranks of attention pairs and of tokens, padding, tokens dropped by truncation, bytes a rank
-sent over its sequence groups per step (the larger rank's), the measured max/mean over ranks of compute time and the
-mean time waiting in communication, and MFU against the sgemm ceiling the job measures at start.
+sent over its sequence groups per step (the most any rank sent), the measured max/mean over ranks of compute time and
+the mean time waiting in communication, and MFU against the sgemm ceiling the job measures at start. With more ranks
+than cores the timing columns are no figures (the ranks share cores); the plan's columns and the bytes still are.
 Corpora: "lognormal" (document lengths lognormal, median 160 bytes, sigma 1.4, up to 16384; seeded) and "fortunes"
 (Debian's fortunes package, one document per fortune; apt-get install fortunes). Bytes are tokens (vocab 256).
 """
@@ -63,12 +65,14 @@ def run(args, corpus, S, schedule, metrics, log, overrides):
     C = S // 2
     if schedule == "aware_u":
         schedule, overrides = "aware", overrides + ["--data.group_attention", "ulysses"]
-    launch = ["mpirun", "-np", "2"] + (["--bind-to", "none", "--hostfile", args.hostfile] if args.hostfile else [])
+    launch = ["mpirun", "-np", str(args.ranks)] + (["--bind-to", "none", "--hostfile", args.hostfile] if args.hostfile else [])
+    if args.ranks > (os.cpu_count() or 1) and not args.hostfile:
+        launch += ["--oversubscribe"]
     cmd = launch + shlex.split(args.mpirun_args) + [args.bin, "train", "Configs/default.toml",
            "--data.train", corpus, "--data.val_fraction", "0.01", "--data.packing", "documents",
            "--data.document_token", str(SEP), "--data.max_tokens_per_rank", str(C), "--data.schedule", schedule,
-           "--parallelism.dp", "2", "--training.seq_len", str(S), "--model.block_size", str(S),
-           "--training.batch_size", str(args.batch), "--training.steps", str(args.steps), "--training.log_every", "1",
+           "--parallelism.dp", str(args.ranks), "--training.seq_len", str(S), "--model.block_size", str(S),
+           "--training.batch_size", str(args.batch * args.ranks // 2), "--training.steps", str(args.steps), "--training.log_every", "1",
            "--training.eval_every", "0", "--sample.tokens", "0", "--training.threads", "1",
            "--checkpoint.every", "0", "--job.output_dir", os.path.dirname(metrics) + "/out",
            "--metrics.path", metrics] + overrides
@@ -103,7 +107,8 @@ def main():
     p.add_argument("--max-lengths", default="512,1024,2048")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--batch", type=int, default=4, help="token budget per step = batch × max length")
+    p.add_argument("--batch", type=int, default=4, help="token budget per step = batch × max length × ranks / 2")
+    p.add_argument("--ranks", type=int, default=2, help="ranks (a power of two; data.max_tokens_per_rank stays S / 2)")
     p.add_argument("--ulysses", action="store_true", help="also the data-aware schedule with Ulysses groups (aware_u)")
     p.add_argument("--bin", default=".build/release/tessera")
     p.add_argument("--hostfile", default="", help="run the ranks on these hosts (bench/documents.sh --link sets it)")
@@ -112,6 +117,11 @@ def main():
     args = p.parse_args()
     if not os.access(args.bin, os.X_OK):
         sys.exit("bench/documents.py: build first: swift build -c release --product tessera")
+    if args.ranks < 2 or args.ranks & (args.ranks - 1):
+        sys.exit(f"bench/documents.py: --ranks must be a power of two ≥ 2, not {args.ranks}")
+    if args.ranks > (os.cpu_count() or 1) and not args.hostfile:
+        print(f"bench/documents.py: {args.ranks} ranks on {os.cpu_count()} cores: the timing columns are no figures "
+              "(ranks share cores); the plan's columns and the bytes are")
     schedules = SCHEDULES + (["aware_u"] if args.ulysses else [])
     summary = []
     with tempfile.TemporaryDirectory(prefix="tessera-documents-") as tmp:
@@ -128,7 +138,7 @@ def main():
                     for s in schedules:
                         res[s].append(run(args, corpus, S, s, f"{tmp}/{name}-{S}-{s}-{r}.jsonl", f"{tmp}/{name}-{S}-{s}-{r}.log",
                                           args.overrides))
-                print(f"  max length {S}, {S // 2} tokens per rank, budget {args.batch * S} tokens/step, "
+                print(f"  max length {S}, {S // 2} tokens per rank, {args.ranks} ranks, budget {args.batch * S * args.ranks // 2} tokens/step, "
                       f"{args.rounds} round(s) of {args.steps - 1} steps (medians):")
                 print(f"    {'schedule':<10} {'tok/s':>8} {'step ms':>8} {'attn max/mean':>13} {'tok max/mean':>12} "
                       f"{'padding':>8} {'dropped':>8} {'MiB sent':>9} {'busy max/mean':>13} {'wait ms':>8} {'MFU':>6} {'rings':>6} {'items':>6}")

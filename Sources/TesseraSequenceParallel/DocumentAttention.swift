@@ -45,7 +45,7 @@ public final class DocumentAttention: AttentionOp {
     }
 
     /// The split of a row of `length` tokens over a block of `size` ranks, this rank being `rank` in it.
-    static func layout(length: Int, size g: Int, rank: Int, ulysses: Bool) -> SequenceLayout {
+    public static func layout(length: Int, size g: Int, rank: Int, ulysses: Bool) -> SequenceLayout {
         ulysses ? SequenceLayout(seqLen: length, ring: 1, ulysses: g, ringRank: 0, ulyssesRank: rank)
                 : SequenceLayout(seqLen: length, ring: g, ulysses: 1, ringRank: rank, ulyssesRank: 0)
     }
@@ -61,6 +61,9 @@ public final class DocumentAttention: AttentionOp {
         current = op
         return l
     }
+
+    /// Bytes of the group ops' buffers besides what they save per layer (SequenceParallelAttention.extraBytes).
+    public var extraBytes: Int { groups.values.reduce(0) { $0 + $1.extraBytes } }
 
     /// Bytes every group op has sent so far.
     public var bytesSent: Int { blocks?.communicators.reduce(0) { $0 + $1.bytesSent } ?? 0 }

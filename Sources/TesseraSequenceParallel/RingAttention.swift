@@ -117,6 +117,7 @@ public final class RingCore: AttentionCore {
         own16 = .allocate(capacity: tc)
         kv = [FloatBuffer(kvCount), FloatBuffer(kvCount)]
         dkv = [FloatBuffer(kvCount), FloatBuffer(kvCount), FloatBuffer(kvCount)]
+        preBuf = [FloatBuffer(kvCount), FloatBuffer(kvCount)]
         partOut = FloatBuffer(maxBatch * layout.chunk * heads * headDim)
         partLse = FloatBuffer(maxBatch * heads * layout.chunk)
         chunkLse = [FloatBuffer(maxBatch * heads * layout.chunk), FloatBuffer(maxBatch * heads * layout.chunk)]
@@ -242,7 +243,8 @@ public final class RingCore: AttentionCore {
 
     /// Per layer parity: the prefetched first block and the requests of the prefetch. This rank's own block
     /// goes to the previous rank straight from the saved qkv (an MPI vector type: the k and v columns).
-    var preBuf: [FloatBuffer] = []
+    /// (Allocated with the other blocks at init, so that what the ring holds is known before the first step.)
+    let preBuf: [FloatBuffer]
     var ownSend: Request?
     var prefetch: [(layer: Int, requests: [Request])?] = [nil, nil]
     /// Index of each prefetch's entry in sendPosts[1].
@@ -259,9 +261,6 @@ public final class RingCore: AttentionCore {
         let w = HeadWidths(heads: heads, kvHeads: kvHeads, headDim: headDim)
         let R = comm.size, n = batch * tokens * w.packed, slot = layer % 2
         guard R > 1, prefetch[slot]?.layer != layer else { return }
-        if preBuf.isEmpty {
-            preBuf = [FloatBuffer(kv[0].count), FloatBuffer(kv[0].count)]
-        }
         if let p = prefetch[slot] { try Request.waitAll(p.requests) }  // an older layer's, never consumed (eval)
         if let old = pendingPreSend[slot] { try old.wait(); pendingPreSend[slot] = nil }
         if let o = ownSend { try o.wait(); ownSend = nil }

@@ -28,14 +28,20 @@ public struct MemoryPrediction: Sendable, Equatable {
     public var checkpointStaging = 0
     /// Pipeline parallelism, world rank 0: the whole model gathered for the sample at the end.
     public var wholeModel = 0
+    /// Sequence parallelism: the ring's key/value blocks and accumulators, Ulysses' all-to-all buffers (one set per
+    /// group size under variable-length documents); what its ops save per layer is in `activations`.
+    public var sequenceBuffers = 0
 
-    public var total: Int { parameters + productWeights + gradients + optimizer + activations + workspace + checkpointStaging + wholeModel }
+    public var total: Int {
+        parameters + productWeights + gradients + optimizer + activations + workspace + checkpointStaging + wholeModel + sequenceBuffers
+    }
 
     /// "618.6 GB (parameters 154.6 GB, ...)", naming only the parts this rank has.
     public var description: String {
         let parts: [(String, Int)] = [("parameters", parameters), ("bf16 weight copy", productWeights), ("gradients", gradients), ("optimizer state", optimizer),
                                       ("activations", activations), ("workspace", workspace),
-                                      ("lazy checkpoint staging", checkpointStaging), ("whole model for sampling", wholeModel)]
+                                      ("lazy checkpoint staging", checkpointStaging), ("whole model for sampling", wholeModel),
+                                      ("sequence-parallel buffers", sequenceBuffers)]
         return MemoryPreflight.size(total) + " (" + parts.filter { $0.1 > 0 }.map { "\($0.0) \(MemoryPreflight.size($0.1))" }
             .joined(separator: ", ") + ")"
     }
@@ -304,7 +310,30 @@ public enum MemoryPreflight {
         }
         // Workspace: the backward's gradients in flight and tmp (Workspace.floats).
         out.workspace = 4 * Workspace.floats(n: batch * tokens, config: gpt)
+        out.sequenceBuffers = sequenceBufferBytes(config: config, coordinate: c)
         return out
+    }
+
+    /// The buffers of the rank's sequence-parallel attention besides what it saves per layer
+    /// (`SequenceParallelAttention.plannedBytes` of no layer): the op of the mesh's ring and Ulysses groups, or under
+    /// variable-length documents one op per group size of the replicas, each for max_tokens_per_rank tokens.
+    public static func sequenceBufferBytes(config: TesseraConfig, coordinate c: MeshCoordinate) -> Int {
+        let gpt = config.model.transformer, p = config.parallelism, t = config.training
+        func planned(_ layout: SequenceLayout, batch: Int) -> Int {
+            SequenceParallelAttention.plannedBytes(heads: gpt.nHead, kvHeads: gpt.nKVHead, headDim: gpt.headDim, layout: layout,
+                                                   layers: 0, maxBatch: batch, precision: config.precision)
+        }
+        let capacity = config.data.maxTokensPerRank
+        if capacity > 0 {
+            guard p.dp > 1, DocumentScheduler.isPowerOfTwo(p.dp) else { return 0 }
+            let ulysses = config.data.groupAttention == "ulysses"
+            return DocumentScheduler.groupSizes(ranks: p.dp).filter { $0 > 1 }.reduce(0) { sum, g in
+                sum + planned(DocumentAttention.layout(length: g * (capacity + capacity % 2), size: g, rank: 0, ulysses: ulysses), batch: 1)
+            }
+        }
+        guard p.ring * p.ulysses > 1, t.seqLen % SequenceLayout.tokenMultiple(ring: p.ring, ulysses: p.ulysses) == 0 else { return 0 }
+        let layout = SequenceLayout(seqLen: t.seqLen, ring: p.ring, ulysses: p.ulysses, ringRank: c.ring, ulyssesRank: c.ulysses)
+        return planned(layout, batch: max(t.batchSize / max(p.dp * t.microbatches, 1), 1))
     }
 
     /// Bytes in GB, MB or kB (powers of 10) with the exact count: "154.6 GB (154648772608 bytes)".

@@ -52,6 +52,8 @@ public struct ActivationSummary: Sendable, Equatable {
     public var sequenceBytesMax: Int
     /// Most bytes any rank sent to its neighbour pipeline stages in the step.
     public var pipelineBytesMax: Int
+    /// Each rank's sequence-parallel buffers as allocated, and as the memory preflight predicts them.
+    public var sequenceBufferBytes: [Int] = [], predictedSequenceBufferBytes: [Int] = []
     public var offloadHiddenFraction: Double {
         offloadIOSeconds > 0 ? max(0, 1 - offloadWaitSeconds / offloadIOSeconds) : 1
     }
@@ -139,7 +141,8 @@ public final class MetricsSink {
                                   "offload_io_s": a.offloadIOSeconds, "offload_wait_s": a.offloadWaitSeconds,
                                   "offload_hidden": a.offloadHiddenFraction, "tier_held_bytes": a.tierHeldBytes,
                                   "sequence_bytes_max": a.sequenceBytesMax,
-                                  "pipeline_bytes_max": a.pipelineBytesMax] as [String: Any]
+                                  "pipeline_bytes_max": a.pipelineBytesMax, "sequence_buffer_bytes": a.sequenceBufferBytes,
+                                  "predicted_sequence_buffer_bytes": a.predictedSequenceBufferBytes] as [String: Any]
         }
         if let p = r.phases {
             obj["phases"] = ["ranks": p.ranks, "compute_s_mean": p.computeMean, "compute_s_max": p.computeMax,

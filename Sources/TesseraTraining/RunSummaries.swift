@@ -42,6 +42,8 @@ extension Trainer {
     public func activationSummary() -> ActivationSummary {
         let a = lastActivation, o = a.offload ?? OffloadTier.Stats(), job = JobReduction(world: mesh?.world)
         let peaks = job.gather(Double(a.peakBytes)), predicted = job.gather(Double(memory.plan.predictedBytes))
+        let buffers = job.gather(Double(sequenceBufferBytes))
+        let plannedBuffers = job.gather(Double(MemoryPreflight.sequenceBufferBytes(config: config, coordinate: mesh?.coordinate ?? MeshCoordinate(pp: 0, dp: 0, ring: 0, ulysses: 0))))
         let sums = job.sum(["written": Double(o.bytesWritten), "read": Double(o.bytesRead), "io": Double(o.ioNs) / 1e9,
                             "wait": Double(o.waitNs) / 1e9, "held": Double(a.tierHeldBytes)])
         let maxima = job.max(["recompute": a.recomputeSeconds, "sequence": Double(a.sequenceBytes),
@@ -50,7 +52,8 @@ extension Trainer {
                                  recomputeSecondsMax: maxima["recompute"]!, offloadWritten: Int(sums["written"]!),
                                  offloadRead: Int(sums["read"]!), offloadIOSeconds: sums["io"]!, offloadWaitSeconds: sums["wait"]!,
                                  tierHeldBytes: Int(sums["held"]!), sequenceBytesMax: Int(maxima["sequence"]!),
-                                 pipelineBytesMax: Int(maxima["pipeline"]!))
+                                 pipelineBytesMax: Int(maxima["pipeline"]!), sequenceBufferBytes: buffers.map { Int($0) },
+                                 predictedSequenceBufferBytes: plannedBuffers.map { Int($0) })
     }
 
     /// Mean and max over all ranks of each phase's seconds per step in the interval.

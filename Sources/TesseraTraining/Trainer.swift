@@ -195,6 +195,12 @@ public final class Trainer {
         return a
     }
 
+    /// Bytes of this rank's sequence-parallel buffers (besides what its attention saves per layer), as allocated now.
+    var sequenceBufferBytes: Int {
+        if let documentSteps { return documentSteps.attention.extraBytes }
+        return (model.attention as? SequenceParallelAttention)?.extraBytes ?? 0
+    }
+
     /// Bytes this rank sent over its sequence-parallel groups (ring and Ulysses) so far.
     var sequenceBytesSent: Int {
         guard let mesh else { return 0 }

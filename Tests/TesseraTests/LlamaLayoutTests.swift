@@ -69,6 +69,8 @@ final class LlamaLayoutTests: XCTestCase {
                 let acts = try MixedPrecisionLayoutTests.activationRecords(job, prefix: "")
                 let last = try XCTUnwrap(acts.last, "\(job): no activation record")
                 XCTAssertEqual(last["peak_bytes"] as? [Int], last["predicted_bytes"] as? [Int], "\(job): measured vs predicted peaks")
+                XCTAssertEqual(last["sequence_buffer_bytes"] as? [Int], last["predicted_sequence_buffer_bytes"] as? [Int],
+                               "\(job): sequence-parallel buffers (grouped key/value heads) vs predicted")
             }
         }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: offload), [], "offload directory not empty")

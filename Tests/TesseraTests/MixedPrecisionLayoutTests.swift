@@ -155,6 +155,10 @@ final class MixedPrecisionLayoutTests: XCTestCase {
             let peaks = acts["peak_bytes"] as? [Int] ?? [], predicted = acts["predicted_bytes"] as? [Int] ?? []
             XCTAssertEqual(peaks.count, 2, name)
             XCTAssertEqual(peaks, predicted, "\(name): measured activation peaks vs predicted")
+            // The ring's or Ulysses' buffers (with their bf16 twins) as the memory preflight predicts them.
+            let buffers = acts["sequence_buffer_bytes"] as? [Int] ?? []
+            XCTAssertEqual(buffers, acts["predicted_sequence_buffer_bytes"] as? [Int], "\(name): sequence-parallel buffers")
+            XCTAssertTrue(buffers.count == 2 && buffers.allSatisfy { $0 > 0 }, "\(name): buffers \(buffers)")
         }
     }
 }

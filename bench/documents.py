@@ -10,6 +10,8 @@ step draws whole documents up to batch × S × N / 2 tokens (the same per rank f
 of two). The schedules (data.schedule), run alternately per round:
   aware      the data-aware scheduler (short sequences whole on one rank, long ones as rings of the size they need)
   ring       static: every sequence over the ring of all N ranks (rows of N·C packed with whole documents)
+  ring_dp    (N > 2) static: every sequence over a ring of 2 (the size S needs), rows of 2C dealt round-robin to
+             the N / 2 rings (context × data parallelism of fixed sizes)
   dp         static: plain data parallel, sequences truncated to C, rows packed (trains fewer tokens)
   dp_padded  static: plain data parallel, one sequence per row, truncated or padded to C
   aware_u    (--ulysses) the data-aware scheduler with Ulysses instead of rings for long sequences
@@ -24,7 +26,7 @@ Corpora: "lognormal" (document lengths lognormal, median 160 bytes, sigma 1.4, u
 import argparse, glob, json, math, os, random, shlex, statistics, subprocess, sys, tempfile
 
 SEP = 0x1E  # record separator: the byte before every document (data.document_token)
-SCHEDULES = ["aware", "ring", "dp", "dp_padded"]
+SCHEDULES = ["aware", "ring", "dp", "dp_padded"]  # and ring_dp with more than 2 ranks
 
 
 def lognormal_corpus(path, total=3_000_000, median=160, sigma=1.4, longest=16384, seed=7):
@@ -122,7 +124,7 @@ def main():
     if args.ranks > (os.cpu_count() or 1) and not args.hostfile:
         print(f"bench/documents.py: {args.ranks} ranks on {os.cpu_count()} cores: the timing columns are no figures "
               "(ranks share cores); the plan's columns and the bytes are")
-    schedules = SCHEDULES + (["aware_u"] if args.ulysses else [])
+    schedules = SCHEDULES + (["ring_dp"] if args.ranks > 2 else []) + (["aware_u"] if args.ulysses else [])
     summary = []
     with tempfile.TemporaryDirectory(prefix="tessera-documents-") as tmp:
         for name in args.corpora.split(","):

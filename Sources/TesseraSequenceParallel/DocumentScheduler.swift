@@ -20,8 +20,9 @@
 //      blocks, so a group grows only when the sequence would otherwise end the step late;
 //   2. the other sequences, longest first, go to the rank that is free earliest (LPT), into the fullest of
 //      its rows with room (best fit; rows hold at most `capacity` tokens), else a new row.
-// Static layouts: `ring` packs every sequence into rows of ranks × capacity tokens (first fit decreasing),
-// each over the ring of all ranks; `dataParallel` truncates sequences to `capacity` tokens and deals rows of
+// Static layouts: `ring` packs every sequence into rows of g × capacity tokens (first fit decreasing), each over a
+// ring of g ranks (all of them, or the smallest that holds the longest sequence a step may draw, the rows dealt
+// round-robin over the blocks); `dataParallel` truncates sequences to `capacity` tokens and deals rows of
 // one rank's capacity round-robin (packed by first fit, or one sequence per row padded to capacity).
 
 import TesseraModel
@@ -162,10 +163,13 @@ public enum DocumentScheduler {
         return DocumentPlan(ranks: ranks, capacity: capacity, items: items + rows.flatMap { $0 })
     }
 
-    /// Static: every sequence over the ring of all ranks, packed into rows of ranks × capacity tokens
-    /// (first fit, longest first).
-    public static func ring(lengths: [Int], ranks: Int, capacity: Int) -> DocumentPlan {
-        let rowTokens = ranks == 1 ? capacity : ranks * capacity - (ranks * capacity) % (2 * ranks)
+    /// Static: every sequence over a ring of `size` ranks (all of them unless given), packed into rows of
+    /// size × capacity tokens (first fit, longest first), the rows dealt round-robin to the ranks / size blocks
+    /// (context parallelism of a fixed size, data parallelism over the blocks, as a static mesh runs it).
+    public static func ring(lengths: [Int], ranks: Int, capacity: Int, size: Int? = nil) -> DocumentPlan {
+        let g = size ?? ranks
+        precondition(isPowerOfTwo(g) && ranks % g == 0, "a ring of \(g) ranks does not divide \(ranks)")
+        let rowTokens = g == 1 ? capacity : g * capacity - (g * capacity) % (2 * g)
         var rows: [DocumentPlan.Item] = []
         for i in longestFirst(lengths) {
             let n = lengths[i]
@@ -173,10 +177,10 @@ public enum DocumentScheduler {
             if let k = rows.firstIndex(where: { $0.tokens + n <= rowTokens }) {
                 rows[k].sequences.append(i); rows[k].counts.append(n)
             } else {
-                rows.append(.init(size: ranks, block: 0, sequences: [i], counts: [n], length: 0))
+                rows.append(.init(size: g, block: 0, sequences: [i], counts: [n], length: 0))
             }
         }
-        for k in rows.indices { rows[k].length = ringLength(rows[k].tokens, size: ranks) }
+        for k in rows.indices { rows[k].length = ringLength(rows[k].tokens, size: g); rows[k].block = k % (ranks / g) }
         return DocumentPlan(ranks: ranks, capacity: capacity, items: rows)
     }
 

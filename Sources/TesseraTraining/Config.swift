@@ -196,9 +196,10 @@ public struct DataConfig: Sendable, Equatable {
     /// tokens, and longer ones than this run as rings over several ranks. 0: fixed rows (off).
     public var maxTokensPerRank: Int
     /// Allowed values of `schedule`.
-    public static let scheduleValues = ["aware", "ring", "dp", "dp_padded"]
+    public static let scheduleValues = ["aware", "ring", "ring_dp", "dp", "dp_padded"]
     /// Who runs which sequence under max_tokens_per_rank: "aware" (the data-aware scheduler), or the static layouts
-    /// it is measured against: "ring" (every sequence over the ring of all ranks), "dp" (sequences truncated to
+    /// it is measured against: "ring" (every sequence over the ring of all ranks), "ring_dp" (every sequence over a
+    /// ring of the size training.seq_len needs, data parallel over those rings), "dp" (sequences truncated to
     /// max_tokens_per_rank, packed), "dp_padded" (truncated, one per row, padded).
     public var schedule: String
     /// Allowed values of `groupAttention`.

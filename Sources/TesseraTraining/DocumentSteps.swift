@@ -73,6 +73,9 @@ final class DocumentSteps {
     func plan(_ lengths: [Int]) -> DocumentPlan {
         switch schedule {
         case "ring": DocumentScheduler.ring(lengths: lengths, ranks: ranks, capacity: capacity)
+        case "ring_dp":
+            DocumentScheduler.ring(lengths: lengths, ranks: ranks, capacity: capacity,
+                                   size: DocumentScheduler.smallestGroup(train.maxLength, ranks: ranks, capacity: capacity) ?? ranks)
         case "dp": DocumentScheduler.dataParallel(lengths: lengths, ranks: ranks, capacity: capacity, packed: true)
         case "dp_padded": DocumentScheduler.dataParallel(lengths: lengths, ranks: ranks, capacity: capacity, packed: false)
         default: DocumentScheduler.dataAware(lengths: lengths, ranks: ranks, capacity: capacity, cost: cost)

@@ -67,6 +67,15 @@ final class DocumentScheduleTests: XCTestCase {
             checkPlan(padded, lengths, truncated: true)
             XCTAssertTrue(padded.items.allSatisfy { $0.length == capacity && $0.sequences.count == 1 })
             XCTAssertGreaterThan(padded.paddingFraction, dp.paddingFraction)
+            // With half the longest per rank: rings of 2 (the size the longest needs), rows dealt round-robin over the blocks.
+            let half = maxLength / 2, g = DocumentScheduler.smallestGroup(maxLength, ranks: ranks, capacity: half) ?? 0
+            XCTAssertEqual(g, ranks == 1 ? 0 : 2, "\(ranks) ranks of \(half): the longest needs two")
+            guard ranks > 1 else { continue }
+            let rings = DocumentScheduler.ring(lengths: lengths, ranks: ranks, capacity: half, size: g)
+            checkPlan(rings, lengths)
+            XCTAssertEqual(rings.items.map(\.size), Array(repeating: g, count: rings.items.count))
+            XCTAssertEqual(rings.items.map(\.block), rings.items.indices.map { $0 % (ranks / g) }, "round-robin over the blocks")
+            XCTAssertTrue(rings.items.allSatisfy { $0.localTokens <= half })
         }
     }
 

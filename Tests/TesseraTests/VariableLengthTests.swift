@@ -9,7 +9,8 @@ import XCTest
 /// sequences of up to 256 tokens (1024 in the 4-rank case). With 40 tokens per rank on 2 ranks (also with ZeRO-1 and
 /// with selective recomputation, whose recompute buffer serves items of every length), sequences longer
 /// than 40 run as rings of 2 (or as Ulysses over 2) and the rest whole on one rank; with 20 on 4 ranks, rings of 4 and of 2 (on both
-/// halves at once); with a budget of 64 tokens on 4 ranks, most steps leave some rank without a sequence (it joins the
+/// halves at once); the static rings of 2 (the size seq_len needs at 32 per rank) dealt over both halves of 4 ranks;
+/// with a budget of 64 tokens on 4 ranks, most steps leave some rank without a sequence (it joins the
 /// reduction at once). The static data-parallel plan with padding runs against its own single rank (same truncation).
 /// The cases are data.
 final class VariableLengthTests: XCTestCase {
@@ -25,6 +26,8 @@ final class VariableLengthTests: XCTestCase {
         (2, "aware-ulysses", documents, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40", "--data.group_attention", "ulysses"], (1, [2])),
         (2, "ring", documents, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40", "--data.schedule", "ring"], (1, [2])),
         (4, "aware4", documents + ["--training.batch_size", "16"], ["--parallelism.dp", "4", "--data.max_tokens_per_rank", "20"], (1, [2, 4])),
+        (4, "ring-dp4", documents + ["--training.batch_size", "16"], ["--parallelism.dp", "4", "--data.max_tokens_per_rank", "32",
+                                                                       "--data.schedule", "ring_dp"], (1, [2])),
         (4, "aware4-idle", documents + ["--training.batch_size", "1"], ["--parallelism.dp", "4", "--data.max_tokens_per_rank", "20"], (0, [4])),
         (2, "dp-padded", documents + ["--data.max_tokens_per_rank", "40", "--data.schedule", "dp_padded"], ["--parallelism.dp", "2"], (0, [])),
         (2, "llama-aware", llama, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40"], (1, [2])),

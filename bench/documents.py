@@ -2,16 +2,18 @@
 """Variable-length documents on N ranks: the data-aware schedule against the static layouts, measured in one run.
 
 bench/documents.sh [--link RATE,DELAY [--hosts H]] [--ranks N] [--corpora lognormal,fortunes]
-                   [--max-lengths 512,1024,2048] [--rounds 3] [--steps 6] [--batch 4] [--ulysses] [-- tessera overrides...]
+                   [--max-lengths 512,1024,2048] [--spread 2] [--rounds 3] [--steps 6] [--batch 4] [--ulysses]
+                   [-- tessera overrides...]
 
 For each corpus and maximum sequence length S (training.seq_len; longer documents are split into pieces of S),
-each rank holds at most C = S / 2 tokens (data.max_tokens_per_rank): the longest sequences need two ranks. Every
+each rank holds at most C = S / K tokens (data.max_tokens_per_rank; K = --spread, 2 unless given, at most N): the
+longest sequences need K ranks. Every
 step draws whole documents up to batch × S × N / 2 tokens (the same per rank for any N; N = 2 by default, a power
 of two). The schedules (data.schedule), run alternately per round:
   aware      the data-aware scheduler (short sequences whole on one rank, long ones as rings of the size they need)
   ring       static: every sequence over the ring of all N ranks (rows of N·C packed with whole documents)
-  ring_dp    (N > 2) static: every sequence over a ring of 2 (the size S needs), rows of 2C dealt round-robin to
-             the N / 2 rings (context × data parallelism of fixed sizes)
+  ring_dp    (N > K) static: every sequence over a ring of K (the size S needs), rows of K·C dealt round-robin to
+             the N / K rings (context × data parallelism of fixed sizes)
   dp         static: plain data parallel, sequences truncated to C, rows packed (trains fewer tokens)
   dp_padded  static: plain data parallel, one sequence per row, truncated or padded to C
   aware_u    (--ulysses) the data-aware scheduler with Ulysses instead of rings for long sequences
@@ -64,7 +66,7 @@ def lengths(path):
 
 
 def run(args, corpus, S, schedule, metrics, log, overrides):
-    C = S // 2
+    C = S // args.spread
     if schedule == "aware_u":
         schedule, overrides = "aware", overrides + ["--data.group_attention", "ulysses"]
     launch = ["mpirun", "-np", str(args.ranks)] + (["--bind-to", "none", "--hostfile", args.hostfile] if args.hostfile else [])
@@ -110,7 +112,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--batch", type=int, default=4, help="token budget per step = batch × max length × ranks / 2")
-    p.add_argument("--ranks", type=int, default=2, help="ranks (a power of two; data.max_tokens_per_rank stays S / 2)")
+    p.add_argument("--ranks", type=int, default=2, help="ranks (a power of two)")
+    p.add_argument("--spread", type=int, default=2, help="ranks the longest sequence needs: data.max_tokens_per_rank = S / spread")
     p.add_argument("--ulysses", action="store_true", help="also the data-aware schedule with Ulysses groups (aware_u)")
     p.add_argument("--bin", default=".build/release/tessera")
     p.add_argument("--hostfile", default="", help="run the ranks on these hosts (bench/documents.sh --link sets it)")
@@ -124,7 +127,9 @@ def main():
     if args.ranks > (os.cpu_count() or 1) and not args.hostfile:
         print(f"bench/documents.py: {args.ranks} ranks on {os.cpu_count()} cores: the timing columns are no figures "
               "(ranks share cores); the plan's columns and the bytes are")
-    schedules = SCHEDULES + (["ring_dp"] if args.ranks > 2 else []) + (["aware_u"] if args.ulysses else [])
+    if args.spread < 2 or args.spread & (args.spread - 1) or args.spread > args.ranks:
+        sys.exit(f"bench/documents.py: --spread must be a power of two from 2 to --ranks ({args.ranks}), not {args.spread}")
+    schedules = SCHEDULES + (["ring_dp"] if args.ranks > args.spread else []) + (["aware_u"] if args.ulysses else [])
     summary = []
     with tempfile.TemporaryDirectory(prefix="tessera-documents-") as tmp:
         for name in args.corpora.split(","):
@@ -140,7 +145,7 @@ def main():
                     for s in schedules:
                         res[s].append(run(args, corpus, S, s, f"{tmp}/{name}-{S}-{s}-{r}.jsonl", f"{tmp}/{name}-{S}-{s}-{r}.log",
                                           args.overrides))
-                print(f"  max length {S}, {S // 2} tokens per rank, {args.ranks} ranks, budget {args.batch * S * args.ranks // 2} tokens/step, "
+                print(f"  max length {S}, {S // args.spread} tokens per rank, {args.ranks} ranks, budget {args.batch * S * args.ranks // 2} tokens/step, "
                       f"{args.rounds} round(s) of {args.steps - 1} steps (medians):")
                 print(f"    {'schedule':<10} {'tok/s':>8} {'step ms':>8} {'attn max/mean':>13} {'tok max/mean':>12} "
                       f"{'padding':>8} {'dropped':>8} {'MiB sent':>9} {'busy max/mean':>13} {'wait ms':>8} {'MFU':>6} {'rings':>6} {'items':>6}")

@@ -25,13 +25,14 @@ public final class DocumentAttention: AttentionOp {
         set { current.documents = newValue }
     }
 
-    /// `local`: the model's own attention; `blocks`: this rank's block communicators (nil on one rank).
-    public init(local: AttentionOp, blocks: DocumentGroups?, heads: Int, kvHeads: Int, headDim: Int, capacity: Int, ulysses: Bool,
-                precision: Precision, onError: @escaping (Error) -> Never) {
+    /// `local`: the model's own attention; `blocks`: this rank's block communicators (nil on one rank); `sizes`: the
+    /// group sizes the run's schedule may give an item (an op for each; nil: every size from 2 to the ranks).
+    public init(local: AttentionOp, blocks: DocumentGroups?, sizes: [Int]? = nil, heads: Int, kvHeads: Int, headDim: Int,
+                capacity: Int, ulysses: Bool, precision: Precision, onError: @escaping (Error) -> Never) {
         self.local = local; self.blocks = blocks; self.ulysses = ulysses; current = local
         var groups: [Int: SequenceParallelAttention] = [:]
         if let blocks {
-            for g in DocumentScheduler.groupSizes(ranks: blocks.ranks) where g > 1 {
+            for g in sizes ?? DocumentScheduler.groupSizes(ranks: blocks.ranks) where g > 1 {
                 let room = Self.layout(length: g * (capacity + capacity % 2), size: g, rank: blocks.rankInBlock(size: g), ulysses: ulysses)
                 let comm = blocks.communicator(size: g)
                 let op = SequenceParallelAttention(heads: heads, kvHeads: kvHeads, headDim: headDim, layout: room,

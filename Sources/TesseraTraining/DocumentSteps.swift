@@ -64,10 +64,26 @@ final class DocumentSteps {
     /// data.group_attention) per group size over block communicators made here (collective over the replicas).
     static func attention(config: TesseraConfig, mesh: ProcessMesh?, model: Transformer) throws -> DocumentAttention {
         let m = model.config
-        return DocumentAttention(local: model.attention, blocks: try mesh?.documentGroups(), heads: m.nHead, kvHeads: m.nKVHead,
+        return DocumentAttention(local: model.attention, blocks: try mesh?.documentGroups(), sizes: groupSizes(config),
+                                 heads: m.nHead, kvHeads: m.nKVHead,
                                  headDim: m.headDim, capacity: config.data.maxTokensPerRank,
                                  ulysses: config.data.groupAttention == "ulysses", precision: model.precision,
                                  onError: { MPIRuntime.abort("\($0) at step \(Watchdog.shared?.step ?? 0); aborting the job") })
+    }
+
+    /// The group sizes (> 1) the schedule of `config` may give an item on parallelism.dp ranks: the data-aware rule
+    /// any from 2 to the ranks, the static ring all of them, ring_dp the size seq_len needs, data parallelism none.
+    static func groupSizes(_ config: TesseraConfig) -> [Int] {
+        let ranks = config.parallelism.dp, capacity = config.data.maxTokensPerRank
+        guard ranks > 1, DocumentScheduler.isPowerOfTwo(ranks) else { return [] }
+        switch config.data.schedule {
+        case "ring": return [ranks]
+        case "ring_dp":
+            let g = DocumentScheduler.smallestGroup(config.training.seqLen, ranks: ranks, capacity: capacity) ?? ranks
+            return g > 1 ? [g] : []
+        case "dp", "dp_padded": return []
+        default: return DocumentScheduler.groupSizes(ranks: ranks).filter { $0 > 1 }
+        }
     }
 
     func plan(_ lengths: [Int]) -> DocumentPlan {

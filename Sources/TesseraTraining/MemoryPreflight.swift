@@ -316,7 +316,7 @@ public enum MemoryPreflight {
 
     /// The buffers of the rank's sequence-parallel attention besides what it saves per layer
     /// (`SequenceParallelAttention.plannedBytes` of no layer): the op of the mesh's ring and Ulysses groups, or under
-    /// variable-length documents one op per group size of the replicas, each for max_tokens_per_rank tokens.
+    /// variable-length documents one op per group size the schedule may use, each for max_tokens_per_rank tokens.
     public static func sequenceBufferBytes(config: TesseraConfig, coordinate c: MeshCoordinate) -> Int {
         let gpt = config.model.transformer, p = config.parallelism, t = config.training
         func planned(_ layout: SequenceLayout, batch: Int) -> Int {
@@ -325,9 +325,8 @@ public enum MemoryPreflight {
         }
         let capacity = config.data.maxTokensPerRank
         if capacity > 0 {
-            guard p.dp > 1, DocumentScheduler.isPowerOfTwo(p.dp) else { return 0 }
             let ulysses = config.data.groupAttention == "ulysses"
-            return DocumentScheduler.groupSizes(ranks: p.dp).filter { $0 > 1 }.reduce(0) { sum, g in
+            return DocumentSteps.groupSizes(config).reduce(0) { sum, g in
                 sum + planned(DocumentAttention.layout(length: g * (capacity + capacity % 2), size: g, rank: 0, ulysses: ulysses), batch: 1)
             }
         }

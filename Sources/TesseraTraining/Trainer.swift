@@ -90,7 +90,7 @@ public final class Trainer {
     /// Tokens trained by steps 0 ..< step (variable-length documents: each step's plan; else the fixed budget).
     func tokensSeen(before step: Int) -> Int {
         guard let documentSteps else { return step * tokensPerStep }
-        // Plans are a function of the step: sum on from the last answer (each step planned once as training goes on).
+        // Plans are a function of the step: sum on from the last answer (so each step is planned here once more).
         if step < seen.step { seen = (0, 0) }
         for s in seen.step..<step { seen.tokens += documentSteps.step(s).plan.tokens }
         seen.step = step

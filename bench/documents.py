@@ -17,6 +17,8 @@ of two). The schedules (data.schedule), run alternately per round:
   dp         static: plain data parallel, sequences truncated to C, rows packed (trains fewer tokens)
   dp_padded  static: plain data parallel, one sequence per row, truncated or padded to C
   aware_u    (--ulysses) the data-aware scheduler with Ulysses instead of rings for long sequences
+  aware_m    (--measured) the data-aware scheduler with weights fitted to measured item times (data.cost_weights)
+--schedules a,b,... runs just those (aware first: the ratios are aware's).
 Reported per schedule (medians over rounds; steps after the first): tokens/s of trained tokens, step time, the
 plan's max/mean over ranks of attention pairs and of tokens, padding, tokens dropped by truncation, bytes a rank
 sent over its sequence groups per step (the most any rank sent), the measured max/mean over ranks of compute time and
@@ -69,6 +71,8 @@ def run(args, corpus, S, schedule, metrics, log, overrides):
     C = S // args.spread
     if schedule == "aware_u":
         schedule, overrides = "aware", overrides + ["--data.group_attention", "ulysses"]
+    if schedule == "aware_m":
+        schedule, overrides = "aware", overrides + ["--data.cost_weights", "measured"]
     launch = ["mpirun", "-np", str(args.ranks)] + (["--bind-to", "none", "--hostfile", args.hostfile] if args.hostfile else [])
     if args.ranks > (os.cpu_count() or 1) and not args.hostfile:
         launch += ["--oversubscribe"]
@@ -102,6 +106,7 @@ def run(args, corpus, S, schedule, metrics, log, overrides):
         "wait_ms": 1e3 * statistics.mean(r["phases"]["comm_s_mean"] for r in recs),
         "rings": statistics.mean(x["ring_items"] for x in d),
         "items": statistics.mean(x["items"] for x in d),
+        "ppt": d[-1].get("pair_per_token", 0.0),  # the last step's weight of a pair in tokens
     }
 
 
@@ -115,6 +120,8 @@ def main():
     p.add_argument("--ranks", type=int, default=2, help="ranks (a power of two)")
     p.add_argument("--spread", type=int, default=2, help="ranks the longest sequence needs: data.max_tokens_per_rank = S / spread")
     p.add_argument("--ulysses", action="store_true", help="also the data-aware schedule with Ulysses groups (aware_u)")
+    p.add_argument("--measured", action="store_true", help="also the data-aware schedule with measured weights (aware_m)")
+    p.add_argument("--schedules", default="", help="only these schedules (comma-separated; aware among them)")
     p.add_argument("--bin", default=".build/release/tessera")
     p.add_argument("--hostfile", default="", help="run the ranks on these hosts (bench/documents.sh --link sets it)")
     p.add_argument("--mpirun-args", default="", help="extra mpirun options (the multi-host harness's)")
@@ -129,7 +136,12 @@ def main():
               "(ranks share cores); the plan's columns and the bytes are")
     if args.spread < 2 or args.spread & (args.spread - 1) or args.spread > args.ranks:
         sys.exit(f"bench/documents.py: --spread must be a power of two from 2 to --ranks ({args.ranks}), not {args.spread}")
-    schedules = SCHEDULES + (["ring_dp"] if args.ranks > args.spread else []) + (["aware_u"] if args.ulysses else [])
+    schedules = SCHEDULES + (["ring_dp"] if args.ranks > args.spread else []) + (["aware_u"] if args.ulysses else []) \
+        + (["aware_m"] if args.measured else [])
+    if args.schedules:
+        schedules = args.schedules.split(",")
+        if "aware" not in schedules:
+            sys.exit("bench/documents.py: --schedules must include aware (the ratios are aware's)")
     summary = []
     with tempfile.TemporaryDirectory(prefix="tessera-documents-") as tmp:
         for name in args.corpora.split(","):
@@ -148,13 +160,13 @@ def main():
                 print(f"  max length {S}, {S // args.spread} tokens per rank, {args.ranks} ranks, budget {args.batch * S * args.ranks // 2} tokens/step, "
                       f"{args.rounds} round(s) of {args.steps - 1} steps (medians):")
                 print(f"    {'schedule':<10} {'tok/s':>8} {'step ms':>8} {'attn max/mean':>13} {'tok max/mean':>12} "
-                      f"{'padding':>8} {'dropped':>8} {'MiB sent':>9} {'busy max/mean':>13} {'wait ms':>8} {'MFU':>6} {'rings':>6} {'items':>6}")
+                      f"{'padding':>8} {'dropped':>8} {'MiB sent':>9} {'busy max/mean':>13} {'wait ms':>8} {'MFU':>6} {'rings':>6} {'items':>6} {'pair/tok':>9}")
                 med = {s: {k: statistics.median(x[k] for x in res[s]) for k in res[s][0]} for s in schedules}
                 for s in schedules:
                     m = med[s]
                     print(f"    {s:<10} {m['tok_s']:8.0f} {m['step_ms']:8.1f} {m['attn']:13.3f} {m['tokens']:12.3f} "
                           f"{100 * m['padding']:7.1f}% {100 * m['dropped']:7.1f}% {m['mib']:9.2f} {m['busy']:13.3f} {m['wait_ms']:8.1f} {100 * m['mfu']:5.1f}% "
-                          f"{m['rings']:6.1f} {m['items']:6.1f}")
+                          f"{m['rings']:6.1f} {m['items']:6.1f} {m['ppt']:9.5f}")
                 ratios = {s: med["aware"]["tok_s"] / med[s]["tok_s"] for s in schedules if s != "aware"}
                 # Per round, aware against each static layout of the same round.
                 per_round = {s: [res["aware"][r]["tok_s"] / res[s][r]["tok_s"] for r in range(args.rounds)] for s in ratios}

@@ -42,6 +42,29 @@ public struct DocumentCost: Sendable, Equatable {
     }
 }
 
+/// Weights from measured item times (`data.cost_weights = "measured"`): least squares of seconds ≈ pair·p + token·t
+/// over samples of (attention pairs p, tokens t) a rank computed for an item. Only the weights' ratio matters to
+/// the plan (every comparison in it is linear in the cost).
+public struct DocumentCostFit: Sendable, Equatable {
+    /// Σp², Σp·t, Σt², Σp·y, Σt·y over the samples (y: seconds).
+    public var sums: [Double]
+    public init(sums: [Double] = [0, 0, 0, 0, 0]) { precondition(sums.count == 5); self.sums = sums }
+
+    public mutating func add(pairs p: Double, tokens t: Double, seconds y: Double) {
+        sums[0] += p * p; sums[1] += p * t; sums[2] += t * t; sums[3] += p * y; sums[4] += t * y
+    }
+
+    /// The fitted weights; nil when the samples do not tell the two apart (too few, or pairs proportional to tokens
+    /// in all of them: the normal equations nearly singular) or a weight comes out ≤ 0.
+    public var cost: DocumentCost? {
+        let (pp, pt, tt, py, ty) = (sums[0], sums[1], sums[2], sums[3], sums[4])
+        let det = pp * tt - pt * pt
+        guard pp > 0, tt > 0, det > 1e-6 * pp * tt else { return nil }
+        let pair = (py * tt - pt * ty) / det, token = (pp * ty - pt * py) / det
+        return pair > 0 && token > 0 ? DocumentCost(pair: pair, token: token) : nil
+    }
+}
+
 public struct DocumentPlan: Sendable, Equatable {
     public struct Item: Sendable, Equatable {
         /// Ranks in the group (a power of two) and which aligned block of the replicas.

@@ -202,6 +202,12 @@ public struct DataConfig: Sendable, Equatable {
     /// ring of the size training.seq_len needs, data parallel over those rings), "dp" (sequences truncated to
     /// max_tokens_per_rank, packed), "dp_padded" (truncated, one per row, padded).
     public var schedule: String
+    /// Allowed values of `costWeights`.
+    public static let costWeightsValues = ["flops", "measured"]
+    /// The data-aware schedule's weights of an attention pair against a token: "flops" (from the model's FLOPs,
+    /// DocumentCost(model:); the same plans in every run) or "measured" (fitted to the items' measured times from
+    /// the run's second step on, DocumentCostFit; plans then depend on timings, results only by rounding).
+    public var costWeights: String
     /// Allowed values of `groupAttention`.
     public static let groupAttentionValues = ["ring", "ulysses"]
     /// How a group of ranks runs one long sequence under max_tokens_per_rank: "ring" (zigzag ring attention) or
@@ -210,8 +216,8 @@ public struct DataConfig: Sendable, Equatable {
 
     public init(format: String = "auto", train: String = "", val: String = "", valFraction: Double = 0.1,
                 tokenizer: String = "", packing: String = "window", documentToken: Int = -1, maxTokensPerRank: Int = 0,
-                schedule: String = "aware", groupAttention: String = "ring") {
-        self.groupAttention = groupAttention
+                schedule: String = "aware", groupAttention: String = "ring", costWeights: String = "flops") {
+        self.groupAttention = groupAttention; self.costWeights = costWeights
         self.maxTokensPerRank = maxTokensPerRank
         self.schedule = schedule
         self.format = format

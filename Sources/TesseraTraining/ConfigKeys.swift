@@ -114,6 +114,7 @@ enum ConfigSchema {
         .int("data", "max_tokens_per_rank", \.data.maxTokensPerRank),
         .string("data", "schedule", \.data.schedule),
         .string("data", "group_attention", \.data.groupAttention),
+        .string("data", "cost_weights", \.data.costWeights),
 
         .int("sample", "tokens", \.sample.tokens),
         .string("sample", "prompt", \.sample.prompt),

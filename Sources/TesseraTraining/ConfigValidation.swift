@@ -116,6 +116,12 @@ struct ConfigChecks {
         integer("data.max_tokens_per_rank", d.maxTokensPerRank, atLeast: 0)
         oneOf("data.schedule", d.schedule, DataConfig.scheduleValues)
         oneOf("data.group_attention", d.groupAttention, DataConfig.groupAttentionValues)
+        oneOf("data.cost_weights", d.costWeights, DataConfig.costWeightsValues)
+        if d.costWeights == "measured", d.maxTokensPerRank == 0 || d.schedule != "aware" {
+            fail(["data.cost_weights", "data.schedule", "data.max_tokens_per_rank"], "data.cost_weights = \"measured\" weighs the "
+                 + "data-aware schedule's work: expected data.max_tokens_per_rank > 0 and data.schedule = \"aware\", found "
+                 + "\(d.maxTokensPerRank) and \(String(reflecting: d.schedule))")
+        }
         if d.maxTokensPerRank == 0, d.groupAttention != "ring" {
             fail(["data.group_attention", "data.max_tokens_per_rank"], "data.group_attention = \(String(reflecting: d.groupAttention)) "
                  + "runs the long sequences of variable-length documents and has no effect without data.max_tokens_per_rank > 0")

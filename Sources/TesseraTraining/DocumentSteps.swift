@@ -25,6 +25,9 @@ public struct DocumentStepStats: Sendable, Equatable {
     /// max / mean over ranks of attention pairs and of tokens (padding included), and of the cost the plan balances.
     public var attentionImbalance = 1.0, tokenImbalance = 1.0, workImbalance = 1.0
     public var paddingFraction = 0.0
+    /// The plan's weight of an attention pair in tokens (cost.pair / cost.token): fixed with data.cost_weights =
+    /// "flops", the latest fit with "measured".
+    public var pairPerToken = 0.0
     /// Model FLOPs of the step's trained tokens: the convention of fixed windows (every token's attention counted
     /// over its whole sequence, as PaLM and nanoGPT count it), at each sequence's own length.
     public var flops = 0.0
@@ -34,7 +37,13 @@ public struct DocumentStepStats: Sendable, Equatable {
 final class DocumentSteps {
     let train: DocumentBatches, val: DocumentBatches?
     let schedule: String, budget: Int, capacity: Int
-    let cost: DocumentCost
+    /// The data-aware rule's weights: the model's FLOPs, or (data.cost_weights = "measured") refitted before each
+    /// step to the times of the items every replica ran since the run's first step (`refit`).
+    private(set) var cost: DocumentCost
+    let measured: Bool
+    private var fit = DocumentCostFit()
+    /// The first step this process ran (its times include the warm-up: not sampled).
+    private var firstStep: Int?
     let model: Transformer, acts: Activations
     /// The model's attention for the whole run (made by `attention(config:mesh:model:)`), switched per item.
     let attention: DocumentAttention
@@ -55,6 +64,7 @@ final class DocumentSteps {
         schedule = config.data.schedule; capacity = config.data.maxTokensPerRank
         budget = config.training.batchSize * config.training.seqLen
         cost = DocumentCost(model: model.config)
+        measured = config.data.costWeights == "measured"
         groups = attention.blocks
         replicas = mesh?.replicas
         row = [Int32](repeating: 0, count: 4 * (groups?.ranks ?? 1) * (capacity + 1))
@@ -112,14 +122,30 @@ final class DocumentSteps {
         let mine = plan.items(for: rank)
         if mine.isEmpty { reduction() }
         var loss = 0.0
+        if firstStep == nil { firstStep = step }
+        let sample = measured && step != firstStep
         for (k, item) in mine.enumerated() {
             timeline.work("data item \(k)") { load(item, sequences: sequences, from: train) }
+            let t0 = nowNs()
             loss += timeline.work("forward item \(k)") { model.forwardLoss(acts, gradScale: gradScale) }
             if k == mine.count - 1 { reduction() }
             timeline.work("backward item \(k)") { model.backward(acts) }
+            if sample { fit.add(pairs: item.pairsPerRank, tokens: Double(item.localTokens), seconds: Double(nowNs() - t0) / 1e9) }
         }
         attention.use(size: 1, length: 0)  // anything else the model runs (a sample) is this rank's alone
         return loss
+    }
+
+    /// data.cost_weights = "measured": before step `step`, the weights fitted to every replica's samples so far
+    /// (summed over the replicas, solved on rank 0 and broadcast, so that every rank plans alike); kept while the
+    /// samples cannot tell pairs from tokens. Collective over the replicas; nothing to do otherwise.
+    func refit(step: Int) throws {
+        guard measured, let comm = replicas, comm.size > 1, let first = firstStep, step > first + 1 else { return }
+        var sums = fit.sums, weights = [cost.pair, cost.token]
+        try sums.withUnsafeMutableBufferPointer { try comm.allreduce($0.baseAddress!, count: 5, op: .sum, label: "document cost fit") }
+        if comm.rank == 0, let c = DocumentCostFit(sums: sums).cost { weights = [c.pair, c.token] }
+        try weights.withUnsafeMutableBufferPointer { try comm.broadcast($0.baseAddress!, count: 2, root: 0, label: "document cost") }
+        cost = DocumentCost(pair: weights[0], token: weights[1])
     }
 
     /// Evaluation batch `batch`: this rank's loss sum, and the targets of the whole batch.
@@ -169,6 +195,7 @@ final class DocumentSteps {
         s.tokenImbalance = DocumentPlan.imbalance(plan.tokensPerRank.map(Double.init))
         s.workImbalance = plan.workImbalance(cost)
         s.paddingFraction = plan.paddingFraction
+        s.pairPerToken = cost.pair / cost.token
         s.flops = plan.items.flatMap(\.counts).reduce(0.0) { $0 + model.config.flopsPerToken(seqLen: $1) * Double($1) }
         return s
     }

@@ -132,7 +132,7 @@ public final class MetricsSink {
             obj["documents"] = ["sequences": d.sequences, "tokens": d.tokens, "sequence_tokens": d.sequenceTokens, "items": d.items, "ring_items": d.ringItems, "ring_sizes": d.ringSizes, "idle_ranks": d.idleRanks,
                                 "longest": d.longest, "attention_max_mean": d.attentionImbalance,
                                 "tokens_max_mean": d.tokenImbalance, "work_max_mean": d.workImbalance,
-                                "padding": d.paddingFraction, "flops": d.flops] as [String: Any]
+                                "padding": d.paddingFraction, "flops": d.flops, "pair_per_token": d.pairPerToken] as [String: Any]
         }
         if let a = r.activations {
             obj["activations"] = ["peak_bytes": a.peakBytes, "predicted_bytes": a.predictedBytes,

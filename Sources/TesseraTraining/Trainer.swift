@@ -121,6 +121,7 @@ public final class Trainer {
         options.fault?.poison(step: step, rank: runtime?.rank ?? 0, grads: model.grads, stage: model.stage, family: model.config.family)
         // The loss is a mean over the step's counted targets (all of them with windows; packed documents leave out
         // document ends and padding), normalised once for the global batch whatever the layout.
+        if let documentSteps { orAbort(step) { try documentSteps.refit(step: step) } }  // measured cost weights
         let planned = documentSteps?.step(step)
         let counted = planned.map { DocumentBatches.targets($0.plan) } ?? data.train.targetCount(step: step, globalBatch: t.batchSize)
         precondition(counted > 0, "step \(step + 1): the global batch has no target to train on")  // every row has one

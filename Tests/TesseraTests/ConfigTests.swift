@@ -373,6 +373,13 @@ final class ConfigTests: XCTestCase {
         assertConfigError(try load(docs + "schedule = \"zigzag\"\n"), contains: ["data.schedule", "zigzag"])
         assertConfigError(try load(docs + "schedule = \"ring\"\n"), contains: ["has no effect without data.max_tokens_per_rank > 0"])
         assertConfigError(try load(docs + "group_attention = \"ulysses\"\n"), contains: ["has no effect without data.max_tokens_per_rank > 0"])
+        let measured = try load("[training]\nseq_len = 64\n[parallelism]\ndp = 2\n" + docs + "max_tokens_per_rank = 32\ncost_weights = \"measured\"\n")
+        XCTAssertEqual(measured.data.costWeights, "measured")
+        XCTAssertEqual(ok.data.costWeights, "flops")
+        assertConfigError(try load("[training]\nseq_len = 64\n[parallelism]\ndp = 2\n" + docs
+                                   + "max_tokens_per_rank = 32\nschedule = \"ring\"\ncost_weights = \"measured\"\n"),
+                          contains: ["data.cost_weights = \"measured\"", "data.schedule = \"aware\", found 32 and \"ring\""])
+        assertConfigError(try load(docs + "cost_weights = \"timed\"\n"), contains: ["data.cost_weights", "timed"])
         assertConfigError(try load("[model]\nn_head = 2\n[training]\nseq_len = 64\n[parallelism]\ndp = 4\n" + docs
                                    + "max_tokens_per_rank = 64\ngroup_attention = \"ulysses\"\n"),
                           contains: ["model.n_head (2) and the key/value heads (2) divisible by 4"])

@@ -79,6 +79,26 @@ final class DocumentScheduleTests: XCTestCase {
         }
     }
 
+    /// Measured weights: exact samples give the weights back; samples whose pairs are proportional to their tokens,
+    /// or none, give nothing (the plan keeps its weights).
+    func testCostFitRecoversTheWeights() throws {
+        var fit = DocumentCostFit()
+        XCTAssertNil(fit.cost, "no samples")
+        let truth = DocumentCost(pair: 3e-9, token: 2e-6)
+        for n in [16, 64, 100, 256, 1000] {  // one sequence per item: pairs n(n+1)/2
+            fit.add(pairs: Double(n * (n + 1) / 2), tokens: Double(n), seconds: truth.of(n))
+        }
+        let c = try XCTUnwrap(fit.cost)
+        XCTAssertEqual(c.pair / truth.pair, 1, accuracy: 1e-9)
+        XCTAssertEqual(c.token / truth.token, 1, accuracy: 1e-9)
+        var alike = DocumentCostFit()
+        for k in 1...4 { alike.add(pairs: 10 * Double(k), tokens: Double(k), seconds: Double(k)) }
+        XCTAssertNil(alike.cost, "pairs proportional to tokens cannot tell the weights apart")
+        var negative = DocumentCostFit()
+        negative.add(pairs: 100, tokens: 10, seconds: 1); negative.add(pairs: 1000, tokens: 20, seconds: 1)
+        XCTAssertNil(negative.cost, "a weight ≤ 0 is no fit")
+    }
+
     /// A mix that only rings of 4 can hold and short documents: the long ones take aligned blocks, the short fill
     /// the ranks left idle, and the work ends balanced.
     func testLongSequencesTakeAlignedBlocksAndShortOnesFillTheRest() {

@@ -8,7 +8,8 @@ import XCTest
 /// every '1' (data.document_token = 49), 2 to 364 tokens, split at seq_len = 64: each step draws 4 or 5 whole
 /// sequences of up to 256 tokens (1024 in the 4-rank case). With 40 tokens per rank on 2 ranks (also with ZeRO-1 and
 /// with selective recomputation, whose recompute buffer serves items of every length), sequences longer
-/// than 40 run as rings of 2 (or as Ulysses over 2) and the rest whole on one rank; with 20 on 4 ranks, rings of 4 and of 2 (on both
+/// than 40 run as rings of 2 (or as Ulysses over 2) and the rest whole on one rank (with ZeRO-1, planned with
+/// weights fitted to measured times from step 3: every rank plans alike); with 20 on 4 ranks, rings of 4 and of 2 (on both
 /// halves at once); the static rings of 2 (the size seq_len needs at 32 per rank) dealt over both halves of 4 ranks;
 /// with a budget of 64 tokens on 4 ranks, most steps leave some rank without a sequence (it joins the
 /// reduction at once). The static data-parallel plan with padding runs against its own single rank (same truncation).
@@ -21,7 +22,8 @@ final class VariableLengthTests: XCTestCase {
 
     static let cases: [(Int, String, [String], [String], (rings: Int, sizes: Set<Int>))] = [
         (2, "aware", documents, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40"], (1, [2])),
-        (2, "aware-zero1", documents, ["--parallelism.dp", "2", "--parallelism.zero", "1", "--data.max_tokens_per_rank", "40"], (1, [2])),
+        (2, "aware-zero1", documents, ["--parallelism.dp", "2", "--parallelism.zero", "1", "--data.max_tokens_per_rank", "40",
+                                       "--data.cost_weights", "measured"], (1, [2])),
         (2, "aware-selective", documents, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40", "--memory.policy", "selective"], (1, [2])),
         (2, "aware-ulysses", documents, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40", "--data.group_attention", "ulysses"], (1, [2])),
         (2, "ring", documents, ["--parallelism.dp", "2", "--data.max_tokens_per_rank", "40", "--data.schedule", "ring"], (1, [2])),
@@ -55,6 +57,8 @@ final class VariableLengthTests: XCTestCase {
                 rings += d["ring_items"] as! Int
                 sizes.formUnion(d["ring_sizes"] as! [Int])
                 idle += d["idle_ranks"] as! Int
+                // The pair's weight the plan used, in tokens (measured: the fit's once there is one).
+                XCTAssertGreaterThan(d["pair_per_token"] as? Double ?? 0, 0, "\(name): the plan's weights")
                 // One activation set of max_tokens_per_rank tokens whatever the item: the meter's peak = the prediction.
                 let a = try XCTUnwrap(obj["activations"] as? [String: Any])
                 XCTAssertEqual(a["peak_bytes"] as? [Int], a["predicted_bytes"] as? [Int], "\(name): activation memory")

@@ -22,7 +22,9 @@ of two). The schedules (data.schedule), run alternately per round:
 Reported per schedule (medians over rounds; steps after the first): tokens/s of trained tokens, step time, the
 plan's max/mean over ranks of attention pairs and of tokens, padding, tokens dropped by truncation, bytes a rank
 sent over its sequence groups per step (the most any rank sent), the measured max/mean over ranks of compute time and
-the mean time waiting in communication, and MFU against the sgemm ceiling the job measures at start. With more ranks
+the mean time waiting in communication, MFU against the sgemm ceiling the job measures at start, the model FLOPs per
+trained token (what truncation saves: a schedule that trains the same tokens as another is faster by at most their
+ratio at equal MFU), and the weight of an attention pair in tokens the plans used. With more ranks
 than cores the timing columns are no figures (the ranks share cores); the plan's columns and the bytes still are.
 Corpora: "lognormal" (document lengths lognormal, median 160 bytes, sigma 1.4, up to 16384; seeded) and "fortunes"
 (Debian's fortunes package, one document per fortune; apt-get install fortunes). Bytes are tokens (vocab 256).
@@ -107,6 +109,7 @@ def run(args, corpus, S, schedule, metrics, log, overrides):
         "rings": statistics.mean(x["ring_items"] for x in d),
         "items": statistics.mean(x["items"] for x in d),
         "ppt": d[-1].get("pair_per_token", 0.0),  # the last step's weight of a pair in tokens
+        "mflop": sum(x["flops"] for x in d) / sum(x["tokens"] for x in d) / 1e6,  # model FLOPs per trained token
     }
 
 
@@ -160,13 +163,13 @@ def main():
                 print(f"  max length {S}, {S // args.spread} tokens per rank, {args.ranks} ranks, budget {args.batch * S * args.ranks // 2} tokens/step, "
                       f"{args.rounds} round(s) of {args.steps - 1} steps (medians):")
                 print(f"    {'schedule':<10} {'tok/s':>8} {'step ms':>8} {'attn max/mean':>13} {'tok max/mean':>12} "
-                      f"{'padding':>8} {'dropped':>8} {'MiB sent':>9} {'busy max/mean':>13} {'wait ms':>8} {'MFU':>6} {'rings':>6} {'items':>6} {'pair/tok':>9}")
+                      f"{'padding':>8} {'dropped':>8} {'MiB sent':>9} {'busy max/mean':>13} {'wait ms':>8} {'MFU':>6} {'rings':>6} {'items':>6} {'pair/tok':>9} {'MFLOP/tok':>9}")
                 med = {s: {k: statistics.median(x[k] for x in res[s]) for k in res[s][0]} for s in schedules}
                 for s in schedules:
                     m = med[s]
                     print(f"    {s:<10} {m['tok_s']:8.0f} {m['step_ms']:8.1f} {m['attn']:13.3f} {m['tokens']:12.3f} "
                           f"{100 * m['padding']:7.1f}% {100 * m['dropped']:7.1f}% {m['mib']:9.2f} {m['busy']:13.3f} {m['wait_ms']:8.1f} {100 * m['mfu']:5.1f}% "
-                          f"{m['rings']:6.1f} {m['items']:6.1f} {m['ppt']:9.5f}")
+                          f"{m['rings']:6.1f} {m['items']:6.1f} {m['ppt']:9.5f} {m['mflop']:9.2f}")
                 ratios = {s: med["aware"]["tok_s"] / med[s]["tok_s"] for s in schedules if s != "aware"}
                 # Per round, aware against each static layout of the same round.
                 per_round = {s: [res["aware"][r]["tok_s"] / res[s][r]["tok_s"] for r in range(args.rounds)] for s in ratios}

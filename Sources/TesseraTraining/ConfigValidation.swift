@@ -163,10 +163,13 @@ struct ConfigChecks {
         }
         if c == 1 { fail([key], "key '\(key)' expects 0 (off) or at least 2 tokens, found \(c)") }
         let m = config.model, kv = m.nKVHead > 0 ? m.nKVHead : m.nHead
-        if d.groupAttention == "ulysses", p.dp > 1, m.nHead >= 1, m.nHead % p.dp != 0 || kv % p.dp != 0 {
-            fail(["data.group_attention", "model.n_head", "model.n_kv_head", "parallelism.dp"],
-                 "data.group_attention = \"ulysses\" splits the heads of a long sequence over up to parallelism.dp = \(p.dp) ranks: "
-                 + "expected model.n_head (\(m.nHead)) and the key/value heads (\(kv)) divisible by \(p.dp)")
+        // The largest group the schedule may form (every size up to dp for aware, dp for ring, seq_len's for ring_dp).
+        let largest = p.dp > 1 && DocumentScheduler.isPowerOfTwo(p.dp) && c >= 2 ? DocumentSteps.groupSizes(config).max() ?? 1 : 1
+        if d.groupAttention == "ulysses", largest > 1, m.nHead >= 1, m.nHead % largest != 0 || kv % largest != 0 {
+            fail(["data.group_attention", "model.n_head", "model.n_kv_head", "parallelism.dp", "data.schedule"],
+                 "data.group_attention = \"ulysses\" splits the heads of a long sequence over up to \(largest) ranks (the largest "
+                 + "group of data.schedule = \(String(reflecting: d.schedule)) on parallelism.dp = \(p.dp)): "
+                 + "expected model.n_head (\(m.nHead)) and the key/value heads (\(kv)) divisible by \(largest)")
         }
         if config.training.layout == "auto" {
             fail([key, "training.layout"], "\(key) = \(c) plans its sequence groups per step; the layout planner (training.layout = "

@@ -383,6 +383,9 @@ final class ConfigTests: XCTestCase {
         assertConfigError(try load("[model]\nn_head = 2\n[training]\nseq_len = 64\n[parallelism]\ndp = 4\n" + docs
                                    + "max_tokens_per_rank = 64\ngroup_attention = \"ulysses\"\n"),
                           contains: ["model.n_head (2) and the key/value heads (2) divisible by 4"])
+        // ring_dp forms rings of the size seq_len needs (2 here), so 2 heads split over them.
+        XCTAssertEqual(try load("[model]\nn_head = 2\n[training]\nseq_len = 64\n[parallelism]\ndp = 4\n" + docs
+                                + "max_tokens_per_rank = 32\nschedule = \"ring_dp\"\ngroup_attention = \"ulysses\"\n").data.schedule, "ring_dp")
         assertConfigError(try load("[training]\nseq_len = 64\nlayout = \"auto\"\n" + docs + "max_tokens_per_rank = 64\n"),
                           contains: ["training.layout = \"manual\"", "data.max_tokens_per_rank = 64 plans its sequence groups"])
         assertConfigError(try load(docs + "max_tokens_per_rank = -1\n"), contains: ["data.max_tokens_per_rank", ">= 0"])

@@ -14,7 +14,8 @@ import Foundation
 // Grouped-query attention: `kvHeads` key/value heads, each shared by heads / kvHeads consecutive query
 // heads (query head h reads key/value head h / group) straight from the buffers, without copies. The
 // backward runs one task per key/value head, its query heads in turn, so a shared head's dK and dV
-// accumulate on one thread.
+// accumulate on one thread; with fewer (batch row, key/value head) pairs than threads, each pair's key blocks
+// are dealt to several tasks, each with its own dQ, added into dq afterwards.
 //
 // Positions are explicit: query row i sits at global position qOffset + i, key row j at kOffset + j;
 // with `causal`, key j is visible to query i iff kOffset + j <= qOffset + i. A query row that sees no key
@@ -173,23 +174,36 @@ public enum Attention {
                                 layout g: AttentionLayout, scratch: Scratch, progress: KernelProgress? = nil) {
         let bq = g.blockQ, bk = g.blockK, hd = g.headDim
         g.checkDocuments()
-        let tasks = g.batch * g.kvHeads
+        // One task per (batch row, key/value head); when there are fewer of those than threads (a batch of one
+        // sequence, few key/value heads), each is split further by key blocks (split c takes blocks c, c + split, …,
+        // interleaved for causal balance): its dK and dV stay disjoint, and its dQ goes to a buffer of its own,
+        // added into dq in split order afterwards (the same sums whatever thread ran them).
+        let pairs = g.batch * g.kvHeads, nkb = (g.tk + bk - 1) / bk
+        let split = pairs >= Threads.count ? 1 : Swift.max(1, Swift.min(Threads.count / Swift.max(pairs, 1), nkb))
+        let tasks = pairs * split
         let workers = min(Threads.count, max(tasks, 1))
         let per = 2 * bq * bk + g.tq
-        let ws = SendPtr(scratch.floats(workers * per))
+        let ownDQ = split > 1 ? g.group * g.tq * hd : 0  // per task: its heads' dQ rows, [group, tq, hd]
+        let ws = SendPtr(scratch.floats(workers * per + tasks * ownDQ))
+        let dqs = SendPtr(ws.p + workers * per)
         let DQ = SendPtr(dq), DK = SendPtr(dk), DV = SendPtr(dv), DO = SendConstPtr(dout), O = SendConstPtr(out)
         let LSE = SendConstPtr(lse), Q = SendConstPtr(q), K = SendConstPtr(k), V = SendConstPtr(v)
         let scale = g.scale
         Threads.parallelTasks(tasks) { w, task in
-            let kvh = task % g.kvHeads, b = task / g.kvHeads
+            let pair = task / split, part = task % split
+            let kvh = pair % g.kvHeads, b = pair / g.kvHeads
+            if split > 1 { (dqs.p + task * ownDQ).update(repeating: 0, count: ownDQ) }
             for h in kvh * g.group ..< (kvh + 1) * g.group {
                 let p = ws.p + w * per, dp = p + bq * bk, dsum = dp + bq * bk
                 let qp = Q.p + b * g.qBatch + h * hd, kp = K.p + b * g.kBatch + kvh * hd, vp = V.p + b * g.vBatch + kvh * hd
-                let dqp = DQ.p + b * g.qBatch + h * hd, dkp = DK.p + b * g.kBatch + kvh * hd, dvp = DV.p + b * g.vBatch + kvh * hd
+                let dkp = DK.p + b * g.kBatch + kvh * hd, dvp = DV.p + b * g.vBatch + kvh * hd
+                // dQ rows of head h: dq itself (row stride qRow), or this task's own buffer (row stride hd).
+                let (dqp, dqRow) = split > 1 ? (dqs.p + task * ownDQ + (h - kvh * g.group) * g.tq * hd, hd)
+                                             : (DQ.p + b * g.qBatch + h * hd, g.qRow)
                 let dop = DO.p + b * g.oBatch + h * hd, op = O.p + b * g.oBatch + h * hd
                 let lp = LSE.p + (b * g.heads + h) * g.tq
                 for i in 0..<g.tq { dsum[i] = vdot(dop + i * g.oRow, op + i * g.oRow, hd) }
-                var k0 = 0
+                var k0 = part * bk
                 while k0 < g.tk {
                     if w == 0 { progress?.poll() }
                     let nk = min(bk, g.tk - k0)
@@ -228,12 +242,25 @@ public enum Attention {
                         }
                         // dQ += scale dS K;  dK += scale dSᵀ Q
                         BLAS.sgemm(transA: false, transB: false, m: nq, n: hd, k: nk, alpha: scale, a: p, lda: bk,
-                                   b: kp + k0 * g.kRow, ldb: g.kRow, beta: 1, c: dqp + q0 * g.qRow, ldc: g.qRow)
+                                   b: kp + k0 * g.kRow, ldb: g.kRow, beta: 1, c: dqp + q0 * dqRow, ldc: dqRow)
                         BLAS.sgemm(transA: true, transB: false, m: nk, n: hd, k: nq, alpha: scale, a: p, lda: bk,
                                    b: qp + q0 * g.qRow, ldb: g.qRow, beta: 1, c: dkp + k0 * g.kRow, ldc: g.kRow)
                         q0 += bq
                     }
-                    k0 += bk
+                    k0 += bk * split
+                }
+            }
+        }
+        guard split > 1 else { return }
+        // dq += the splits' dQ, in split order, over the rows (b, h, i).
+        let rows = g.batch * g.heads * g.tq
+        Threads.parallelRanges(rows, grain: 64) { _, lo, hi in
+            for r in lo..<hi {
+                let i = r % g.tq, h = (r / g.tq) % g.heads, b = r / (g.tq * g.heads)
+                let kvh = h / g.group, dst = DQ.p + b * g.qBatch + i * g.qRow + h * hd
+                for part in 0..<split {
+                    let src = dqs.p + ((b * g.kvHeads + kvh) * split + part) * ownDQ + ((h - kvh * g.group) * g.tq + i) * hd
+                    vaxpy(1, src, dst, hd)
                 }
             }
         }

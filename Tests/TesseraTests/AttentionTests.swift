@@ -53,6 +53,43 @@ final class AttentionTests: XCTestCase {
     func testOneThread() { run(Case(), threads: 1) }
     func testLongerForwardManyBlocks() { run(Case(hd: 16, tq: 70, tk: 70, bq: 16, bk: 32), checkBackward: false) }
     func testHeadDimOfTheModels() { run(Case(b: 1, h: 1, hd: 32, tq: 24, tk: 24, bq: 8, bk: 16)) }
+
+    /// Fewer (batch row, key/value head) pairs than threads: the backward splits each pair by key blocks, each split
+    /// with its own dQ added in afterwards. Against one thread (one task per pair): dK and dV bit for bit (each key
+    /// block is computed alike), dQ within rounding (its sums are grouped by split); grouped-query heads and
+    /// documents included, with 3 splits of 5 key blocks (uneven).
+    func testBackwardSplitByKeyBlocksEqualsOneTask() {
+        let (heads, kvHeads, hd, t) = (4, 1, 16, 70), c = heads * hd, row = c + 2 * kvHeads * hd
+        var g = AttentionLayout(batch: 1, heads: heads, headDim: hd, tq: t, tk: t, qRow: row, kRow: row, vRow: row, oRow: c,
+                                qBatch: t * row, kBatch: t * row, vBatch: t * row, oBatch: t * c, blockQ: 16, blockK: 16,
+                                kvHeads: kvHeads)
+        for documents in [false, true] {
+            g.documents = documents ? DocumentStarts(lengths: [[9, 30, 1, 20, 10]], length: t) : nil
+            let qkv = randomFloats(t * row, seed: 31), dout = randomFloats(t * c, seed: 32)
+            func grads(threads: Int) -> [Float] {
+                Threads.configure(threads)
+                var out = [Float](repeating: 0, count: t * c), lse = [Float](repeating: 0, count: heads * t)
+                var dqkv = [Float](repeating: 0, count: t * row)
+                let scratch = Scratch()
+                qkv.withUnsafeBufferPointer { q in
+                    let p = q.baseAddress!
+                    out.ptr { o in lse.ptr { l in dqkv.ptr { d in
+                        Attention.forward(out: o, lse: l, q: p, k: p + c, v: p + c + hd, layout: g, scratch: scratch)
+                        Attention.backward(dq: d, dk: d + c, dv: d + c + hd, dout: dout, out: o, lse: l, q: p, k: p + c,
+                                           v: p + c + hd, layout: g, scratch: scratch)
+                    } } }
+                }
+                return dqkv
+            }
+            let one = grads(threads: 1), split = grads(threads: 3)
+            let dq = { (x: [Float]) in (0..<t).flatMap { x[$0 * row ..< $0 * row + c] } }
+            let dkv = { (x: [Float]) in (0..<t).flatMap { x[$0 * row + c ..< ($0 + 1) * row] } }
+            XCTAssertEqual(dkv(split), dkv(one), "documents \(documents): dK, dV")
+            XCTAssertLessThan(relErr(dq(split), dq(one)), 1e-6, "documents \(documents): dQ")
+            XCTAssertGreaterThan(dq(one).map { abs($0) }.max()!, 0, "a gradient to compare")
+        }
+        Threads.configure(2)
+    }
 }
 
 /// Attention memory is linear in sequence length: what the model saves per layer, and the kernel's

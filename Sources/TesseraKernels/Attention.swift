@@ -166,6 +166,9 @@ public enum Attention {
         }
     }
 
+    /// Most floats the backward's key-block splits hold for their own dQ (64 MiB).
+    public static let splitBudget = 1 << 24
+
     /// Accumulates dq, dk, dv (same strides as q, k, v) from dout (strides of out), the saved output and lse.
     public static func backward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
                                 dv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
@@ -178,12 +181,15 @@ public enum Attention {
         // sequence, few key/value heads), each is split further by key blocks (split c takes blocks c, c + split, …,
         // interleaved for causal balance): its dK and dV stay disjoint, and its dQ goes to a buffer of its own,
         // added into dq in split order afterwards (the same sums whatever thread ran them).
-        let pairs = g.batch * g.kvHeads, nkb = (g.tk + bk - 1) / bk
-        let split = pairs >= Threads.count ? 1 : Swift.max(1, Swift.min(Threads.count / Swift.max(pairs, 1), nkb))
+        // The splits' own dQ (split × pairs × group·tq·hd floats) stay within splitBudget floats: no split when even
+        // two would exceed it (the scratch would otherwise grow with the threads, unseen by the memory preflight).
+        let pairs = g.batch * g.kvHeads, nkb = (g.tk + bk - 1) / bk, pairDQ = g.group * g.tq * hd
+        let split = pairs >= Threads.count ? 1
+            : Swift.max(1, Swift.min(Threads.count / Swift.max(pairs, 1), nkb, splitBudget / Swift.max(pairs * pairDQ, 1)))
         let tasks = pairs * split
         let workers = min(Threads.count, max(tasks, 1))
         let per = 2 * bq * bk + g.tq
-        let ownDQ = split > 1 ? g.group * g.tq * hd : 0  // per task: its heads' dQ rows, [group, tq, hd]
+        let ownDQ = split > 1 ? pairDQ : 0  // per task: its heads' dQ rows, [group, tq, hd]
         let ws = SendPtr(scratch.floats(workers * per + tasks * ownDQ))
         let dqs = SendPtr(ws.p + workers * per)
         let DQ = SendPtr(dq), DK = SendPtr(dk), DV = SendPtr(dv), DO = SendConstPtr(dout), O = SendConstPtr(out)

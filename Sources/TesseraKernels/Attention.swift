@@ -17,6 +17,12 @@ import Foundation
 // accumulate on one thread; with fewer (batch row, key/value head) pairs than threads, each pair's key blocks
 // are dealt to several tasks, each with its own dQ, added into dq afterwards.
 //
+// Layout: within a block the queries lie on the SIMD lanes (Qᵀ [hd, queries], scores Sᵀ [keys, queries]), so the
+// online softmax, its masks and the per-query lse, max, sum and D are all lane-wise: no horizontal reductions and
+// no per-row scalar work. The five block products run on `BlockProduct` (register-tiled, operands in place),
+// not on the matrix library, whose packing of both operands and zeroing of C on every call cost a third of the
+// kernel at these sizes. Measured: bench/attention.sh (docs/benchmarks.md, "The attention kernel alone").
+//
 // Positions are explicit: query row i sits at global position qOffset + i, key row j at kOffset + j;
 // with `causal`, key j is visible to query i iff kOffset + j <= qOffset + i. A query row that sees no key
 // gets O = 0 and lse = -inf (so that a log-sum-exp merge ignores it).
@@ -93,6 +99,29 @@ public struct AttentionLayout: Sendable {
 
 }
 
+/// The keys each query lane of a block may see, lo ..< hi (indices in the call's keys), as Int32 in scratch
+/// floats; lanes past the block's rows see every key (their results are never read).
+struct VisibleRange {
+    let lo: UnsafeMutablePointer<Float>, hi: UnsafeMutablePointer<Float>
+    /// Over the block's rows: the latest first key and the earliest end.
+    var maxLo = 0, minHi = Int.max
+
+    mutating func fill(_ g: AttentionLayout, _ b: Int, _ q0: Int, _ nq: Int, _ lanes: Int) {
+        maxLo = 0; minHi = Int.max
+        for i in 0..<lanes {
+            let first = i < nq ? g.firstVisibleKey(b, q0 + i) : 0, end = i < nq ? g.visibleKeys(q0 + i) : Int(Int32.max)
+            UnsafeMutableRawPointer(lo + i).storeBytes(of: Int32(first), as: Int32.self)
+            UnsafeMutableRawPointer(hi + i).storeBytes(of: Int32(end), as: Int32.self)
+            if i < nq { maxLo = Swift.max(maxLo, first); minHi = Swift.min(minHi, end) }
+        }
+    }
+
+    /// Whether some row of the block does not see all of keys k0 ..< k0 + nk.
+    @inline(__always) func masks(_ k0: Int, _ nk: Int) -> Bool { k0 < maxLo || k0 + nk > minHi }
+    @inline(__always) func lo16(_ c: Int) -> SIMD16<Int32> { UnsafeRawPointer(lo + c).loadUnaligned(as: SIMD16<Int32>.self) }
+    @inline(__always) func hi16(_ c: Int) -> SIMD16<Int32> { UnsafeRawPointer(hi + c).loadUnaligned(as: SIMD16<Int32>.self) }
+}
+
 /// Called now and then by one worker while a kernel runs, so that communication in flight (ring
 /// attention's next key/value block) keeps moving: this MPI progresses only inside MPI calls.
 public protocol KernelProgress: AnyObject, Sendable {
@@ -109,7 +138,10 @@ public enum Attention {
         let nqb = (g.tq + bq - 1) / bq
         let tasks = g.batch * g.heads * nqb
         let workers = min(Threads.count, max(tasks, 1))
-        let per = bq * bk + bq * hd + 2 * bq
+        // Per worker, queries on the lanes (a query block's rows padded to a multiple of 16): Qᵀ [hd, L], the scores or
+        // probabilities Sᵀ [bk, L], the output accumulator Oᵀ [hd, L], the running max m and sum l, the visible key range.
+        let lanes = (bq + 15) / 16 * 16
+        let per = 2 * hd * lanes + bk * lanes + 4 * lanes
         let ws = SendPtr(scratch.floats(workers * per))
         let O = SendPtr(out), LSE = SendPtr(lse), Q = SendConstPtr(q), K = SendConstPtr(k), V = SendConstPtr(v)
         let scale = g.scale
@@ -118,36 +150,27 @@ public enum Attention {
             // Heaviest (latest) query blocks first for causal balance.
             let qb = nqb - 1 - task % nqb
             let bh = task / nqb, h = bh % g.heads, b = bh / g.heads
-            let s = ws.p + w * per, acc = s + bq * bk, m = acc + bq * hd, l = m + bq
-            let q0 = qb * bq, nq = min(bq, g.tq - q0)
+            let q0 = qb * bq, nq = min(bq, g.tq - q0), L = (nq + 15) / 16 * 16
+            let qt = ws.p + w * per, st = qt + hd * L, ot = st + bk * L, m = ot + hd * L, l = m + L
+            var range = VisibleRange(lo: l + L, hi: l + 2 * L)
             let qp = Q.p + b * g.qBatch + q0 * g.qRow + h * hd
             let kp = K.p + b * g.kBatch + (h / g.group) * hd
             let vp = V.p + b * g.vBatch + (h / g.group) * hd
-            for i in 0..<nq { m[i] = -.infinity; l[i] = 0 }
-            acc.update(repeating: 0, count: nq * hd)
+            for i in 0..<nq { for d in 0..<hd { qt[d * L + i] = scale * qp[i * g.qRow + d] } }
+            for d in 0..<hd { (qt + d * L + nq).update(repeating: 0, count: L - nq) }
+            ot.update(repeating: 0, count: hd * L)
+            for i in 0..<L { m[i] = -.infinity; l[i] = 0 }
+            range.fill(g, b, q0, nq, L)
             let kLimit = g.visibleKeys(q0 + nq - 1)
             var k0 = g.firstVisibleKey(b, q0)
             while k0 < kLimit {
                 let nk = min(bk, kLimit - k0)
-                BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: scale, a: qp, lda: g.qRow,
-                           b: kp + k0 * g.kRow, ldb: g.kRow, beta: 0, c: s, ldc: bk)
-                for i in 0..<nq {
-                    let row = s + i * bk
-                    // Keys lo ..< hi of this block are visible to row i.
-                    let lo = Swift.max(g.firstVisibleKey(b, q0 + i) - k0, 0), hi = min(nk, g.visibleKeys(q0 + i) - k0)
-                    if hi <= lo { row.update(repeating: 0, count: nk); continue }
-                    let mx = vmax(row + lo, hi - lo)
-                    let mOld = m[i], mNew = Swift.max(mOld, mx)
-                    let corr: Float = mOld == -.infinity ? 0 : Foundation.exp(mOld - mNew)
-                    let sum = vexpShifted(row + lo, hi - lo, shift: mNew)
-                    if lo > 0 { row.update(repeating: 0, count: lo) }
-                    if hi < nk { (row + hi).update(repeating: 0, count: nk - hi) }
-                    l[i] = l[i] * corr + sum
-                    if corr != 1 { vscale(acc + i * hd, corr, hd) }
-                    m[i] = mNew
-                }
-                BLAS.sgemm(transA: false, transB: false, m: nq, n: hd, k: nk, alpha: 1, a: s, lda: bk,
-                           b: vp + k0 * g.vRow, ldb: g.vRow, beta: 1, c: acc, ldc: hd)
+                // Sᵀ = K Qᵀ (scaled), then the online softmax down each lane, then Oᵀ = Oᵀ·corr + Vᵀ P.
+                BlockProduct.run(c: st, ldc: L, rows: nk, cols: L, depth: hd, a: kp + k0 * g.kRow, aRow: g.kRow, aCol: 1,
+                                 b: qt, ldb: L, accumulate: false)
+                onlineSoftmax(st, keys: nk, lanes: L, k0: k0, masked: range.masks(k0, nk), range: range, m: m, l: l, acc: ot, hd: hd)
+                BlockProduct.run(c: ot, ldc: L, rows: hd, cols: L, depth: nk, a: vp + k0 * g.vRow, aRow: 1, aCol: g.vRow,
+                                 b: st, ldb: L, accumulate: true)
                 k0 += bk
             }
             let op = O.p + b * g.oBatch + q0 * g.oRow + h * hd
@@ -156,13 +179,79 @@ public enum Attention {
                 let o = op + i * g.oRow
                 if l[i] > 0 {
                     let inv = 1 / l[i]
-                    for d in 0..<hd { o[d] = acc[i * hd + d] * inv }
+                    for d in 0..<hd { o[d] = ot[d * L + i] * inv }
                     lp[i] = m[i] + Foundation.log(l[i])
                 } else {
                     o.update(repeating: 0, count: hd)
                     lp[i] = -.infinity
                 }
             }
+        }
+    }
+
+    /// One key block of the forward's online softmax, queries on the lanes: s [keys, lanes] holds the scaled scores
+    /// and gets the probabilities exp(s - m'), where m' = max(m, the block's column max over visible keys); l and
+    /// the accumulator rows acc [hd, lanes] are rescaled by e^(m - m'). Invisible scores (with `masked`) become 0.
+    @inline(__always)
+    static func onlineSoftmax(_ s: UnsafeMutablePointer<Float>, keys: Int, lanes: Int, k0: Int, masked: Bool,
+                              range: VisibleRange, m: UnsafeMutablePointer<Float>, l: UnsafeMutablePointer<Float>,
+                              acc: UnsafeMutablePointer<Float>, hd: Int) {
+        let ninf = F16(repeating: -.infinity)
+        var c = 0
+        while c < lanes {
+            if masked { maskDown(s + c, keys: keys, stride: lanes, k0: k0, lo: range.lo16(c), hi: range.hi16(c)) }
+            var mx = ninf
+            for j in 0..<keys { let x = load16(s + j * lanes, c); mx.replace(with: x, where: x .> mx) }
+            let mOld = load16(m, c)
+            var mNew = mOld
+            mNew.replace(with: mx, where: mx .> mNew)
+            // A lane that has seen no key keeps m = -inf; shift by 0 there (its probabilities are 0).
+            let shift = mNew.replacing(with: 0, where: mNew .== ninf)
+            let corr = vexp(mOld - shift)  // mOld = -inf: about 0, and l and acc are 0 there
+            let sum = expDown(s + c, keys: keys, stride: lanes, shift: shift, masked: masked)
+            store16(l, c, load16(l, c) * corr + sum)
+            store16(m, c, mNew)
+            if corr != F16(repeating: 1) {
+                for d in 0..<hd { store16(acc + d * lanes, c, load16(acc + d * lanes, c) * corr) }
+            }
+            c += 16
+        }
+    }
+
+    /// x = exp(x - shift) down 16 lanes of `keys` rows (row stride `stride`), -inf (masked) to exactly 0; returns the
+    /// column sums. Its own function so that `vexp` is inlined in its loop (the compiler does not inline it into larger
+    /// callers: a call per 16 values, measured in perf).
+    @inline(never)
+    static func expDown(_ s: UnsafeMutablePointer<Float>, keys: Int, stride: Int, shift: F16, masked: Bool) -> F16 {
+        var sum = F16()
+        for j in 0..<keys {
+            let x = load16(s + j * stride, 0)
+            var p = vexp(x - shift)
+            if masked { p.replace(with: 0, where: x .== F16(repeating: -.infinity)) }
+            store16(s + j * stride, 0, p)
+            sum += p
+        }
+        return sum
+    }
+
+    /// Scores of keys k0 + j (row j, stride `stride`) that a lane does not see (outside lo ..< hi) become -inf.
+    @inline(__always)
+    static func maskDown(_ s: UnsafeMutablePointer<Float>, keys: Int, stride: Int, k0: Int, lo: SIMD16<Int32>, hi: SIMD16<Int32>) {
+        for j in 0..<keys {
+            let key = SIMD16<Int32>(repeating: Int32(k0 + j))
+            var x = load16(s + j * stride, 0)
+            x.replace(with: -.infinity, where: .!((key .>= lo) .& (key .< hi)))
+            store16(s + j * stride, 0, x)
+        }
+    }
+
+    /// ds = scale · p ∘ (ds - d) down 16 lanes of `keys` rows: the score gradient from dP (in ds), P and D per lane.
+    @inline(__always)
+    static func scoreGradientDown(_ ds: UnsafeMutablePointer<Float>, _ p: UnsafeMutablePointer<Float>, keys: Int, stride: Int,
+                                  d: F16, scale: Float) {
+        for j in 0..<keys {
+            let o = j * stride
+            store16(ds + o, 0, scale * load16(p + o, 0) * (load16(ds + o, 0) - d))
         }
     }
 
@@ -188,7 +277,11 @@ public enum Attention {
             : Swift.max(1, Swift.min(Threads.count / Swift.max(pairs, 1), nkb, splitBudget / Swift.max(pairs * pairDQ, 1)))
         let tasks = pairs * split
         let workers = min(Threads.count, max(tasks, 1))
-        let per = 2 * bq * bk + g.tq
+        // Per worker, the head in turn with queries on the lanes: Qᵀ (scaled) and dOᵀ [hd, tqPad], and per query its
+        // lse, D = rowsum(dO ∘ O) and visible keys (tqPad: room for the last block's lanes); then P and dS blocks
+        // [bk, lanes]. Packed once per head, read by every key block.
+        let lanes = (bq + 15) / 16 * 16, tqPad = g.tq + lanes
+        let per = 2 * hd * tqPad + 4 * tqPad + 2 * bk * lanes
         let ownDQ = split > 1 ? pairDQ : 0  // per task: its heads' dQ rows, [group, tq, hd]
         let ws = SendPtr(scratch.floats(workers * per + tasks * ownDQ))
         let dqs = SendPtr(ws.p + workers * per)
@@ -199,8 +292,11 @@ public enum Attention {
             let pair = task / split, part = task % split
             let kvh = pair % g.kvHeads, b = pair / g.kvHeads
             if split > 1 { (dqs.p + task * ownDQ).update(repeating: 0, count: ownDQ) }
+            let qt = ws.p + w * per, dot = qt + hd * tqPad, lsel = dot + hd * tqPad, dl = lsel + tqPad
+            var range = VisibleRange(lo: dl + tqPad, hi: dl + 2 * tqPad)
+            let pt = dl + 3 * tqPad, dst = pt + bk * lanes
+            range.fill(g, b, 0, g.tq, tqPad)
             for h in kvh * g.group ..< (kvh + 1) * g.group {
-                let p = ws.p + w * per, dp = p + bq * bk, dsum = dp + bq * bk
                 let qp = Q.p + b * g.qBatch + h * hd, kp = K.p + b * g.kBatch + kvh * hd, vp = V.p + b * g.vBatch + kvh * hd
                 let dkp = DK.p + b * g.kBatch + kvh * hd, dvp = DV.p + b * g.vBatch + kvh * hd
                 // dQ rows of head h: dq itself (row stride qRow), or this task's own buffer (row stride hd).
@@ -208,7 +304,16 @@ public enum Attention {
                                              : (DQ.p + b * g.qBatch + h * hd, g.qRow)
                 let dop = DO.p + b * g.oBatch + h * hd, op = O.p + b * g.oBatch + h * hd
                 let lp = LSE.p + (b * g.heads + h) * g.tq
-                for i in 0..<g.tq { dsum[i] = vdot(dop + i * g.oRow, op + i * g.oRow, hd) }
+                for i in 0..<g.tq {
+                    for d in 0..<hd { qt[d * tqPad + i] = scale * qp[i * g.qRow + d]; dot[d * tqPad + i] = dop[i * g.oRow + d] }
+                    lsel[i] = lp[i]
+                    dl[i] = vdot(dop + i * g.oRow, op + i * g.oRow, hd)
+                }
+                for d in 0..<hd {
+                    (qt + d * tqPad + g.tq).update(repeating: 0, count: tqPad - g.tq)
+                    (dot + d * tqPad + g.tq).update(repeating: 0, count: tqPad - g.tq)
+                }
+                (lsel + g.tq).update(repeating: 0, count: tqPad - g.tq); (dl + g.tq).update(repeating: 0, count: tqPad - g.tq)
                 var k0 = part * bk
                 while k0 < g.tk {
                     if w == 0 { progress?.poll() }
@@ -220,37 +325,32 @@ public enum Attention {
                     while q0 < g.tq {
                         // Documents: from here on every query's document starts after this key block.
                         if g.documents != nil && g.firstVisibleKey(b, q0) >= k0 + nk { break }
-                        let nq = min(bq, g.tq - q0)
-                        BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: scale, a: qp + q0 * g.qRow,
-                                   lda: g.qRow, b: kp + k0 * g.kRow, ldb: g.kRow, beta: 0, c: p, ldc: bk)
-                        for i in 0..<nq {
-                            let row = p + i * bk
-                            let lo = Swift.max(g.firstVisibleKey(b, q0 + i) - k0, 0), hi = min(nk, g.visibleKeys(q0 + i) - k0)
-                            let li = lp[q0 + i]
-                            if hi <= lo || li == -.infinity { row.update(repeating: 0, count: nk); continue }
-                            _ = vexpShifted(row + lo, hi - lo, shift: li)
-                            if lo > 0 { row.update(repeating: 0, count: lo) }
-                            if hi < nk { (row + hi).update(repeating: 0, count: nk - hi) }
+                        let nq = min(bq, g.tq - q0), L = (nq + 15) / 16 * 16
+                        let masked = k0 < g.firstVisibleKey(b, q0 + nq - 1) || k0 + nk > g.visibleKeys(q0)
+                        // Pᵀ = exp(K Qᵀ - lse), invisible keys 0
+                        BlockProduct.run(c: pt, ldc: L, rows: nk, cols: L, depth: hd, a: kp + k0 * g.kRow, aRow: g.kRow, aCol: 1,
+                                         b: qt + q0, ldb: tqPad, accumulate: false)
+                        var c = 0
+                        while c < L {
+                            if masked { maskDown(pt + c, keys: nk, stride: L, k0: k0, lo: range.lo16(q0 + c), hi: range.hi16(q0 + c)) }
+                            _ = expDown(pt + c, keys: nk, stride: L, shift: load16(lsel, q0 + c), masked: masked)
+                            c += 16
                         }
-                        // dV[k] += Pᵀ dO
-                        BLAS.sgemm(transA: true, transB: false, m: nk, n: hd, k: nq, alpha: 1, a: p, lda: bk,
-                                   b: dop + q0 * g.oRow, ldb: g.oRow, beta: 1, c: dvp + k0 * g.vRow, ldc: g.vRow)
-                        // dP = dO Vᵀ
-                        BLAS.sgemm(transA: false, transB: true, m: nq, n: nk, k: hd, alpha: 1, a: dop + q0 * g.oRow,
-                                   lda: g.oRow, b: vp + k0 * g.vRow, ldb: g.vRow, beta: 0, c: dp, ldc: bk)
-                        // dS = P ∘ (dP - D), into p
-                        for i in 0..<nq {
-                            let row = p + i * bk, drow = dp + i * bk
-                            let dv = F16(repeating: dsum[q0 + i])
-                            var j = 0
-                            while j + 16 <= nk { store16(row, j, load16(row, j) * (load16(drow, j) - dv)); j += 16 }
-                            while j < nk { row[j] = row[j] * (drow[j] - dsum[q0 + i]); j += 1 }
+                        // dPᵀ = V dOᵀ, then dSᵀ = scale · Pᵀ ∘ (dPᵀ - D), into dst
+                        BlockProduct.run(c: dst, ldc: L, rows: nk, cols: L, depth: hd, a: vp + k0 * g.vRow, aRow: g.vRow, aCol: 1,
+                                         b: dot + q0, ldb: tqPad, accumulate: false)
+                        c = 0
+                        while c < L {
+                            scoreGradientDown(dst + c, pt + c, keys: nk, stride: L, d: load16(dl, q0 + c), scale: scale)
+                            c += 16
                         }
-                        // dQ += scale dS K;  dK += scale dSᵀ Q
-                        BLAS.sgemm(transA: false, transB: false, m: nq, n: hd, k: nk, alpha: scale, a: p, lda: bk,
-                                   b: kp + k0 * g.kRow, ldb: g.kRow, beta: 1, c: dqp + q0 * dqRow, ldc: dqRow)
-                        BLAS.sgemm(transA: true, transB: false, m: nk, n: hd, k: nq, alpha: scale, a: p, lda: bk,
-                                   b: qp + q0 * g.qRow, ldb: g.qRow, beta: 1, c: dkp + k0 * g.kRow, ldc: g.kRow)
+                        // dV += P dO;  dQ += dS K;  dK += dSᵀ Q (dS carries the scale)
+                        BlockProduct.run(c: dvp + k0 * g.vRow, ldc: g.vRow, rows: nk, cols: hd, depth: nq, a: pt, aRow: L, aCol: 1,
+                                         b: dop + q0 * g.oRow, ldb: g.oRow, accumulate: true)
+                        BlockProduct.run(c: dqp + q0 * dqRow, ldc: dqRow, rows: nq, cols: hd, depth: nk, a: dst, aRow: 1, aCol: L,
+                                         b: kp + k0 * g.kRow, ldb: g.kRow, accumulate: true)
+                        BlockProduct.run(c: dkp + k0 * g.kRow, ldc: g.kRow, rows: nk, cols: hd, depth: nq, a: dst, aRow: L, aCol: 1,
+                                         b: qp + q0 * g.qRow, ldb: g.qRow, accumulate: true)
                         q0 += bq
                     }
                     k0 += bk * split

@@ -280,7 +280,7 @@ public enum Attention {
         // Per worker, the head in turn with queries on the lanes: Qᵀ (scaled) and dOᵀ [hd, tqPad], and per query its
         // lse, D = rowsum(dO ∘ O) and visible keys (tqPad: room for the last block's lanes); then P and dS blocks
         // [bk, lanes]. Packed once per head, read by every key block.
-        let lanes = (bq + 15) / 16 * 16, tqPad = g.tq + lanes
+        let lanes = (bq + 15) / 16 * 16, tqPad = (g.tq + 30) / 16 * 16  // ≥ tq + 15, a multiple of 16 (aligned rows)
         let per = 2 * hd * tqPad + 4 * tqPad + 2 * bk * lanes
         let ownDQ = split > 1 ? pairDQ : 0  // per task: its heads' dQ rows, [group, tq, hd]
         let ws = SendPtr(scratch.floats(workers * per + tasks * ownDQ))

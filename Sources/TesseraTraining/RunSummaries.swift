@@ -43,7 +43,7 @@ extension Trainer {
         let a = lastActivation, o = a.offload ?? OffloadTier.Stats(), job = JobReduction(world: mesh?.world)
         let peaks = job.gather(Double(a.peakBytes)), predicted = job.gather(Double(memory.plan.predictedBytes))
         let buffers = job.gather(Double(sequenceBufferBytes))
-        let plannedBuffers = job.gather(Double(MemoryPreflight.sequenceBufferBytes(config: config, coordinate: mesh?.coordinate ?? MeshCoordinate(pp: 0, dp: 0, ring: 0, ulysses: 0))))
+        let plannedBuffers = job.gather(Double(plannedSequenceBufferBytes))
         let sums = job.sum(["written": Double(o.bytesWritten), "read": Double(o.bytesRead), "io": Double(o.ioNs) / 1e9,
                             "wait": Double(o.waitNs) / 1e9, "held": Double(a.tierHeldBytes)])
         let maxima = job.max(["recompute": a.recomputeSeconds, "sequence": Double(a.sequenceBytes),

@@ -202,6 +202,10 @@ public final class Trainer {
         return (model.attention as? SequenceParallelAttention)?.extraBytes ?? 0
     }
 
+    /// What the memory preflight predicts for `sequenceBufferBytes` (a function of the config and this rank's place).
+    lazy var plannedSequenceBufferBytes = MemoryPreflight.sequenceBufferBytes(
+        config: config, coordinate: mesh?.coordinate ?? MeshCoordinate(pp: 0, dp: 0, ring: 0, ulysses: 0))
+
     /// Bytes this rank sent over its sequence-parallel groups (ring and Ulysses) so far.
     var sequenceBytesSent: Int {
         guard let mesh else { return 0 }

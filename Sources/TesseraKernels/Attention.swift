@@ -19,7 +19,7 @@ import Foundation
 //
 // Layout: within a block the queries lie on the SIMD lanes (Qᵀ [hd, queries], scores Sᵀ [keys, queries]), so the
 // online softmax, its masks and the per-query lse, max, sum and D are all lane-wise: no horizontal reductions and
-// no per-row scalar work. The five block products run on `BlockProduct` (register-tiled, operands in place),
+// no per-row scalar work. The block products (2 forward, 5 backward) run on `BlockProduct` (register-tiled, operands in place),
 // not on the matrix library, whose packing of both operands and zeroing of C on every call cost a third of the
 // kernel at these sizes. Measured: bench/attention.sh (docs/benchmarks.md, "The attention kernel alone").
 //
@@ -49,6 +49,8 @@ public struct AttentionLayout: Sendable {
     public var qRow: Int, kRow: Int, vRow: Int, oRow: Int
     public var qBatch: Int, kBatch: Int, vBatch: Int, oBatch: Int
     public var blockQ: Int = 64, blockK: Int = 64
+    /// Queries the backward packs at a time (rounded down to whole query blocks, at least one): bounds its scratch.
+    public var chunkQueries: Int = 1024
     /// Where each position's document starts (block-causal attention; nil: a row is one sequence). Causal only.
     public var documents: DocumentStarts? = nil {
         didSet { precondition(documents == nil || causal, "attention: documents need causal attention") }
@@ -99,20 +101,20 @@ public struct AttentionLayout: Sendable {
 
 }
 
-/// The keys each query lane of a block may see, lo ..< hi (indices in the call's keys), as Int32 in scratch
-/// floats; lanes past the block's rows see every key (their results are never read).
+/// The keys each query lane may see, lo ..< hi (indices in the call's keys), as Int32 in scratch floats, for `rows`
+/// queries from q0 (a forward block, a backward chunk); lanes past them see every key (their results are never read).
 struct VisibleRange {
     let lo: UnsafeMutablePointer<Float>, hi: UnsafeMutablePointer<Float>
-    /// Over the block's rows: the latest first key and the earliest end.
+    /// Over the rows filled: the latest first key and the earliest end (the forward's test for a masked block).
     var maxLo = 0, minHi = Int.max
 
-    mutating func fill(_ g: AttentionLayout, _ b: Int, _ q0: Int, _ nq: Int, _ lanes: Int) {
+    mutating func fill(_ g: AttentionLayout, _ b: Int, _ q0: Int, _ rows: Int, _ lanes: Int) {
         maxLo = 0; minHi = Int.max
         for i in 0..<lanes {
-            let first = i < nq ? g.firstVisibleKey(b, q0 + i) : 0, end = i < nq ? g.visibleKeys(q0 + i) : Int(Int32.max)
+            let first = i < rows ? g.firstVisibleKey(b, q0 + i) : 0, end = i < rows ? g.visibleKeys(q0 + i) : Int(Int32.max)
             UnsafeMutableRawPointer(lo + i).storeBytes(of: Int32(first), as: Int32.self)
             UnsafeMutableRawPointer(hi + i).storeBytes(of: Int32(end), as: Int32.self)
-            if i < nq { maxLo = Swift.max(maxLo, first); minHi = Swift.min(minHi, end) }
+            if i < rows { maxLo = Swift.max(maxLo, first); minHi = Swift.min(minHi, end) }
         }
     }
 
@@ -207,7 +209,8 @@ public enum Attention {
             mNew.replace(with: mx, where: mx .> mNew)
             // A lane that has seen no key keeps m = -inf; shift by 0 there (its probabilities are 0).
             let shift = mNew.replacing(with: 0, where: mNew .== ninf)
-            let corr = vexp(mOld - shift)  // mOld = -inf: about 0, and l and acc are 0 there
+            // Lanes that had seen no key (mOld = -inf) have l = 0 and acc = 0: any factor does, 1 skips the rescale.
+            let corr = vexp(mOld - shift).replacing(with: 1, where: mOld .== ninf)
             let sum = expDown(s + c, keys: keys, stride: lanes, shift: shift, masked: masked)
             store16(l, c, load16(l, c) * corr + sum)
             store16(m, c, mNew)
@@ -277,11 +280,14 @@ public enum Attention {
             : Swift.max(1, Swift.min(Threads.count / Swift.max(pairs, 1), nkb, splitBudget / Swift.max(pairs * pairDQ, 1)))
         let tasks = pairs * split
         let workers = min(Threads.count, max(tasks, 1))
-        // Per worker, the head in turn with queries on the lanes: Qᵀ (scaled) and dOᵀ [hd, tqPad], and per query its
-        // lse, D = rowsum(dO ∘ O) and visible keys (tqPad: room for the last block's lanes); then P and dS blocks
-        // [bk, lanes]. Packed once per head, read by every key block.
-        let lanes = (bq + 15) / 16 * 16, tqPad = (g.tq + 30) / 16 * 16  // ≥ tq + 15, a multiple of 16 (aligned rows)
-        let per = 2 * hd * tqPad + 4 * tqPad + 2 * bk * lanes
+        // Per worker, a chunk of the head's queries in turn, on the lanes: Qᵀ (scaled) and dOᵀ [hd, cPad], and per
+        // query its lse, D = rowsum(dO ∘ O) and visible keys (cPad: room for the last block's lanes); then P and dS
+        // blocks [bk, lanes]. A chunk (whole query blocks, about `chunkQueries` queries) is packed once and read by
+        // every key block, so the scratch stays bounded whatever the sequence length. Each key block still meets its
+        // query blocks in ascending order, and each query block its key blocks: the same sums as without chunks.
+        let lanes = (bq + 15) / 16 * 16, chunk = Swift.max(1, g.chunkQueries / bq) * bq
+        let cPad = (Swift.min(chunk, g.tq) + 30) / 16 * 16  // ≥ the chunk + 15, a multiple of 16 (aligned rows)
+        let per = 2 * hd * cPad + 4 * cPad + 2 * bk * lanes
         let ownDQ = split > 1 ? pairDQ : 0  // per task: its heads' dQ rows, [group, tq, hd]
         let ws = SendPtr(scratch.floats(workers * per + tasks * ownDQ))
         let dqs = SendPtr(ws.p + workers * per)
@@ -292,10 +298,9 @@ public enum Attention {
             let pair = task / split, part = task % split
             let kvh = pair % g.kvHeads, b = pair / g.kvHeads
             if split > 1 { (dqs.p + task * ownDQ).update(repeating: 0, count: ownDQ) }
-            let qt = ws.p + w * per, dot = qt + hd * tqPad, lsel = dot + hd * tqPad, dl = lsel + tqPad
-            var range = VisibleRange(lo: dl + tqPad, hi: dl + 2 * tqPad)
-            let pt = dl + 3 * tqPad, dst = pt + bk * lanes
-            range.fill(g, b, 0, g.tq, tqPad)
+            let qt = ws.p + w * per, dot = qt + hd * cPad, lsel = dot + hd * cPad, dl = lsel + cPad
+            var range = VisibleRange(lo: dl + cPad, hi: dl + 2 * cPad)
+            let pt = dl + 3 * cPad, dst = pt + bk * lanes
             for h in kvh * g.group ..< (kvh + 1) * g.group {
                 let qp = Q.p + b * g.qBatch + h * hd, kp = K.p + b * g.kBatch + kvh * hd, vp = V.p + b * g.vBatch + kvh * hd
                 let dkp = DK.p + b * g.kBatch + kvh * hd, dvp = DV.p + b * g.vBatch + kvh * hd
@@ -304,56 +309,65 @@ public enum Attention {
                                              : (DQ.p + b * g.qBatch + h * hd, g.qRow)
                 let dop = DO.p + b * g.oBatch + h * hd, op = O.p + b * g.oBatch + h * hd
                 let lp = LSE.p + (b * g.heads + h) * g.tq
-                for i in 0..<g.tq {
-                    for d in 0..<hd { qt[d * tqPad + i] = scale * qp[i * g.qRow + d]; dot[d * tqPad + i] = dop[i * g.oRow + d] }
-                    lsel[i] = lp[i]
-                    dl[i] = vdot(dop + i * g.oRow, op + i * g.oRow, hd)
-                }
-                for d in 0..<hd {
-                    (qt + d * tqPad + g.tq).update(repeating: 0, count: tqPad - g.tq)
-                    (dot + d * tqPad + g.tq).update(repeating: 0, count: tqPad - g.tq)
-                }
-                (lsel + g.tq).update(repeating: 0, count: tqPad - g.tq); (dl + g.tq).update(repeating: 0, count: tqPad - g.tq)
-                var k0 = part * bk
-                while k0 < g.tk {
-                    if w == 0 { progress?.poll() }
-                    let nk = min(bk, g.tk - k0)
-                    // First query row that sees key k0 (causal), rounded down to a query block.
-                    var qStart = g.causal ? Swift.max(0, g.kOffset + k0 - g.qOffset) : 0
-                    qStart = (qStart / bq) * bq
-                    var q0 = qStart
-                    while q0 < g.tq {
-                        // Documents: from here on every query's document starts after this key block.
-                        if g.documents != nil && g.firstVisibleKey(b, q0) >= k0 + nk { break }
-                        let nq = min(bq, g.tq - q0), L = (nq + 15) / 16 * 16
-                        let masked = k0 < g.firstVisibleKey(b, q0 + nq - 1) || k0 + nk > g.visibleKeys(q0)
-                        // Pᵀ = exp(K Qᵀ - lse), invisible keys 0
-                        BlockProduct.run(c: pt, ldc: L, rows: nk, cols: L, depth: hd, a: kp + k0 * g.kRow, aRow: g.kRow, aCol: 1,
-                                         b: qt + q0, ldb: tqPad, accumulate: false)
-                        var c = 0
-                        while c < L {
-                            if masked { maskDown(pt + c, keys: nk, stride: L, k0: k0, lo: range.lo16(q0 + c), hi: range.hi16(q0 + c)) }
-                            _ = expDown(pt + c, keys: nk, stride: L, shift: load16(lsel, q0 + c), masked: masked)
-                            c += 16
-                        }
-                        // dPᵀ = V dOᵀ, then dSᵀ = scale · Pᵀ ∘ (dPᵀ - D), into dst
-                        BlockProduct.run(c: dst, ldc: L, rows: nk, cols: L, depth: hd, a: vp + k0 * g.vRow, aRow: g.vRow, aCol: 1,
-                                         b: dot + q0, ldb: tqPad, accumulate: false)
-                        c = 0
-                        while c < L {
-                            scoreGradientDown(dst + c, pt + c, keys: nk, stride: L, d: load16(dl, q0 + c), scale: scale)
-                            c += 16
-                        }
-                        // dV += P dO;  dQ += dS K;  dK += dSᵀ Q (dS carries the scale)
-                        BlockProduct.run(c: dvp + k0 * g.vRow, ldc: g.vRow, rows: nk, cols: hd, depth: nq, a: pt, aRow: L, aCol: 1,
-                                         b: dop + q0 * g.oRow, ldb: g.oRow, accumulate: true)
-                        BlockProduct.run(c: dqp + q0 * dqRow, ldc: dqRow, rows: nq, cols: hd, depth: nk, a: dst, aRow: 1, aCol: L,
-                                         b: kp + k0 * g.kRow, ldb: g.kRow, accumulate: true)
-                        BlockProduct.run(c: dkp + k0 * g.kRow, ldc: g.kRow, rows: nk, cols: hd, depth: nq, a: dst, aRow: L, aCol: 1,
-                                         b: qp + q0 * g.qRow, ldb: g.qRow, accumulate: true)
-                        q0 += bq
+                var c0 = 0
+                while c0 < g.tq {
+                    let cn = Swift.min(chunk, g.tq - c0)
+                    for i in 0..<cn {
+                        let r = c0 + i
+                        for d in 0..<hd { qt[d * cPad + i] = scale * qp[r * g.qRow + d]; dot[d * cPad + i] = dop[r * g.oRow + d] }
+                        lsel[i] = lp[r]
+                        dl[i] = vdot(dop + r * g.oRow, op + r * g.oRow, hd)
                     }
-                    k0 += bk * split
+                    for d in 0..<hd {
+                        (qt + d * cPad + cn).update(repeating: 0, count: cPad - cn)
+                        (dot + d * cPad + cn).update(repeating: 0, count: cPad - cn)
+                    }
+                    (lsel + cn).update(repeating: 0, count: cPad - cn); (dl + cn).update(repeating: 0, count: cPad - cn)
+                    range.fill(g, b, c0, cn, cPad)
+                    // Keys past what the chunk's last query sees (causal) are skipped.
+                    let kEnd = g.causal ? g.visibleKeys(c0 + cn - 1) : g.tk
+                    var k0 = part * bk
+                    while k0 < kEnd {
+                        if w == 0 { progress?.poll() }
+                        let nk = min(bk, g.tk - k0)
+                        // First query row that sees key k0 (causal), rounded down to a query block.
+                        var qStart = g.causal ? Swift.max(0, g.kOffset + k0 - g.qOffset) : 0
+                        qStart = Swift.max((qStart / bq) * bq, c0)
+                        var q0 = qStart
+                        while q0 < c0 + cn {
+                            // Documents: from here on every query's document starts after this key block.
+                            if g.documents != nil && g.firstVisibleKey(b, q0) >= k0 + nk { break }
+                            let nq = min(bq, g.tq - q0), L = (nq + 15) / 16 * 16
+                            let masked = k0 < g.firstVisibleKey(b, q0 + nq - 1) || k0 + nk > g.visibleKeys(q0)
+                            // Pᵀ = exp(K Qᵀ - lse), invisible keys 0
+                            BlockProduct.run(c: pt, ldc: L, rows: nk, cols: L, depth: hd, a: kp + k0 * g.kRow, aRow: g.kRow, aCol: 1,
+                                             b: qt + (q0 - c0), ldb: cPad, accumulate: false)
+                            var c = 0
+                            while c < L {
+                                if masked { maskDown(pt + c, keys: nk, stride: L, k0: k0, lo: range.lo16(q0 - c0 + c), hi: range.hi16(q0 - c0 + c)) }
+                                _ = expDown(pt + c, keys: nk, stride: L, shift: load16(lsel, q0 - c0 + c), masked: masked)
+                                c += 16
+                            }
+                            // dPᵀ = V dOᵀ, then dSᵀ = scale · Pᵀ ∘ (dPᵀ - D), into dst
+                            BlockProduct.run(c: dst, ldc: L, rows: nk, cols: L, depth: hd, a: vp + k0 * g.vRow, aRow: g.vRow, aCol: 1,
+                                             b: dot + (q0 - c0), ldb: cPad, accumulate: false)
+                            c = 0
+                            while c < L {
+                                scoreGradientDown(dst + c, pt + c, keys: nk, stride: L, d: load16(dl, q0 - c0 + c), scale: scale)
+                                c += 16
+                            }
+                            // dV += Pᵀ dO;  dQ += dS K;  dK += dSᵀ Q (dS carries the scale)
+                            BlockProduct.run(c: dvp + k0 * g.vRow, ldc: g.vRow, rows: nk, cols: hd, depth: nq, a: pt, aRow: L, aCol: 1,
+                                             b: dop + q0 * g.oRow, ldb: g.oRow, accumulate: true)
+                            BlockProduct.run(c: dqp + q0 * dqRow, ldc: dqRow, rows: nq, cols: hd, depth: nk, a: dst, aRow: 1, aCol: L,
+                                             b: kp + k0 * g.kRow, ldb: g.kRow, accumulate: true)
+                            BlockProduct.run(c: dkp + k0 * g.kRow, ldc: g.kRow, rows: nk, cols: hd, depth: nq, a: dst, aRow: L, aCol: 1,
+                                             b: qp + q0 * g.qRow, ldb: g.qRow, accumulate: true)
+                            q0 += bq
+                        }
+                        k0 += bk * split
+                    }
+                    c0 += chunk
                 }
             }
         }

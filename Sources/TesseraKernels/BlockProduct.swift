@@ -7,8 +7,7 @@
 //
 // Register tile: 6 rows × 16 columns (twelve 8-lane accumulators, 2 vector loads of B and 6 broadcasts of A per
 // 12 fused multiply-adds: within the 16 vector registers of AVX2, and enough independent sums to cover the FMA
-// latency), then tiles of 4 rows; remaining rows go one at a time, remaining columns (fewer than 16) by 8 and then
-// one by one.
+// latency), then tiles of 4 rows, then single rows; in each, columns go by 16, then by 8, then one by one.
 
 public typealias F8 = SIMD8<Float>
 
@@ -151,6 +150,13 @@ public enum BlockProduct {
             }
             store8(c + col, s0); store8(c + col + 8, s1)
             col += 16
+        }
+        if col + 8 <= cols {
+            var s0 = accumulate ? load8(c + col) : F8()
+            var bp = b + col, ap = a
+            for _ in 0..<depth { s0 = s0.addingProduct(F8(repeating: ap[0]), load8(bp)); bp += ldb; ap += aCol }
+            store8(c + col, s0)
+            col += 8
         }
         while col < cols {
             var s: Float = accumulate ? c[col] : 0

@@ -57,7 +57,8 @@ final class AttentionTests: XCTestCase {
     /// Fewer (batch row, key/value head) pairs than threads: the backward splits each pair by key blocks, each split
     /// with its own dQ added in afterwards. Against one thread (one task per pair): dK and dV bit for bit (each key
     /// block is computed alike), dQ within rounding (its sums are grouped by split); grouped-query heads and
-    /// documents included, with 3 splits of 5 key blocks (uneven).
+    /// documents included, with 3 splits of 5 key blocks (uneven). The backward's query chunks (`chunkQueries`) change
+    /// no sum: chunked gradients equal unchunked ones bit for bit.
     func testBackwardSplitByKeyBlocksEqualsOneTask() {
         let (heads, kvHeads, hd, t) = (4, 1, 16, 70), c = heads * hd, row = c + 2 * kvHeads * hd
         var g = AttentionLayout(batch: 1, heads: heads, headDim: hd, tq: t, tk: t, qRow: row, kRow: row, vRow: row, oRow: c,
@@ -66,8 +67,10 @@ final class AttentionTests: XCTestCase {
         for documents in [false, true] {
             g.documents = documents ? DocumentStarts(lengths: [[9, 30, 1, 20, 10]], length: t) : nil
             let qkv = randomFloats(t * row, seed: 31), dout = randomFloats(t * c, seed: 32)
-            func grads(threads: Int) -> [Float] {
+            func grads(threads: Int, chunk: Int = 1024) -> [Float] {
                 Threads.configure(threads)
+                var g = g
+                g.chunkQueries = chunk
                 var out = [Float](repeating: 0, count: t * c), lse = [Float](repeating: 0, count: heads * t)
                 var dqkv = [Float](repeating: 0, count: t * row)
                 let scratch = Scratch()
@@ -87,6 +90,9 @@ final class AttentionTests: XCTestCase {
             XCTAssertEqual(dkv(split), dkv(one), "documents \(documents): dK, dV")
             XCTAssertLessThan(relErr(dq(split), dq(one)), 1e-6, "documents \(documents): dQ")
             XCTAssertGreaterThan(dq(one).map { abs($0) }.max()!, 0, "a gradient to compare")
+            // Queries packed 16 at a time (5 chunks, the last short): every sum in the same order, so bit for bit.
+            XCTAssertEqual(grads(threads: 1, chunk: 20), one, "documents \(documents): chunked backward")
+            XCTAssertEqual(dkv(grads(threads: 3, chunk: 20)), dkv(one), "documents \(documents): chunked and split dK, dV")
         }
         Threads.configure(2)
     }

@@ -6,7 +6,7 @@ import XCTest
 final class BlockProductTests: XCTestCase {
     func testAgainstDoubleReference() {
         var checked = 0
-        for (rows, cols, depth) in [(64, 64, 32), (32, 64, 64), (64, 32, 64), (13, 40, 7), (2, 17, 5), (7, 8, 3), (1, 5, 9), (16, 24, 1)] {
+        for (rows, cols, depth) in [(64, 64, 32), (32, 64, 64), (64, 32, 64), (13, 40, 7), (2, 17, 5), (7, 8, 3), (1, 5, 9), (16, 24, 1), (6, 21, 4), (10, 13, 3), (9, 29, 6)] {
             for transposedA in [false, true] {
                 for accumulate in [false, true] {
                     // A as rows × depth (aRow = lda) or stored depth × rows (aRow = 1, aCol = lda); B and C with padded rows.

@@ -7,6 +7,9 @@ let fast: [SwiftSetting] = [
     .unsafeFlags(["-Ounchecked", "-target-cpu", "haswell", "-cross-module-optimization"],
                  .when(configuration: .release)),
 ]
+// The kernels are optimized in debug builds too (the test suite runs the debug build): their SIMD loops and the
+// attention's block products run 10–100× slower unoptimized. Bounds and overflow checks stay on (-O, not -Ounchecked).
+let kernels: [SwiftSetting] = fast + [.unsafeFlags(["-O", "-target-cpu", "haswell"], .when(configuration: .debug))]
 
 let package = Package(
     name: "Tessera",
@@ -33,7 +36,7 @@ let package = Package(
         // MPI bindings and the process mesh.
         .target(name: "TesseraComm", dependencies: ["CMPI", "TesseraTimeline"], swiftSettings: fast),
         // CPU kernels: thread pool, SIMD math, forward/backward of every op, blockwise attention.
-        .target(name: "TesseraKernels", dependencies: ["COpenBLAS", "COneDNN"], swiftSettings: fast),
+        .target(name: "TesseraKernels", dependencies: ["COpenBLAS", "COneDNN"], swiftSettings: kernels),
         // Activation memory: the store and its meter, layer policies, the offload tier, the budget planner.
         .target(name: "TesseraMemory", dependencies: ["TesseraKernels"], swiftSettings: fast),
         // Checkpoints: the format (manifest, per-rank safetensors shards, checksums), atomic commit, reading

@@ -44,10 +44,12 @@ public enum AttentionBench {
     }
 
     /// Packed rows against whole causal rows at each size's shape: time per forward + backward, and the ratio against
-    /// the work ratio (Σ over documents of d² against T², the visible score entries).
-    public static func documentsReport(sizes: [BenchSize], length: Int, threads: Int) -> [String] {
+    /// the work ratio (Σ over documents of d² against T², the visible score entries); with `json`, one line per size
+    /// (`"bench": "attention_documents"`).
+    public static func documentsReport(sizes: [BenchSize], length: Int, threads: Int, json: Bool = false) -> [String] {
         var out = ["", "attention kernel on rows packed with documents of \(length) tokens against whole causal rows (best of 7 calls):",
                    "size     shape                 causal ms   packed ms   packed/causal   visible work ratio"]
+        var lines: [String] = []
         for s in sizes {
             let whole = measure(s, threads: threads), packed = measure(s, threads: threads, documentLength: length)
             let a = whole.forwardSeconds + whole.backwardSeconds, b = packed.forwardSeconds + packed.backwardSeconds
@@ -56,8 +58,10 @@ public enum AttentionBench {
             out.append(BenchScaffold.cell(s.name, 9) + BenchScaffold.cell("\(s.batch)×\(s.seq), \(s.heads)×\(s.d / s.heads)", 22)
                        + BenchScaffold.cell(fmt(1000 * a, 1), 12) + BenchScaffold.cell(fmt(1000 * b, 1), 12)
                        + BenchScaffold.cell(fmt(b / a, 3), 16) + fmt(visible, 3))
+            lines.append(BenchScaffold.jsonLine(["bench": "attention_documents", "size": s.name, "threads": threads, "length": length,
+                                                 "causal_s": a, "packed_s": b, "visible_ratio": visible]))
         }
-        return out
+        return out + (json ? lines : [])
     }
 
     /// The table: per size, forward and backward time, GFLOP/s and share of the ceiling.

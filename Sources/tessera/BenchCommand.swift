@@ -54,7 +54,7 @@ struct BenchCommand: ParsableCommand {
                         profile: profile, precision: Precision(rawValue: precision)!, attention: attention))
         if let documents {
             let chosen = names.compactMap { n in BenchSize.all.first { $0.name == n } }
-            print(AttentionBench.documentsReport(sizes: chosen, length: documents, threads: threads ?? Threads.availableCores())
+            print(AttentionBench.documentsReport(sizes: chosen, length: documents, threads: threads ?? Threads.availableCores(), json: json)
                     .joined(separator: "\n"))
         }
     }

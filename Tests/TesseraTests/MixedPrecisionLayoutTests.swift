@@ -101,13 +101,14 @@ final class MixedPrecisionLayoutTests: XCTestCase {
     }
 
     /// `tessera bench --precision` measures both ceilings in the run and reports MFU against the one of the
-    /// precision in use (a smoke run of size S; the figures themselves are benchmarks, not asserted), and
-    /// `--attention` the kernel alone with the FLOPs of its products on the causal half.
+    /// precision in use (a smoke run of size S; the figures themselves are benchmarks, not asserted),
+    /// `--attention` the kernel alone with the FLOPs of its products on the causal half, and `--documents` packed rows
+    /// against whole ones with the visible work ratio.
     func testBenchReportsBothCeilings() throws {
         for precision in ["fp32", "bf16"] {
             let (status, out) = try runProcess([CommandTests.binary, "bench", "--sizes", "S", "--steps", "1", "--warmup", "0",
                                                 "--threads", "1", "--precision", precision, "--json"]
-                                               + (precision == "fp32" ? ["--attention"] : []))
+                                               + (precision == "fp32" ? ["--attention", "--documents", "64"] : []))
             XCTAssertEqual(status, 0, out)
             XCTAssertTrue(out.contains("bf16 product ceiling"), out)
             let r = try XCTUnwrap(benchReports(out, bench: "bench").first, out)
@@ -131,6 +132,14 @@ final class MixedPrecisionLayoutTests: XCTestCase {
                 let b = try XCTUnwrap(number(a, "backward_flops")) * XCTUnwrap(number(a, "backward_s"))
                 XCTAssertEqual(f, 2 * product, accuracy: 1e-6 * product)
                 XCTAssertEqual(b, 5 * product, accuracy: 1e-6 * product)
+            }
+            let packed = benchReports(out, bench: "attention_documents")
+            XCTAssertEqual(packed.count, precision == "fp32" ? 1 : 0, out)
+            if let p = packed.first {
+                // Four documents of 64 in 256 tokens: the visible score entries 4·(64·65/2) of 256·257/2.
+                XCTAssertEqual(try XCTUnwrap(number(p, "visible_ratio")), 4.0 * 64 * 65 / (256.0 * 257), accuracy: 1e-12)
+                XCTAssertEqual(try XCTUnwrap(number(p, "length")), 64)
+                XCTAssertGreaterThan(try XCTUnwrap(number(p, "causal_s")), 0); XCTAssertGreaterThan(try XCTUnwrap(number(p, "packed_s")), 0)
             }
         }
         let (status, out) = try runProcess([CommandTests.binary, "bench", "--precision", "fp16"])

@@ -276,7 +276,7 @@ public final class PipelineEngine {
     }
 
     private func backward(_ a: PipelineAction) throws {
-        let vs = virtualStage(a.chunk), k = key(a.microbatch, a.chunk), n = batch * tokens * model.boundaryWidth
+        let vs = virtualStage(a.chunk), k = key(a.microbatch, a.chunk)
         guard let set = live.removeValue(forKey: k) else {
             preconditionFailure("backward of micro-batch \(a.microbatch) chunk \(a.chunk) before its forward")
         }

@@ -15,7 +15,7 @@ public enum LinkProbe {
     public static var hostName: String {
         var buf = [CChar](repeating: 0, count: 256)
         guard gethostname(&buf, buf.count - 1) == 0 else { return "localhost" }
-        return String(cString: buf)
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// Every world rank's host. Collective over `world`.
@@ -98,10 +98,10 @@ public enum LinkProbe {
         if timer {
             let t0 = DispatchTime.now().uptimeNanoseconds
             try message.withUnsafeBufferPointer { try world.send($0.baseAddress!, count: count, to: peer, tag: tag, label: "link probe") }
-            try reply.withUnsafeMutableBufferPointer { try world.recv($0.baseAddress!, count: 1, from: peer, tag: tag, label: "link probe") }
+            _ = try reply.withUnsafeMutableBufferPointer { try world.recv($0.baseAddress!, count: 1, from: peer, tag: tag, label: "link probe") }
             return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         }
-        try message.withUnsafeMutableBufferPointer { try world.recv($0.baseAddress!, count: count, from: peer, tag: tag, label: "link probe") }
+        _ = try message.withUnsafeMutableBufferPointer { try world.recv($0.baseAddress!, count: count, from: peer, tag: tag, label: "link probe") }
         try reply.withUnsafeBufferPointer { try world.send($0.baseAddress!, count: 1, to: peer, tag: tag, label: "link probe") }
         return 0
     }

@@ -291,7 +291,7 @@ final class CheckpointJobTests: XCTestCase {
         init(_ argv: [String], log: String) throws {
             self.log = log
             try FileManager.default.createDirectory(atPath: (log as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-            FileManager.default.createFile(atPath: log, contents: nil)
+            _ = FileManager.default.createFile(atPath: log, contents: nil)
             process = testProcess(argv)
             let h = FileHandle(forWritingAtPath: log)!
             process.standardOutput = h; process.standardError = h

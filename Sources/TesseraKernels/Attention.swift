@@ -19,9 +19,10 @@ import Foundation
 //
 // Layout: within a block the queries lie on the SIMD lanes (Qᵀ [hd, queries], scores Sᵀ [keys, queries]), so the
 // online softmax, its masks and the per-query lse, max, sum and D are all lane-wise: no horizontal reductions and
-// no per-row scalar work. The block products (2 forward, 5 backward) run on `BlockProduct` (register-tiled, operands in place),
-// not on the matrix library, whose packing of both operands and zeroing of C on every call cost a third of the
-// kernel at these sizes. Measured: bench/attention.sh (docs/benchmarks.md, "The attention kernel alone").
+// no per-row scalar work. The block products (2 forward, 5 backward) run on `BlockProduct` (register-tiled,
+// operands in place), not on the matrix library, whose packing of both operands and zeroing of C on every call
+// took about a fifth of the kernel at these sizes (perf, Zen 3). The backward packs Qᵀ and dOᵀ a chunk of queries
+// at a time (`chunkQueries`). Measured: bench/attention.sh (docs/benchmarks.md, "The attention kernel alone").
 //
 // Positions are explicit: query row i sits at global position qOffset + i, key row j at kOffset + j;
 // with `causal`, key j is visible to query i iff kOffset + j <= qOffset + i. A query row that sees no key

@@ -2,16 +2,20 @@
 # bench/attention.sh OLD_BINARY [NEW_BINARY] [SIZES]: the attention kernel alone (forward, backward) and whole training
 # steps, two builds of `tessera` alternately, 3 rounds, in one run (this VM's speed drifts by ±10%, so only figures
 # measured side by side compare). Each round runs `tessera bench --attention --json` (2 threads, median of 3 steps
-# after 1 warm-up; the kernel: best of 7 calls) for each binary; the table gives per size the old/new time ratios.
+# after 1 warm-up; the kernel: best of 7 calls) for each binary, the old one first in odd rounds and the new one first
+# in even ones; the table gives per size the old/new time ratios. NEW_BINARY defaults to this checkout's release
+# build (`swift build -c release --product tessera` first); SIZES to S,M,L,G.
 # OLD_BINARY: build the commit to compare with in a worktree, e.g.
 #   git worktree add /tmp/old 66dbd85~1 && (cd /tmp/old && swift build -c release --product tessera)
 set -euo pipefail
+old=$(realpath "${1:?usage: bench/attention.sh OLD_BINARY [NEW_BINARY] [SIZES]}")
+new=$(realpath "${2:-$(dirname "$0")/../.build/release/tessera}") sizes=${3:-S,M,L,G}
 cd "$(dirname "$0")/.."
-old=$1 new=${2:-.build/release/tessera} sizes=${3:-S,M,L,G}
 d=$(mktemp -d /tmp/tessera-attention-XXXXXX)
 trap 'rm -rf "$d"' EXIT
 for round in 1 2 3; do
-    for which in old new; do
+    order="old new"; [ $((round % 2)) -eq 0 ] && order="new old"
+    for which in $order; do
         bin=$old; [ "$which" = new ] && bin=$new
         "$bin" bench --sizes "$sizes" --steps 3 --warmup 1 --threads 2 --attention --json > "$d/$which-$round.log" 2>&1 \
             || { tail -5 "$d/$which-$round.log"; exit 1; }

@@ -21,7 +21,7 @@ import Foundation
 // online softmax, its masks and the per-query lse, max, sum and D are all lane-wise: no horizontal reductions and
 // no per-row scalar work. The block products (2 forward, 5 backward) run on `BlockProduct` (register-tiled,
 // operands in place), not on the matrix library, whose packing of both operands and zeroing of C on every call
-// took about a fifth of the kernel at these sizes (perf, Zen 3). The backward packs Qᵀ and dOᵀ a chunk of queries
+// took a fifth to a quarter of the kernel at these sizes (perf, Zen 3). The backward packs Qᵀ and dOᵀ a chunk of queries
 // at a time (`chunkQueries`). Measured: bench/attention.sh (docs/benchmarks.md, "The attention kernel alone").
 //
 // Positions are explicit: query row i sits at global position qOffset + i, key row j at kOffset + j;

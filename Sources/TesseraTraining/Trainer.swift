@@ -190,7 +190,9 @@ public final class Trainer {
         var a = ActivationStep()
         a.peakBytes = ActivationMeter.shared.peakBytes
         a.recomputeSeconds = Double(model.recomputeNs) / 1e9
-        if let tier = memory.tier { a.offload = tier.takeStats(); a.tierHeldBytes = tier.heldBytes }
+        // The step's I/O is complete only once the tier's queue is: its last releases (and writes skipped because
+        // their blocks were used from memory) may still be queued when the backward returns.
+        if let tier = memory.tier { tier.drain(); a.offload = tier.takeStats(); a.tierHeldBytes = tier.heldBytes }
         a.sequenceBytes = sequenceBytesSent - start
         a.pipelineBytes = pipeline?.bytesSent ?? 0
         return a

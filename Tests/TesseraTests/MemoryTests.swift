@@ -47,14 +47,19 @@ final class MemoryTests: XCTestCase {
     }
 
     /// In bf16 the recomputed operands are rounded as the forward rounded them, and offload sends the operands
-    /// as bf16 and widens them back: still bit for bit, with fewer bytes through the tier.
+    /// as bf16 and widens them back: still bit for bit, with fewer bytes through the tier. Reads are the same blocks
+    /// in both precisions; writes are whole block images, but how many depends on timing (a write not yet started
+    /// when its block is used from memory is skipped), so only their unit is compared.
     func testEveryPolicyGivesTheGradientsOfKeepBitForBitInBF16() throws {
         let bf16 = try checkPolicies(precision: .bf16), fp32 = try checkPolicies(precision: .fp32)
         let shape = Activations.LayerShape(n: batch * tokens, config: cfg, lse: batch * cfg.nHead * tokens, attention: 0)
-        let ratio = Double(OffloadStaging.bytes(floats: shape.floats, compact: shape.operandFloats)) / Double(4 * shape.floats)
+        let image = OffloadStaging.bytes(floats: shape.floats, compact: shape.operandFloats)
+        let ratio = Double(image) / Double(4 * shape.floats)
         XCTAssertLessThan(ratio, 0.7)
-        XCTAssertEqual(Double(bf16.bytesWritten), Double(fp32.bytesWritten) * ratio, accuracy: 1)
         XCTAssertEqual(Double(bf16.bytesRead), Double(fp32.bytesRead) * ratio, accuracy: 1)
+        XCTAssertEqual(bf16.bytesWritten % image, 0, "bf16 writes are whole compact images of \(image) bytes")
+        XCTAssertEqual(fp32.bytesWritten % (4 * shape.floats), 0, "fp32 writes are whole blocks")
+        XCTAssertGreaterThanOrEqual(bf16.bytesWritten, bf16.bytesRead); XCTAssertGreaterThanOrEqual(fp32.bytesWritten, fp32.bytesRead)
     }
 
     /// Returns the offload tier's traffic.
@@ -77,6 +82,7 @@ final class MemoryTests: XCTestCase {
             let differ = zip(r.grads, keep.grads).filter { $0 != $1 }.count
             XCTAssertEqual(differ, 0, "\(name): \(differ) of \(keep.grads.count) gradient elements differ from keep's")
         }
+        tier.drain()  // the last jobs (releases, skipped writes) may still be queued
         let stats = tier.takeStats()
         XCTAssertGreaterThan(stats.bytesWritten, 0, "offload wrote nothing")
         XCTAssertGreaterThan(stats.bytesRead, 0, "offload read nothing back")

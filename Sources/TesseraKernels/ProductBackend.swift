@@ -47,9 +47,9 @@ public enum ProductBackend: String, Sendable, CaseIterable {
         let aRows = transA ? k : m, aCols = transA ? m : k, bRows = transB ? n : k, bCols = transB ? k : n
         lock.lock(); defer { lock.unlock() }
         do {
-            let a16 = a16Buffer.reserve(aRows * lda), b16 = b16Buffer.reserve(bRows * ldb)
-            narrow(a, into: a16, rows: aRows, cols: aCols, ld: lda)
-            narrow(b, into: b16, rows: bRows, cols: bCols, ld: ldb)
+            // An operand inside a registered twin (the model's bf16 weights) is read from its 16-bit copy.
+            let a16 = twin(of: a, rows: aRows, cols: aCols, ld: lda) ?? narrowed(a, into: a16Buffer, rows: aRows, cols: aCols, ld: lda)
+            let b16 = twin(of: b, rows: bRows, cols: bCols, ld: ldb) ?? narrowed(b, into: b16Buffer, rows: bRows, cols: bCols, ld: ldb)
             do {
                 try OneDNN.gemm(type: .bf16, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
                                 a: a16, lda: lda, b: b16, ldb: ldb, beta: beta, c: c, ldc: ldc)
@@ -58,6 +58,62 @@ public enum ProductBackend: String, Sendable, CaseIterable {
             }
         }
     }
+
+    private static func narrowed(_ src: UnsafePointer<Float>, into buffer: HalfBuffer, rows: Int, cols: Int, ld: Int)
+        -> UnsafeMutablePointer<UInt16> {
+        let dst = buffer.reserve(rows * ld)
+        narrow(src, into: dst, rows: rows, cols: cols, ld: ld)
+        return dst
+    }
+
+    // MARK: twins
+
+    /// A float range whose owner keeps a 16-bit copy of it (element i of `halves` is element i of the range,
+    /// narrowed), so a product reading inside it skips narrowing: the model's bf16 weights, refreshed after
+    /// each optimizer step, are otherwise narrowed again by every product (the LM head's tied embedding table
+    /// once per row chunk). The owner registers it, keeps the copy equal to the floats whenever a product may
+    /// read them, and unregisters it before freeing either.
+    public final class Twin: @unchecked Sendable {
+        public let floats: UnsafePointer<Float>, count: Int
+        public let halves: UnsafeMutablePointer<UInt16>
+        /// A copy of `count` floats at `floats`, registered with the backend until `close()` (or deinit).
+        public init(of floats: UnsafePointer<Float>, count: Int) {
+            self.floats = floats; self.count = count
+            halves = .allocate(capacity: max(count, 1))
+            lock.lock(); twins.append(WeakTwin(twin: self)); lock.unlock()
+        }
+        /// Narrows the floats (already bf16 values) into the copy, split over the kernel threads.
+        public func refresh() {
+            let S = SendConstPtr(floats), D = SendPtr16(halves), n = count
+            Threads.parallelRanges((n + 4095) / 4096, grain: 16) { _, lo, hi in
+                BF16.narrow(S.p + lo * 4096, into: D.p + lo * 4096, count: min(hi * 4096, n) - lo * 4096)
+            }
+        }
+        /// Unregisters the copy: products read the floats again (also done when the twin is freed).
+        public func close() {
+            lock.lock(); twins.removeAll { $0.twin == nil || $0.twin === self }; lock.unlock()
+        }
+        deinit { close(); halves.deallocate() }
+    }
+
+    /// The registry does not keep a twin alive: a model freed with its weights leaves nothing behind that a
+    /// later allocation at the same address could be mistaken for.
+    private struct WeakTwin { weak var twin: Twin? }
+    nonisolated(unsafe) private static var twins: [WeakTwin] = []
+
+    /// The 16-bit copy of an operand (rows × cols, row stride ld) lying wholly inside a registered twin.
+    private static func twin(of p: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int) -> UnsafeMutablePointer<UInt16>? {
+        let extent = (rows - 1) * ld + cols
+        for w in twins {
+            guard let t = w.twin, p >= t.floats, p + extent <= t.floats + t.count else { continue }
+            twinReads += 1
+            return t.halves + (p - t.floats)
+        }
+        return nil
+    }
+
+    /// Operands read from twins so far (for tests).
+    nonisolated(unsafe) static var twinReads = 0
 
     /// The 16-bit operand copies, grown to the largest product and reused (one product at a time).
     private static let lock = NSLock()

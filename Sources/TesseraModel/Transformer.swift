@@ -30,16 +30,21 @@ public class Transformer: ParallelModel, @unchecked Sendable {
         didSet {
             guard precision != oldValue else { return }
             productParams = precision == .bf16 ? params.sameLayout() : nil
+            productTwin = productParams.flatMap { pp in
+                ProductBackend.bf16 == .onednn ? ProductBackend.Twin(of: pp.storage.ptr, count: pp.count) : nil
+            }
             productWeightsStale = true
             productTensorsChanged()
         }
     }
     private var productParams: ParameterSet?
+    /// The 16-bit copy of `productParams` that oneDNN's bf16 products read (ProductBackend.Twin), on that backend.
+    private var productTwin: ProductBackend.Twin?
     private var productWeightsStale = true
     /// The tensors the matrix products read: `params` in fp32, the bf16 copy in bf16.
     public var weights: ParameterSet { productParams ?? params }
     /// Bytes of the bf16 copy of the weights (0 in fp32).
-    public var productWeightBytes: Int { productParams.map { $0.count * 4 } ?? 0 }
+    public var productWeightBytes: Int { (productParams?.count ?? 0) * 4 + (productTwin?.count ?? 0) * 2 }
 
     /// Called between the ops of every block, forward and backward: a chance to drive communication in
     /// flight (the pipeline engine's transfers; this MPI moves messages only inside MPI calls).
@@ -106,6 +111,7 @@ public class Transformer: ParallelModel, @unchecked Sendable {
     func refreshProductWeights() {
         guard productWeightsStale, let pp = productParams else { return }
         BF16.roundParallel(params.storage.ptr, into: pp.storage.ptr, count: params.count)
+        productTwin?.refresh()
         productWeightsStale = false
     }
 

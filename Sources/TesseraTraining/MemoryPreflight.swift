@@ -7,6 +7,7 @@
 
 import Foundation
 import TesseraComm
+import TesseraKernels
 import TesseraMemory
 import TesseraModel
 import TesseraPipeline
@@ -15,7 +16,7 @@ import TesseraSequenceParallel
 /// The bytes one rank will allocate, by part.
 public struct MemoryPrediction: Sendable, Equatable {
     public var parameters = 0
-    /// bf16: the rounded copy of the weights the products read (Transformer.productWeightBytes).
+    /// bf16: the copies of the weights the products read (Transformer.productWeightBytes).
     public var productWeights = 0
     public var gradients = 0
     /// AdamW's two moments (of this rank's partition under ZeRO-1), and ZeRO-1's reduced gradient shard.
@@ -262,7 +263,8 @@ public enum MemoryPreflight {
         let floats = ModelParameters.specs(gpt, stage: stage).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
         var out = MemoryPrediction()
         out.parameters = 4 * floats
-        out.productWeights = config.precision == .bf16 ? 4 * floats : 0
+        // bf16: the rounded float copy, and on oneDNN its 16-bit twin (ProductBackend.Twin).
+        out.productWeights = config.precision == .bf16 ? (ProductBackend.bf16 == .onednn ? 6 : 4) * floats : 0
         out.gradients = 4 * floats
         let replicas = p.dp * p.ring * p.ulysses, zero = p.zero == 1
         // ZeRO-1: equal partitions aligned to 16 floats (DataParallel); the first is the largest.

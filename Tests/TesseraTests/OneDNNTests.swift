@@ -74,6 +74,46 @@ final class OneDNNTests: XCTestCase {
         }
     }
 
+    /// A product whose weights lie inside a registered twin reads the twin's 16-bit copy (the model's weights:
+    /// no narrowing per product): the same result as narrowing them, and a twin not refreshed is what is read
+    /// (so the copy really is the source). An operand reaching past the twin's end is narrowed as usual.
+    /// Where oneDNN has no bf16 matmul the emulated backend reads floats and never a twin.
+    func testProductsReadRegisteredTwins() {
+        Threads.configure(2)
+        let (m, n, k) = (48, 40, 32), offset = 100
+        let a = randomFloats(m * k, seed: 6).map { BF16.float(BF16.from($0)) }
+        var weights = randomFloats(offset + k * n + 8, seed: 7).map { BF16.float(BF16.from($0)) }
+        let loose = Array(weights[offset ..< offset + k * n])
+        func product(_ b: UnsafePointer<Float>) -> [Float] {
+            var c = [Float](repeating: 0, count: m * n)
+            c.ptr { BLAS.gemm(m: m, n: n, k: k, a: a, lda: k, b: b, ldb: n, beta: 0, c: $0, ldc: n, precision: .bf16) }
+            return c
+        }
+        weights.withUnsafeMutableBufferPointer { w in
+            let twin = ProductBackend.Twin(of: w.baseAddress!, count: offset + k * n)  // not the last 8 floats
+            defer { twin.close() }
+            twin.refresh()
+            let reads = ProductBackend.twinReads
+            let fromTwin = product(w.baseAddress! + offset)
+            let narrowed = loose.withUnsafeBufferPointer { product($0.baseAddress!) }
+            XCTAssertEqual(fromTwin, narrowed)
+            guard ProductBackend.bf16 == .onednn else {
+                XCTAssertEqual(ProductBackend.twinReads, reads, "the emulated backend read a twin")
+                return
+            }
+            XCTAssertEqual(ProductBackend.twinReads, reads + 1, "the weights were not read from the twin")
+            // Change the floats without refreshing: the product still reads the old copy.
+            for i in offset ..< offset + k * n { w[i] = BF16.float(BF16.from(w[i] * 2)) }
+            XCTAssertEqual(product(w.baseAddress! + offset), narrowed, "the product read the floats, not the twin")
+            twin.refresh()
+            XCTAssertNotEqual(product(w.baseAddress! + offset), narrowed)
+            // B from offset + 4 reaches 4 floats past the twin's end: narrowed, not read from the twin.
+            let before = ProductBackend.twinReads
+            _ = product(w.baseAddress! + offset + 4)
+            XCTAssertEqual(ProductBackend.twinReads, before)
+        }
+    }
+
     /// A caller whose M changes every call (the sampler) does not grow the primitive cache without bound, and the
     /// products stay right after the cache starts over.
     func testPrimitiveCacheIsBounded() throws {

@@ -29,6 +29,9 @@ let package = Package(
                        providers: [.apt(["libopenblas-dev"])]),
         // oneDNN's matmul: the native bf16 product on CPUs with AVX512_BF16 (see docs/precision.md).
         .systemLibrary(name: "COneDNN", providers: [.apt(["libdnnl-dev"])]),
+        // Kernels for instruction sets the Swift build does not target (AVX-512), picked at run time
+        // (Sources/CKernels/include/ckernels.h). Optimized in debug builds too, as the Swift kernels are.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O2"])]),
         // Plain C MPI loops that `tessera bench-comm` measures the Swift communication layer against.
         .target(name: "CCommBench", dependencies: ["CMPI"]),
         // Step phase accounting (compute / communication wait / idle) and Chrome trace files.
@@ -36,7 +39,7 @@ let package = Package(
         // MPI bindings and the process mesh.
         .target(name: "TesseraComm", dependencies: ["CMPI", "TesseraTimeline"], swiftSettings: fast),
         // CPU kernels: thread pool, SIMD math, forward/backward of every op, blockwise attention.
-        .target(name: "TesseraKernels", dependencies: ["COpenBLAS", "COneDNN"], swiftSettings: kernels),
+        .target(name: "TesseraKernels", dependencies: ["COpenBLAS", "COneDNN", "CKernels"], swiftSettings: kernels),
         // Activation memory: the store and its meter, layer policies, the offload tier, the budget planner.
         .target(name: "TesseraMemory", dependencies: ["TesseraKernels"], swiftSettings: fast),
         // Checkpoints: the format (manifest, per-rank safetensors shards, checksums), atomic commit, reading
@@ -81,7 +84,7 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: fast),
         .testTarget(name: "TesseraTests",
-                    dependencies: ["TesseraTraining", "TesseraModel", "TesseraMemory", "TesseraCheckpoint", "TesseraKernels", "TesseraComm", "TesseraTimeline",
+                    dependencies: ["TesseraTraining", "TesseraModel", "TesseraMemory", "TesseraCheckpoint", "TesseraKernels", "CKernels", "TesseraComm", "TesseraTimeline",
                                  "TesseraDataParallel", "TesseraSequenceParallel", "TesseraPipeline", "TesseraBench", "TesseraSelfCheck",
                                  "TesseraTokenizer", "TesseraTopology", "TesseraPlanner", "tessera"]),
     ]

@@ -9,6 +9,14 @@
 // 12 fused multiply-adds: within the 16 vector registers of AVX2, and enough independent sums to cover the FMA
 // latency), then tiles of 4 rows, then single rows; in each, columns go by 16, then by 8, then one by one.
 
+// On a CPU with AVX-512 the product runs on 16-lane registers instead (CKernels/block_product_avx512.c, the
+// same algorithm in C: Swift cannot compile one function for an instruction set the build does not target);
+// `BlockProduct.isa` says which, and TESSERA_BLOCK_PRODUCT=avx2 keeps the 8-lane code (for measuring one
+// against the other).
+
+import CKernels
+import Foundation
+
 public typealias F8 = SIMD8<Float>
 
 @inlinable @inline(__always)
@@ -18,11 +26,34 @@ func load8(_ p: UnsafePointer<Float>) -> F8 { UnsafeRawPointer(p).loadUnaligned(
 func store8(_ p: UnsafeMutablePointer<Float>, _ v: F8) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: F8.self) }
 
 public enum BlockProduct {
+    /// The instruction sets the product can run on.
+    public enum ISA: String, Sendable { case avx2, avx512 }
+
+    /// What this process's products run on: AVX-512 where the CPU has it, unless TESSERA_BLOCK_PRODUCT=avx2.
+    public static let isa: ISA = {
+        let cpu: ISA = tessera_cpu_has_avx512() == 1 ? .avx512 : .avx2
+        return ProcessInfo.processInfo.environment["TESSERA_BLOCK_PRODUCT"] == "avx2" ? .avx2 : cpu
+    }()
+    @usableFromInline static let wide = isa == .avx512
+
     /// C[r·ldc + c] = (accumulate ? C[r·ldc + c] : 0) + Σ_{x < depth} a[r·aRow + x·aCol] · b[x·ldb + c], r < rows, c < cols.
     @inlinable
     public static func run(c: UnsafeMutablePointer<Float>, ldc: Int, rows: Int, cols: Int, depth: Int,
                            a: UnsafePointer<Float>, aRow: Int, aCol: Int, b: UnsafePointer<Float>, ldb: Int,
                            accumulate: Bool) {
+        if wide {
+            tessera_block_product_avx512(c, ldc, rows, cols, depth, a, aRow, aCol, b, ldb, accumulate ? 1 : 0)
+        } else {
+            runAVX2(c: c, ldc: ldc, rows: rows, cols: cols, depth: depth, a: a, aRow: aRow, aCol: aCol, b: b, ldb: ldb,
+                    accumulate: accumulate)
+        }
+    }
+
+    /// The product on 8-lane registers (any x86-64 CPU this build runs on).
+    @inlinable
+    public static func runAVX2(c: UnsafeMutablePointer<Float>, ldc: Int, rows: Int, cols: Int, depth: Int,
+                               a: UnsafePointer<Float>, aRow: Int, aCol: Int, b: UnsafePointer<Float>, ldb: Int,
+                               accumulate: Bool) {
         // Tiles of 6 rows, leaving 4 or 8 rows (not 2) to tiles of 4: 64 rows = 10·6 + 4, 32 = 4·6 + 2·4.
         let sixes = rows % 6 == 2 ? Swift.max(rows / 6 - 1, 0) : rows / 6
         var r = 0

@@ -1,12 +1,37 @@
+import CKernels
+import Foundation
 import XCTest
 @testable import TesseraKernels
 
-/// The attention kernel's block product against a Double reference: every row tiling (6, 4, 1) and column path
-/// (16, 8, one by one), A read through both stride orders, C overwritten or accumulated into.
+/// The attention kernel's block product against a Double reference, in both its versions: the 8-lane Swift code
+/// (every row tiling 6, 4, 1 and column path 16, 8, one by one) and, where the CPU has AVX-512, the 16-lane C
+/// code (rows by 8, 4, 1; columns by 32, 16, one masked vector); A read through both stride orders, C
+/// overwritten or accumulated into, C's row padding never written.
 final class BlockProductTests: XCTestCase {
-    func testAgainstDoubleReference() {
+    func testAVX2AgainstDoubleReference() {
+        check { c, ldc, rows, cols, depth, a, aRow, aCol, b, ldb, acc in
+            BlockProduct.runAVX2(c: c, ldc: ldc, rows: rows, cols: cols, depth: depth, a: a, aRow: aRow, aCol: aCol, b: b, ldb: ldb, accumulate: acc)
+        }
+    }
+
+    func testAVX512AgainstDoubleReference() {
+        guard tessera_cpu_has_avx512() == 1 else {
+            // Nothing to run on this CPU: the products must then run the 8-lane code.
+            XCTAssertEqual(BlockProduct.isa, .avx2)
+            return
+        }
+        XCTAssertEqual(BlockProduct.isa, ProcessInfo.processInfo.environment["TESSERA_BLOCK_PRODUCT"] == "avx2" ? .avx2 : .avx512)
+        check { c, ldc, rows, cols, depth, a, aRow, aCol, b, ldb, acc in
+            tessera_block_product_avx512(c, ldc, rows, cols, depth, a, aRow, aCol, b, ldb, acc ? 1 : 0)
+        }
+    }
+
+    typealias Product = (UnsafeMutablePointer<Float>, Int, Int, Int, Int, UnsafePointer<Float>, Int, Int, UnsafePointer<Float>, Int, Bool) -> Void
+
+    func check(_ product: Product) {
         var checked = 0
-        for (rows, cols, depth) in [(64, 64, 32), (32, 64, 64), (64, 32, 64), (13, 40, 7), (2, 17, 5), (7, 8, 3), (1, 5, 9), (16, 24, 1), (6, 21, 4), (10, 13, 3), (9, 29, 6)] {
+        for (rows, cols, depth) in [(64, 64, 32), (32, 64, 64), (64, 32, 64), (13, 40, 7), (2, 17, 5), (7, 8, 3), (1, 5, 9), (16, 24, 1),
+                                    (6, 21, 4), (10, 13, 3), (9, 29, 6), (12, 48, 5), (3, 15, 2), (21, 80, 4)] {
             for transposedA in [false, true] {
                 for accumulate in [false, true] {
                     // A as rows × depth (aRow = lda) or stored depth × rows (aRow = 1, aCol = lda); B and C with padded rows.
@@ -16,8 +41,7 @@ final class BlockProductTests: XCTestCase {
                     let c0 = c
                     let (aRow, aCol) = transposedA ? (1, lda) : (lda, 1)
                     c.withUnsafeMutableBufferPointer { cp in
-                        BlockProduct.run(c: cp.baseAddress!, ldc: ldc, rows: rows, cols: cols, depth: depth, a: a, aRow: aRow,
-                                         aCol: aCol, b: b, ldb: ldb, accumulate: accumulate)
+                        product(cp.baseAddress!, ldc, rows, cols, depth, a, aRow, aCol, b, ldb, accumulate)
                     }
                     for r in 0..<rows {
                         for col in 0..<ldc {

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 // Blockwise ("flash") attention for one or many heads, forward and backward.
@@ -19,7 +20,9 @@ import Foundation
 //
 // Layout: within a block the queries lie on the SIMD lanes (Qᵀ [hd, queries], scores Sᵀ [keys, queries]), so the
 // online softmax, its masks and the per-query lse, max, sum and D are all lane-wise: no horizontal reductions and
-// no per-row scalar work. The block products (2 forward, 5 backward) run on `BlockProduct` (register-tiled,
+// no per-row scalar work. On a CPU with AVX-512 (`BlockProduct.isa`) these lane-wise parts and the block products
+// run on 16-lane registers in C (CKernels/attention_avx512.c: the same operations in the same order, the same bits).
+// The block products (2 forward, 5 backward) run on `BlockProduct` (register-tiled,
 // operands in place), not on the matrix library, whose packing of both operands and zeroing of C on every call
 // took a fifth to a quarter of the kernel at these sizes (perf, Zen 3). The backward packs Qᵀ and dOᵀ a chunk of queries
 // at a time (`chunkQueries`). Measured: bench/attention.sh (docs/benchmarks.md, "The attention kernel alone").
@@ -123,6 +126,9 @@ struct VisibleRange {
     @inline(__always) func masks(_ k0: Int, _ nk: Int) -> Bool { k0 < maxLo || k0 + nk > minHi }
     @inline(__always) func lo16(_ c: Int) -> SIMD16<Int32> { UnsafeRawPointer(lo + c).loadUnaligned(as: SIMD16<Int32>.self) }
     @inline(__always) func hi16(_ c: Int) -> SIMD16<Int32> { UnsafeRawPointer(hi + c).loadUnaligned(as: SIMD16<Int32>.self) }
+    /// The bounds from lane c on, as the AVX-512 kernels (CKernels) read them.
+    @inline(__always) func lo32(_ c: Int) -> UnsafePointer<Int32> { UnsafeRawPointer(lo + c).assumingMemoryBound(to: Int32.self) }
+    @inline(__always) func hi32(_ c: Int) -> UnsafePointer<Int32> { UnsafeRawPointer(hi + c).assumingMemoryBound(to: Int32.self) }
 }
 
 /// Called now and then by one worker while a kernel runs, so that communication in flight (ring
@@ -171,7 +177,11 @@ public enum Attention {
                 // Sᵀ = K Qᵀ (scaled), then the online softmax down each lane, then Oᵀ = Oᵀ·corr + Vᵀ P.
                 BlockProduct.run(c: st, ldc: L, rows: nk, cols: L, depth: hd, a: kp + k0 * g.kRow, aRow: g.kRow, aCol: 1,
                                  b: qt, ldb: L, accumulate: false)
-                onlineSoftmax(st, keys: nk, lanes: L, k0: k0, masked: range.masks(k0, nk), range: range, m: m, l: l, acc: ot, hd: hd)
+                if BlockProduct.wide {
+                    tessera_online_softmax_avx512(st, nk, L, k0, range.masks(k0, nk) ? 1 : 0, range.lo32(0), range.hi32(0), m, l, ot, hd)
+                } else {
+                    onlineSoftmax(st, keys: nk, lanes: L, k0: k0, masked: range.masks(k0, nk), range: range, m: m, l: l, acc: ot, hd: hd)
+                }
                 BlockProduct.run(c: ot, ldc: L, rows: hd, cols: L, depth: nk, a: vp + k0 * g.vRow, aRow: 1, aCol: g.vRow,
                                  b: st, ldb: L, accumulate: true)
                 k0 += bk
@@ -343,19 +353,27 @@ public enum Attention {
                             // Pᵀ = exp(K Qᵀ - lse), invisible keys 0
                             BlockProduct.run(c: pt, ldc: L, rows: nk, cols: L, depth: hd, a: kp + k0 * g.kRow, aRow: g.kRow, aCol: 1,
                                              b: qt + (q0 - c0), ldb: cPad, accumulate: false)
-                            var c = 0
-                            while c < L {
-                                if masked { maskDown(pt + c, keys: nk, stride: L, k0: k0, lo: range.lo16(q0 - c0 + c), hi: range.hi16(q0 - c0 + c)) }
-                                _ = expDown(pt + c, keys: nk, stride: L, shift: load16(lsel, q0 - c0 + c), masked: masked)
-                                c += 16
+                            if BlockProduct.wide {
+                                tessera_probabilities_avx512(pt, nk, L, k0, masked ? 1 : 0, range.lo32(q0 - c0), range.hi32(q0 - c0), lsel + (q0 - c0))
+                            } else {
+                                var c = 0
+                                while c < L {
+                                    if masked { maskDown(pt + c, keys: nk, stride: L, k0: k0, lo: range.lo16(q0 - c0 + c), hi: range.hi16(q0 - c0 + c)) }
+                                    _ = expDown(pt + c, keys: nk, stride: L, shift: load16(lsel, q0 - c0 + c), masked: masked)
+                                    c += 16
+                                }
                             }
                             // dPᵀ = V dOᵀ, then dSᵀ = scale · Pᵀ ∘ (dPᵀ - D), into dst
                             BlockProduct.run(c: dst, ldc: L, rows: nk, cols: L, depth: hd, a: vp + k0 * g.vRow, aRow: g.vRow, aCol: 1,
                                              b: dot + (q0 - c0), ldb: cPad, accumulate: false)
-                            c = 0
-                            while c < L {
-                                scoreGradientDown(dst + c, pt + c, keys: nk, stride: L, d: load16(dl, q0 - c0 + c), scale: scale)
-                                c += 16
+                            if BlockProduct.wide {
+                                tessera_score_gradient_avx512(dst, pt, nk, L, dl + (q0 - c0), scale)
+                            } else {
+                                var c = 0
+                                while c < L {
+                                    scoreGradientDown(dst + c, pt + c, keys: nk, stride: L, d: load16(dl, q0 - c0 + c), scale: scale)
+                                    c += 16
+                                }
                             }
                             // dV += Pᵀ dO;  dQ += dS K;  dK += dSᵀ Q (dS carries the scale)
                             BlockProduct.run(c: dvp + k0 * g.vRow, ldc: g.vRow, rows: nk, cols: hd, depth: nq, a: pt, aRow: L, aCol: 1,

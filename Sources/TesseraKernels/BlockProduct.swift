@@ -10,9 +10,10 @@
 // latency), then tiles of 4 rows, then single rows; in each, columns go by 16, then by 8, then one by one.
 
 // On a CPU with AVX-512 the product runs on 16-lane registers instead (CKernels/block_product_avx512.c, the
-// same algorithm in C: Swift cannot compile one function for an instruction set the build does not target);
-// `BlockProduct.isa` says which, and TESSERA_BLOCK_PRODUCT=avx2 keeps the 8-lane code (for measuring one
-// against the other).
+// same algorithm in C: Swift cannot compile one function for an instruction set the build does not target), and
+// so do the attention kernel's lane-wise parts (Attention.swift); `BlockProduct.isa` says which, and
+// TESSERA_ATTENTION_ISA=avx2 keeps the 8-lane Swift code (for measuring one against the other). Every output
+// element is the same sum of fused multiply-adds in the same order either way: the same bits.
 
 import CKernels
 import Foundation
@@ -29,12 +30,13 @@ public enum BlockProduct {
     /// The instruction sets the product can run on.
     public enum ISA: String, Sendable { case avx2, avx512 }
 
-    /// What this process's products run on: AVX-512 where the CPU has it, unless TESSERA_BLOCK_PRODUCT=avx2.
+    /// What this process's attention kernel runs on: AVX-512 where the CPU has it, unless TESSERA_ATTENTION_ISA=avx2.
     public static let isa: ISA = {
         let cpu: ISA = tessera_cpu_has_avx512() == 1 ? .avx512 : .avx2
-        return ProcessInfo.processInfo.environment["TESSERA_BLOCK_PRODUCT"] == "avx2" ? .avx2 : cpu
+        return ProcessInfo.processInfo.environment["TESSERA_ATTENTION_ISA"] == "avx2" ? .avx2 : cpu
     }()
-    @usableFromInline static let wide = isa == .avx512
+    /// Whether the AVX-512 code runs (`isa`; tests switch it to compare the two).
+    @usableFromInline nonisolated(unsafe) static var wide = isa == .avx512
 
     /// C[r·ldc + c] = (accumulate ? C[r·ldc + c] : 0) + Σ_{x < depth} a[r·aRow + x·aCol] · b[x·ldb + c], r < rows, c < cols.
     @inlinable
@@ -160,7 +162,7 @@ public enum BlockProduct {
         while col < cols {
             for r in 0..<4 {
                 var s: Float = accumulate ? c[r * ldc + col] : 0
-                for x in 0..<depth { s += a[r * aRow + x * aCol] * b[x * ldb + col] }
+                for x in 0..<depth { s = s.addingProduct(a[r * aRow + x * aCol], b[x * ldb + col]) }
                 c[r * ldc + col] = s
             }
             col += 1
@@ -191,7 +193,7 @@ public enum BlockProduct {
         }
         while col < cols {
             var s: Float = accumulate ? c[col] : 0
-            for x in 0..<depth { s += a[x * aCol] * b[x * ldb + col] }
+            for x in 0..<depth { s = s.addingProduct(a[x * aCol], b[x * ldb + col]) }
             c[col] = s
             col += 1
         }

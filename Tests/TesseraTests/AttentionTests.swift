@@ -1,4 +1,5 @@
 import Foundation
+import CKernels
 import XCTest
 @testable import TesseraKernels
 @testable import TesseraModel
@@ -95,6 +96,45 @@ final class AttentionTests: XCTestCase {
             XCTAssertEqual(dkv(grads(threads: 3, chunk: 20)), dkv(one), "documents \(documents): chunked and split dK, dV")
         }
         Threads.configure(2)
+    }
+}
+
+/// The attention kernel's AVX-512 code (block products and lane-wise parts in CKernels) against its 8-lane Swift
+/// code: forward and backward give the same bits (the same operations in the same order), causal with documents
+/// (masked blocks), a short last block, grouped-query heads and key-block splits. On a CPU without AVX-512 only
+/// the Swift code exists, and the kernel must say so.
+final class AttentionISATests: XCTestCase {
+    func testAVX512GivesTheBitsOfTheSwiftCode() {
+        guard tessera_cpu_has_avx512() == 1 else { XCTAssertFalse(BlockProduct.wide); return }
+        let (heads, kvHeads, hd, t) = (4, 2, 32, 83), c = heads * hd, row = c + 2 * kvHeads * hd
+        var g = AttentionLayout(batch: 1, heads: heads, headDim: hd, tq: t, tk: t, qRow: row, kRow: row, vRow: row, oRow: c,
+                                qBatch: t * row, kBatch: t * row, vBatch: t * row, oBatch: t * c, blockQ: 32, blockK: 16,
+                                kvHeads: kvHeads)
+        let qkv = randomFloats(t * row, seed: 41), dout = randomFloats(t * c, seed: 42)
+        let saved = BlockProduct.wide
+        defer { BlockProduct.wide = saved; Threads.configure(2) }
+        for documents in [false, true] {
+            g.documents = documents ? DocumentStarts(lengths: [[9, 40, 1, 33]], length: t) : nil
+            var results: [[Float]] = []
+            for wide in [false, true] {
+                BlockProduct.wide = wide
+                Threads.configure(2)
+                var out = [Float](repeating: 0, count: t * c), lse = [Float](repeating: 0, count: heads * t)
+                var dqkv = [Float](repeating: 0, count: t * row)
+                let scratch = Scratch()
+                qkv.withUnsafeBufferPointer { q in
+                    let p = q.baseAddress!
+                    out.ptr { o in lse.ptr { l in dqkv.ptr { d in
+                        Attention.forward(out: o, lse: l, q: p, k: p + c, v: p + c + kvHeads * hd, layout: g, scratch: scratch)
+                        Attention.backward(dq: d, dk: d + c, dv: d + c + kvHeads * hd, dout: dout, out: o, lse: l, q: p, k: p + c,
+                                           v: p + c + kvHeads * hd, layout: g, scratch: scratch)
+                    } } }
+                }
+                results.append(out + lse + dqkv)
+            }
+            XCTAssertEqual(results[1], results[0], "documents \(documents)")
+            XCTAssertGreaterThan(results[0].map { abs($0) }.max()!, 0)
+        }
     }
 }
 

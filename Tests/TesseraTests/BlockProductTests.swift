@@ -20,9 +20,23 @@ final class BlockProductTests: XCTestCase {
             XCTAssertEqual(BlockProduct.isa, .avx2)
             return
         }
-        XCTAssertEqual(BlockProduct.isa, ProcessInfo.processInfo.environment["TESSERA_BLOCK_PRODUCT"] == "avx2" ? .avx2 : .avx512)
+        XCTAssertEqual(BlockProduct.isa, ProcessInfo.processInfo.environment["TESSERA_ATTENTION_ISA"] == "avx2" ? .avx2 : .avx512)
         check { c, ldc, rows, cols, depth, a, aRow, aCol, b, ldb, acc in
             tessera_block_product_avx512(c, ldc, rows, cols, depth, a, aRow, aCol, b, ldb, acc ? 1 : 0)
+        }
+    }
+
+    /// The two versions give the same bits: each element is the same chain of fused multiply-adds (tails included).
+    func testBothVersionsGiveTheSameBits() {
+        guard tessera_cpu_has_avx512() == 1 else { XCTAssertEqual(BlockProduct.isa, .avx2); return }
+        for (rows, cols, depth) in [(64, 64, 32), (13, 40, 7), (9, 29, 6), (21, 83, 5)] {
+            let a = randomFloats(rows * depth, seed: 11), b = randomFloats(depth * cols, seed: 12), c0 = randomFloats(rows * cols, seed: 13)
+            var narrow = c0, wide = c0
+            narrow.withUnsafeMutableBufferPointer {
+                BlockProduct.runAVX2(c: $0.baseAddress!, ldc: cols, rows: rows, cols: cols, depth: depth, a: a, aRow: depth, aCol: 1, b: b, ldb: cols, accumulate: true)
+            }
+            wide.withUnsafeMutableBufferPointer { tessera_block_product_avx512($0.baseAddress!, cols, rows, cols, depth, a, depth, 1, b, cols, 1) }
+            XCTAssertEqual(wide, narrow, "rows \(rows) cols \(cols) depth \(depth)")
         }
     }
 

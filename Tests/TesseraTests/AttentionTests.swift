@@ -72,18 +72,7 @@ final class AttentionTests: XCTestCase {
                 Threads.configure(threads)
                 var g = g
                 g.chunkQueries = chunk
-                var out = [Float](repeating: 0, count: t * c), lse = [Float](repeating: 0, count: heads * t)
-                var dqkv = [Float](repeating: 0, count: t * row)
-                let scratch = Scratch()
-                qkv.withUnsafeBufferPointer { q in
-                    let p = q.baseAddress!
-                    out.ptr { o in lse.ptr { l in dqkv.ptr { d in
-                        Attention.forward(out: o, lse: l, q: p, k: p + c, v: p + c + hd, layout: g, scratch: scratch)
-                        Attention.backward(dq: d, dk: d + c, dv: d + c + hd, dout: dout, out: o, lse: l, q: p, k: p + c,
-                                           v: p + c + hd, layout: g, scratch: scratch)
-                    } } }
-                }
-                return dqkv
+                return fusedForwardBackward(qkv, dout: dout, layout: g).dqkv
             }
             let one = grads(threads: 1), split = grads(threads: 3)
             let dq = { (x: [Float]) in (0..<t).flatMap { x[$0 * row ..< $0 * row + c] } }
@@ -119,18 +108,8 @@ final class AttentionISATests: XCTestCase {
             for wide in [false, true] {
                 BlockProduct.wide = wide
                 Threads.configure(2)
-                var out = [Float](repeating: 0, count: t * c), lse = [Float](repeating: 0, count: heads * t)
-                var dqkv = [Float](repeating: 0, count: t * row)
-                let scratch = Scratch()
-                qkv.withUnsafeBufferPointer { q in
-                    let p = q.baseAddress!
-                    out.ptr { o in lse.ptr { l in dqkv.ptr { d in
-                        Attention.forward(out: o, lse: l, q: p, k: p + c, v: p + c + kvHeads * hd, layout: g, scratch: scratch)
-                        Attention.backward(dq: d, dk: d + c, dv: d + c + kvHeads * hd, dout: dout, out: o, lse: l, q: p, k: p + c,
-                                           v: p + c + kvHeads * hd, layout: g, scratch: scratch)
-                    } } }
-                }
-                results.append(out + lse + dqkv)
+                let r = fusedForwardBackward(qkv, dout: dout, layout: g)
+                results.append(r.out + r.lse + r.dqkv)
             }
             XCTAssertEqual(results[1], results[0], "documents \(documents)")
             XCTAssertGreaterThan(results[0].map { abs($0) }.max()!, 0)
@@ -167,4 +146,22 @@ final class AttentionMemoryTests: XCTestCase {
         XCTAssertLessThanOrEqual(Double(scratchBytes[1]) / Double(scratchBytes[0]), 4.0, "attention scratch \(scratchBytes)")
         XCTAssertLessThan(scratchBytes[1], 512 * 512 * 4, "scratch must stay below one full score matrix")
     }
+}
+
+/// Forward then backward over a fused qkv buffer (the layout's row strides; k and v after the q heads): the output,
+/// the log-sum-exp and the gradient of the qkv buffer.
+func fusedForwardBackward(_ qkv: [Float], dout: [Float], layout g: AttentionLayout) -> (out: [Float], lse: [Float], dqkv: [Float]) {
+    let c = g.heads * g.headDim, kv = g.kvHeads * g.headDim
+    var out = [Float](repeating: 0, count: g.tq * c), lse = [Float](repeating: 0, count: g.heads * g.tq)
+    var dqkv = [Float](repeating: 0, count: qkv.count)
+    let scratch = Scratch()
+    qkv.withUnsafeBufferPointer { q in
+        let p = q.baseAddress!
+        out.ptr { o in lse.ptr { l in dqkv.ptr { d in
+            Attention.forward(out: o, lse: l, q: p, k: p + c, v: p + c + kv, layout: g, scratch: scratch)
+            Attention.backward(dq: d, dk: d + c, dv: d + c + kv, dout: dout, out: o, lse: l, q: p, k: p + c,
+                               v: p + c + kv, layout: g, scratch: scratch)
+        } } }
+    }
+    return (out, lse, dqkv)
 }

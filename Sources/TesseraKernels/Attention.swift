@@ -97,6 +97,12 @@ public struct AttentionLayout: Sendable {
                      + "\(qOffset)..<\(qOffset + tq), keys \(kOffset)..<\(kOffset + tk)")
     }
 
+    /// Whether some query of rows q0 ..< q0 + nq (batch row b) does not see all of keys k0 ..< k0 + nk: its
+    /// scores need masking. Both bounds only grow along the rows, so the last row's first key and the first row's end decide.
+    @inlinable func masksBlock(_ b: Int, queries q0: Int, _ nq: Int, keys k0: Int, _ nk: Int) -> Bool {
+        k0 < firstVisibleKey(b, q0 + nq - 1) || k0 + nk > visibleKeys(q0)
+    }
+
     /// The first key (index in this call's keys) that query row i of batch row b may see: the start of its document.
     @inlinable func firstVisibleKey(_ b: Int, _ i: Int) -> Int {
         guard let d = documents else { return 0 }
@@ -109,21 +115,15 @@ public struct AttentionLayout: Sendable {
 /// queries from q0 (a forward block, a backward chunk); lanes past them see every key (their results are never read).
 struct VisibleRange {
     let lo: UnsafeMutablePointer<Float>, hi: UnsafeMutablePointer<Float>
-    /// Over the rows filled: the latest first key and the earliest end (the forward's test for a masked block).
-    var maxLo = 0, minHi = Int.max
 
-    mutating func fill(_ g: AttentionLayout, _ b: Int, _ q0: Int, _ rows: Int, _ lanes: Int) {
-        maxLo = 0; minHi = Int.max
+    func fill(_ g: AttentionLayout, _ b: Int, _ q0: Int, _ rows: Int, _ lanes: Int) {
         for i in 0..<lanes {
             let first = i < rows ? g.firstVisibleKey(b, q0 + i) : 0, end = i < rows ? g.visibleKeys(q0 + i) : Int(Int32.max)
             UnsafeMutableRawPointer(lo + i).storeBytes(of: Int32(first), as: Int32.self)
             UnsafeMutableRawPointer(hi + i).storeBytes(of: Int32(end), as: Int32.self)
-            if i < rows { maxLo = Swift.max(maxLo, first); minHi = Swift.min(minHi, end) }
         }
     }
 
-    /// Whether some row of the block does not see all of keys k0 ..< k0 + nk.
-    @inline(__always) func masks(_ k0: Int, _ nk: Int) -> Bool { k0 < maxLo || k0 + nk > minHi }
     @inline(__always) func lo16(_ c: Int) -> SIMD16<Int32> { UnsafeRawPointer(lo + c).loadUnaligned(as: SIMD16<Int32>.self) }
     @inline(__always) func hi16(_ c: Int) -> SIMD16<Int32> { UnsafeRawPointer(hi + c).loadUnaligned(as: SIMD16<Int32>.self) }
     /// The bounds from lane c on, as the AVX-512 kernels (CKernels) read them.
@@ -161,7 +161,7 @@ public enum Attention {
             let bh = task / nqb, h = bh % g.heads, b = bh / g.heads
             let q0 = qb * bq, nq = min(bq, g.tq - q0), L = (nq + 15) / 16 * 16
             let qt = ws.p + w * per, st = qt + hd * L, ot = st + bk * L, m = ot + hd * L, l = m + L
-            var range = VisibleRange(lo: l + L, hi: l + 2 * L)
+            let range = VisibleRange(lo: l + L, hi: l + 2 * L)
             let qp = Q.p + b * g.qBatch + q0 * g.qRow + h * hd
             let kp = K.p + b * g.kBatch + (h / g.group) * hd
             let vp = V.p + b * g.vBatch + (h / g.group) * hd
@@ -173,14 +173,14 @@ public enum Attention {
             let kLimit = g.visibleKeys(q0 + nq - 1)
             var k0 = g.firstVisibleKey(b, q0)
             while k0 < kLimit {
-                let nk = min(bk, kLimit - k0)
+                let nk = min(bk, kLimit - k0), masked = g.masksBlock(b, queries: q0, nq, keys: k0, nk)
                 // Sᵀ = K Qᵀ (scaled), then the online softmax down each lane, then Oᵀ = Oᵀ·corr + Vᵀ P.
                 BlockProduct.run(c: st, ldc: L, rows: nk, cols: L, depth: hd, a: kp + k0 * g.kRow, aRow: g.kRow, aCol: 1,
                                  b: qt, ldb: L, accumulate: false)
                 if BlockProduct.wide {
-                    tessera_online_softmax_avx512(st, nk, L, k0, range.masks(k0, nk) ? 1 : 0, range.lo32(0), range.hi32(0), m, l, ot, hd)
+                    tessera_online_softmax_avx512(st, nk, L, k0, masked ? 1 : 0, range.lo32(0), range.hi32(0), m, l, ot, hd)
                 } else {
-                    onlineSoftmax(st, keys: nk, lanes: L, k0: k0, masked: range.masks(k0, nk), range: range, m: m, l: l, acc: ot, hd: hd)
+                    onlineSoftmax(st, keys: nk, lanes: L, k0: k0, masked: masked, range: range, m: m, l: l, acc: ot, hd: hd)
                 }
                 BlockProduct.run(c: ot, ldc: L, rows: hd, cols: L, depth: nk, a: vp + k0 * g.vRow, aRow: 1, aCol: g.vRow,
                                  b: st, ldb: L, accumulate: true)
@@ -310,7 +310,7 @@ public enum Attention {
             let kvh = pair % g.kvHeads, b = pair / g.kvHeads
             if split > 1 { (dqs.p + task * ownDQ).update(repeating: 0, count: ownDQ) }
             let qt = ws.p + w * per, dot = qt + hd * cPad, lsel = dot + hd * cPad, dl = lsel + cPad
-            var range = VisibleRange(lo: dl + cPad, hi: dl + 2 * cPad)
+            let range = VisibleRange(lo: dl + cPad, hi: dl + 2 * cPad)
             let pt = dl + 3 * cPad, dst = pt + bk * lanes
             for h in kvh * g.group ..< (kvh + 1) * g.group {
                 let qp = Q.p + b * g.qBatch + h * hd, kp = K.p + b * g.kBatch + kvh * hd, vp = V.p + b * g.vBatch + kvh * hd
@@ -349,7 +349,7 @@ public enum Attention {
                             // Documents: from here on every query's document starts after this key block.
                             if g.documents != nil && g.firstVisibleKey(b, q0) >= k0 + nk { break }
                             let nq = min(bq, g.tq - q0), L = (nq + 15) / 16 * 16
-                            let masked = k0 < g.firstVisibleKey(b, q0 + nq - 1) || k0 + nk > g.visibleKeys(q0)
+                            let masked = g.masksBlock(b, queries: q0, nq, keys: k0, nk)
                             // Pᵀ = exp(K Qᵀ - lse), invisible keys 0
                             BlockProduct.run(c: pt, ldc: L, rows: nk, cols: L, depth: hd, a: kp + k0 * g.kRow, aRow: g.kRow, aCol: 1,
                                              b: qt + (q0 - c0), ldb: cPad, accumulate: false)

@@ -38,7 +38,7 @@ public enum StepTimeModel {
     /// The calibration shapes a candidate needs: its micro-batch and the tokens each rank holds.
     public static func shape(_ c: TesseraConfig) -> Calibration.Shape {
         let p = c.parallelism, t = c.training
-        return Calibration.Shape(batch: max(t.batchSize / (p.dp * t.microbatches), 1), tokens: t.seqLen / (p.ring * p.ulysses))
+        return Calibration.Shape(batch: c.rankMicroBatch, tokens: t.seqLen / (p.ring * p.ulysses))
     }
 
     public static func predict(_ c: TesseraConfig, calibration cal: Calibration, hosts: HostMap, links: LinkMatrix) throws -> StepPrediction {

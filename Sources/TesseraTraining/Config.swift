@@ -380,6 +380,10 @@ public struct MetricsConfig: Sendable, Equatable {
 }
 
 extension TesseraConfig {
+    /// The sequences of one micro-batch on one rank of a fixed-length run: training.batch_size / (dp · microbatches),
+    /// at least 1. The data loader, the memory preflight, the traffic model and the planner all read it here.
+    public var rankMicroBatch: Int { max(training.batchSize / max(parallelism.dp * training.microbatches, 1), 1) }
+
     /// `metrics.path`, or `<job.output_dir>/metrics.jsonl` when it is empty.
     public var metricsPath: String {
         metrics.path.isEmpty ? Self.join(job.outputDir, "metrics.jsonl") : metrics.path

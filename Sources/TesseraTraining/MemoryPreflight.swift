@@ -281,7 +281,7 @@ public enum MemoryPreflight {
         let variable = config.data.maxTokensPerRank > 0
         // (Variable-length documents with Ulysses groups: any group's op saves what Ulysses of 2 or more saves.)
         let documentUlysses = variable && config.data.groupAttention == "ulysses" && p.dp > 1
-        let batch = variable ? 1 : rankMicroBatch(config)
+        let batch = variable ? 1 : config.rankMicroBatch
         let tokens = variable ? config.data.maxTokensPerRank : p.ring * p.ulysses > 1
             ? SequenceLayout(seqLen: t.seqLen, ring: p.ring, ulysses: p.ulysses, ringRank: c.ring, ulyssesRank: c.ulysses).positions.count
             : t.seqLen
@@ -334,12 +334,7 @@ public enum MemoryPreflight {
         }
         guard p.ring * p.ulysses > 1, t.seqLen % SequenceLayout.tokenMultiple(ring: p.ring, ulysses: p.ulysses) == 0 else { return 0 }
         let layout = SequenceLayout(seqLen: t.seqLen, ring: p.ring, ulysses: p.ulysses, ringRank: c.ring, ulyssesRank: c.ulysses)
-        return planned(layout, batch: rankMicroBatch(config))
-    }
-
-    /// The sequences of a micro-batch on one rank of a fixed-length run (training.batch_size / (dp · microbatches)).
-    static func rankMicroBatch(_ config: TesseraConfig) -> Int {
-        max(config.training.batchSize / max(config.parallelism.dp * config.training.microbatches, 1), 1)
+        return planned(layout, batch: config.rankMicroBatch)
     }
 
     /// Bytes in GB, MB or kB (powers of 10) with the exact count: "154.6 GB (154648772608 bytes)".

@@ -11,7 +11,7 @@ extension MeshTraffic {
     public init(config: TesseraConfig) {
         self.init()
         let m = config.transformer, t = config.training, p = config.parallelism
-        let micro = max(t.batchSize / max(p.dp * t.microbatches, 1), 1), steps = Double(t.microbatches)
+        let micro = config.rankMicroBatch, steps = Double(t.microbatches)
         let layout = p.pp > 1 ? try? PipelineLayout(config: config) : nil
         let stages = (0..<max(p.pp, 1)).map { layout?.stage(rank: $0) ?? .whole(m) }
         let layers = stages.map { $0.layers.count }.max() ?? m.nLayer

@@ -161,7 +161,7 @@ enum TrainerBuilder {
         if t.evalEvery > 0, !variable {
             val = try DataLoader(source: data.val, seqLen: t.seqLen, seed: config.seed, documentSeparator: rows)
         }
-        var out = TrainingData(train: train, val: val, microBatch: max(t.batchSize / (p.dp * t.microbatches), 1),
+        var out = TrainingData(train: train, val: val, microBatch: config.rankMicroBatch,
                                localBatch: max(t.batchSize / p.dp, 1), replica: replica)
         if variable, let separator {
             out.documents = try DocumentBatches(source: data.train, separator: separator, maxLength: t.seqLen, seed: config.seed)

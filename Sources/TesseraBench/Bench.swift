@@ -58,6 +58,7 @@ public enum Bench {
         out.append("tessera bench — \(cores) core(s), OpenBLAS core \(BLAS.coreName), OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "(unset)")")
         if let w = MachineCheck.coreTypeWarning { out.append("WARNING: \(w)") }
         out.append("Open MPI single-copy mechanism: \(MPIRuntime.singleCopyMechanism)")
+        out.append("attention kernel: \(BlockProduct.isaDescription)")
         let p1 = SgemmProbe.measure(threads: 1)
         let p2 = SgemmProbe.measure(threads: min(2, max(cores, 1)))
         let pt = threads == p2.threads ? p2 : threads == 1 ? p1 : SgemmProbe.measure(threads: threads)
@@ -101,7 +102,8 @@ public enum Bench {
                     "tokens_per_s": r.tokensPerSecond, "mfu": r.mfu, "threads": threads, "activation_bytes": r.activationBytes,
                     "sgemm_flops": pt.flops, "sgemm_1t_flops": p1.flops, "sgemm_2t_flops": p2.flops,
                     "precision": precision.rawValue, "bf16_flops": bf.flops, "ceiling_flops": ceiling.flops,
-                    "onednn_f32_flops": dnnl.flops, "bf16_backend": ProductBackend.bf16.rawValue]))
+                    "onednn_f32_flops": dnnl.flops, "bf16_backend": ProductBackend.bf16.rawValue,
+                    "attention_isa": BlockProduct.isa.rawValue]))
             }
             for a in attn {
                 out.append(BenchScaffold.jsonLine([

@@ -35,6 +35,16 @@ public enum BlockProduct {
         let cpu: ISA = tessera_cpu_has_avx512() == 1 ? .avx512 : .avx2
         return ProcessInfo.processInfo.environment["TESSERA_ATTENTION_ISA"] == "avx2" ? .avx2 : cpu
     }()
+    /// What the attention kernel runs on and why, for banners and benchmarks.
+    public static var isaDescription: String {
+        switch isa {
+        case .avx512: return "AVX-512 (16-lane C kernels)"
+        case .avx2:
+            return "AVX2 (8-lane Swift code; "
+                + (tessera_cpu_has_avx512() == 1 ? "AVX-512 present, TESSERA_ATTENTION_ISA=avx2)" : "no AVX-512 on this CPU)")
+        }
+    }
+
     /// Whether the AVX-512 code runs (`isa`; tests switch it to compare the two).
     @usableFromInline nonisolated(unsafe) static var wide = isa == .avx512
 

@@ -13,7 +13,7 @@ import Foundation
 public enum CrossEntropy {
     /// Rows per chunk: about 8M logits (32 MB), at least 16 rows. Each chunk's dwte product reads and writes the
     /// whole of dwte (vocab × d floats), so fewer, larger chunks: at 2M logits (41 rows of GPT-2's vocabulary) a
-    /// GPT-2 124M step took 11–25% longer (`tessera bench --sizes G`, fp32 and bf16, 2026-12-02).
+    /// GPT-2 124M step took 11–27% longer (`tessera bench --sizes G`, fp32 and bf16, 2026-12-02).
     static func chunkRows(vocab: Int) -> Int { max(16, (1 << 23) / max(vocab, 1)) }
 
     /// Returns the sum of per-row losses (in Double) over rows with a target >= 0.

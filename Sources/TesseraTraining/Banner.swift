@@ -19,6 +19,7 @@ extension Trainer {
         s += "\(t.steps) steps; \(Threads.count) thread(s); "
         s += "sgemm peak \(fmt(sgemmPeak / 1e9, 0)) GFLOP/s per rank (OpenBLAS \(BLAS.coreName); MFU is against \(worldSize) × that)\n"
         s += "  precision: \(model.precision.rawValue): \(model.precision.productsDescription)\n"
+        s += "  attention kernel: \(BlockProduct.isaDescription)\n"
         if !config.model.initFrom.isEmpty { s += "  weights: from the Hugging Face directory \(config.model.initFrom) (model.init_from)\n" }
         s += "  data: \(data.train.source.count) training tokens from \(data.train.source.description)"
         if let v = data.val { s += "; \(v.source.count) validation tokens" }

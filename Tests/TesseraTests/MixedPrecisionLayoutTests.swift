@@ -118,6 +118,9 @@ final class MixedPrecisionLayoutTests: XCTestCase {
             XCTAssertGreaterThan(sgemm, 0); XCTAssertGreaterThan(bf16, 0)
             XCTAssertGreaterThan(try XCTUnwrap(number(r, "onednn_f32_flops")), 0)
             XCTAssertEqual(r["bf16_backend"] as? String, ProductBackend.bf16.rawValue)
+            // The attention kernel's instruction set, as this process picked it (the child sees the same CPU).
+            XCTAssertEqual(r["attention_isa"] as? String, BlockProduct.isa.rawValue)
+            XCTAssertTrue(out.contains("attention kernel: \(BlockProduct.isaDescription)"), out)
             XCTAssertEqual(ceiling, precision == "bf16" ? bf16 : sgemm)
             // MFU is the model's FLOPs at the measured rate over that ceiling.
             let tokens = try XCTUnwrap(number(r, "tokens_per_s")), params = try XCTUnwrap(number(r, "params"))

@@ -30,8 +30,9 @@ let package = Package(
         // oneDNN's matmul: the native bf16 product on CPUs with AVX512_BF16 (see docs/precision.md).
         .systemLibrary(name: "COneDNN", providers: [.apt(["libdnnl-dev"])]),
         // Kernels for instruction sets the Swift build does not target (AVX-512), picked at run time
-        // (Sources/CKernels/include/ckernels.h). Optimized in debug builds too, as the Swift kernels are.
-        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O2"])]),
+        // (Sources/CKernels/include/ckernels.h). Optimized in debug builds too, as the Swift kernels are; no
+        // contraction of a * b + c into one fused operation, so they keep giving the Swift code's bits.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O2", "-ffp-contract=off"])]),
         // Plain C MPI loops that `tessera bench-comm` measures the Swift communication layer against.
         .target(name: "CCommBench", dependencies: ["CMPI"]),
         // Step phase accounting (compute / communication wait / idle) and Chrome trace files.

@@ -4,6 +4,7 @@
 // twin does for one (`onlineSoftmax`, `maskDown` + `expDown`, `scoreGradientDown`), in the same order and with
 // the same exp (`vexp` in SIMDMath.swift: same clamps, constants and fused multiply-adds), so the two give the
 // same bits. Why C: see block_product_avx512.c.
+#if defined(__x86_64__)
 #include <immintrin.h>
 #include <stdint.h>
 #include "ckernels.h"
@@ -105,3 +106,15 @@ AVX512 void tessera_score_gradient_avx512(float *ds, const float *p, long keys, 
         }
     }
 }
+
+#else  // not x86-64: never called (tessera_cpu_has_avx512 is 0)
+#include "ckernels.h"
+
+void tessera_online_softmax_avx512(float *s, long keys, long lanes, long k0, int masked, const int *lo, const int *hi,
+                                   float *m, float *l, float *acc, long hd) { __builtin_trap(); }
+void tessera_probabilities_avx512(float *p, long keys, long lanes, long k0, int masked, const int *lo, const int *hi,
+                                  const float *shift) { __builtin_trap(); }
+void tessera_score_gradient_avx512(float *ds, const float *p, long keys, long lanes, const float *d, float scale) {
+    __builtin_trap();
+}
+#endif

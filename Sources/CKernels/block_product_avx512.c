@@ -11,6 +11,7 @@
 // B and 8 broadcasts of A feed 16 fused multiply-adds (32 registers: enough independent sums to cover the
 // FMA latency on two pipes). Rows go by 8, then 4, then 1; columns by 32, then 16, then one masked vector,
 // so no column is left to scalar code.
+#if defined(__x86_64__)
 #include <immintrin.h>
 #include "ckernels.h"
 
@@ -77,3 +78,14 @@ AVX512 void tessera_block_product_avx512(float *c, long ldc, long nrows, long co
     }
     for (; r < nrows; r++) rows(c + r * ldc, ldc, 1, cols, depth, a + r * aRow, aRow, aCol, b, ldb, accumulate);
 }
+
+#else  // not x86-64: no AVX-512; the Swift code runs and these are never called
+#include "ckernels.h"
+
+int tessera_cpu_has_avx512(void) { return 0; }
+
+void tessera_block_product_avx512(float *c, long ldc, long rows, long cols, long depth,
+                                  const float *a, long aRow, long aCol, const float *b, long ldb, int accumulate) {
+    __builtin_trap();
+}
+#endif

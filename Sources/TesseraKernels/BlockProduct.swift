@@ -31,9 +31,21 @@ public enum BlockProduct {
     public enum ISA: String, Sendable { case avx2, avx512 }
 
     /// What this process's attention kernel runs on: AVX-512 where the CPU has it, unless TESSERA_ATTENTION_ISA=avx2.
-    public static let isa: ISA = {
+    public static var isa: ISA { chosen.isa }
+
+    /// A TESSERA_ATTENTION_ISA that cannot be honoured (not avx2 or avx512, or avx512 on a CPU without it), as an
+    /// error message; jobs and benchmarks stop at start with it rather than run something else than asked.
+    public static var configurationError: String? { chosen.error }
+
+    private static let chosen: (isa: ISA, error: String?) = {
         let cpu: ISA = tessera_cpu_has_avx512() == 1 ? .avx512 : .avx2
-        return ProcessInfo.processInfo.environment["TESSERA_ATTENTION_ISA"] == "avx2" ? .avx2 : cpu
+        switch ProcessInfo.processInfo.environment["TESSERA_ATTENTION_ISA"] {
+        case nil, "": return (cpu, nil)
+        case "avx2": return (.avx2, nil)
+        case "avx512":
+            return (cpu, cpu == .avx512 ? nil : "TESSERA_ATTENTION_ISA=avx512, but this CPU has no AVX-512")
+        case let v?: return (cpu, "TESSERA_ATTENTION_ISA=\(v): expected avx2 or avx512")
+        }
     }()
     /// What the attention kernel runs on and why, for banners and benchmarks.
     public static var isaDescription: String {

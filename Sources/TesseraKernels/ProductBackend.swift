@@ -80,7 +80,7 @@ public enum ProductBackend: String, Sendable, CaseIterable {
         public init(of floats: UnsafePointer<Float>, count: Int) {
             self.floats = floats; self.count = count
             halves = .allocate(capacity: max(count, 1))
-            lock.lock(); twins.append(WeakTwin(twin: self)); lock.unlock()
+            lock.lock(); twins.removeAll { $0.twin == nil }; twins.append(WeakTwin(twin: self)); lock.unlock()
         }
         /// Narrows the floats (already bf16 values) into the copy, split over the kernel threads.
         public func refresh() {
@@ -89,15 +89,17 @@ public enum ProductBackend: String, Sendable, CaseIterable {
                 BF16.narrow(S.p + lo * 4096, into: D.p + lo * 4096, count: min(hi * 4096, n) - lo * 4096)
             }
         }
-        /// Unregisters the copy: products read the floats again (also done when the twin is freed).
+        /// Unregisters the copy: products read the floats again. The owner calls it before freeing the floats.
         public func close() {
             lock.lock(); twins.removeAll { $0.twin == nil || $0.twin === self }; lock.unlock()
         }
-        deinit { close(); halves.deallocate() }
+        // No lock here: a product scanning the registry may hold the last reference and release it under the lock.
+        // The registry's weak entry already reads nil.
+        deinit { halves.deallocate() }
     }
 
     /// The registry does not keep a twin alive: a model freed with its weights leaves nothing behind that a
-    /// later allocation at the same address could be mistaken for.
+    /// later allocation at the same address could be mistaken for (and its owner closes it first).
     private struct WeakTwin { weak var twin: Twin? }
     nonisolated(unsafe) private static var twins: [WeakTwin] = []
 

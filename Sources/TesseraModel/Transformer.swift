@@ -29,6 +29,7 @@ public class Transformer: ParallelModel, @unchecked Sendable {
     public var precision: Precision = .fp32 {
         didSet {
             guard precision != oldValue else { return }
+            productTwin?.close()
             productParams = precision == .bf16 ? params.sameLayout() : nil
             productTwin = productParams.flatMap { pp in
                 ProductBackend.bf16 == .onednn ? ProductBackend.Twin(of: pp.storage.ptr, count: pp.count) : nil
@@ -55,6 +56,9 @@ public class Transformer: ParallelModel, @unchecked Sendable {
     public var recomputeNs: UInt64 = 0
     /// Told of each recomputation (name, start, end in monotonic ns): the trainer's trace marks them.
     public var onRecompute: ((String, UInt64, UInt64) -> Void)?
+
+    /// The twin leaves the registry before the weights it copies are freed.
+    deinit { productTwin?.close() }
 
     /// The whole model, or (pipeline parallelism) the stage `stage` of it, initialised from the seed.
     /// `finalNorm`: the final norm's first tensor; `blockFirst(l)`: block l's first tensor.

@@ -10,6 +10,7 @@ extension TesseraConfig {
         if precision == .bf16, let e = ProductBackend.configurationError {
             errors.append("training.precision = \"bf16\": \(e)")
         }
+        if let e = BlockProduct.configurationError { errors.append("the attention kernel: \(e)") }
         guard errors.isEmpty else { throw ConfigError(lines: errors) }
     }
 }

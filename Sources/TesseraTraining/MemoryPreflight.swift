@@ -273,8 +273,10 @@ public enum MemoryPreflight {
         let writes = zero || c.isFirstReplica
         if config.checkpoint.every > 0, config.checkpoint.mode == "lazy", writes { out.checkpointStaging = 3 * 4 * owned }
         if layout != nil, c.isFirstStage, c.isFirstReplica, config.sample.tokens > 0 {
-            // Its parameters (and in bf16 their rounded copy, which the sampler's products read).
-            out.wholeModel = (config.precision == .bf16 ? 2 : 1) * 4 * ModelParameters.specs(gpt).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
+            // Its parameters (and in bf16 their rounded copy, which the sampler's products read, with its 16-bit
+            // twin on oneDNN): 4, 8 or 10 bytes a parameter.
+            let bytes = config.precision == .bf16 ? (ProductBackend.bf16 == .onednn ? 10 : 8) : 4
+            out.wholeModel = bytes * ModelParameters.specs(gpt).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
         }
         // Activations: the planner's prediction for this rank's layers, as MemorySetup makes it.
         // Variable-length documents: one sequence of at most max_tokens_per_rank tokens at a time.

@@ -43,6 +43,7 @@ struct BenchCommand: ParsableCommand {
         try requireAtLeast("bench", [("--threads", threads, 1), ("--steps", steps, 1), ("--warmup", warmup, 0), ("--documents", documents, 1)])
         guard Precision(rawValue: precision) != nil else { throw ValidationError("bench: --precision must be fp32 or bf16, not '\(precision)'") }
         if let e = ProductBackend.configurationError { throw ValidationError("bench: \(e)") }
+        if let e = BlockProduct.configurationError { throw ValidationError("bench: \(e)") }
         let known = BenchSize.all.map(\.name)
         for n in names where !known.contains(n) { throw ValidationError("bench: unknown size '\(n)' (sizes: \(known.joined(separator: ", ")))") }
     }

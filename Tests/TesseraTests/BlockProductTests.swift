@@ -14,12 +14,8 @@ final class BlockProductTests: XCTestCase {
         }
     }
 
-    func testAVX512AgainstDoubleReference() {
-        guard tessera_cpu_has_avx512() == 1 else {
-            // Nothing to run on this CPU: the products must then run the 8-lane code.
-            XCTAssertEqual(BlockProduct.isa, .avx2)
-            return
-        }
+    func testAVX512AgainstDoubleReference() throws {
+        try skipWithoutAVX512()
         XCTAssertEqual(BlockProduct.isa, ProcessInfo.processInfo.environment["TESSERA_ATTENTION_ISA"] == "avx2" ? .avx2 : .avx512)
         check { c, ldc, rows, cols, depth, a, aRow, aCol, b, ldb, acc in
             tessera_block_product_avx512(c, ldc, rows, cols, depth, a, aRow, aCol, b, ldb, acc ? 1 : 0)
@@ -27,16 +23,38 @@ final class BlockProductTests: XCTestCase {
     }
 
     /// The two versions give the same bits: each element is the same chain of fused multiply-adds (tails included).
-    func testBothVersionsGiveTheSameBits() {
-        guard tessera_cpu_has_avx512() == 1 else { XCTAssertEqual(BlockProduct.isa, .avx2); return }
+    func testBothVersionsGiveTheSameBits() throws {
+        try skipWithoutAVX512()
         for (rows, cols, depth) in [(64, 64, 32), (13, 40, 7), (9, 29, 6), (21, 83, 5)] {
-            let a = randomFloats(rows * depth, seed: 11), b = randomFloats(depth * cols, seed: 12), c0 = randomFloats(rows * cols, seed: 13)
-            var narrow = c0, wide = c0
-            narrow.withUnsafeMutableBufferPointer {
-                BlockProduct.runAVX2(c: $0.baseAddress!, ldc: cols, rows: rows, cols: cols, depth: depth, a: a, aRow: depth, aCol: 1, b: b, ldb: cols, accumulate: true)
+            for transposedA in [false, true] {
+                for accumulate in [false, true] {
+                    let a = randomFloats(rows * depth, seed: 11), b = randomFloats(depth * cols, seed: 12), c0 = randomFloats(rows * cols, seed: 13)
+                    let (aRow, aCol) = transposedA ? (1, rows) : (depth, 1)
+                    var narrow = c0, wide = c0
+                    narrow.withUnsafeMutableBufferPointer {
+                        BlockProduct.runAVX2(c: $0.baseAddress!, ldc: cols, rows: rows, cols: cols, depth: depth, a: a, aRow: aRow, aCol: aCol,
+                                             b: b, ldb: cols, accumulate: accumulate)
+                    }
+                    wide.withUnsafeMutableBufferPointer {
+                        tessera_block_product_avx512($0.baseAddress!, cols, rows, cols, depth, a, aRow, aCol, b, cols, accumulate ? 1 : 0)
+                    }
+                    XCTAssertEqual(wide, narrow, "rows \(rows) cols \(cols) depth \(depth) transposed \(transposedA) accumulate \(accumulate)")
+                }
             }
-            wide.withUnsafeMutableBufferPointer { tessera_block_product_avx512($0.baseAddress!, cols, rows, cols, depth, a, depth, 1, b, cols, 1) }
-            XCTAssertEqual(wide, narrow, "rows \(rows) cols \(cols) depth \(depth)")
+        }
+    }
+
+    /// TESSERA_ATTENTION_ISA: avx2 runs a job on the Swift code and says so in the banner; a value that cannot be
+    /// honoured stops the job at start with the reason.
+    func testForcedISA() throws {
+        let cfg = try CommandTests.tinyJob(scratchDirectory("attention-isa"))
+        let avx512 = tessera_cpu_has_avx512() == 1
+        for (forced, ok, says) in [("avx2", true, "attention kernel: AVX2"), ("avx9", false, "TESSERA_ATTENTION_ISA=avx9: expected avx2 or avx512"),
+                                   ("avx512", avx512, avx512 ? "attention kernel: AVX-512" : "this CPU has no AVX-512")] {
+            let (status, out) = try runProcess(["TESSERA_ATTENTION_ISA=\(forced)", CommandTests.binary, "train", cfg,
+                                                "--training.steps", "1", "--sample.tokens", "0"])
+            XCTAssertEqual(status == 0, ok, out)
+            XCTAssertTrue(out.contains(says), "\(forced): \(out)")
         }
     }
 
@@ -78,5 +96,13 @@ final class BlockProductTests: XCTestCase {
             }
         }
         XCTAssertGreaterThan(checked, 20_000)
+    }
+}
+
+/// Where the CPU has no AVX-512 only the 8-lane code exists: checks that the kernel chose it, then skips (with the reason).
+func skipWithoutAVX512() throws {
+    guard tessera_cpu_has_avx512() == 1 else {
+        XCTAssertEqual(BlockProduct.isa, .avx2)
+        throw XCTSkip("this CPU has no AVX-512: only the 8-lane code runs here (and was chosen)")
     }
 }

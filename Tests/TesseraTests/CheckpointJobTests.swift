@@ -379,10 +379,12 @@ final class CheckpointJobTests: XCTestCase {
         for i in 0..<20 {
             // Every step saves (lazy and sync in turn), so a kill almost always lands in a save.
             let mode = i % 2 == 0 ? "lazy" : "sync"
-            let job = try Background(try trainArgs(np: 2, ["--parallelism.dp", "2", "--parallelism.zero", "1", "--training.steps", "1000",
+            // A step count no run reaches: the runs resume one another, and a fast machine once trained all 1000 steps of an
+            // earlier count within the 20 runs (the later ones then had nothing left to do).
+            let job = try Background(try trainArgs(np: 2, ["--parallelism.dp", "2", "--parallelism.zero", "1", "--training.steps", "1000000",
                                                            "--checkpoint.every", "1", "--checkpoint.mode", mode, "--checkpoint.keep", "2",
                                                            "--resume", "auto", "--checkpoint.dir", root]), log: root + "-\(i).log")
-            XCTAssertTrue(job.waitFor("/1000  loss"), job.output)
+            XCTAssertTrue(job.waitFor("/1000000  loss"), job.output)
             usleep(UInt32.random(in: 0...1_500_000, using: &rng))
             job.killAll()
             XCTAssertNotNil(job.wait(timeout: 30), "the killed job's processes ended")

@@ -9,4 +9,9 @@ tessera_mpi_env
 export OMPI_MCA_rmaps_base_oversubscribe=1
 cd "$tessera_root"
 tessera_build --build-tests
+# One temporary directory for everything the suite's processes write to theirs (the tests' own directories, Open
+# MPI's session directories, which a job a test kills leaves behind, PyTorch's caches), removed at the end.
+suite_tmp=$(mktemp -d /tmp/tessera-suite.XXXXXX)
+trap 'rm -rf "$suite_tmp"' EXIT
+export TMPDIR="$suite_tmp"
 swift test --skip-build --disable-swift-testing "$@"

@@ -57,13 +57,24 @@ extension BF16 {
     /// Rounds n floats in place.
     public static func round(_ p: UnsafeMutablePointer<Float>, count n: Int) { round(p, into: p, count: n) }
 
+    /// `narrow(_:into:count:)` split over the kernel threads (for weight-sized tensors).
+    public static func narrowParallel(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<UInt16>, count n: Int) {
+        let S = SendConstPtr(src), D = SendPtr16(dst)
+        inParallel(n) { i, k in narrow(S.p + i, into: D.p + i, count: k) }
+    }
+
     /// `round(_:into:count:)` split over the kernel threads (for activation-sized tensors).
     public static func roundParallel(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, count n: Int) {
-        if n < 32_768 || Threads.count == 1 { round(src, into: dst, count: n); return }
         let S = SendConstPtr(src), D = SendPtr(dst)
+        inParallel(n) { i, k in round(S.p + i, into: D.p + i, count: k) }
+    }
+
+    /// `body(first, count)` over n elements: in one call when small, else in ranges of whole 16s over the kernel threads.
+    private static func inParallel(_ n: Int, _ body: (Int, Int) -> Void) {
+        if n < 32_768 || Threads.count == 1 { body(0, n); return }
         Threads.parallelRanges(n / 16, grain: 1024) { _, lo, hi in
             let end = hi == n / 16 ? n : hi * 16  // the last range takes the tail
-            round(S.p + lo * 16, into: D.p + lo * 16, count: end - lo * 16)
+            body(lo * 16, end - lo * 16)
         }
     }
 }

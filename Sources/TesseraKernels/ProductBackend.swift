@@ -83,12 +83,7 @@ public enum ProductBackend: String, Sendable, CaseIterable {
             lock.lock(); twins.removeAll { $0.twin == nil }; twins.append(WeakTwin(twin: self)); lock.unlock()
         }
         /// Narrows the floats (already bf16 values) into the copy, split over the kernel threads.
-        public func refresh() {
-            let S = SendConstPtr(floats), D = SendPtr16(halves), n = count
-            Threads.parallelRanges((n + 4095) / 4096, grain: 16) { _, lo, hi in
-                BF16.narrow(S.p + lo * 4096, into: D.p + lo * 4096, count: min(hi * 4096, n) - lo * 4096)
-            }
-        }
+        public func refresh() { BF16.narrowParallel(floats, into: halves, count: count) }
         /// Unregisters the copy: products read the floats again. The owner calls it before freeing the floats.
         public func close() {
             lock.lock(); twins.removeAll { $0.twin == nil || $0.twin === self }; lock.unlock()

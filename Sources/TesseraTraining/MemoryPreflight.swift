@@ -263,8 +263,9 @@ public enum MemoryPreflight {
         let floats = ModelParameters.specs(gpt, stage: stage).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
         var out = MemoryPrediction()
         out.parameters = 4 * floats
-        // bf16: the rounded float copy, and on oneDNN its 16-bit twin (ProductBackend.Twin).
-        out.productWeights = config.precision == .bf16 ? (ProductBackend.bf16 == .onednn ? 6 : 4) * floats : 0
+        // bf16: the rounded float copy, and on oneDNN its 16-bit twin (ProductBackend.Twin), per parameter.
+        let copyBytes = config.precision == .bf16 ? (ProductBackend.bf16 == .onednn ? 6 : 4) : 0
+        out.productWeights = copyBytes * floats
         out.gradients = 4 * floats
         let replicas = p.dp * p.ring * p.ulysses, zero = p.zero == 1
         // ZeRO-1: equal partitions aligned to 16 floats (DataParallel); the first is the largest.
@@ -273,10 +274,8 @@ public enum MemoryPreflight {
         let writes = zero || c.isFirstReplica
         if config.checkpoint.every > 0, config.checkpoint.mode == "lazy", writes { out.checkpointStaging = 3 * 4 * owned }
         if layout != nil, c.isFirstStage, c.isFirstReplica, config.sample.tokens > 0 {
-            // Its parameters (and in bf16 their rounded copy, which the sampler's products read, with its 16-bit
-            // twin on oneDNN): 4, 8 or 10 bytes a parameter.
-            let bytes = config.precision == .bf16 ? (ProductBackend.bf16 == .onednn ? 10 : 8) : 4
-            out.wholeModel = bytes * ModelParameters.specs(gpt).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
+            // Its parameters and the copies the sampler's products read.
+            out.wholeModel = (4 + copyBytes) * ModelParameters.specs(gpt).reduce(0) { $0 + ($1.count + 15) / 16 * 16 }
         }
         // Activations: the planner's prediction for this rank's layers, as MemorySetup makes it.
         // Variable-length documents: one sequence of at most max_tokens_per_rank tokens at a time.
